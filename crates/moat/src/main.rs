@@ -1,0 +1,48 @@
+//! `moat`: thin entry point. Each subcommand lives in its own module, which only parses
+//! arguments and calls into the library crate that owns the area (see ARCHITECTURE.md).
+
+use clap::{Parser, Subcommand};
+
+mod image;
+mod netpol;
+mod server;
+
+#[derive(Parser)]
+#[command(name = "moat", version, about = "Kubernetes-compatible cluster with VM-isolated pods")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the control plane (API server on the embedded store or etcd).
+    Server(server::ServerArgs),
+    /// NetworkPolicy tools: probe policies in a lab, explain verdicts.
+    Netpol(netpol::NetpolArgs),
+    /// The node's content-addressed image store.
+    Image(image::ImageArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MOAT_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let res = match cli.cmd {
+        Cmd::Server(a) => server::run(a),
+        Cmd::Netpol(a) => netpol::run(a),
+        Cmd::Image(a) => image::run(a),
+    };
+    match res {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("moat: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

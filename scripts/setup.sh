@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# README command 1: install, build, and start a one-node moat cluster on the embedded store.
+# Usage: scripts/setup.sh [--no-run]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/deps.sh
+cargo build --release --bins
+install -m 0755 target/release/moat /usr/local/bin/moat
+if [ -x target/release/moat-runtime ]; then
+  install -m 0755 target/release/moat-runtime /usr/local/bin/moat-runtime
+  moat-runtime assets build
+fi
+[ "${1:-}" = "--no-run" ] && exit 0
+echo "starting moat server; in another shell: export KUBECONFIG=/var/lib/moat/kubeconfig.yaml; kubectl get nodes"
+exec moat server --data-dir /var/lib/moat
