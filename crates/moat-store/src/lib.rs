@@ -66,7 +66,10 @@ pub struct ListOptions {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WatchEvent {
     /// A create (`prev` is None) or an update (`prev` is the value before).
-    Put { kv: KeyValue, prev: Option<KeyValue> },
+    Put {
+        kv: KeyValue,
+        prev: Option<KeyValue>,
+    },
     /// A delete. `prev` is the last value; `revision` is the revision of the delete.
     Delete { prev: KeyValue, revision: Revision },
     /// Progress notification: nothing under the prefix changed up to `revision` (used for

@@ -8,7 +8,11 @@ mod netpol;
 mod server;
 
 #[derive(Parser)]
-#[command(name = "moat", version, about = "Kubernetes-compatible cluster with VM-isolated pods")]
+#[command(
+    name = "moat",
+    version,
+    about = "Kubernetes-compatible cluster with VM-isolated pods"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
