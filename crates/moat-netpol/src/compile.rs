@@ -1,0 +1,408 @@
+//! Compiles a [`Snapshot`] into the typed ruleset of one node.
+//!
+//! Shape (see lib.rs for the whole datapath): pods isolated in a direction are grouped by
+//! *why* they are isolated — the set of policies selecting them (plus, for ingress, the
+//! named ports those policies resolve on the pod). Each group has a chain with a fixed body
+//! and three sets of allowed traffic; the pod's IP maps to the group's chain in a verdict
+//! map. Group names are a hash of the group key, so a fresh compile and a long series of
+//! incremental updates name everything identically, and a label change moves set and map
+//! elements without touching any chain.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use crate::model::{Peer, PodInfo, Policy, PortSpec, Proto, Rule, Snapshot};
+
+/// An inclusive IPv4 interval.
+pub type IpRange = (u32, u32);
+/// An inclusive port interval of one protocol.
+pub type PortRange = (Proto, u16, u16);
+
+/// What a group allows, normalised (sorted, disjoint, merged) so equal meaning ⇒ equal
+/// value and interval sets never receive overlapping elements.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct Allow {
+    /// Peers allowed on every port and protocol (0.0.0.0–255.255.255.255 = allow all).
+    pub peers: Vec<IpRange>,
+    /// Ports allowed from/to every peer.
+    pub ports: Vec<PortRange>,
+    /// (peer, port) pairs.
+    pub peer_ports: Vec<(IpRange, PortRange)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Dir {
+    Ingress,
+    Egress,
+}
+
+impl Dir {
+    pub fn prefix(self) -> &'static str {
+        match self {
+            Dir::Ingress => "in",
+            Dir::Egress => "out",
+        }
+    }
+}
+
+/// One node's compiled policy state.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Compiled {
+    /// Group name → what it allows.
+    pub groups: BTreeMap<String, (Dir, Allow)>,
+    /// Local pod IP → ingress group name.
+    pub ingress: BTreeMap<Ipv4Addr, String>,
+    /// Local pod IP → egress group name.
+    pub egress: BTreeMap<Ipv4Addr, String>,
+    /// Local pod IPs (a pod may always reach itself, e.g. through a Service hairpin).
+    pub local_ips: BTreeSet<Ipv4Addr>,
+    pub node_addrs: BTreeSet<Ipv4Addr>,
+}
+
+const ALL_IPS: IpRange = (0, u32::MAX);
+
+fn selects(p: &Policy, pod: &PodInfo) -> bool {
+    !pod.host_network && p.namespace == pod.namespace && p.selector.matches(&pod.labels)
+}
+
+/// Pods (with an IP, not hostNetwork) a selector-peer matches, from policy namespace `ns`.
+fn peer_pods<'a>(s: &'a Snapshot, peer: &Peer, ns: &str) -> Vec<&'a PodInfo> {
+    let Peer::Pods { pods, namespaces } = peer else {
+        return vec![];
+    };
+    s.pods
+        .iter()
+        .filter(|p| p.ip.is_some() && !p.host_network)
+        .filter(|p| match namespaces {
+            None => p.namespace == ns,
+            Some(nsel) => s.ns_labels(&p.namespace).is_some_and(|l| nsel.matches(l)),
+        })
+        .filter(|p| pods.matches(&p.labels))
+        .collect()
+}
+
+fn block_ranges(cidr: &crate::model::Cidr, except: &[crate::model::Cidr]) -> Vec<IpRange> {
+    let mut out = vec![(cidr.first(), cidr.last())];
+    for e in except {
+        let (lo, hi) = (e.first(), e.last());
+        out = out
+            .into_iter()
+            .flat_map(|(a, b)| {
+                let mut parts = Vec::new();
+                if hi < a || lo > b {
+                    parts.push((a, b));
+                } else {
+                    if lo > a {
+                        parts.push((a, lo - 1));
+                    }
+                    if hi < b {
+                        parts.push((hi + 1, b));
+                    }
+                }
+                parts
+            })
+            .collect();
+    }
+    out
+}
+
+fn ip_u32(ip: Ipv4Addr) -> u32 {
+    u32::from(ip)
+}
+
+/// Peer address ranges of a rule; None = all peers.
+fn rule_peers(s: &Snapshot, rule: &Rule, ns: &str) -> Option<Vec<IpRange>> {
+    if rule.peers.is_empty() {
+        return None;
+    }
+    let mut out = Vec::new();
+    for peer in &rule.peers {
+        match peer {
+            Peer::Block { cidr, except } => out.extend(block_ranges(cidr, except)),
+            Peer::Pods { .. } => out.extend(
+                peer_pods(s, peer, ns)
+                    .into_iter()
+                    .filter_map(|p| p.ip.map(|ip| (ip_u32(ip), ip_u32(ip)))),
+            ),
+        }
+    }
+    Some(out)
+}
+
+fn in_ranges(ip: u32, ranges: &Option<Vec<IpRange>>) -> bool {
+    match ranges {
+        None => true,
+        Some(r) => r.iter().any(|(a, b)| (*a..=*b).contains(&ip)),
+    }
+}
+
+/// Adds one rule's contribution for a pod's direction into `acc`.
+fn add_rule(s: &Snapshot, dir: Dir, pod: &PodInfo, rule: &Rule, ns: &str, acc: &mut Allow) {
+    let peers = rule_peers(s, rule, ns);
+    if rule.ports.is_empty() {
+        match peers {
+            None => acc.peers.push(ALL_IPS),
+            Some(r) => acc.peers.extend(r),
+        }
+        return;
+    }
+    for spec in &rule.ports {
+        match spec {
+            PortSpec::All(p) => push_ports(acc, &peers, (*p, 0, u16::MAX)),
+            PortSpec::Range(p, lo, hi) => push_ports(acc, &peers, (*p, *lo, *hi)),
+            // A named port resolves against the destination pod: for ingress that is the
+            // isolated pod itself; for egress each destination pod in the peer set.
+            PortSpec::Named(p, name) => match dir {
+                Dir::Ingress => {
+                    if let Some(np) = pod
+                        .ports
+                        .iter()
+                        .find(|np| np.name == *name && np.proto == *p)
+                    {
+                        push_ports(acc, &peers, (*p, np.port, np.port));
+                    }
+                }
+                Dir::Egress => {
+                    for dst in s.pods.iter().filter(|d| !d.host_network) {
+                        let Some(ip) = dst.ip else { continue };
+                        let ip = ip_u32(ip);
+                        if !in_ranges(ip, &peers) {
+                            continue;
+                        }
+                        if let Some(np) = dst
+                            .ports
+                            .iter()
+                            .find(|np| np.name == *name && np.proto == *p)
+                        {
+                            acc.peer_ports.push(((ip, ip), (*p, np.port, np.port)));
+                        }
+                    }
+                }
+            },
+        }
+    }
+}
+
+fn push_ports(acc: &mut Allow, peers: &Option<Vec<IpRange>>, port: PortRange) {
+    match peers {
+        None => acc.ports.push(port),
+        Some(r) => acc.peer_ports.extend(r.iter().map(|ip| (*ip, port))),
+    }
+}
+
+/// Sorted, disjoint, adjacent-merged intervals.
+fn merge<T: Copy + Ord>(mut v: Vec<(T, T)>, succ: impl Fn(T) -> Option<T>) -> Vec<(T, T)> {
+    v.sort();
+    let mut out: Vec<(T, T)> = Vec::with_capacity(v.len());
+    for (a, b) in v {
+        if let Some(last) = out.last_mut()
+            && (a <= last.1 || succ(last.1) == Some(a))
+        {
+            if b > last.1 {
+                last.1 = b;
+            }
+            continue;
+        }
+        out.push((a, b));
+    }
+    out
+}
+
+fn merge_ports(v: &[PortRange]) -> Vec<PortRange> {
+    let mut by: BTreeMap<Proto, Vec<(u16, u16)>> = BTreeMap::new();
+    for (p, a, b) in v {
+        by.entry(*p).or_default().push((*a, *b));
+    }
+    by.into_iter()
+        .flat_map(|(p, r)| {
+            merge(r, |x: u16| x.checked_add(1))
+                .into_iter()
+                .map(move |(a, b)| (p, a, b))
+        })
+        .collect()
+}
+
+/// Canonical disjoint cover of (ip range × port range) pairs: cut the IP axis at every
+/// boundary, merge the port ranges over each piece, then re-join neighbouring pieces with
+/// equal port sets.
+fn normalise_pairs(pairs: &[(IpRange, PortRange)]) -> Vec<(IpRange, PortRange)> {
+    if pairs.is_empty() {
+        return vec![];
+    }
+    let mut cuts: BTreeSet<u64> = BTreeSet::new();
+    for ((a, b), _) in pairs {
+        cuts.insert(u64::from(*a));
+        cuts.insert(u64::from(*b) + 1);
+    }
+    let cuts: Vec<u64> = cuts.into_iter().collect();
+    let mut pieces: Vec<(IpRange, Vec<PortRange>)> = Vec::new();
+    for w in cuts.windows(2) {
+        let (lo, hi) = (w[0], w[1] - 1);
+        let ports: Vec<PortRange> = pairs
+            .iter()
+            .filter(|((a, b), _)| u64::from(*a) <= lo && hi <= u64::from(*b))
+            .map(|(_, p)| *p)
+            .collect();
+        if ports.is_empty() {
+            continue;
+        }
+        let ports = merge_ports(&ports);
+        // Pieces come from cut points of u32 values, so they fit back into u32.
+        let range = (lo as u32, hi as u32);
+        if let Some(last) = pieces.last_mut()
+            && last.1 == ports
+            && u64::from(last.0.1) + 1 == lo
+        {
+            last.0.1 = range.1;
+            continue;
+        }
+        pieces.push((range, ports));
+    }
+    pieces
+        .into_iter()
+        .flat_map(|(ip, ports)| ports.into_iter().map(move |p| (ip, p)))
+        .collect()
+}
+
+impl Allow {
+    fn normalise(mut self) -> Allow {
+        self.peers = merge(self.peers, |x: u32| x.checked_add(1));
+        self.ports = merge_ports(&self.ports);
+        self.peer_ports = normalise_pairs(&self.peer_ports);
+        if self.peers == [ALL_IPS] {
+            self.ports.clear();
+            self.peer_ports.clear();
+        }
+        self
+    }
+
+    pub fn allows_all(&self) -> bool {
+        self.peers == [ALL_IPS]
+    }
+}
+
+/// FNV-1a: group names must be stable across processes and releases, which std's hasher
+/// does not promise.
+fn fnv64(data: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in data.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// Compiles the snapshot. Pure and deterministic.
+pub fn compile(s: &Snapshot) -> Compiled {
+    let mut out = Compiled {
+        node_addrs: s.node_addrs.iter().copied().collect(),
+        ..Default::default()
+    };
+    for pod in s.pods.iter().filter(|p| p.local && !p.host_network) {
+        let Some(ip) = pod.ip else { continue };
+        out.local_ips.insert(ip);
+        for dir in [Dir::Ingress, Dir::Egress] {
+            let selecting: Vec<&Policy> = s
+                .policies
+                .iter()
+                .filter(|p| match dir {
+                    Dir::Ingress => p.ingress.is_some(),
+                    Dir::Egress => p.egress.is_some(),
+                })
+                .filter(|p| selects(p, pod))
+                .collect();
+            if selecting.is_empty() {
+                continue;
+            }
+            let mut acc = Allow::default();
+            let mut key = format!("{}:", dir.prefix());
+            for pol in &selecting {
+                key.push_str(&format!("{}/{};", pol.namespace, pol.name));
+                let rules = match dir {
+                    Dir::Ingress => pol.ingress.as_deref(),
+                    Dir::Egress => pol.egress.as_deref(),
+                }
+                .unwrap_or(&[]);
+                for r in rules {
+                    add_rule(s, dir, pod, r, &pol.namespace, &mut acc);
+                    if dir == Dir::Ingress {
+                        // Named ports make the group depend on the pod's own port names.
+                        for spec in &r.ports {
+                            if let PortSpec::Named(p, n) = spec {
+                                let res =
+                                    pod.ports.iter().find(|np| np.name == *n && np.proto == *p);
+                                key.push_str(&format!("{n}/{p}={:?};", res.map(|r| r.port)));
+                            }
+                        }
+                    }
+                }
+            }
+            let allow = acc.normalise();
+            if allow.allows_all() {
+                // Isolated but everything allowed: same as not isolated; no dispatch needed.
+                continue;
+            }
+            let name = format!("{}_{:016x}", dir.prefix(), fnv64(&key));
+            let map = match dir {
+                Dir::Ingress => &mut out.ingress,
+                Dir::Egress => &mut out.egress,
+            };
+            map.insert(ip, name.clone());
+            out.groups.insert(name, (dir, allow));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merging_joins_adjacent_and_overlapping() {
+        assert_eq!(
+            merge(vec![(5u32, 6), (1, 2), (3, 4), (8, 9)], |x| x
+                .checked_add(1)),
+            vec![(1, 6), (8, 9)]
+        );
+        assert_eq!(
+            merge(vec![(0u16, u16::MAX), (5, 6)], |x| x.checked_add(1)),
+            vec![(0, u16::MAX)]
+        );
+    }
+
+    #[test]
+    fn except_splits_blocks() {
+        let c = crate::model::Cidr::parse("10.0.0.0/24").expect("cidr");
+        let e = crate::model::Cidr::parse("10.0.0.128/25").expect("cidr");
+        let r = block_ranges(&c, &[e]);
+        assert_eq!(r, vec![(c.first(), c.first() + 127)]);
+    }
+
+    #[test]
+    fn pairs_are_made_disjoint() {
+        let t = |p| (Proto::Tcp, p, p);
+        let pairs = vec![
+            ((1, 10), t(80)),
+            ((5, 20), t(80)),
+            ((5, 5), t(81)),
+            ((5, 5), (Proto::Tcp, 80, 90)),
+        ];
+        let n = normalise_pairs(&pairs);
+        // Every (ip, port) covered exactly once and the union is unchanged.
+        for ip in 0..25u32 {
+            for port in 78..95u16 {
+                let before = pairs.iter().any(|((a, b), (_, lo, hi))| {
+                    (*a..=*b).contains(&ip) && (*lo..=*hi).contains(&port)
+                });
+                let hits = n
+                    .iter()
+                    .filter(|((a, b), (_, lo, hi))| {
+                        (*a..=*b).contains(&ip) && (*lo..=*hi).contains(&port)
+                    })
+                    .count();
+                assert_eq!(hits, usize::from(before), "ip {ip} port {port}: {n:?}");
+            }
+        }
+    }
+}

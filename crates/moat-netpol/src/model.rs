@@ -1,0 +1,692 @@
+//! The validated input of the compiler: namespaces, pods and policies reduced to what policy
+//! semantics need, with every user-supplied field checked and parsed once.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+/// The 2016-era namespace annotation (removed upstream in 1.7), honoured when
+/// [`Options::legacy_namespace_isolation`] is on.
+pub const LEGACY_ISOLATION_ANNOTATION: &str = "net.beta.kubernetes.io/network-policy";
+
+/// A bad policy or pod field. The compile fails as a whole, so nothing half-valid is applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{object}: {field}: {message}")]
+pub struct InvalidInput {
+    /// `networkpolicy ns/name` or `pod ns/name`.
+    pub object: String,
+    /// Kubernetes-style field path, e.g. `spec.ingress[0].from[1].ipBlock.cidr`.
+    pub field: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Proto {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Proto {
+    pub fn parse(s: &str) -> Option<Proto> {
+        match s {
+            "TCP" => Some(Proto::Tcp),
+            "UDP" => Some(Proto::Udp),
+            "SCTP" => Some(Proto::Sctp),
+            _ => None,
+        }
+    }
+
+    /// IANA protocol number (what `meta l4proto` compares).
+    pub fn number(self) -> u8 {
+        match self {
+            Proto::Tcp => 6,
+            Proto::Udp => 17,
+            Proto::Sctp => 132,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Proto::Tcp => "TCP",
+            Proto::Udp => "UDP",
+            Proto::Sctp => "SCTP",
+        }
+    }
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A label selector with validated operators.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Selector {
+    pub labels: BTreeMap<String, String>,
+    pub exprs: Vec<Expr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Expr {
+    In(String, Vec<String>),
+    NotIn(String, Vec<String>),
+    Exists(String),
+    DoesNotExist(String),
+}
+
+impl Selector {
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+            && self.exprs.iter().all(|e| match e {
+                Expr::In(k, vs) => labels.get(k).is_some_and(|v| vs.contains(v)),
+                Expr::NotIn(k, vs) => labels.get(k).is_none_or(|v| !vs.contains(v)),
+                Expr::Exists(k) => labels.contains_key(k),
+                Expr::DoesNotExist(k) => !labels.contains_key(k),
+            })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty() && self.exprs.is_empty()
+    }
+}
+
+/// An IPv4 CIDR with host bits cleared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Cidr {
+    pub addr: Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl Cidr {
+    pub fn parse(s: &str) -> Result<Cidr, String> {
+        let (a, p) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?} is not a CIDR (want a.b.c.d/n)"))?;
+        let addr: Ipv4Addr = a.parse().map_err(|_| {
+            format!("{s:?} is not a valid IPv4 CIDR (IPv6 policies are not supported yet)")
+        })?;
+        let prefix: u8 = p
+            .parse()
+            .ok()
+            .filter(|p| *p <= 32)
+            .ok_or_else(|| format!("{s:?} has an invalid prefix length"))?;
+        let mask = Self::mask(prefix);
+        Ok(Cidr {
+            addr: Ipv4Addr::from(u32::from(addr) & mask),
+            prefix,
+        })
+    }
+
+    fn mask(prefix: u8) -> u32 {
+        if prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - prefix)
+        }
+    }
+
+    pub fn first(&self) -> u32 {
+        u32::from(self.addr)
+    }
+
+    pub fn last(&self) -> u32 {
+        self.first() | !Self::mask(self.prefix)
+    }
+
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        (self.first()..=self.last()).contains(&u32::from(ip))
+    }
+
+    pub fn contains_cidr(&self, o: &Cidr) -> bool {
+        self.first() <= o.first() && o.last() <= self.last()
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Peer {
+    /// podSelector and/or namespaceSelector. `namespaces` None = the policy's namespace.
+    Pods {
+        pods: Selector,
+        namespaces: Option<Selector>,
+    },
+    Block {
+        cidr: Cidr,
+        except: Vec<Cidr>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum PortSpec {
+    /// All ports of a protocol.
+    All(Proto),
+    Range(Proto, u16, u16),
+    Named(Proto, String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Rule {
+    /// Empty = all peers (external addresses too).
+    pub peers: Vec<Peer>,
+    /// Empty = all ports and protocols.
+    pub ports: Vec<PortSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Policy {
+    pub namespace: String,
+    pub name: String,
+    pub selector: Selector,
+    /// Some(rules) when the policy isolates ingress (rules may be empty = deny all).
+    pub ingress: Option<Vec<Rule>>,
+    pub egress: Option<Vec<Rule>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedPort {
+    pub name: String,
+    pub port: u16,
+    pub proto: Proto,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodInfo {
+    pub namespace: String,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub ip: Option<Ipv4Addr>,
+    pub ports: Vec<NamedPort>,
+    pub host_network: bool,
+    /// Whether this node enforces policy for the pod (its datapath is here).
+    pub local: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NsInfo {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub legacy_default_deny: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Honour the legacy `net.beta.kubernetes.io/network-policy` DefaultDeny annotation.
+    pub legacy_namespace_isolation: bool,
+    /// This node's name; pods with another `spec.nodeName` are peers only. None = all local.
+    pub node_name: Option<String>,
+    /// Addresses of this node; traffic from them to local pods is never restricted.
+    pub node_addrs: Vec<Ipv4Addr>,
+}
+
+/// Everything one node's ruleset depends on.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub namespaces: Vec<NsInfo>,
+    pub pods: Vec<PodInfo>,
+    pub policies: Vec<Policy>,
+    pub node_addrs: Vec<Ipv4Addr>,
+}
+
+impl Snapshot {
+    pub fn ns_labels(&self, ns: &str) -> Option<&BTreeMap<String, String>> {
+        self.namespaces
+            .iter()
+            .find(|n| n.name == ns)
+            .map(|n| &n.labels)
+    }
+
+    /// Builds and validates a snapshot from API objects. Namespaces get their
+    /// `kubernetes.io/metadata.name` label as the API server sets it.
+    pub fn build(
+        namespaces: &[Namespace],
+        pods: &[Pod],
+        policies: &[NetworkPolicy],
+        opts: &Options,
+    ) -> Result<Snapshot, Vec<InvalidInput>> {
+        let mut errs = Vec::new();
+        let mut snap = Snapshot {
+            node_addrs: opts.node_addrs.clone(),
+            ..Default::default()
+        };
+        for ns in namespaces {
+            let name = ns.metadata.name.clone().unwrap_or_default();
+            let mut labels = ns.metadata.labels.clone().unwrap_or_default();
+            labels.insert("kubernetes.io/metadata.name".into(), name.clone());
+            let legacy = opts.legacy_namespace_isolation
+                && ns
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(LEGACY_ISOLATION_ANNOTATION))
+                    .is_some_and(|v| legacy_default_deny(v));
+            snap.namespaces.push(NsInfo {
+                name,
+                labels,
+                legacy_default_deny: legacy,
+            });
+        }
+        for p in pods {
+            match pod_info(p, opts) {
+                Ok(pi) => snap.pods.push(pi),
+                Err(e) => errs.push(e),
+            }
+        }
+        for np in policies {
+            match policy(np) {
+                Ok(pol) => snap.policies.push(pol),
+                Err(mut e) => errs.append(&mut e),
+            }
+        }
+        // The legacy annotation means "every pod in the namespace is isolated for ingress".
+        for ns in &snap.namespaces {
+            if ns.legacy_default_deny {
+                snap.policies.push(Policy {
+                    namespace: ns.name.clone(),
+                    name: format!("<{LEGACY_ISOLATION_ANNOTATION}>"),
+                    selector: Selector {
+                        labels: BTreeMap::new(),
+                        exprs: vec![],
+                    },
+                    ingress: Some(vec![]),
+                    egress: None,
+                });
+            }
+        }
+        if errs.is_empty() { Ok(snap) } else { Err(errs) }
+    }
+}
+
+fn legacy_default_deny(v: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(v)
+        .ok()
+        .and_then(|j| {
+            j.get("ingress")
+                .and_then(|i| i.get("isolation"))
+                .and_then(|s| s.as_str())
+                .map(|s| s == "DefaultDeny")
+        })
+        .unwrap_or(false)
+}
+
+fn pod_info(p: &Pod, opts: &Options) -> Result<PodInfo, InvalidInput> {
+    let namespace = p
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let name = p.metadata.name.clone().unwrap_or_default();
+    let object = format!("pod {namespace}/{name}");
+    let spec = p.spec.as_ref();
+    let ip = match p.status.as_ref().and_then(|s| s.pod_ip.as_deref()) {
+        None | Some("") => None,
+        Some(s) => Some(s.parse::<Ipv4Addr>().map_err(|_| InvalidInput {
+            object: object.clone(),
+            field: "status.podIP".into(),
+            message: format!("{s:?} is not an IPv4 address"),
+        })?),
+    };
+    let mut ports = Vec::new();
+    for (ci, c) in spec
+        .map(|s| s.containers.as_slice())
+        .unwrap_or(&[])
+        .iter()
+        .enumerate()
+    {
+        for (pi, cp) in c.ports.iter().flatten().enumerate() {
+            let field = format!("spec.containers[{ci}].ports[{pi}]");
+            let proto = Proto::parse(cp.protocol.as_deref().unwrap_or("TCP")).ok_or_else(|| {
+                InvalidInput {
+                    object: object.clone(),
+                    field: format!("{field}.protocol"),
+                    message: "supported values: \"TCP\", \"UDP\", \"SCTP\"".into(),
+                }
+            })?;
+            let port = u16::try_from(cp.container_port)
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| InvalidInput {
+                    object: object.clone(),
+                    field: format!("{field}.containerPort"),
+                    message: "must be between 1 and 65535, inclusive".into(),
+                })?;
+            if let Some(n) = &cp.name {
+                ports.push(NamedPort {
+                    name: n.clone(),
+                    port,
+                    proto,
+                });
+            }
+        }
+    }
+    let node = spec.and_then(|s| s.node_name.as_deref());
+    let local = match (&opts.node_name, node) {
+        (None, _) => true,
+        (Some(me), Some(n)) => me == n,
+        (Some(_), None) => false,
+    };
+    Ok(PodInfo {
+        namespace,
+        name,
+        labels: p.metadata.labels.clone().unwrap_or_default(),
+        ip,
+        ports,
+        host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
+        local,
+    })
+}
+
+fn selector(
+    sel: &LabelSelector,
+    object: &str,
+    field: &str,
+    errs: &mut Vec<InvalidInput>,
+) -> Selector {
+    let mut exprs = Vec::new();
+    for (i, e) in sel.match_expressions.iter().flatten().enumerate() {
+        let f = format!("{field}.matchExpressions[{i}]");
+        let vals = e.values.clone().unwrap_or_default();
+        let bad = |m: &str| InvalidInput {
+            object: object.to_string(),
+            field: f.clone(),
+            message: m.to_string(),
+        };
+        match e.operator.as_str() {
+            "In" | "NotIn" if vals.is_empty() => errs.push(bad(
+                "values: must be specified when `operator` is 'In' or 'NotIn'",
+            )),
+            "In" => exprs.push(Expr::In(e.key.clone(), vals)),
+            "NotIn" => exprs.push(Expr::NotIn(e.key.clone(), vals)),
+            "Exists" | "DoesNotExist" if !vals.is_empty() => errs.push(bad(
+                "values: may not be specified when `operator` is 'Exists' or 'DoesNotExist'",
+            )),
+            "Exists" => exprs.push(Expr::Exists(e.key.clone())),
+            "DoesNotExist" => exprs.push(Expr::DoesNotExist(e.key.clone())),
+            other => errs.push(bad(&format!(
+                "operator: not a valid selector operator: {other:?}"
+            ))),
+        }
+    }
+    Selector {
+        labels: sel.match_labels.clone().unwrap_or_default(),
+        exprs,
+    }
+}
+
+/// IANA service name syntax, as Kubernetes validates named ports.
+fn valid_port_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 15
+        && n.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && n.bytes().any(|b| b.is_ascii_lowercase())
+        && !n.starts_with('-')
+        && !n.ends_with('-')
+        && !n.contains("--")
+}
+
+fn port_spec(
+    p: &NetworkPolicyPort,
+    object: &str,
+    field: &str,
+    errs: &mut Vec<InvalidInput>,
+) -> Option<PortSpec> {
+    let bad = |f: &str, m: String| InvalidInput {
+        object: object.to_string(),
+        field: format!("{field}{f}"),
+        message: m,
+    };
+    let proto = match Proto::parse(p.protocol.as_deref().unwrap_or("TCP")) {
+        Some(pr) => pr,
+        None => {
+            errs.push(bad(
+                ".protocol",
+                "supported values: \"TCP\", \"UDP\", \"SCTP\"".into(),
+            ));
+            return None;
+        }
+    };
+    let to_u16 = |v: i32, f: &str, errs: &mut Vec<InvalidInput>| {
+        let r = u16::try_from(v).ok().filter(|v| *v > 0);
+        if r.is_none() {
+            errs.push(bad(f, "must be between 1 and 65535, inclusive".into()));
+        }
+        r
+    };
+    match (&p.port, p.end_port) {
+        (None, None) => Some(PortSpec::All(proto)),
+        (None, Some(_)) => {
+            errs.push(bad(
+                ".endPort",
+                "may not be specified when `port` is not specified".into(),
+            ));
+            None
+        }
+        (Some(IntOrString::String(_)), Some(_)) => {
+            errs.push(bad(
+                ".endPort",
+                "may not be specified when `port` is non-numeric".into(),
+            ));
+            None
+        }
+        (Some(IntOrString::String(n)), None) => {
+            if valid_port_name(n) {
+                Some(PortSpec::Named(proto, n.clone()))
+            } else {
+                errs.push(bad(
+                    ".port",
+                    format!("{n:?} is not a valid port name (IANA_SVC_NAME)"),
+                ));
+                None
+            }
+        }
+        (Some(IntOrString::Int(lo)), end) => {
+            let lo = to_u16(*lo, ".port", errs)?;
+            let hi = match end {
+                None => lo,
+                Some(e) => {
+                    let hi = to_u16(e, ".endPort", errs)?;
+                    if hi < lo {
+                        errs.push(bad(
+                            ".endPort",
+                            "must be greater than or equal to `port`".into(),
+                        ));
+                        return None;
+                    }
+                    hi
+                }
+            };
+            Some(PortSpec::Range(proto, lo, hi))
+        }
+    }
+}
+
+fn peer(
+    p: &NetworkPolicyPeer,
+    object: &str,
+    field: &str,
+    errs: &mut Vec<InvalidInput>,
+) -> Option<Peer> {
+    if let Some(b) = &p.ip_block {
+        if p.pod_selector.is_some() || p.namespace_selector.is_some() {
+            errs.push(InvalidInput {
+                object: object.into(),
+                field: field.into(),
+                message: "may not specify both ipBlock and another peer".into(),
+            });
+            return None;
+        }
+        let cidr = match Cidr::parse(&b.cidr) {
+            Ok(c) => c,
+            Err(m) => {
+                errs.push(InvalidInput {
+                    object: object.into(),
+                    field: format!("{field}.ipBlock.cidr"),
+                    message: m,
+                });
+                return None;
+            }
+        };
+        let mut except = Vec::new();
+        for (i, e) in b.except.iter().flatten().enumerate() {
+            let f = format!("{field}.ipBlock.except[{i}]");
+            match Cidr::parse(e) {
+                Ok(c) if cidr.contains_cidr(&c) && c != cidr => except.push(c),
+                Ok(_) => errs.push(InvalidInput {
+                    object: object.into(),
+                    field: f,
+                    message: format!("must be a strict subset of `cidr` {}", b.cidr),
+                }),
+                Err(m) => errs.push(InvalidInput {
+                    object: object.into(),
+                    field: f,
+                    message: m,
+                }),
+            }
+        }
+        return Some(Peer::Block { cidr, except });
+    }
+    if p.pod_selector.is_none() && p.namespace_selector.is_none() {
+        errs.push(InvalidInput {
+            object: object.into(),
+            field: field.into(),
+            message: "must specify a peer".into(),
+        });
+        return None;
+    }
+    let empty = Selector {
+        labels: BTreeMap::new(),
+        exprs: vec![],
+    };
+    Some(Peer::Pods {
+        pods: p
+            .pod_selector
+            .as_ref()
+            .map(|s| selector(s, object, &format!("{field}.podSelector"), errs))
+            .unwrap_or_else(|| empty.clone()),
+        namespaces: p
+            .namespace_selector
+            .as_ref()
+            .map(|s| selector(s, object, &format!("{field}.namespaceSelector"), errs)),
+    })
+}
+
+fn rules<'a>(
+    items: impl Iterator<
+        Item = (
+            Option<&'a Vec<NetworkPolicyPeer>>,
+            Option<&'a Vec<NetworkPolicyPort>>,
+        ),
+    >,
+    dir: &str,
+    peer_key: &str,
+    object: &str,
+    errs: &mut Vec<InvalidInput>,
+) -> Vec<Rule> {
+    items
+        .enumerate()
+        .map(|(i, (peers, ports))| Rule {
+            peers: peers
+                .into_iter()
+                .flatten()
+                .enumerate()
+                .filter_map(|(j, p)| {
+                    peer(p, object, &format!("spec.{dir}[{i}].{peer_key}[{j}]"), errs)
+                })
+                .collect(),
+            ports: ports
+                .into_iter()
+                .flatten()
+                .enumerate()
+                .filter_map(|(j, p)| {
+                    port_spec(p, object, &format!("spec.{dir}[{i}].ports[{j}]"), errs)
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+/// Validates and parses one policy, applying Kubernetes' policyTypes defaulting.
+pub fn policy(np: &NetworkPolicy) -> Result<Policy, Vec<InvalidInput>> {
+    let namespace = np
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let name = np.metadata.name.clone().unwrap_or_default();
+    let object = format!("networkpolicy {namespace}/{name}");
+    let mut errs = Vec::new();
+    let Some(spec) = np.spec.as_ref() else {
+        return Err(vec![InvalidInput {
+            object,
+            field: "spec".into(),
+            message: "Required value".into(),
+        }]);
+    };
+    let sel = selector(
+        &spec.pod_selector.clone().unwrap_or_default(),
+        &object,
+        "spec.podSelector",
+        &mut errs,
+    );
+    let ingress_rules = spec.ingress.as_deref().unwrap_or(&[]);
+    let egress_rules = spec.egress.as_deref().unwrap_or(&[]);
+    let types: Vec<String> = match spec.policy_types.as_deref() {
+        Some(t) if !t.is_empty() => t.to_vec(),
+        _ => {
+            let mut t = vec!["Ingress".to_string()];
+            if !egress_rules.is_empty() {
+                t.push("Egress".into());
+            }
+            t
+        }
+    };
+    for (i, t) in types.iter().enumerate() {
+        if t != "Ingress" && t != "Egress" {
+            errs.push(InvalidInput {
+                object: object.clone(),
+                field: format!("spec.policyTypes[{i}]"),
+                message: "supported values: \"Ingress\", \"Egress\"".into(),
+            });
+        }
+    }
+    let ing = rules(
+        ingress_rules
+            .iter()
+            .map(|r| (r.from.as_ref(), r.ports.as_ref())),
+        "ingress",
+        "from",
+        &object,
+        &mut errs,
+    );
+    let eg = rules(
+        egress_rules
+            .iter()
+            .map(|r| (r.to.as_ref(), r.ports.as_ref())),
+        "egress",
+        "to",
+        &object,
+        &mut errs,
+    );
+    if !errs.is_empty() {
+        return Err(errs);
+    }
+    Ok(Policy {
+        namespace,
+        name,
+        selector: sel,
+        ingress: types.iter().any(|t| t == "Ingress").then_some(ing),
+        egress: types.iter().any(|t| t == "Egress").then_some(eg),
+    })
+}
