@@ -1,0 +1,466 @@
+//! The policy lab: real packets for `moat netpol lab` and the policy tests.
+//!
+//! A lab is a host network namespace (the "node") holding a bridge with the pod gateway
+//! address, and one network namespace per pod wired to it with a veth pair; nothing has a
+//! route out of the machine. br_netfilter is switched on inside the host namespace only, the
+//! compiled ruleset is applied there with `nft`, and every pod runs TCP and UDP listeners on
+//! its ports. Probes are a TCP connect or a UDP request/response, sent from inside the
+//! source pod's namespace with a short timeout and retried before a deny is declared.
+//!
+//! Each pod is served by one thread that entered the pod's namespace (sockets keep the
+//! namespace they were created in) and runs a small tokio runtime for its listeners and
+//! probes. Dropping the [`Lab`] stops the threads and deletes every namespace it created;
+//! [`cleanup_prefix`] removes leftovers of a lab whose process was killed.
+
+pub mod cases;
+pub mod manifest;
+
+use std::fs::File;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::Command;
+use std::sync::mpsc as std_mpsc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use moat_netpol::Proto;
+use tokio::sync::{mpsc, oneshot};
+
+/// Pod subnet of every lab; the bridge holds `.1`.
+pub const LAB_GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 42, 0, 1);
+pub const LAB_PREFIX_LEN: u8 = 16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    #[error("setting up the lab: `{cmd}` failed: {stderr}")]
+    Command { cmd: String, stderr: String },
+    #[error("setting up the lab: running `{cmd}`")]
+    Spawn {
+        cmd: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("pod {pod}: entering its network namespace")]
+    Setns {
+        pod: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("pod {pod}: listening on {port}/{proto}")]
+    Listen {
+        pod: String,
+        port: u16,
+        proto: Proto,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("pod {pod}: its worker thread stopped")]
+    WorkerGone { pod: String },
+    #[error("applying the ruleset in the lab")]
+    Apply(#[source] moat_netpol::ApplyError),
+}
+
+/// One pod of the lab.
+#[derive(Debug, Clone)]
+pub struct LabPod {
+    /// `ns/name`.
+    pub id: String,
+    pub ip: Ipv4Addr,
+    /// Ports to listen on.
+    pub listen: Vec<(u16, Proto)>,
+}
+
+/// Probe timing: each attempt waits `timeout`; a deny is declared after `attempts` failures.
+#[derive(Debug, Clone, Copy)]
+pub struct ProbeOpts {
+    pub timeout: Duration,
+    pub attempts: u32,
+}
+
+impl Default for ProbeOpts {
+    fn default() -> Self {
+        ProbeOpts {
+            timeout: Duration::from_millis(250),
+            attempts: 2,
+        }
+    }
+}
+
+struct ProbeReq {
+    dst: Ipv4Addr,
+    port: u16,
+    proto: Proto,
+    opts: ProbeOpts,
+    reply: oneshot::Sender<bool>,
+}
+
+struct Worker {
+    tx: Option<mpsc::UnboundedSender<ProbeReq>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+pub struct Lab {
+    prefix: String,
+    host: String,
+    pods: Vec<LabPod>,
+    workers: Vec<Worker>,
+    netns: Vec<String>,
+}
+
+fn run(cmd: &[&str]) -> Result<(), LabError> {
+    let text = cmd.join(" ");
+    let out = Command::new(cmd[0])
+        .args(&cmd[1..])
+        .output()
+        .map_err(|source| LabError::Spawn {
+            cmd: text.clone(),
+            source,
+        })?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(LabError::Command {
+            cmd: text,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
+    }
+}
+
+/// Deletes every network namespace whose name starts with `prefix` (leftovers of a killed
+/// lab). Returns how many were removed.
+pub fn cleanup_prefix(prefix: &str) -> usize {
+    let Ok(entries) = std::fs::read_dir("/run/netns") else {
+        return 0;
+    };
+    let mut n = 0;
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        if name.starts_with(prefix) && run(&["ip", "netns", "del", &name]).is_ok() {
+            n += 1;
+        }
+    }
+    n
+}
+
+/// A lab name prefix unique to this process and call.
+pub fn unique_prefix(tag: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "mlab{tag}{}x{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+impl Lab {
+    /// Builds the lab. On error everything created so far is removed.
+    pub fn create(prefix: &str, pods: &[LabPod]) -> Result<Lab, LabError> {
+        let mut lab = Lab {
+            prefix: prefix.to_string(),
+            host: format!("{prefix}h"),
+            pods: pods.to_vec(),
+            workers: Vec::new(),
+            netns: Vec::new(),
+        };
+        lab.build()?;
+        Ok(lab)
+    }
+
+    fn build(&mut self) -> Result<(), LabError> {
+        let h = self.host.clone();
+        run(&["ip", "netns", "add", &h])?;
+        self.netns.push(h.clone());
+        run(&["ip", "-n", &h, "link", "set", "lo", "up"])?;
+        run(&["ip", "-n", &h, "link", "add", "br0", "type", "bridge"])?;
+        let gw = format!("{LAB_GATEWAY}/{LAB_PREFIX_LEN}");
+        run(&["ip", "-n", &h, "addr", "add", &gw, "dev", "br0"])?;
+        run(&["ip", "-n", &h, "link", "set", "br0", "up"])?;
+        // Bridged pod-to-pod traffic must traverse the IPv4 hooks, in this namespace only.
+        run(&[
+            "ip",
+            "netns",
+            "exec",
+            &h,
+            "sysctl",
+            "-qw",
+            "net.bridge.bridge-nf-call-iptables=1",
+        ])?;
+        run(&[
+            "ip",
+            "netns",
+            "exec",
+            &h,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+        ])?;
+        for (i, pod) in self.pods.clone().iter().enumerate() {
+            let ns = format!("{}p{i}", self.prefix);
+            run(&["ip", "netns", "add", &ns])?;
+            self.netns.push(ns.clone());
+            let host_if = format!("v{i}");
+            run(&[
+                "ip", "-n", &h, "link", "add", &host_if, "type", "veth", "peer", "name", "eth0",
+                "netns", &ns,
+            ])?;
+            run(&[
+                "ip", "-n", &h, "link", "set", &host_if, "master", "br0", "up",
+            ])?;
+            run(&["ip", "-n", &ns, "link", "set", "lo", "up"])?;
+            let addr = format!("{}/{LAB_PREFIX_LEN}", pod.ip);
+            run(&["ip", "-n", &ns, "addr", "add", &addr, "dev", "eth0"])?;
+            run(&["ip", "-n", &ns, "link", "set", "eth0", "up"])?;
+            let gw = LAB_GATEWAY.to_string();
+            run(&["ip", "-n", &ns, "route", "add", "default", "via", &gw])?;
+            self.workers.push(spawn_worker(pod, &ns)?);
+        }
+        Ok(())
+    }
+
+    pub fn host_netns(&self) -> &str {
+        &self.host
+    }
+
+    pub fn pods(&self) -> &[LabPod] {
+        &self.pods
+    }
+
+    /// An applier that runs `nft` in the lab's host namespace.
+    pub fn nft(&self) -> moat_netpol::apply::Nft {
+        moat_netpol::apply::Nft {
+            netns: Some(self.host.clone()),
+        }
+    }
+
+    /// Forgets every tracked connection in the lab. Policies judge new connections only
+    /// (replies and established flows pass, as NETPOL.md rule 8 wants), so a truth table
+    /// taken right after a policy change must not see flows from before it: a reused
+    /// ephemeral UDP port would otherwise ride an old, allowed conntrack entry.
+    pub fn flush_conntrack(&self) -> Result<(), LabError> {
+        run(&["ip", "netns", "exec", &self.host, "conntrack", "-F"]).or_else(|e| match e {
+            // conntrack exits 1 with "0 flow entries" on an empty table on some versions.
+            LabError::Command { ref stderr, .. } if stderr.contains("0 flow entries") => Ok(()),
+            e => Err(e),
+        })
+    }
+
+    /// Runs the probes in parallel; results in the same order.
+    pub fn probe_all(
+        &self,
+        probes: &[(usize, usize, u16, Proto)],
+        opts: ProbeOpts,
+    ) -> Result<Vec<bool>, LabError> {
+        let mut waits = Vec::with_capacity(probes.len());
+        for &(from, to, port, proto) in probes {
+            let (reply, rx) = oneshot::channel();
+            let req = ProbeReq {
+                dst: self.pods[to].ip,
+                port,
+                proto,
+                opts,
+                reply,
+            };
+            let gone = || LabError::WorkerGone {
+                pod: self.pods[from].id.clone(),
+            };
+            self.workers[from]
+                .tx
+                .as_ref()
+                .ok_or_else(gone)?
+                .send(req)
+                .map_err(|_| gone())?;
+            waits.push((from, rx));
+        }
+        waits
+            .into_iter()
+            .map(|(from, rx)| {
+                rx.blocking_recv().map_err(|_| LabError::WorkerGone {
+                    pod: self.pods[from].id.clone(),
+                })
+            })
+            .collect()
+    }
+
+    pub fn probe(
+        &self,
+        from: usize,
+        to: usize,
+        port: u16,
+        proto: Proto,
+        opts: ProbeOpts,
+    ) -> Result<bool, LabError> {
+        Ok(self.probe_all(&[(from, to, port, proto)], opts)?[0])
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for w in &mut self.workers {
+            w.tx.take();
+        }
+        for w in &mut self.workers {
+            if let Some(t) = w.thread.take() {
+                let _ = t.join();
+            }
+        }
+        for ns in self.netns.iter().rev() {
+            let _ = run(&["ip", "netns", "del", ns]);
+        }
+    }
+}
+
+fn enter_netns(ns: &str, pod: &str) -> Result<(), LabError> {
+    let f = File::open(format!("/run/netns/{ns}")).map_err(|source| LabError::Setns {
+        pod: pod.to_string(),
+        source,
+    })?;
+    nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| LabError::Setns {
+        pod: pod.to_string(),
+        source: std::io::Error::from(e),
+    })
+}
+
+/// Starts the pod's thread: enter the namespace, bind listeners, then serve probe requests
+/// until the sender is dropped. Reports bind errors before returning.
+fn spawn_worker(pod: &LabPod, ns: &str) -> Result<Worker, LabError> {
+    let (tx, rx) = mpsc::unbounded_channel::<ProbeReq>();
+    let (ready_tx, ready_rx) = std_mpsc::channel::<Result<(), LabError>>();
+    let pod = pod.clone();
+    let ns = ns.to_string();
+    let id = pod.id.clone();
+    let thread = std::thread::Builder::new()
+        .name(format!("lab-{}", pod.id))
+        .spawn(move || worker_main(pod, ns, rx, ready_tx))
+        .map_err(|source| LabError::Spawn {
+            cmd: "thread".into(),
+            source,
+        })?;
+    match ready_rx.recv() {
+        Ok(Ok(())) => Ok(Worker {
+            tx: Some(tx),
+            thread: Some(thread),
+        }),
+        Ok(Err(e)) => {
+            let _ = thread.join();
+            Err(e)
+        }
+        Err(_) => Err(LabError::WorkerGone { pod: id }),
+    }
+}
+
+fn worker_main(
+    pod: LabPod,
+    ns: String,
+    mut rx: mpsc::UnboundedReceiver<ProbeReq>,
+    ready: std_mpsc::Sender<Result<(), LabError>>,
+) {
+    if let Err(e) = enter_netns(&ns, &pod.id) {
+        let _ = ready.send(Err(e));
+        return;
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(source) => {
+            let _ = ready.send(Err(LabError::Spawn {
+                cmd: "tokio runtime".into(),
+                source,
+            }));
+            return;
+        }
+    };
+    rt.block_on(async move {
+        let mut tasks = Vec::new();
+        for &(port, proto) in &pod.listen {
+            let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
+            let bind_err = |source| LabError::Listen {
+                pod: pod.id.clone(),
+                port,
+                proto,
+                source,
+            };
+            match proto {
+                Proto::Tcp => match tokio::net::TcpListener::bind(addr).await {
+                    Ok(l) => tasks.push(tokio::spawn(serve_tcp(l))),
+                    Err(e) => {
+                        let _ = ready.send(Err(bind_err(e)));
+                        return;
+                    }
+                },
+                Proto::Udp => match tokio::net::UdpSocket::bind(addr).await {
+                    Ok(s) => tasks.push(tokio::spawn(serve_udp(s))),
+                    Err(e) => {
+                        let _ = ready.send(Err(bind_err(e)));
+                        return;
+                    }
+                },
+                // No SCTP listener here: SCTP is checked by rule generation only.
+                Proto::Sctp => {}
+            }
+        }
+        let _ = ready.send(Ok(()));
+        while let Some(req) = rx.recv().await {
+            tokio::spawn(async move {
+                let ok = probe(req.dst, req.port, req.proto, req.opts).await;
+                let _ = req.reply.send(ok);
+            });
+        }
+        for t in tasks {
+            t.abort();
+        }
+    });
+}
+
+async fn serve_tcp(l: tokio::net::TcpListener) {
+    use tokio::io::AsyncWriteExt;
+    while let Ok((mut s, _)) = l.accept().await {
+        tokio::spawn(async move {
+            let _ = s.write_all(b"ok\n").await;
+        });
+    }
+}
+
+async fn serve_udp(s: tokio::net::UdpSocket) {
+    let mut buf = [0u8; 64];
+    while let Ok((n, from)) = s.recv_from(&mut buf).await {
+        let _ = s.send_to(&buf[..n], from).await;
+    }
+}
+
+async fn probe_once(dst: Ipv4Addr, port: u16, proto: Proto, timeout: Duration) -> bool {
+    let addr = SocketAddr::from((dst, port));
+    match proto {
+        Proto::Tcp => {
+            use tokio::io::AsyncReadExt;
+            let attempt = async {
+                let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+                let mut b = [0u8; 3];
+                s.read_exact(&mut b).await.ok()?;
+                Some(&b == b"ok\n")
+            };
+            matches!(tokio::time::timeout(timeout, attempt).await, Ok(Some(true)))
+        }
+        Proto::Udp => {
+            let attempt = async {
+                let s = tokio::net::UdpSocket::bind(("0.0.0.0", 0)).await.ok()?;
+                s.send_to(b"moat-probe", addr).await.ok()?;
+                let mut b = [0u8; 16];
+                let (n, _) = s.recv_from(&mut b).await.ok()?;
+                Some(&b[..n] == b"moat-probe")
+            };
+            matches!(tokio::time::timeout(timeout, attempt).await, Ok(Some(true)))
+        }
+        Proto::Sctp => false,
+    }
+}
+
+async fn probe(dst: Ipv4Addr, port: u16, proto: Proto, opts: ProbeOpts) -> bool {
+    for _ in 0..opts.attempts.max(1) {
+        if probe_once(dst, port, proto, opts.timeout).await {
+            return true;
+        }
+    }
+    false
+}
