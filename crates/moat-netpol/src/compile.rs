@@ -8,7 +8,7 @@
 //! incremental updates name everything identically, and a label change moves set and map
 //! elements without touching any chain.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 
 use crate::model::{Peer, PodInfo, Policy, PortSpec, Proto, Rule, Snapshot};
@@ -137,8 +137,15 @@ fn in_ranges(ip: u32, ranges: &Option<Vec<IpRange>>) -> bool {
 }
 
 /// Adds one rule's contribution for a pod's direction into `acc`.
-fn add_rule(s: &Snapshot, dir: Dir, pod: &PodInfo, rule: &Rule, ns: &str, acc: &mut Allow) {
-    let peers = rule_peers(s, rule, ns);
+fn add_rule(
+    s: &Snapshot,
+    dir: Dir,
+    pod: &PodInfo,
+    rule: &Rule,
+    peers: &Option<Vec<IpRange>>,
+    acc: &mut Allow,
+) {
+    let peers = peers.clone();
     if rule.ports.is_empty() {
         match peers {
             None => acc.peers.push(ALL_IPS),
@@ -229,6 +236,34 @@ fn normalise_pairs(pairs: &[(IpRange, PortRange)]) -> Vec<(IpRange, PortRange)> 
     if pairs.is_empty() {
         return vec![];
     }
+    // Fast path, the common case: the distinct IP ranges do not overlap (pod peers are
+    // distinct /32s), so each range just gets its ports merged.
+    let mut by_range: BTreeMap<IpRange, Vec<PortRange>> = BTreeMap::new();
+    for (ip, port) in pairs {
+        by_range.entry(*ip).or_default().push(*port);
+    }
+    let disjoint = by_range
+        .keys()
+        .zip(by_range.keys().skip(1))
+        .all(|(a, b)| a.1 < b.0);
+    if disjoint {
+        let mut pieces: Vec<(IpRange, Vec<PortRange>)> = Vec::with_capacity(by_range.len());
+        for (range, ports) in by_range {
+            let ports = merge_ports(&ports);
+            if let Some(last) = pieces.last_mut()
+                && last.1 == ports
+                && u64::from(last.0.1) + 1 == u64::from(range.0)
+            {
+                last.0.1 = range.1;
+                continue;
+            }
+            pieces.push((range, ports));
+        }
+        return pieces
+            .into_iter()
+            .flat_map(|(ip, ports)| ports.into_iter().map(move |p| (ip, p)))
+            .collect();
+    }
     let mut cuts: BTreeSet<u64> = BTreeSet::new();
     for ((a, b), _) in pairs {
         cuts.insert(u64::from(*a));
@@ -292,41 +327,46 @@ fn fnv64(data: &str) -> u64 {
     h
 }
 
+fn rules_of(p: &Policy, dir: Dir) -> Option<&[Rule]> {
+    match dir {
+        Dir::Ingress => p.ingress.as_deref(),
+        Dir::Egress => p.egress.as_deref(),
+    }
+}
+
 /// Compiles the snapshot. Pure and deterministic.
+///
+/// Work is shared where the answer is shared: each rule's peer set is resolved once, and
+/// each group's allow-sets are built once for all the pods that share its key.
 pub fn compile(s: &Snapshot) -> Compiled {
     let mut out = Compiled {
         node_addrs: s.node_addrs.iter().copied().collect(),
         ..Default::default()
     };
+    let mut peer_cache: HashMap<(usize, Dir, usize), Option<Vec<IpRange>>> = HashMap::new();
+    // Group key → group name, or None when the group allows everything.
+    let mut group_cache: HashMap<String, Option<String>> = HashMap::new();
     for pod in s.pods.iter().filter(|p| p.local && !p.host_network) {
         let Some(ip) = pod.ip else { continue };
         out.local_ips.insert(ip);
         for dir in [Dir::Ingress, Dir::Egress] {
-            let selecting: Vec<&Policy> = s
+            let selecting: Vec<usize> = s
                 .policies
                 .iter()
-                .filter(|p| match dir {
-                    Dir::Ingress => p.ingress.is_some(),
-                    Dir::Egress => p.egress.is_some(),
-                })
-                .filter(|p| selects(p, pod))
+                .enumerate()
+                .filter(|(_, p)| rules_of(p, dir).is_some() && selects(p, pod))
+                .map(|(i, _)| i)
                 .collect();
             if selecting.is_empty() {
                 continue;
             }
-            let mut acc = Allow::default();
             let mut key = format!("{}:", dir.prefix());
-            for pol in &selecting {
+            for &pi in &selecting {
+                let pol = &s.policies[pi];
                 key.push_str(&format!("{}/{};", pol.namespace, pol.name));
-                let rules = match dir {
-                    Dir::Ingress => pol.ingress.as_deref(),
-                    Dir::Egress => pol.egress.as_deref(),
-                }
-                .unwrap_or(&[]);
-                for r in rules {
-                    add_rule(s, dir, pod, r, &pol.namespace, &mut acc);
-                    if dir == Dir::Ingress {
-                        // Named ports make the group depend on the pod's own port names.
+                if dir == Dir::Ingress {
+                    // Named ports make the group depend on the pod's own port names.
+                    for r in rules_of(pol, dir).unwrap_or(&[]) {
                         for spec in &r.ports {
                             if let PortSpec::Named(p, n) = spec {
                                 let res =
@@ -337,18 +377,36 @@ pub fn compile(s: &Snapshot) -> Compiled {
                     }
                 }
             }
-            let allow = acc.normalise();
-            if allow.allows_all() {
-                // Isolated but everything allowed: same as not isolated; no dispatch needed.
-                continue;
-            }
-            let name = format!("{}_{:016x}", dir.prefix(), fnv64(&key));
-            let map = match dir {
-                Dir::Ingress => &mut out.ingress,
-                Dir::Egress => &mut out.egress,
+            let name = match group_cache.get(&key) {
+                Some(n) => n.clone(),
+                None => {
+                    let mut acc = Allow::default();
+                    for &pi in &selecting {
+                        let pol = &s.policies[pi];
+                        for (ri, r) in rules_of(pol, dir).unwrap_or(&[]).iter().enumerate() {
+                            let peers = peer_cache
+                                .entry((pi, dir, ri))
+                                .or_insert_with(|| rule_peers(s, r, &pol.namespace));
+                            add_rule(s, dir, pod, r, peers, &mut acc);
+                        }
+                    }
+                    let allow = acc.normalise();
+                    // Isolated but everything allowed: same as not isolated; no dispatch.
+                    let name = (!allow.allows_all())
+                        .then(|| format!("{}_{:016x}", dir.prefix(), fnv64(&key)));
+                    if let Some(n) = &name {
+                        out.groups.insert(n.clone(), (dir, allow));
+                    }
+                    group_cache.insert(key, name.clone());
+                    name
+                }
             };
-            map.insert(ip, name.clone());
-            out.groups.insert(name, (dir, allow));
+            if let Some(name) = name {
+                match dir {
+                    Dir::Ingress => out.ingress.insert(ip, name),
+                    Dir::Egress => out.egress.insert(ip, name),
+                };
+            }
         }
     }
     out
