@@ -21,7 +21,7 @@ const PODS_PER_NS: usize = 50;
 fn pod(ns: usize, j: usize, app: usize) -> Pod {
     serde_json::from_value(json!({
         "metadata": {"namespace": format!("n{ns}"), "name": format!("p{j}"),
-                     "labels": {"app": format!("a{app}"), "tier": if j % 2 == 0 { "fe" } else { "be" }}},
+                     "labels": {"app": format!("a{app}"), "tier": if j.is_multiple_of(2) { "fe" } else { "be" }}},
         "spec": {"containers": [{"name": "c", "ports": [{"name": "web", "containerPort": 8080}]}]},
         "status": {"podIP": format!("10.42.{ns}.{}", j + 2)}
     }))
