@@ -293,6 +293,36 @@ impl Lab {
     }
 }
 
+impl Lab {
+    /// Probes an arbitrary address (e.g. a Service VIP) from pod `from`.
+    pub fn probe_addr(
+        &self,
+        from: usize,
+        dst: Ipv4Addr,
+        port: u16,
+        proto: Proto,
+        opts: ProbeOpts,
+    ) -> Result<bool, LabError> {
+        let (reply, rx) = oneshot::channel();
+        let gone = || LabError::WorkerGone {
+            pod: self.pods[from].id.clone(),
+        };
+        self.workers[from]
+            .tx
+            .as_ref()
+            .ok_or_else(gone)?
+            .send(ProbeReq {
+                dst,
+                port,
+                proto,
+                opts,
+                reply,
+            })
+            .map_err(|_| gone())?;
+        rx.blocking_recv().map_err(|_| gone())
+    }
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
         for w in &mut self.workers {
