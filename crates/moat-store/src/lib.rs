@@ -13,7 +13,15 @@
 //! - list at a past revision and watch from a past revision, until compaction; a request for a
 //!   compacted revision fails with [`StoreError::Compacted`] (the API server maps it to 410).
 
+pub mod conformance;
+pub mod embedded;
+pub mod mem;
+mod mvcc;
+
 use std::fmt;
+
+pub use embedded::EmbeddedStore;
+pub use mem::MemStore;
 
 use futures::stream::BoxStream;
 

@@ -1,0 +1,196 @@
+//! `MemStore`: the complete in-memory implementation. It is the fake in other crates' unit
+//! tests and the reference the conformance suite holds the durable backends to.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use tokio::sync::{Mutex, broadcast};
+
+use crate::mvcc::{Change, State, event_key};
+use crate::{
+    KeyValue, ListOptions, ListResult, Revision, Store, StoreError, WatchEvent, WatchStream,
+};
+
+/// The part every history-keeping backend shares: state under a lock, plus a broadcast of
+/// committed events for watches.
+pub(crate) struct Core {
+    pub state: Mutex<State>,
+    pub events: broadcast::Sender<WatchEvent>,
+}
+
+impl Core {
+    pub fn new(state: State) -> Arc<Core> {
+        let (events, _) = broadcast::channel(4096);
+        Arc::new(Core {
+            state: Mutex::new(state),
+            events,
+        })
+    }
+
+    /// Commits `c` in memory (callers persist first) and notifies watchers.
+    pub fn publish(&self, st: &mut State, c: &Change) {
+        st.apply(c);
+        let _ = self.events.send(c.event.clone());
+    }
+
+    pub async fn watch(
+        self: &Arc<Self>,
+        prefix: &str,
+        after: Revision,
+    ) -> Result<WatchStream, StoreError> {
+        // Subscribe before reading history, then skip what history already delivered:
+        // no gap, no duplicate.
+        let (rx, replay, from) = {
+            let st = self.state.lock().await;
+            let rx = self.events.subscribe();
+            let start = if after == 0 { st.rev } else { after };
+            let replay = if after == 0 {
+                vec![]
+            } else {
+                st.events_after(prefix, after)?
+            };
+            (rx, replay, start)
+        };
+        let last = replay.last().map(|e| e.revision()).unwrap_or(from);
+        let prefix = prefix.to_string();
+        let live = tokio_stream_from(rx).filter_map(move |r| {
+            let prefix = prefix.clone();
+            async move {
+                match r {
+                    Ok(e)
+                        if e.revision() > last
+                            && event_key(&e).is_some_and(|k| k.starts_with(&prefix)) =>
+                    {
+                        Some(Ok(e))
+                    }
+                    Ok(_) => None,
+                    // A watcher that fell this far behind must re-list, like etcd's compaction.
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        Some(Err(StoreError::Compacted {
+                            requested: last,
+                            compacted: last,
+                        }))
+                    }
+                    Err(broadcast::error::RecvError::Closed) => Some(Err(StoreError::Closed)),
+                }
+            }
+        });
+        Ok(futures::stream::iter(replay.into_iter().map(Ok))
+            .chain(live)
+            .boxed())
+    }
+}
+
+/// Committed events as a stream; ends when the store is dropped.
+fn tokio_stream_from(
+    rx: broadcast::Receiver<WatchEvent>,
+) -> impl futures::Stream<Item = Result<WatchEvent, broadcast::error::RecvError>> {
+    futures::stream::unfold(rx, |mut rx| async move {
+        match rx.recv().await {
+            Err(broadcast::error::RecvError::Closed) => None,
+            r => Some((r, rx)),
+        }
+    })
+}
+
+/// The in-memory store.
+#[derive(Clone)]
+pub struct MemStore {
+    core: Arc<Core>,
+}
+
+impl Default for MemStore {
+    fn default() -> Self {
+        MemStore::new()
+    }
+}
+
+impl MemStore {
+    pub fn new() -> MemStore {
+        MemStore {
+            core: Core::new(State::new()),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for MemStore {
+    async fn current_revision(&self) -> Result<Revision, StoreError> {
+        Ok(self.core.state.lock().await.rev)
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        Ok(self.core.state.lock().await.kv.get(key).cloned())
+    }
+
+    async fn list(&self, prefix: &str, opts: ListOptions) -> Result<ListResult, StoreError> {
+        self.core.state.lock().await.list(prefix, &opts)
+    }
+
+    async fn create(&self, key: &str, value: Vec<u8>) -> Result<KeyValue, StoreError> {
+        let mut st = self.core.state.lock().await;
+        let c = st.plan_create(key, value)?;
+        self.core.publish(&mut st, &c);
+        Ok(put_kv(&c))
+    }
+
+    async fn update(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        expected: Revision,
+    ) -> Result<KeyValue, StoreError> {
+        let mut st = self.core.state.lock().await;
+        let c = st.plan_update(key, value, expected)?;
+        self.core.publish(&mut st, &c);
+        Ok(put_kv(&c))
+    }
+
+    async fn delete(
+        &self,
+        key: &str,
+        expected: Option<Revision>,
+    ) -> Result<(KeyValue, Revision), StoreError> {
+        let mut st = self.core.state.lock().await;
+        let c = st.plan_delete(key, expected)?;
+        self.core.publish(&mut st, &c);
+        Ok(del_kv(&c))
+    }
+
+    async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError> {
+        self.core.watch(prefix, after).await
+    }
+
+    async fn compact(&self, revision: Revision) -> Result<(), StoreError> {
+        self.core.state.lock().await.compact(revision)
+    }
+
+    async fn oldest_revision(&self) -> Result<Revision, StoreError> {
+        Ok(self.core.state.lock().await.compacted + 1)
+    }
+}
+
+pub(crate) fn put_kv(c: &Change) -> KeyValue {
+    match &c.event {
+        WatchEvent::Put { kv, .. } => kv.clone(),
+        _ => unreachable_kv(),
+    }
+}
+
+pub(crate) fn del_kv(c: &Change) -> (KeyValue, Revision) {
+    match &c.event {
+        WatchEvent::Delete { prev, revision } => (prev.clone(), *revision),
+        _ => (unreachable_kv(), 0),
+    }
+}
+
+/// plan_create/plan_update only produce Put and plan_delete only Delete; this keeps the
+/// match total without a panic on an input path.
+fn unreachable_kv() -> KeyValue {
+    KeyValue {
+        key: String::new(),
+        value: vec![],
+        create_revision: 0,
+        mod_revision: 0,
+    }
+}
