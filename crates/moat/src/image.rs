@@ -1,10 +1,90 @@
-//! `moat image`: owned by the image area; replaced as that area lands.
+//! `moat image`: the node's image store (import, pull, list, remove).
 
+use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-#[derive(clap::Args)]
-pub struct ImageArgs {}
+use anyhow::Context;
 
-pub fn run(_args: ImageArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("moat image is not built yet")
+#[derive(clap::Args)]
+pub struct ImageArgs {
+    /// Image store root.
+    #[arg(
+        long,
+        global = true,
+        default_value = "/var/lib/moat/images",
+        env = "MOAT_IMAGE_ROOT"
+    )]
+    root: PathBuf,
+    #[command(subcommand)]
+    cmd: ImageCmd,
+}
+
+#[derive(clap::Subcommand)]
+enum ImageCmd {
+    /// Import an oci-archive or docker-archive tar, or an oci-layout directory.
+    Import {
+        path: PathBuf,
+        /// Reference to record it under (default: from the archive).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List images: REPOSITORY TAG DIGEST SIZE.
+    Ls,
+    /// Remove an image reference; unreferenced blobs and layers are garbage-collected.
+    Rm { image: String },
+}
+
+pub fn run(args: ImageArgs) -> anyhow::Result<ExitCode> {
+    let store = moat_image::Store::open(&args.root)
+        .with_context(|| format!("opening image store {}", args.root.display()))?;
+    match args.cmd {
+        ImageCmd::Import { path, name } => {
+            let rec = store
+                .import(&path, name.as_deref())
+                .with_context(|| format!("importing {}", path.display()))?;
+            println!("{} {}", rec.name, rec.manifest);
+        }
+        ImageCmd::Ls => {
+            let mut out = std::io::stdout().lock();
+            writeln!(
+                out,
+                "{:<40} {:<12} {:<20} SIZE",
+                "REPOSITORY", "TAG", "DIGEST"
+            )?;
+            for rec in store.list()? {
+                let r = moat_image::Reference::parse(&rec.name)?;
+                writeln!(
+                    out,
+                    "{:<40} {:<12} {:<20} {}",
+                    r.name(),
+                    r.tag.as_deref().unwrap_or("<none>"),
+                    &rec.manifest.as_str()[..19],
+                    human(rec.size)
+                )?;
+            }
+        }
+        ImageCmd::Rm { image } => {
+            let rec = store
+                .remove(&image)
+                .with_context(|| format!("removing {image}"))?;
+            println!("Untagged: {} {}", rec.name, rec.manifest);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn human(n: u64) -> String {
+    const U: [&str; 4] = ["B", "kB", "MB", "GB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1000.0 && i < U.len() - 1 {
+        v /= 1000.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{n}B")
+    } else {
+        format!("{v:.2}{}", U[i])
+    }
 }
