@@ -12,3 +12,4 @@ pub use policy::{PullDecision, PullPolicy, decide, default_policy};
 pub use reference::{Digest, RefError, Reference};
 pub use rootfs::{Mounter, RealMounter, RecordingMounter};
 pub use store::{ImageRecord, Store, StoreError};
+pub mod registry;
