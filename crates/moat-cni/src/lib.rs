@@ -452,12 +452,14 @@ impl Cni<'_> {
     ) -> Result<Option<CniResult>, CniError> {
         let ty = plugin["type"].as_str().unwrap_or("").to_string();
         let bin = self.find(&ty)?;
-        let args = att
-            .args
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(";");
+        // Plugins reject CNI_ARGS keys they do not know unless IgnoreUnknown is set, which is
+        // why container runtimes always send it with the K8S_POD_* keys.
+        let mut pairs: Vec<String> = Vec::new();
+        if !att.args.is_empty() && !att.args.iter().any(|(k, _)| k == "IgnoreUnknown") {
+            pairs.push("IgnoreUnknown=1".into());
+        }
+        pairs.extend(att.args.iter().map(|(k, v)| format!("{k}={v}")));
+        let args = pairs.join(";");
         let env = vec![
             ("CNI_COMMAND".to_string(), cmd.as_str().to_string()),
             ("CNI_CONTAINERID".into(), att.container_id.clone()),
@@ -602,7 +604,7 @@ mod tests {
         assert!(calls[0].plugin.ends_with("bridge"));
         assert_eq!(calls[0].env["CNI_COMMAND"], "ADD");
         assert_eq!(calls[0].env["CNI_NETNS"], "/run/netns/p1");
-        assert_eq!(calls[0].env["CNI_ARGS"], "K8S_POD_NAME=web");
+        assert_eq!(calls[0].env["CNI_ARGS"], "IgnoreUnknown=1;K8S_POD_NAME=web");
         assert_eq!(calls[0].stdin["name"], "moat");
         assert!(calls[0].stdin.get("prevResult").is_none());
         // bridge declares no capabilities, so gets no runtimeConfig.
