@@ -1,10 +1,77 @@
-//! `moat server`: owned by the server area; replaced as that area lands.
+//! `moat server`: the control plane (API server on the embedded store).
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-#[derive(clap::Args)]
-pub struct ServerArgs {}
+use anyhow::Context;
+use clap::Subcommand;
 
-pub fn run(_args: ServerArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("moat server is not built yet")
+#[derive(clap::Args)]
+pub struct ServerArgs {
+    /// Address for the HTTPS API.
+    #[arg(long, default_value = "0.0.0.0:6443")]
+    listen: SocketAddr,
+    /// Holds the store, the CA and serving certificate, the admin token and kubeconfig.yaml.
+    #[arg(long, default_value = "/var/lib/moat")]
+    data_dir: PathBuf,
+    /// etcd endpoints (comma-separated) instead of the embedded store.
+    #[arg(long)]
+    datastore_endpoint: Option<String>,
+    /// RuntimeClass given to pods annotated io.kubernetes.cri-o.TrustedSandbox: "false".
+    #[arg(long, default_value = "kata")]
+    untrusted_runtime_class: String,
+    #[command(subcommand)]
+    cmd: Option<ServerCmd>,
+}
+
+#[derive(Subcommand)]
+enum ServerCmd {
+    /// Offline snapshots of the embedded store (stop the server first).
+    Snapshot {
+        #[command(subcommand)]
+        op: SnapshotOp,
+    },
+}
+
+#[derive(Subcommand)]
+enum SnapshotOp {
+    /// Write a consistent copy of the store to FILE.
+    Save { file: PathBuf },
+    /// Replace the store with FILE.
+    Restore { file: PathBuf },
+}
+
+pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
+    let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    let db = args.data_dir.join("db");
+    match args.cmd {
+        Some(ServerCmd::Snapshot {
+            op: SnapshotOp::Save { file },
+        }) => {
+            rt.block_on(async {
+                let s = moat_store::EmbeddedStore::open(&db)
+                    .context("opening the store (is a server still running?)")?;
+                s.snapshot_save(&file).await.context("saving the snapshot")
+            })?;
+            println!("snapshot saved to {}", file.display());
+        }
+        Some(ServerCmd::Snapshot {
+            op: SnapshotOp::Restore { file },
+        }) => {
+            moat_store::EmbeddedStore::snapshot_restore(&file, &db)
+                .context("restoring the snapshot")?;
+            println!("store restored from {}", file.display());
+        }
+        None => rt.block_on(moat_apiserver::serve(
+            moat_apiserver::Config {
+                listen: args.listen,
+                data_dir: args.data_dir,
+                datastore_endpoint: args.datastore_endpoint,
+                untrusted_runtime_class: args.untrusted_runtime_class,
+            },
+            None,
+        ))?,
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,1206 @@
+//! Request handling: routes every path to discovery or to a resource of the registry, and
+//! implements the object semantics (uid, timestamps, generation, resourceVersion from the
+//! store revision, compare-and-swap updates, finalizers, watch).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use futures::StreamExt;
+use http::{HeaderMap, Method, StatusCode, header};
+use moat_api::{RESOURCES, ResourceInfo};
+use moat_store::{ListOptions, StoreError, WatchEvent};
+use serde_json::{Value, json};
+
+use crate::App;
+use crate::select::{fields_match, labels_match, parse_fields, parse_labels};
+use crate::status::ApiError;
+use crate::table::table;
+
+pub const MAX_BODY: usize = 3 * 1024 * 1024;
+
+type Q = HashMap<String, String>;
+
+/// What a resource path names.
+#[derive(Debug)]
+struct Target {
+    res: &'static ResourceInfo,
+    ns: Option<String>,
+    name: Option<String>,
+    sub: Option<String>,
+}
+
+fn parse_path(path: &str) -> Option<Target> {
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (group, version, rest) = match segs.as_slice() {
+        ["api", v, rest @ ..] => ("", *v, rest),
+        ["apis", g, v, rest @ ..] => (*g, *v, rest),
+        _ => return None,
+    };
+    let find = |plural: &str| moat_api::resource_by_plural(group, version, plural);
+    match rest {
+        ["namespaces", ns, plural, tail @ ..] if find(plural).is_some_and(|r| r.namespaced) => {
+            let res = find(plural)?;
+            Some(Target {
+                res,
+                ns: Some(ns.to_string()),
+                name: tail.first().map(|s| s.to_string()),
+                sub: tail.get(1).map(|s| s.to_string()),
+            })
+            .filter(|_| tail.len() <= 2)
+        }
+        [plural, tail @ ..] if tail.len() <= 2 => {
+            let res = find(plural)?;
+            Some(Target {
+                res,
+                ns: None,
+                name: tail.first().map(|s| s.to_string()),
+                sub: tail.get(1).map(|s| s.to_string()),
+            })
+        }
+        _ => None,
+    }
+}
+
+pub fn store_key(res: &ResourceInfo, ns: Option<&str>, name: &str) -> String {
+    match ns {
+        Some(ns) if res.namespaced => format!("/registry/{}/{ns}/{name}", res.group_resource()),
+        _ => format!("/registry/{}/{name}", res.group_resource()),
+    }
+}
+
+fn store_prefix(res: &ResourceInfo, ns: Option<&str>) -> String {
+    match ns {
+        Some(ns) if res.namespaced => format!("/registry/{}/{ns}/", res.group_resource()),
+        _ => format!("/registry/{}/", res.group_resource()),
+    }
+}
+
+fn decode(kv: &moat_store::KeyValue) -> Result<Value, ApiError> {
+    let mut v: Value = serde_json::from_slice(&kv.value)
+        .map_err(|e| ApiError::internal(format!("decoding stored object {}: {e}", kv.key)))?;
+    v["metadata"]["resourceVersion"] = json!(kv.mod_revision.to_string());
+    Ok(v)
+}
+
+fn encode(v: &Value) -> Vec<u8> {
+    let mut v = v.clone();
+    if let Some(m) = v["metadata"].as_object_mut() {
+        m.remove("resourceVersion");
+    }
+    serde_json::to_vec(&v).unwrap_or_default()
+}
+
+fn wants_table(h: &HeaderMap) -> bool {
+    h.get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("as=Table"))
+}
+
+fn json_response(code: StatusCode, v: &Value) -> Response {
+    (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        v.to_string(),
+    )
+        .into_response()
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+// ---------- validation ----------
+
+fn dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+fn dns_subdomain(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 253 && s.split('.').all(dns_label)
+}
+
+fn label_value_ok(v: &str) -> bool {
+    v.is_empty()
+        || (v.len() <= 63
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            && v.as_bytes()[0].is_ascii_alphanumeric()
+            && v.as_bytes()[v.len() - 1].is_ascii_alphanumeric())
+}
+
+fn label_key_ok(k: &str) -> bool {
+    let (prefix, name) = match k.rsplit_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, k),
+    };
+    prefix.is_none_or(dns_subdomain) && !name.is_empty() && label_value_ok(name)
+}
+
+fn validate_meta(res: &ResourceInfo, obj: &Value) -> Vec<moat_api::Cause> {
+    let mut causes = Vec::new();
+    let name = obj["metadata"]["name"].as_str().unwrap_or("");
+    let label_style = matches!(res.kind, "Namespace" | "Service");
+    let ok = if label_style {
+        dns_label(name)
+    } else {
+        dns_subdomain(name)
+    };
+    if !ok {
+        let what = if label_style {
+            "RFC 1123 label"
+        } else {
+            "RFC 1123 subdomain"
+        };
+        causes.push(moat_api::Cause::new(
+            "FieldValueInvalid",
+            "metadata.name",
+            format!("Invalid value: {name:?}: a lowercase {what} must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"),
+        ));
+    }
+    if let Some(labels) = obj["metadata"]["labels"].as_object() {
+        for (k, v) in labels {
+            if !label_key_ok(k) {
+                causes.push(moat_api::Cause::new("FieldValueInvalid", "metadata.labels", format!("Invalid value: {k:?}: name part must consist of alphanumeric characters, '-', '_' or '.'")));
+            }
+            match v.as_str() {
+                Some(s) if label_value_ok(s) => {}
+                _ => causes.push(moat_api::Cause::new("FieldValueInvalid", "metadata.labels", format!("Invalid value: {v}: a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"))),
+            }
+        }
+    }
+    causes
+}
+
+/// Minimal Kubernetes defaulting for the kinds whose defaults other components rely on.
+fn default_object(res: &ResourceInfo, obj: &mut Value) {
+    match res.kind {
+        "Namespace" => {
+            let name = obj["metadata"]["name"].clone();
+            obj["metadata"]["labels"]["kubernetes.io/metadata.name"] = name;
+            if obj["status"]["phase"].is_null() {
+                obj["status"] = json!({"phase": "Active"});
+            }
+        }
+        "Pod" => {
+            let spec = &mut obj["spec"];
+            for (k, v) in [
+                ("restartPolicy", json!("Always")),
+                ("dnsPolicy", json!("ClusterFirst")),
+                ("terminationGracePeriodSeconds", json!(30)),
+                ("schedulerName", json!("default-scheduler")),
+                ("enableServiceLinks", json!(true)),
+            ] {
+                if spec[k].is_null() {
+                    spec[k] = v;
+                }
+            }
+            if let Some(cs) = spec["containers"].as_array_mut() {
+                for c in cs {
+                    if c["terminationMessagePath"].is_null() {
+                        c["terminationMessagePath"] = json!("/dev/termination-log");
+                    }
+                    if c["imagePullPolicy"].is_null() {
+                        let image = c["image"].as_str().unwrap_or("");
+                        let latest = !image.rsplit('/').next().unwrap_or("").contains(':')
+                            || image.ends_with(":latest");
+                        c["imagePullPolicy"] =
+                            json!(if latest { "Always" } else { "IfNotPresent" });
+                    }
+                    if let Some(ps) = c["ports"].as_array_mut() {
+                        for p in ps {
+                            if p["protocol"].is_null() {
+                                p["protocol"] = json!("TCP");
+                            }
+                        }
+                    }
+                }
+            }
+            if obj["status"]["phase"].is_null() {
+                obj["status"] = json!({"phase": "Pending", "qosClass": "BestEffort"});
+            }
+        }
+        "Service" => {
+            let spec = &mut obj["spec"];
+            if spec["type"].is_null() {
+                spec["type"] = json!("ClusterIP");
+            }
+            if spec["sessionAffinity"].is_null() {
+                spec["sessionAffinity"] = json!("None");
+            }
+            if let Some(ps) = spec["ports"].as_array_mut() {
+                for p in ps {
+                    if p["protocol"].is_null() {
+                        p["protocol"] = json!("TCP");
+                    }
+                    if p["targetPort"].is_null() {
+                        p["targetPort"] = p["port"].clone();
+                    }
+                }
+            }
+        }
+        "Deployment" => {
+            let spec = &mut obj["spec"];
+            if spec["replicas"].is_null() {
+                spec["replicas"] = json!(1);
+            }
+            if spec["strategy"].is_null() {
+                spec["strategy"] = json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}});
+            }
+            if spec["revisionHistoryLimit"].is_null() {
+                spec["revisionHistoryLimit"] = json!(10);
+            }
+            if spec["progressDeadlineSeconds"].is_null() {
+                spec["progressDeadlineSeconds"] = json!(600);
+            }
+        }
+        "Secret" if obj["type"].is_null() => obj["type"] = json!("Opaque"),
+        "NetworkPolicy" => {
+            let spec = &mut obj["spec"];
+            if spec["policyTypes"].as_array().is_none_or(|a| a.is_empty()) {
+                let mut t = vec![json!("Ingress")];
+                if spec["egress"].as_array().is_some_and(|e| !e.is_empty()) {
+                    t.push(json!("Egress"));
+                }
+                spec["policyTypes"] = json!(t);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn gen_suffix() -> String {
+    use rand::Rng;
+    const ALPHA: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let mut r = rand::rng();
+    (0..5)
+        .map(|_| ALPHA[r.random_range(0..ALPHA.len())] as char)
+        .collect()
+}
+
+// ---------- handlers ----------
+
+pub async fn handle(
+    app: Arc<App>,
+    method: Method,
+    path: &str,
+    q: Q,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    match path.trim_end_matches('/') {
+        "/api" => {
+            return Ok(json_response(
+                StatusCode::OK,
+                &json!({"kind": "APIVersions", "versions": ["v1"],
+            "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": app.advertise}]}),
+            ));
+        }
+        "/apis" => return Ok(json_response(StatusCode::OK, &api_groups())),
+        "/openapi/v2" | "/openapi/v3" => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                "OpenAPI documents are not served yet; use kubectl with --validate=false",
+            ));
+        }
+        _ => {}
+    }
+    if let Some(list) = resource_list(path) {
+        return Ok(json_response(StatusCode::OK, &list));
+    }
+    let t = parse_path(path).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("the server could not find the requested resource ({path})"),
+        )
+    })?;
+    let watching = q.get("watch").is_some_and(|w| w == "true" || w == "1");
+    match (&method, &t.name, t.sub.as_deref()) {
+        (&Method::GET, None, None) if watching => watch(app, &t, &q, &headers).await,
+        (&Method::GET, None, None) => list(app, &t, &q, &headers).await,
+        (&Method::GET, Some(name), None) => {
+            let obj = get(&app, &t, name).await?;
+            if wants_table(&headers) {
+                let rv = obj["metadata"]["resourceVersion"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string();
+                return Ok(json_response(
+                    StatusCode::OK,
+                    &table(
+                        t.res.kind,
+                        &[obj],
+                        &rv,
+                        q.get("includeObject").map(String::as_str).unwrap_or(""),
+                        true,
+                    ),
+                ));
+            }
+            Ok(json_response(StatusCode::OK, &obj))
+        }
+        (&Method::GET, Some(name), Some("status")) => {
+            Ok(json_response(StatusCode::OK, &get(&app, &t, name).await?))
+        }
+        (&Method::GET, Some(name), Some("scale")) => Ok(json_response(
+            StatusCode::OK,
+            &scale_of(&get(&app, &t, name).await?),
+        )),
+        (&Method::POST, None, None) => create(app, &t, &q, &headers, body).await,
+        (&Method::POST, Some(name), Some("binding")) => binding(app, &t, name, body).await,
+        (&Method::PUT, Some(name), sub) => {
+            let body = read_body(&headers, body).await?;
+            update(app, &t, name, sub, &q, |_cur| Ok(body.clone())).await
+        }
+        (&Method::PATCH, Some(name), sub) => {
+            let ct = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            let patch = read_body(&headers, body).await?;
+            update(app, &t, name, sub, &q, move |cur| {
+                apply_patch(&ct, cur, &patch)
+            })
+            .await
+        }
+        (&Method::DELETE, Some(name), None) => delete(app, &t, name).await,
+        (&Method::DELETE, None, None) => delete_collection(app, &t, &q).await,
+        (_, Some(_), Some("log" | "exec" | "attach" | "portforward")) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            "no node agent serves this pod yet: logs and exec arrive with the node agent",
+        )),
+        _ => Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            format!("{method} is not supported on {path}"),
+        )),
+    }
+}
+
+fn api_groups() -> Value {
+    let groups: Vec<Value> = moat_api::group_versions()
+        .into_iter()
+        .filter(|(g, _)| !g.is_empty())
+        .map(|(g, v)| {
+            let gv = json!({"groupVersion": format!("{g}/{v}"), "version": v});
+            json!({"name": g, "versions": [gv.clone()], "preferredVersion": gv})
+        })
+        .collect();
+    json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
+}
+
+fn resource_list(path: &str) -> Option<Value> {
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (g, v) = match segs.as_slice() {
+        ["api", v] => ("", *v),
+        ["apis", g, v] => (*g, *v),
+        _ => return None,
+    };
+    if !moat_api::group_versions().contains(&(g, v)) {
+        return None;
+    }
+    let mut resources = Vec::new();
+    for r in RESOURCES.iter().filter(|r| r.group == g && r.version == v) {
+        let mut e = json!({"name": r.plural, "singularName": r.singular, "namespaced": r.namespaced, "kind": r.kind, "verbs": r.verbs()});
+        if !r.short_names.is_empty() {
+            e["shortNames"] = json!(r.short_names);
+        }
+        if !r.categories.is_empty() {
+            e["categories"] = json!(r.categories);
+        }
+        resources.push(e);
+        for s in r.subresources {
+            let (kind, group, version, verbs) = match s {
+                moat_api::Subresource::Scale => {
+                    ("Scale", "autoscaling", "v1", vec!["get", "patch", "update"])
+                }
+                moat_api::Subresource::Status => {
+                    (r.kind, r.group, r.version, vec!["get", "patch", "update"])
+                }
+                moat_api::Subresource::Binding => ("Binding", "", "v1", vec!["create"]),
+                moat_api::Subresource::Eviction => ("Eviction", "policy", "v1", vec!["create"]),
+                moat_api::Subresource::Log => ("Pod", "", "v1", vec!["get"]),
+                moat_api::Subresource::Exec => ("PodExecOptions", "", "v1", vec!["create", "get"]),
+            };
+            resources.push(json!({"name": format!("{}/{}", r.plural, s.name()), "singularName": "", "namespaced": r.namespaced,
+                "group": group, "version": version, "kind": kind, "verbs": verbs}));
+        }
+    }
+    let gv = if g.is_empty() {
+        v.to_string()
+    } else {
+        format!("{g}/{v}")
+    };
+    Some(
+        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}),
+    )
+}
+
+async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if ct.starts_with("application/vnd.kubernetes.protobuf") {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UnsupportedMediaType",
+            format!(
+                "the body of the request was in an unsupported format: {ct} (moat accepts JSON request bodies; protobuf bodies are not decoded yet)"
+            ),
+        ));
+    }
+    axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "RequestEntityTooLarge",
+            format!("the request body is larger than the limit of {MAX_BODY} bytes"),
+        )
+    })
+}
+
+fn parse_json(b: &[u8]) -> Result<Value, ApiError> {
+    let v: Value = serde_json::from_slice(b)
+        .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))?;
+    if !v.is_object() {
+        return Err(ApiError::bad_request(
+            "the request body must be a JSON object",
+        ));
+    }
+    Ok(v)
+}
+
+async fn get(app: &App, t: &Target, name: &str) -> Result<Value, ApiError> {
+    let kv = app
+        .store
+        .get(&store_key(t.res, t.ns.as_deref(), name))
+        .await?;
+    let kv = kv.ok_or_else(|| {
+        ApiError::not_found(&t.res.group_resource(), name).details(t.res.group, t.res.plural, name)
+    })?;
+    decode(&kv)
+}
+
+async fn namespace_ok(app: &App, ns: &str, creating: bool) -> Result<(), ApiError> {
+    let key = format!("/registry/namespaces/{ns}");
+    match app.store.get(&key).await? {
+        None => Err(ApiError::not_found("namespaces", ns).details("", "namespaces", ns)),
+        Some(kv) if creating => {
+            let v = decode(&kv)?;
+            if v["status"]["phase"] == "Terminating"
+                || v["metadata"]["deletionTimestamp"].is_string()
+            {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "Forbidden",
+                    format!(
+                        "unable to create new content in namespace {ns} because it is being terminated"
+                    ),
+                ));
+            }
+            Ok(())
+        }
+        Some(_) => Ok(()),
+    }
+}
+
+fn selectors(q: &Q) -> Result<(Vec<crate::select::Req>, Vec<crate::select::Req>), ApiError> {
+    let l = parse_labels(q.get("labelSelector").map(String::as_str).unwrap_or(""))
+        .map_err(ApiError::bad_request)?;
+    let f = parse_fields(q.get("fieldSelector").map(String::as_str).unwrap_or(""))
+        .map_err(ApiError::bad_request)?;
+    Ok((l, f))
+}
+
+async fn list(app: Arc<App>, t: &Target, q: &Q, headers: &HeaderMap) -> Result<Response, ApiError> {
+    let (ls, fs) = selectors(q)?;
+    let limit: usize = q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(0);
+    let (mut at, mut start_after) = (0i64, None::<String>);
+    if let Some(c) = q.get("continue").filter(|c| !c.is_empty()) {
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(c)
+            .map_err(|_| ApiError::bad_request("invalid continue token"))?;
+        let tok: Value = serde_json::from_slice(&raw)
+            .map_err(|_| ApiError::bad_request("invalid continue token"))?;
+        at = tok["rv"]
+            .as_i64()
+            .ok_or_else(|| ApiError::bad_request("invalid continue token"))?;
+        start_after = tok["start"].as_str().map(String::from);
+    } else if let Some(rv) = q.get("resourceVersion").and_then(|r| r.parse::<i64>().ok())
+        && q.get("resourceVersionMatch").is_some_and(|m| m == "Exact")
+    {
+        at = rv;
+    }
+    let res = app.store.list(&store_prefix(t.res, t.ns.as_deref()), ListOptions { at, start_after, limit: 0 }).await.map_err(|e| match e {
+        StoreError::Compacted { .. } => ApiError::new(StatusCode::GONE, "Expired", "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter."),
+        e => e.into(),
+    })?;
+    let mut items = Vec::new();
+    let mut cont = None;
+    for kv in &res.items {
+        let obj = decode(kv)?;
+        if labels_match(&ls, &obj) && fields_match(&fs, &obj) {
+            if limit > 0 && items.len() == limit {
+                let last = items
+                    .last()
+                    .map(|(k, _): &(String, Value)| k.clone())
+                    .unwrap_or_default();
+                let tok = json!({"rv": res.revision, "start": last}).to_string();
+                cont = Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(tok));
+                break;
+            }
+            items.push((kv.key.clone(), obj));
+        }
+    }
+    let objs: Vec<Value> = items.into_iter().map(|(_, o)| o).collect();
+    let rv = res.revision.to_string();
+    if wants_table(headers) {
+        let mut t = table(
+            t.res.kind,
+            &objs,
+            &rv,
+            q.get("includeObject").map(String::as_str).unwrap_or(""),
+            true,
+        );
+        if let Some(c) = cont {
+            t["metadata"]["continue"] = json!(c);
+        }
+        return Ok(json_response(StatusCode::OK, &t));
+    }
+    let mut meta = json!({"resourceVersion": rv});
+    if let Some(c) = cont {
+        meta["continue"] = json!(c);
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"kind": format!("{}List", t.res.kind), "apiVersion": t.res.api_version(), "metadata": meta, "items": objs}),
+    ))
+}
+
+async fn watch(
+    app: Arc<App>,
+    t: &Target,
+    q: &Q,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let (ls, fs) = selectors(q)?;
+    let as_table = wants_table(headers);
+    let kind = t.res.kind;
+    let prefix = store_prefix(t.res, t.ns.as_deref());
+    let rv: i64 = q
+        .get("resourceVersion")
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(0);
+    let timeout = q
+        .get("timeoutSeconds")
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or(1800);
+    let bookmarks = q.get("allowWatchBookmarks").is_some_and(|b| b == "true");
+    let encode_obj = move |o: &Value, first: bool| -> Value {
+        if as_table {
+            let rv = o["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+            table(kind, std::slice::from_ref(o), &rv, "", first)
+        } else {
+            o.clone()
+        }
+    };
+    // Initial state: synthetic ADDED events when no resourceVersion (or 0) was given.
+    let mut initial = Vec::new();
+    let from = if rv == 0 {
+        let res = app.store.list(&prefix, ListOptions::default()).await?;
+        for kv in &res.items {
+            let o = decode(kv)?;
+            if labels_match(&ls, &o) && fields_match(&fs, &o) {
+                initial
+                    .push(json!({"type": "ADDED", "object": encode_obj(&o, initial.is_empty())}));
+            }
+        }
+        res.revision
+    } else {
+        rv
+    };
+    let stream = match app.store.watch(&prefix, from).await {
+        Ok(s) => s,
+        Err(StoreError::Compacted { .. }) => {
+            // As kube-apiserver: 200, then one ERROR event carrying a 410 Expired Status.
+            let e = ApiError::new(
+                StatusCode::GONE,
+                "Expired",
+                format!("too old resource version: {rv}"),
+            );
+            let line = json!({"type": "ERROR", "object": e.body()}).to_string() + "\n";
+            return Ok(([(header::CONTENT_TYPE, "application/json")], line).into_response());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let mut sent_first = !initial.is_empty();
+    let events = stream.filter_map(move |ev| {
+        let out = match ev {
+            Ok(WatchEvent::Put { kv, prev }) => decode(&kv).ok().and_then(|o| {
+                let now_match = labels_match(&ls, &o) && fields_match(&fs, &o);
+                let was = prev.as_ref().and_then(|p| decode(p).ok()).map(|p| labels_match(&ls, &p) && fields_match(&fs, &p));
+                let ty = match (was, now_match) {
+                    // New, or newly matching the selectors: the watcher has not seen it yet.
+                    (None | Some(false), true) => "ADDED",
+                    (Some(true), true) => "MODIFIED",
+                    (Some(true), false) => "DELETED",
+                    _ => return None,
+                };
+                let first = !sent_first;
+                sent_first = true;
+                Some(json!({"type": ty, "object": encode_obj(&o, first)}))
+            }),
+            Ok(WatchEvent::Delete { prev, revision }) => decode(&prev).ok().filter(|o| labels_match(&ls, o) && fields_match(&fs, o)).map(|mut o| {
+                o["metadata"]["resourceVersion"] = json!(revision.to_string());
+                let first = !sent_first;
+                sent_first = true;
+                json!({"type": "DELETED", "object": encode_obj(&o, first)})
+            }),
+            Ok(WatchEvent::Progress { revision }) if bookmarks => {
+                Some(json!({"type": "BOOKMARK", "object": {"kind": kind, "apiVersion": "v1", "metadata": {"resourceVersion": revision.to_string()}}}))
+            }
+            Ok(WatchEvent::Progress { .. }) => None,
+            Err(e) => {
+                let ae: ApiError = e.into();
+                Some(json!({"type": "ERROR", "object": ae.body()}))
+            }
+        };
+        futures::future::ready(out.map(|v| Ok::<_, std::convert::Infallible>(Bytes::from(v.to_string() + "\n"))))
+    });
+    let initial = futures::stream::iter(
+        initial
+            .into_iter()
+            .map(|v| Ok::<_, std::convert::Infallible>(Bytes::from(v.to_string() + "\n"))),
+    );
+    let deadline = tokio::time::sleep(std::time::Duration::from_secs(timeout));
+    let body = initial.chain(events).take_until(deadline);
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::TRANSFER_ENCODING, "chunked"),
+        ],
+        Body::from_stream(body),
+    )
+        .into_response())
+}
+
+async fn create(
+    app: Arc<App>,
+    t: &Target,
+    q: &Q,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let raw = read_body(headers, body).await?;
+    let mut obj = parse_json(&raw)?;
+    let api_version = t.res.api_version();
+    if let Some(k) = obj["kind"].as_str()
+        && k != t.res.kind
+    {
+        return Err(ApiError::bad_request(format!(
+            "the kind in the data ({k}) does not match the expected kind ({})",
+            t.res.kind
+        )));
+    }
+    if let Some(av) = obj["apiVersion"].as_str()
+        && av != api_version
+    {
+        return Err(ApiError::bad_request(format!(
+            "the API version in the data ({av}) does not match the expected API version ({api_version})"
+        )));
+    }
+    obj["kind"] = json!(t.res.kind);
+    obj["apiVersion"] = json!(api_version);
+    if !obj["metadata"].is_object() {
+        obj["metadata"] = json!({});
+    }
+    if t.res.namespaced {
+        let ns = t.ns.clone().ok_or_else(|| {
+            ApiError::bad_request(format!("{} must be created in a namespace", t.res.plural))
+        })?;
+        match obj["metadata"]["namespace"].as_str() {
+            Some(n) if n != ns => {
+                return Err(ApiError::bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request",
+                ));
+            }
+            _ => obj["metadata"]["namespace"] = json!(ns),
+        }
+        namespace_ok(&app, &ns, true).await?;
+    } else if let Some(m) = obj["metadata"].as_object_mut() {
+        m.remove("namespace");
+    }
+    let generate = obj["metadata"]["name"]
+        .as_str()
+        .is_none_or(|n| n.is_empty());
+    if generate {
+        let base = obj["metadata"]["generateName"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        if base.is_empty() {
+            return Err(ApiError::invalid(
+                t.res.kind,
+                "",
+                vec![moat_api::Cause::new(
+                    "FieldValueRequired",
+                    "metadata.name",
+                    "Required value: name or generateName is required",
+                )],
+            ));
+        }
+        obj["metadata"]["name"] = json!(format!("{base}{}", gen_suffix()));
+    }
+    let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
+    default_object(t.res, &mut obj);
+    let causes = validate_meta(t.res, &obj);
+    if !causes.is_empty() {
+        return Err(ApiError::invalid(t.res.kind, &name, causes).details(
+            t.res.group,
+            t.res.kind,
+            &name,
+        ));
+    }
+    if t.res.kind == "Pod" {
+        admit_pod(&app, &mut obj).await?;
+    }
+    let meta = obj["metadata"]
+        .as_object_mut()
+        .ok_or_else(|| ApiError::bad_request("metadata must be an object"))?;
+    meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
+    meta.insert("creationTimestamp".into(), json!(now()));
+    meta.remove("resourceVersion");
+    meta.remove("deletionTimestamp");
+    if !obj["spec"].is_null() {
+        obj["metadata"]["generation"] = json!(1);
+    }
+    if q.get("dryRun").is_some_and(|d| d == "All") {
+        return Ok(json_response(StatusCode::CREATED, &obj));
+    }
+    let key = store_key(t.res, t.ns.as_deref(), &name);
+    let kv = app
+        .store
+        .create(&key, encode(&obj))
+        .await
+        .map_err(|e| match e {
+            StoreError::AlreadyExists { .. } => ApiError::new(
+                StatusCode::CONFLICT,
+                "AlreadyExists",
+                format!("{} \"{name}\" already exists", t.res.group_resource()),
+            )
+            .details(t.res.group, t.res.plural, &name),
+            e => e.into(),
+        })?;
+    Ok(json_response(StatusCode::CREATED, &decode(&kv)?))
+}
+
+async fn admit_pod(app: &App, obj: &mut Value) -> Result<(), ApiError> {
+    let mut pod: k8s_openapi::api::core::v1::Pod =
+        serde_json::from_value(obj.clone()).map_err(|e| {
+            ApiError::bad_request(format!("the Pod in the request is not a valid Pod: {e}"))
+        })?;
+    let classes: Vec<k8s_openapi::api::node::v1::RuntimeClass> = app
+        .store
+        .list(
+            "/registry/runtimeclasses.node.k8s.io/",
+            ListOptions::default(),
+        )
+        .await?
+        .items
+        .iter()
+        .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
+        .collect();
+    moat_admission::admit_pod_create(&mut pod, &app.admission, |n| {
+        classes
+            .iter()
+            .find(|c| c.metadata.name.as_deref() == Some(n))
+            .cloned()
+    })
+    .map_err(|r| {
+        let mut e = ApiError::new(StatusCode::FORBIDDEN, "Forbidden", r.to_string());
+        e.causes = vec![r.cause()];
+        e
+    })?;
+    let admitted = serde_json::to_value(&pod).map_err(|e| ApiError::internal(e.to_string()))?;
+    obj["spec"] = admitted["spec"].clone();
+    Ok(())
+}
+
+fn apply_patch(ct: &str, cur: &Value, patch: &[u8]) -> Result<Bytes, ApiError> {
+    let p: Value = serde_json::from_slice(patch)
+        .map_err(|e| ApiError::bad_request(format!("the patch is not valid JSON: {e}")))?;
+    let mut out = cur.clone();
+    let ct = ct.split(';').next().unwrap_or("").trim();
+    match ct {
+        "application/merge-patch+json" => json_patch::merge(&mut out, &p),
+        "application/json-patch+json" => {
+            let ops: json_patch::Patch = serde_json::from_value(p)
+                .map_err(|e| ApiError::bad_request(format!("the JSON patch is malformed: {e}")))?;
+            json_patch::patch(&mut out, &ops).map_err(|e| {
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "Invalid",
+                    format!("the JSON patch could not be applied: {e}"),
+                )
+            })?;
+        }
+        other => {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "UnsupportedMediaType",
+                format!(
+                    "patch type {other:?} is not supported yet by moat (use --type merge or --type json)"
+                ),
+            ));
+        }
+    }
+    Ok(Bytes::from(serde_json::to_vec(&out).unwrap_or_default()))
+}
+
+fn scale_of(o: &Value) -> Value {
+    let sel = o["spec"]["selector"]["matchLabels"].as_object().map(|m| {
+        m.iter()
+            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+            .collect::<Vec<_>>()
+            .join(",")
+    });
+    json!({"kind": "Scale", "apiVersion": "autoscaling/v1",
+        "metadata": {"name": o["metadata"]["name"], "namespace": o["metadata"]["namespace"], "uid": o["metadata"]["uid"],
+                     "resourceVersion": o["metadata"]["resourceVersion"], "creationTimestamp": o["metadata"]["creationTimestamp"]},
+        "spec": {"replicas": o["spec"]["replicas"]},
+        "status": {"replicas": o["status"]["replicas"].as_i64().unwrap_or(0), "selector": sel.unwrap_or_default()}})
+}
+
+/// Read-modify-write with compare-and-swap; `change` gets the current object (or its Scale
+/// for the scale subresource) and returns the new body.
+async fn update(
+    app: Arc<App>,
+    t: &Target,
+    name: &str,
+    sub: Option<&str>,
+    q: &Q,
+    change: impl Fn(&Value) -> Result<Bytes, ApiError>,
+) -> Result<Response, ApiError> {
+    let key = store_key(t.res, t.ns.as_deref(), name);
+    for _ in 0..5 {
+        let kv = app.store.get(&key).await?.ok_or_else(|| {
+            ApiError::not_found(&t.res.group_resource(), name).details(
+                t.res.group,
+                t.res.plural,
+                name,
+            )
+        })?;
+        let cur = decode(&kv)?;
+        let view = if sub == Some("scale") {
+            scale_of(&cur)
+        } else {
+            cur.clone()
+        };
+        let new_raw = change(&view)?;
+        let incoming = parse_json(&new_raw)?;
+        // A resourceVersion in the body makes the write conditional on it.
+        let expected = match incoming["metadata"]["resourceVersion"].as_str() {
+            Some(rv) if !rv.is_empty() => rv
+                .parse::<i64>()
+                .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {rv:?}")))?,
+            _ => kv.mod_revision,
+        };
+        let mut next = match sub {
+            Some("scale") => {
+                let mut n = cur.clone();
+                n["spec"]["replicas"] = incoming["spec"]["replicas"].clone();
+                n
+            }
+            Some("status") => {
+                let mut n = cur.clone();
+                n["status"] = incoming["status"].clone();
+                n
+            }
+            None => {
+                let mut n = incoming.clone();
+                if t.res.subresources.contains(&moat_api::Subresource::Status) {
+                    n["status"] = cur["status"].clone();
+                }
+                n
+            }
+            Some(other) => {
+                return Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    format!("subresource {other:?} not found"),
+                ));
+            }
+        };
+        if next["metadata"]["name"].as_str() != Some(name) {
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({}) does not match the name on the URL ({name})",
+                next["metadata"]["name"]
+            )));
+        }
+        for k in [
+            "uid",
+            "creationTimestamp",
+            "namespace",
+            "generation",
+            "deletionTimestamp",
+        ] {
+            next["metadata"][k] = cur["metadata"][k].clone();
+        }
+        if let Some(m) = next["metadata"].as_object_mut() {
+            m.retain(|_, v| !v.is_null());
+        }
+        next["kind"] = json!(t.res.kind);
+        next["apiVersion"] = json!(t.res.api_version());
+        default_object(t.res, &mut next);
+        let causes = validate_meta(t.res, &next);
+        if !causes.is_empty() {
+            return Err(ApiError::invalid(t.res.kind, name, causes));
+        }
+        if next["spec"] != cur["spec"] && !cur["spec"].is_null() {
+            next["metadata"]["generation"] =
+                json!(cur["metadata"]["generation"].as_i64().unwrap_or(1) + 1);
+        }
+        // Removing the last finalizer of an object being deleted completes the delete.
+        if next["metadata"]["deletionTimestamp"].is_string()
+            && next["metadata"]["finalizers"]
+                .as_array()
+                .is_none_or(|f| f.is_empty())
+        {
+            let (prev, _) = app.store.delete(&key, Some(expected)).await?;
+            return Ok(json_response(StatusCode::OK, &decode(&prev)?));
+        }
+        if q.get("dryRun").is_some_and(|d| d == "All") {
+            return Ok(json_response(StatusCode::OK, &next));
+        }
+        match app.store.update(&key, encode(&next), expected).await {
+            Ok(kv) => {
+                let o = decode(&kv)?;
+                return Ok(json_response(
+                    StatusCode::OK,
+                    &if sub == Some("scale") {
+                        scale_of(&o)
+                    } else {
+                        o
+                    },
+                ));
+            }
+            // Only retry writes the client did not make conditional.
+            Err(StoreError::Conflict { .. })
+                if incoming["metadata"]["resourceVersion"]
+                    .as_str()
+                    .is_none_or(|s| s.is_empty()) =>
+            {
+                continue;
+            }
+            Err(e) => {
+                let mut ae: ApiError = e.into();
+                if ae.reason == "Conflict" {
+                    ae.message = format!(
+                        "Operation cannot be fulfilled on {} \"{name}\": {}",
+                        t.res.group_resource(),
+                        ae.message
+                    );
+                    ae = ae.details(t.res.group, t.res.plural, name);
+                }
+                return Err(ae);
+            }
+        }
+    }
+    Err(ApiError::new(
+        StatusCode::CONFLICT,
+        "Conflict",
+        "too many concurrent writers; try again",
+    ))
+}
+
+async fn binding(app: Arc<App>, t: &Target, name: &str, body: Body) -> Result<Response, ApiError> {
+    let b = parse_json(
+        &axum::body::to_bytes(body, MAX_BODY)
+            .await
+            .map_err(|_| ApiError::bad_request("body too large"))?,
+    )?;
+    let node = b["target"]["name"]
+        .as_str()
+        .ok_or_else(|| ApiError::bad_request("binding.target.name is required"))?
+        .to_string();
+    let key = store_key(t.res, t.ns.as_deref(), name);
+    let kv = app
+        .store
+        .get(&key)
+        .await?
+        .ok_or_else(|| ApiError::not_found("pods", name))?;
+    let mut pod = decode(&kv)?;
+    if pod["spec"]["nodeName"]
+        .as_str()
+        .is_some_and(|n| !n.is_empty())
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "Conflict",
+            format!(
+                "pod {name} is already assigned to node {:?}",
+                pod["spec"]["nodeName"]
+            ),
+        ));
+    }
+    pod["spec"]["nodeName"] = json!(node);
+    app.store
+        .update(&key, encode(&pod), kv.mod_revision)
+        .await?;
+    Ok(json_response(
+        StatusCode::CREATED,
+        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+    ))
+}
+
+async fn delete(app: Arc<App>, t: &Target, name: &str) -> Result<Response, ApiError> {
+    let key = store_key(t.res, t.ns.as_deref(), name);
+    let kv = app.store.get(&key).await?.ok_or_else(|| {
+        ApiError::not_found(&t.res.group_resource(), name).details(t.res.group, t.res.plural, name)
+    })?;
+    let mut obj = decode(&kv)?;
+    let has_finalizers = obj["metadata"]["finalizers"]
+        .as_array()
+        .is_some_and(|f| !f.is_empty());
+    if has_finalizers {
+        if obj["metadata"]["deletionTimestamp"].is_null() {
+            obj["metadata"]["deletionTimestamp"] = json!(now());
+            obj["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+            let kv = app
+                .store
+                .update(&key, encode(&obj), kv.mod_revision)
+                .await?;
+            obj = decode(&kv)?;
+        }
+        return Ok(json_response(StatusCode::ACCEPTED, &obj));
+    }
+    if t.res.kind == "Namespace" {
+        // Until the namespace controller exists: remove the namespace's contents with it.
+        for r in RESOURCES.iter().filter(|r| r.namespaced) {
+            let items = app
+                .store
+                .list(&store_prefix(r, Some(name)), ListOptions::default())
+                .await?
+                .items;
+            for it in items {
+                let _ = app.store.delete(&it.key, None).await;
+            }
+        }
+    }
+    let (prev, rev) = app.store.delete(&key, Some(kv.mod_revision)).await?;
+    let mut o = decode(&prev)?;
+    o["metadata"]["resourceVersion"] = json!(rev.to_string());
+    Ok(json_response(StatusCode::OK, &o))
+}
+
+async fn delete_collection(app: Arc<App>, t: &Target, q: &Q) -> Result<Response, ApiError> {
+    let (ls, fs) = selectors(q)?;
+    let res = app
+        .store
+        .list(
+            &store_prefix(t.res, t.ns.as_deref()),
+            ListOptions::default(),
+        )
+        .await?;
+    let mut gone = Vec::new();
+    for kv in &res.items {
+        let o = decode(kv)?;
+        if labels_match(&ls, &o)
+            && fields_match(&fs, &o)
+            && app
+                .store
+                .delete(&kv.key, Some(kv.mod_revision))
+                .await
+                .is_ok()
+        {
+            gone.push(o);
+        }
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"kind": format!("{}List", t.res.kind), "apiVersion": t.res.api_version(),
+        "metadata": {"resourceVersion": app.store.current_revision().await?.to_string()}, "items": gone}),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_map_to_resources() {
+        let t = parse_path("/api/v1/namespaces/default/pods/p/status").expect("pod status");
+        assert_eq!(
+            (
+                t.res.kind,
+                t.ns.as_deref(),
+                t.name.as_deref(),
+                t.sub.as_deref()
+            ),
+            ("Pod", Some("default"), Some("p"), Some("status"))
+        );
+        let t = parse_path("/api/v1/namespaces/default").expect("namespace");
+        assert_eq!(
+            (t.res.kind, t.name.as_deref()),
+            ("Namespace", Some("default"))
+        );
+        let t = parse_path("/api/v1/pods").expect("all pods");
+        assert_eq!((t.res.kind, t.ns), ("Pod", None));
+        let t = parse_path("/apis/apps/v1/namespaces/x/deployments/d/scale").expect("scale");
+        assert_eq!(t.sub.as_deref(), Some("scale"));
+        assert!(parse_path("/apis/apps/v1/pods").is_none());
+        assert!(parse_path("/api/v1/namespaces/x/pods/p/status/extra").is_none());
+    }
+
+    #[test]
+    fn name_and_label_validation() {
+        let ns = moat_api::resource_by_kind("v1", "Namespace").expect("ns");
+        assert!(validate_meta(ns, &json!({"metadata": {"name": "ok-name"}})).is_empty());
+        assert_eq!(
+            validate_meta(ns, &json!({"metadata": {"name": "Bad_Name"}}))[0].field,
+            "metadata.name"
+        );
+        assert_eq!(
+            validate_meta(ns, &json!({"metadata": {"name": "a.b"}})).len(),
+            1,
+            "namespaces are labels"
+        );
+        let cm = moat_api::resource_by_kind("v1", "ConfigMap").expect("cm");
+        assert!(
+            validate_meta(
+                cm,
+                &json!({"metadata": {"name": "a.b", "labels": {"example.org/k": "v-1"}}})
+            )
+            .is_empty()
+        );
+        assert_eq!(
+            validate_meta(
+                cm,
+                &json!({"metadata": {"name": "a", "labels": {"k": "bad value!"}}})
+            )
+            .len(),
+            1
+        );
+        assert_eq!(
+            validate_meta(
+                cm,
+                &json!({"metadata": {"name": "a", "labels": {"-k": "v"}}})
+            )
+            .len(),
+            1
+        );
+    }
+}

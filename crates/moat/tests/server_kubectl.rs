@@ -1,0 +1,405 @@
+//! `moat server` driven by the real kubectl (1.27, 1.32, 1.33): objects round-trip, patches,
+//! scale, watch, clear errors that change nothing, and durability across kill -9.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Server {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Server {
+    fn start(dir: &Path) -> Server {
+        let _ = std::fs::remove_file(dir.join("kubeconfig.yaml"));
+        let child = Command::new(env!("CARGO_BIN_EXE_moat"))
+            .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start moat server");
+        let start = Instant::now();
+        while !dir.join("kubeconfig.yaml").exists() {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "server did not come up"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Server {
+            child,
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn kubectl_path(v: &str) -> String {
+    format!("/usr/lib/google-cloud-sdk/bin/kubectl.1.{v}")
+}
+
+struct Kubectl {
+    bin: String,
+    kubeconfig: PathBuf,
+    cache: tempfile::TempDir,
+}
+
+struct Out {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+impl Kubectl {
+    fn new(version: &str, s: &Server) -> Kubectl {
+        Kubectl {
+            bin: kubectl_path(version),
+            kubeconfig: s.dir.join("kubeconfig.yaml"),
+            cache: tempfile::tempdir().expect("cache"),
+        }
+    }
+
+    fn cmd(&self) -> Command {
+        let mut c = Command::new(&self.bin);
+        c.arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .arg("--cache-dir")
+            .arg(self.cache.path());
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Out {
+        let o = self.cmd().args(args).output().expect("run kubectl");
+        Out {
+            ok: o.status.success(),
+            stdout: String::from_utf8_lossy(&o.stdout).into(),
+            stderr: String::from_utf8_lossy(&o.stderr).into(),
+        }
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(o.ok, "kubectl {args:?} failed: {}", o.stderr);
+        o.stdout
+    }
+
+    fn fails(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(!o.ok, "kubectl {args:?} should fail, printed: {}", o.stdout);
+        o.stderr
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = args.to_vec();
+        a.extend(["-o", "json"]);
+        serde_json::from_str(&self.ok(&a)).expect("json output")
+    }
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).expect("write manifest");
+    p.display().to_string()
+}
+
+fn scenario(version: &str) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let s = Server::start(dir.path());
+    let k = Kubectl::new(version, &s);
+    let ns = k.ok(&["get", "ns"]);
+    for n in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        assert!(ns.contains(n), "{ns}");
+    }
+    assert!(
+        ns.starts_with("NAME"),
+        "server-side table with headers: {ns}"
+    );
+
+    let cm = write(
+        dir.path(),
+        "cm.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: demo, labels: {app: web}}\ndata: {a: \"1\"}\n",
+    );
+    assert!(
+        k.ok(&["apply", "--validate=false", "-f", &cm])
+            .contains("configmap/demo created")
+    );
+    let obj = k.json(&["get", "cm", "demo"]);
+    assert_eq!(obj["data"]["a"], "1");
+    assert!(obj["metadata"]["uid"].is_string() && obj["metadata"]["creationTimestamp"].is_string());
+    let rv1: i64 = obj["metadata"]["resourceVersion"]
+        .as_str()
+        .expect("rv")
+        .parse()
+        .expect("int");
+
+    k.ok(&["label", "cm", "demo", "tier=fe"]);
+    k.ok(&["annotate", "--overwrite", "cm", "demo", "note=x"]);
+    k.ok(&[
+        "patch",
+        "cm",
+        "demo",
+        "--type",
+        "merge",
+        "-p",
+        "{\"data\":{\"b\":\"2\"}}",
+    ]);
+    k.ok(&[
+        "patch",
+        "cm",
+        "demo",
+        "--type",
+        "json",
+        "-p",
+        "[{\"op\":\"replace\",\"path\":\"/data/a\",\"value\":\"9\"}]",
+    ]);
+    let obj = k.json(&["get", "cm", "demo"]);
+    assert_eq!(obj["metadata"]["labels"]["tier"], "fe");
+    assert_eq!(obj["metadata"]["annotations"]["note"], "x");
+    assert_eq!(
+        (obj["data"]["a"].as_str(), obj["data"]["b"].as_str()),
+        (Some("9"), Some("2"))
+    );
+    let rv2: i64 = obj["metadata"]["resourceVersion"]
+        .as_str()
+        .expect("rv")
+        .parse()
+        .expect("int");
+    assert!(rv2 > rv1, "resourceVersion grows with each write");
+    assert!(
+        k.ok(&["get", "cm", "-l", "tier=fe", "--show-labels"])
+            .contains("tier=fe")
+    );
+    assert!(!k.ok(&["get", "cm", "-l", "tier=be"]).contains("demo"));
+    assert!(
+        k.ok(&["get", "cm", "-A"]).contains("default"),
+        "NAMESPACE column with -A"
+    );
+    assert!(
+        k.ok(&["get", "cm", "demo", "-o", "yaml"])
+            .contains("name: demo")
+    );
+
+    // Namespaced objects need their namespace; annotate a namespace (legacy policy switch).
+    k.ok(&[
+        "annotate",
+        "--overwrite",
+        "ns",
+        "default",
+        "net.beta.kubernetes.io/network-policy={\"ingress\":{\"isolation\":\"DefaultDeny\"}}",
+    ]);
+    assert!(k.json(&["get", "ns", "default"])["metadata"]["annotations"]["net.beta.kubernetes.io/network-policy"].is_string());
+
+    let deploy = write(
+        dir.path(),
+        "d.yaml",
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: test-kata}\nspec:\n  replicas: 2\n  selector: {matchLabels: {app: kata}}\n  template:\n    metadata:\n      labels: {app: kata}\n      annotations: {io.kubernetes.cri-o.TrustedSandbox: \"false\"}\n    spec:\n      containers: [{name: c, image: busybox, ports: [{containerPort: 8080}]}]\n",
+    );
+    k.ok(&["apply", "--validate=false", "-f", &deploy]);
+    k.ok(&["scale", "deployment", "test-kata", "--replicas=3"]);
+    let d = k.json(&["get", "deploy", "test-kata"]);
+    assert_eq!(d["spec"]["replicas"], 3);
+    assert_eq!(
+        d["metadata"]["generation"], 2,
+        "spec change bumps generation"
+    );
+    assert!(
+        k.ok(&["get", "deploy", "-o", "wide"]).contains("busybox"),
+        "wide columns"
+    );
+
+    // Watch prints later changes.
+    let mut w = k
+        .cmd()
+        .args(["get", "cm", "-w"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("watch");
+    let mut lines = BufReader::new(w.stdout.take().expect("stdout")).lines();
+    let first = lines.next().expect("header").expect("line");
+    assert!(first.starts_with("NAME"), "{first}");
+    k.ok(&[
+        "create",
+        "--raw",
+        "/api/v1/namespaces/default/configmaps",
+        "-f",
+        &write(
+            dir.path(),
+            "w.json",
+            "{\"apiVersion\":\"v1\",\"kind\":\"ConfigMap\",\"metadata\":{\"name\":\"later\"}}",
+        ),
+    ]);
+    let mut saw = false;
+    for l in lines.by_ref().take(5) {
+        if l.expect("line").starts_with("later") {
+            saw = true;
+            break;
+        }
+    }
+    let _ = w.kill();
+    let _ = w.wait();
+    assert!(saw, "get -w printed the object created later");
+
+    // Bad input: clear errors, nothing changes.
+    let before = k.ok(&["get", "cm", "-o", "json"]);
+    let raw = |name: &str, body: &str| write(dir.path(), name, body);
+    let e = k.fails(&[
+        "create",
+        "--raw",
+        "/api/v1/namespaces/default/configmaps",
+        "-f",
+        &raw(
+            "bad1.json",
+            "{\"apiVersion\":\"v1\",\"kind\":\"ConfigMap\",\"metadata\":{\"name\":\"Bad_Name\"}}",
+        ),
+    ]);
+    assert!(e.contains("is invalid") && e.contains("RFC 1123"), "{e}");
+    let e = k.fails(&["create", "--raw", "/api/v1/namespaces/default/configmaps", "-f", &raw("bad2.json", "{\"apiVersion\":\"v1\",\"kind\":\"ConfigMap\",\"metadata\":{\"name\":\"ok\",\"labels\":{\"k\":\"bad value\"}}}")]);
+    assert!(e.contains("metadata.labels"), "{e}");
+    let e = k.fails(&[
+        "create",
+        "--raw",
+        "/api/v1/namespaces/default/configmaps",
+        "-f",
+        &raw(
+            "bad3.json",
+            "{\"apiVersion\":\"v1\",\"kind\":\"ConfigMap\",\"metadata\":{\"name\":\"demo\"}}",
+        ),
+    ]);
+    assert!(e.contains("already exists"), "{e}");
+    let e = k.fails(&[
+        "create",
+        "--raw",
+        "/api/v1/namespaces/default/configmaps",
+        "-f",
+        &raw(
+            "bad4.json",
+            "{\"apiVersion\":\"v1\",\"kind\":\"Pod\",\"metadata\":{\"name\":\"x\"}}",
+        ),
+    ]);
+    assert!(e.contains("does not match the expected kind"), "{e}");
+    let e = k.fails(&[
+        "create",
+        "--raw",
+        "/api/v1/namespaces/default/configmaps",
+        "-f",
+        &raw("bad5.json", "{not json"),
+    ]);
+    assert!(e.contains("not valid JSON"), "{e}");
+    let big = format!(
+        "{{\"apiVersion\":\"v1\",\"kind\":\"ConfigMap\",\"metadata\":{{\"name\":\"big\"}},\"data\":{{\"x\":\"{}\"}}}}",
+        "a".repeat(4 << 20)
+    );
+    let e = k.fails(&[
+        "create",
+        "--raw",
+        "/api/v1/namespaces/default/configmaps",
+        "-f",
+        &raw("bad6.json", &big),
+    ]);
+    assert!(
+        e.contains("larger than the limit") || e.contains("too large"),
+        "{e}"
+    );
+    let e = k.fails(&[
+        "create",
+        "--raw",
+        "/api/v1/namespaces/nope/configmaps",
+        "-f",
+        &raw(
+            "bad7.json",
+            "{\"apiVersion\":\"v1\",\"kind\":\"ConfigMap\",\"metadata\":{\"name\":\"x\"}}",
+        ),
+    ]);
+    assert!(e.contains("namespaces \"nope\" not found"), "{e}");
+    let stale = format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: demo, namespace: default, resourceVersion: \"{rv1}\"}}\ndata: {{a: stale}}\n"
+    );
+    let e = k.fails(&[
+        "replace",
+        "--validate=false",
+        "-f",
+        &write(dir.path(), "stale.yaml", &stale),
+    ]);
+    assert!(e.contains("the object has been modified"), "{e}");
+    let e = k.fails(&["get", "ns", "--token", "wrong-token"]);
+    assert!(
+        e.contains("Unauthorized")
+            || e.contains("unauthorized")
+            || e.contains("provide credentials"),
+        "{e}"
+    );
+    let after = k.ok(&["get", "cm", "-o", "json"]);
+    let strip = |s: &str| -> serde_json::Value {
+        let mut v: serde_json::Value = serde_json::from_str(s).expect("json");
+        v["metadata"] = serde_json::Value::Null;
+        v
+    };
+    assert_eq!(strip(&before), strip(&after), "bad input changed nothing");
+
+    // delete, then it is gone.
+    assert!(k.ok(&["delete", "cm", "later"]).contains("deleted"));
+    assert!(k.fails(&["get", "cm", "later"]).contains("NotFound"));
+}
+
+#[test]
+fn kubectl_1_32_against_moat_server() {
+    scenario("32");
+}
+
+#[test]
+fn kubectl_1_27_against_moat_server() {
+    scenario("27");
+}
+
+#[test]
+fn kubectl_1_33_against_moat_server() {
+    scenario("33");
+}
+
+#[test]
+fn objects_survive_kill_9_with_monotonic_resource_versions() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut s = Server::start(dir.path());
+    let k = Kubectl::new("32", &s);
+    let cm = write(
+        dir.path(),
+        "cm.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: keep}\ndata: {a: \"1\"}\n",
+    );
+    k.ok(&["apply", "--validate=false", "-f", &cm]);
+    let before = k.json(&["get", "cm", "keep"]);
+    s.kill9();
+    let s = Server::start(dir.path());
+    let k = Kubectl::new("32", &s);
+    let after = k.json(&["get", "cm", "keep"]);
+    assert_eq!(
+        after, before,
+        "same object, same resourceVersion after kill -9 and restart"
+    );
+    k.ok(&["label", "cm", "keep", "x=y"]);
+    let rv = |v: &serde_json::Value| {
+        v["metadata"]["resourceVersion"]
+            .as_str()
+            .and_then(|s| s.parse::<i64>().ok())
+            .expect("rv")
+    };
+    assert!(
+        rv(&k.json(&["get", "cm", "keep"])) > rv(&before),
+        "new writes continue above old revisions"
+    );
+}
