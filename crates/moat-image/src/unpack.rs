@@ -407,6 +407,15 @@ mod tests {
         let gz = gz.finish().unwrap();
         let dir2 = tempfile::tempdir().unwrap();
         assert_eq!(unpack_layer(&gz[..], dir2.path()).unwrap(), d);
+        // And zstd-compressed.
+        let zst = ruzstd::encoding::compress_to_vec(
+            &data[..],
+            ruzstd::encoding::CompressionLevel::Fastest,
+        );
+        assert_eq!(&zst[..4], &[0x28, 0xb5, 0x2f, 0xfd]);
+        let dir3 = tempfile::tempdir().unwrap();
+        assert_eq!(unpack_layer(&zst[..], dir3.path()).unwrap(), d);
+        assert_eq!(fs::read(dir3.path().join("etc/hello")).unwrap(), b"hi");
     }
 
     #[test]

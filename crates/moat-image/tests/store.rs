@@ -228,3 +228,79 @@ fn overlay_rootfs_runs_under_runc() {
         "still mounted"
     );
 }
+
+fn layer_tar(entries: &[(&str, Option<&[u8]>)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, data) in entries {
+        let mut h = tar::Header::new_gnu();
+        match data {
+            Some(d) => {
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_size(d.len() as u64);
+                h.set_mode(0o644);
+                b.append_data(&mut h, path, *d).unwrap();
+            }
+            None => {
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_size(0);
+                h.set_mode(0o755);
+                b.append_data(&mut h, path, &[][..]).unwrap();
+            }
+        }
+    }
+    b.into_inner().unwrap()
+}
+
+struct Umount(PathBuf);
+impl Drop for Umount {
+    fn drop(&mut self) {
+        use moat_image::Mounter;
+        let _ = RealMounter.unmount(&self.0);
+    }
+}
+
+#[test]
+fn whiteouts_and_opaque_dirs_hide_lower_layers_in_overlay() {
+    use moat_image::Mounter;
+    let tmp = tempfile::tempdir().unwrap();
+    let lower = layer_tar(&[
+        ("etc/", None),
+        ("etc/a", Some(b"a")),
+        ("etc/b", Some(b"b")),
+        ("dir/", None),
+        ("dir/x", Some(b"x")),
+    ]);
+    let upper = layer_tar(&[
+        ("etc/.wh.a", Some(b"")),
+        ("dir/", None),
+        ("dir/.wh..wh..opq", Some(b"")),
+        ("dir/y", Some(b"y")),
+    ]);
+    let (l1, l2) = (tmp.path().join("l1"), tmp.path().join("l2"));
+    for (dir, data) in [(&l1, &lower), (&l2, &upper)] {
+        fs::create_dir(dir).unwrap();
+        moat_image::unpack::unpack_layer(&data[..], dir).unwrap();
+    }
+    let (up, work, target) = (
+        tmp.path().join("up"),
+        tmp.path().join("work"),
+        tmp.path().join("mnt"),
+    );
+    for d in [&up, &work, &target] {
+        fs::create_dir(d).unwrap();
+    }
+    RealMounter
+        .mount_overlay(&[l2.clone(), l1.clone()], &up, &work, &target)
+        .unwrap();
+    let _g = Umount(target.clone());
+    assert!(
+        !target.join("etc/a").exists(),
+        "whiteout did not hide etc/a"
+    );
+    assert_eq!(fs::read(target.join("etc/b")).unwrap(), b"b");
+    assert!(
+        !target.join("dir/x").exists(),
+        "opaque dir did not hide dir/x"
+    );
+    assert_eq!(fs::read(target.join("dir/y")).unwrap(), b"y");
+}
