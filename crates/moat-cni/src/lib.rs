@@ -49,6 +49,12 @@ pub enum CniError {
         command: &'static str,
         err: PluginError,
     },
+    #[error("CNI result cache {path}")]
+    Cache {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("CNI plugin {plugin} {command} returned an unparsable result: {output}")]
     BadResult {
         plugin: String,
@@ -552,6 +558,71 @@ impl Cni<'_> {
     }
 }
 
+/// ADD results kept on disk (like libcni's /var/lib/cni/results) so DEL after an agent
+/// restart still hands plugins their prevResult. Files are replaced atomically.
+pub struct ResultCache {
+    pub dir: PathBuf,
+}
+
+impl ResultCache {
+    fn path(&self, network: &str, att: &Attachment) -> Result<PathBuf, CniError> {
+        for part in [network, att.container_id.as_str(), att.ifname.as_str()] {
+            if part.is_empty() || part.contains('/') || part.starts_with('.') {
+                return Err(CniError::Invalid(format!("cache key component {part:?}")));
+            }
+        }
+        Ok(self
+            .dir
+            .join(format!("{network}-{}-{}", att.container_id, att.ifname)))
+    }
+
+    pub fn save(&self, network: &str, att: &Attachment, r: &CniResult) -> Result<(), CniError> {
+        let p = self.path(network, att)?;
+        let tmp = p.with_extension(format!("tmp{}", std::process::id()));
+        let err = |source| CniError::Cache {
+            path: p.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&self.dir).map_err(err)?;
+        let data = serde_json::to_vec(r).map_err(|e| err(io::Error::other(e)))?;
+        let res = (|| {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&data)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &p)?;
+            std::fs::File::open(&self.dir)?.sync_all()
+        })();
+        if res.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        res.map_err(err)
+    }
+
+    pub fn load(&self, network: &str, att: &Attachment) -> Result<Option<CniResult>, CniError> {
+        let p = self.path(network, att)?;
+        match std::fs::read(&p) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| CniError::Cache {
+                    path: p,
+                    source: io::Error::other(e),
+                }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(CniError::Cache { path: p, source }),
+        }
+    }
+
+    pub fn remove(&self, network: &str, att: &Attachment) -> Result<(), CniError> {
+        let p = self.path(network, att)?;
+        match std::fs::remove_file(&p) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                Err(CniError::Cache { path: p, source: e })
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -683,6 +754,30 @@ mod tests {
         l2.plugins.insert(0, json!({"type": "nosuch"}));
         let e = cni.add(&l2, &att()).unwrap_err();
         assert!(matches!(e, CniError::PluginNotFound { .. }), "{e:?}");
+    }
+
+    #[test]
+    fn result_cache_round_trip() {
+        let d = tempfile::tempdir().unwrap();
+        let c = ResultCache {
+            dir: d.path().join("results"),
+        };
+        let a = att();
+        assert_eq!(c.load("moat", &a).unwrap(), None);
+        let r: CniResult = serde_json::from_str(BRIDGE_RESULT).unwrap();
+        c.save("moat", &a, &r).unwrap();
+        assert_eq!(c.load("moat", &a).unwrap(), Some(r));
+        assert_eq!(
+            std::fs::read_dir(&c.dir).unwrap().count(),
+            1,
+            "temp file left"
+        );
+        c.remove("moat", &a).unwrap();
+        c.remove("moat", &a).unwrap();
+        assert_eq!(c.load("moat", &a).unwrap(), None);
+        let mut bad = a.clone();
+        bad.container_id = "../x".into();
+        assert!(c.save("moat", &bad, &CniResult::default()).is_err());
     }
 
     #[test]

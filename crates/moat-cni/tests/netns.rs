@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use moat_cni::{Attachment, Cni, NetworkList, PortMapping, RealExec};
+use moat_cni::{Attachment, Cni, NetworkList, PortMapping, RealExec, ResultCache};
 
 fn ip(args: &[&str]) -> Output {
     Command::new("ip").args(args).output().unwrap()
@@ -86,6 +86,10 @@ fn bridge_host_local_portmap_add_check_del_in_test_netns() {
     }]);
 
     let res = cni.add(&list, &att).unwrap();
+    let cache = ResultCache {
+        dir: data.path().join("results"),
+    };
+    cache.save(&list.name, &att, &res).unwrap();
     let pod_ip = res.pod_ip().expect("pod ip").to_string();
     assert!(pod_ip.starts_with("10.42.250."), "{pod_ip}");
     assert_eq!(ipam_ips(data.path()), vec![pod_ip.clone()]);
@@ -146,7 +150,14 @@ fn bridge_host_local_portmap_add_check_del_in_test_netns() {
     }
     assert_eq!(reply, "pong");
 
-    cni.del(&list, &att, Some(&res)).unwrap();
+    // DEL as a restarted agent would: with the result from the on-disk cache.
+    let cached = cache
+        .load(&list.name, &att)
+        .unwrap()
+        .expect("cached result");
+    assert_eq!(cached, res);
+    cni.del(&list, &att, Some(&cached)).unwrap();
+    cache.remove(&list.name, &att).unwrap();
     assert!(ipam_ips(data.path()).is_empty(), "IPAM lease not released");
     let links = String::from_utf8_lossy(&in_ns(&node, &["ip", "-o", "link"]).stdout).into_owned();
     assert!(!links.contains("veth"), "veth left behind:\n{links}");
