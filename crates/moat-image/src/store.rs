@@ -276,8 +276,14 @@ impl Store {
                     actual: got,
                 });
             }
-            // Flushes the unpacked files before the rename publishes the directory.
-            nix::unistd::sync();
+            // Flushes the unpacked files (only this filesystem) before the rename publishes
+            // the directory.
+            let d = File::open(&tmp).map_err(io_err("opening staging layer dir", &tmp))?;
+            nix::unistd::syncfs(&d).map_err(|e| StoreError::Io {
+                step: "syncing unpacked layer",
+                path: tmp.clone(),
+                source: e.into(),
+            })?;
             fs::rename(&tmp, &dst).map_err(io_err("publishing layer", &dst))?;
             sync_dir(&self.root.join("layers"))
         })();
