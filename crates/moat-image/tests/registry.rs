@@ -340,3 +340,92 @@ fn bearer_token_auth_and_corrupt_layer_rejected() {
     // Only the verified config blob may remain (unreferenced, collected by the next gc).
     assert!(count_files(store2.root()) <= before + 1);
 }
+
+#[test]
+fn pulls_oci_index_and_docker_schema2_manifests() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = start_registry(&tmp.path().join("reg"), None);
+    let src = Store::open(tmp.path().join("src")).unwrap();
+    let rec = src
+        .import(&busybox_oci(&tmp.path().join("img")), None)
+        .unwrap();
+    let base = format!("127.0.0.1:{}/test/multi", reg.port);
+    let client = Client::new(None);
+    client
+        .push(
+            &src,
+            &rec.name,
+            &Reference::parse(&format!("{base}:plain")).unwrap(),
+        )
+        .unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&src.read_blob(&rec.manifest).unwrap()).unwrap();
+    let put = |tag: &str, mt: &str, body: &serde_json::Value| {
+        let url = format!(
+            "http://{}/v2/test/multi/manifests/{tag}",
+            base.split('/').next().unwrap()
+        );
+        ureq::put(&url)
+            .set("Content-Type", mt)
+            .send_bytes(&serde_json::to_vec(body).unwrap())
+            .unwrap();
+    };
+    // The same content described as a Docker v2 schema2 manifest.
+    let docker = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "config": {"mediaType": "application/vnd.docker.container.image.v1+json",
+                   "digest": manifest["config"]["digest"], "size": manifest["config"]["size"]},
+        "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar",
+                    "digest": manifest["layers"][0]["digest"], "size": manifest["layers"][0]["size"]}],
+    });
+    put(
+        "docker",
+        "application/vnd.docker.distribution.manifest.v2+json",
+        &docker,
+    );
+    let docker_bytes = serde_json::to_vec(&docker).unwrap();
+    let docker_digest = moat_image::Digest::of(&docker_bytes);
+    // An index whose amd64 entry is the OCI image, after an arm64 entry naming the docker one.
+    let size = src.read_blob(&rec.manifest).unwrap().len();
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {"mediaType": "application/vnd.docker.distribution.manifest.v2+json", "digest": docker_digest.as_str(),
+             "size": docker_bytes.len(), "platform": {"architecture": "arm64", "os": "linux"}},
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": rec.manifest.as_str(),
+             "size": size, "platform": {"architecture": "amd64", "os": "linux"}},
+        ]
+    });
+    put("multi", "application/vnd.oci.image.index.v1+json", &index);
+
+    let dst = Store::open(tmp.path().join("dst")).unwrap();
+    let got = client
+        .pull(
+            &dst,
+            &Reference::parse(&format!("{base}:multi")).unwrap(),
+            &mut |_, _, _| {},
+        )
+        .unwrap();
+    assert_eq!(
+        got.manifest, rec.manifest,
+        "index not resolved to the amd64 manifest"
+    );
+    let got = client
+        .pull(
+            &dst,
+            &Reference::parse(&format!("{base}:docker")).unwrap(),
+            &mut |_, _, _| {},
+        )
+        .unwrap();
+    assert_eq!(got.manifest, docker_digest);
+    assert_eq!(got.diff_ids, rec.diff_ids);
+    assert_eq!(dst.list().unwrap().len(), 2);
+    assert_eq!(
+        std::fs::read_dir(dst.root().join("layers"))
+            .unwrap()
+            .count(),
+        1
+    );
+}
