@@ -304,3 +304,32 @@ fn whiteouts_and_opaque_dirs_hide_lower_layers_in_overlay() {
     );
     assert_eq!(fs::read(target.join("dir/y")).unwrap(), b"y");
 }
+
+#[test]
+fn ownership_modes_and_devices_are_preserved_as_root() {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_size(1);
+    h.set_mode(0o4750);
+    h.set_uid(1234);
+    h.set_gid(5678);
+    b.append_data(&mut h, "usr/bin/suid", &b"x"[..]).unwrap();
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Char);
+    h.set_size(0);
+    h.set_mode(0o666);
+    h.set_device_major(1).unwrap();
+    h.set_device_minor(3).unwrap();
+    b.append_data(&mut h, "dev/null", &[][..]).unwrap();
+    let data = b.into_inner().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    moat_image::unpack::unpack_layer(&data[..], tmp.path()).unwrap();
+    let m = fs::metadata(tmp.path().join("usr/bin/suid")).unwrap();
+    assert_eq!((m.uid(), m.gid()), (1234, 5678));
+    assert_eq!(m.mode() & 0o7777, 0o4750);
+    let d = fs::symlink_metadata(tmp.path().join("dev/null")).unwrap();
+    assert!(d.file_type().is_char_device());
+    assert_eq!(d.rdev(), nix::sys::stat::makedev(1, 3));
+}
