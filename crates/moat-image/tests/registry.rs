@@ -44,9 +44,6 @@ impl Drop for Registry {
 }
 
 fn start_registry(dir: &Path, htpasswd: Option<&Path>) -> Registry {
-    let port = free_port();
-    let storage = dir.join("storage");
-    fs::create_dir_all(&storage).unwrap();
     let auth = match htpasswd {
         Some(p) => format!(
             "auth:\n  htpasswd:\n    realm: moat-test\n    path: {}\n",
@@ -54,6 +51,13 @@ fn start_registry(dir: &Path, htpasswd: Option<&Path>) -> Registry {
         ),
         None => String::new(),
     };
+    start_registry_with(dir, &auth)
+}
+
+fn start_registry_with(dir: &Path, auth: &str) -> Registry {
+    let port = free_port();
+    let storage = dir.join("storage");
+    fs::create_dir_all(&storage).unwrap();
     let cfg = format!(
         "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{auth}",
         storage.display()
@@ -427,5 +431,141 @@ fn pulls_oci_index_and_docker_schema2_manifests() {
             .unwrap()
             .count(),
         1
+    );
+}
+
+fn b64url(data: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(data)
+}
+
+/// An RS256 JWT the registry accepts: signed with a throwaway key whose self-signed
+/// certificate is both the x5c chain and the registry's rootcertbundle.
+fn signed_token(dir: &Path, repo: &str) -> String {
+    use base64::Engine as _;
+    let key = dir.join("key.pem");
+    let cert = dir.join("cert.pem");
+    let der = dir.join("cert.der");
+    let run = |args: &[&str]| {
+        let o = Command::new("openssl").args(args).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        o.stdout
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=moat-test-token",
+        "-keyout",
+        key.to_str().unwrap(),
+        "-out",
+        cert.to_str().unwrap(),
+    ]);
+    run(&[
+        "x509",
+        "-in",
+        cert.to_str().unwrap(),
+        "-outform",
+        "DER",
+        "-out",
+        der.to_str().unwrap(),
+    ]);
+    let x5c = base64::engine::general_purpose::STANDARD.encode(fs::read(&der).unwrap());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let header = serde_json::json!({"typ": "JWT", "alg": "RS256", "x5c": [x5c]});
+    let claims = serde_json::json!({
+        "iss": "moat-test-issuer", "sub": "moat", "aud": "moat-registry",
+        "exp": now + 3600, "nbf": now - 60, "iat": now - 60, "jti": format!("j{now}"),
+        "access": [{"type": "repository", "name": repo, "actions": ["pull", "push"]}],
+    });
+    let input = format!(
+        "{}.{}",
+        b64url(&serde_json::to_vec(&header).unwrap()),
+        b64url(&serde_json::to_vec(&claims).unwrap())
+    );
+    let input_file = dir.join("jwt-input");
+    fs::write(&input_file, &input).unwrap();
+    let sig = run(&[
+        "dgst",
+        "-sha256",
+        "-sign",
+        key.to_str().unwrap(),
+        input_file.to_str().unwrap(),
+    ]);
+    format!("{input}.{}", b64url(&sig))
+}
+
+/// Token endpoint: hands out `token` for basic credentials moat:tok-pass.
+fn token_server(token: String) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let mut auth = String::new();
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                    break;
+                }
+                if let Some(v) = h.to_ascii_lowercase().strip_prefix("authorization:") {
+                    auth = v.trim().to_string();
+                }
+            }
+            let (status, body) = if auth == "basic bw9hddp0b2stcgfzcw==" {
+                ("200 OK", serde_json::json!({"token": token}).to_string())
+            } else {
+                ("401 Unauthorized", "{}".to_string())
+            };
+            let _ = write!(
+                conn,
+                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    port
+}
+
+#[test]
+fn bearer_token_auth_against_docker_registry() {
+    let tmp = tempfile::tempdir().unwrap();
+    let token = signed_token(tmp.path(), "x/bb");
+    let tport = token_server(token);
+    let auth = format!(
+        "auth:\n  token:\n    realm: http://127.0.0.1:{tport}/token\n    service: moat-registry\n    issuer: moat-test-issuer\n    rootcertbundle: {}\n",
+        tmp.path().join("cert.pem").display()
+    );
+    let reg = start_registry_with(&tmp.path().join("reg"), &auth);
+    let src = Store::open(tmp.path().join("src")).unwrap();
+    let rec = src
+        .import(&busybox_oci(&tmp.path().join("img")), None)
+        .unwrap();
+    let dest = Reference::parse(&format!("127.0.0.1:{}/x/bb:1", reg.port)).unwrap();
+    let e = Client::new(None).push(&src, &rec.name, &dest).unwrap_err();
+    assert!(e.to_string().contains("fetching bearer token"), "{e}");
+    let client = Client::new(Some(Credentials {
+        username: "moat".into(),
+        password: "tok-pass".into(),
+    }));
+    client.push(&src, &rec.name, &dest).unwrap();
+    let dst = Store::open(tmp.path().join("dst")).unwrap();
+    let got = client.pull(&dst, &dest, &mut |_, _, _| {}).unwrap();
+    assert_eq!(got.manifest, rec.manifest);
+    // A repository the token does not cover is refused by the registry itself.
+    let other = Reference::parse(&format!("127.0.0.1:{}/y/other:1", reg.port)).unwrap();
+    let e = client.push(&src, &rec.name, &other).unwrap_err();
+    assert!(
+        matches!(e, RegistryError::Status { status: 401, .. }),
+        "{e:?}"
     );
 }
