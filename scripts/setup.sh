@@ -5,9 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh
 cargo build --release --bins
-install -m 0755 target/release/moat /usr/local/bin/moat
-if [ -x target/release/moat-runtime ]; then
-  install -m 0755 target/release/moat-runtime /usr/local/bin/moat-runtime
+out="${CARGO_TARGET_DIR:-target}/release"
+install -m 0755 "$out/moat" /usr/local/bin/moat
+if [ -x "$out/moat-runtime" ]; then
+  install -m 0755 "$out/moat-runtime" /usr/local/bin/moat-runtime
   moat-runtime assets build
 fi
 [ "${1:-}" = "--no-run" ] && exit 0
