@@ -21,6 +21,9 @@ pub struct ServerArgs {
     /// RuntimeClass given to pods annotated io.kubernetes.cri-o.TrustedSandbox: "false".
     #[arg(long, default_value = "kata")]
     untrusted_runtime_class: String,
+    /// Run only the API server: no scheduler, no controllers.
+    #[arg(long)]
+    disable_controllers: bool,
     #[command(subcommand)]
     cmd: Option<ServerCmd>,
 }
@@ -63,15 +66,30 @@ pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
                 .context("restoring the snapshot")?;
             println!("store restored from {}", file.display());
         }
-        None => rt.block_on(moat_apiserver::serve(
-            moat_apiserver::Config {
-                listen: args.listen,
-                data_dir: args.data_dir,
-                datastore_endpoint: args.datastore_endpoint,
-                untrusted_runtime_class: args.untrusted_runtime_class,
-            },
-            None,
-        ))?,
+        None => {
+            let (tx, rx) = tokio::sync::oneshot::channel::<String>();
+            let kubeconfig = args.data_dir.join("kubeconfig.yaml");
+            if !args.disable_controllers {
+                // The scheduler and controllers are API clients of this server, started once
+                // it listens (they could as well run elsewhere with the same kubeconfig).
+                rt.spawn(async move {
+                    if rx.await.is_ok()
+                        && let Err(e) = moat_manager::spawn(&kubeconfig)
+                    {
+                        tracing::error!(error = %e, "starting the scheduler and controllers");
+                    }
+                });
+            }
+            rt.block_on(moat_apiserver::serve(
+                moat_apiserver::Config {
+                    listen: args.listen,
+                    data_dir: args.data_dir,
+                    datastore_endpoint: args.datastore_endpoint,
+                    untrusted_runtime_class: args.untrusted_runtime_class,
+                },
+                Some(tx),
+            ))?
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,220 @@
+//! A small blocking Kubernetes API client (list, watch, create, merge patch, delete) over
+//! HTTPS with the kubeconfig's CA and bearer token. Written here because the loops need a
+//! handful of verbs on untyped JSON; a full client library would bring a large dependency
+//! tree and its own caching layer for no gain at this size.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use serde_json::Value;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("reading the kubeconfig {0}")]
+    Kubeconfig(String),
+    #[error("{method} {path}: {code} {reason}: {message}")]
+    Api {
+        method: &'static str,
+        path: String,
+        code: u16,
+        reason: String,
+        message: String,
+    },
+    #[error("{method} {path}: transport")]
+    Transport {
+        method: &'static str,
+        path: String,
+        #[source]
+        source: Box<ureq::Transport>,
+    },
+    #[error("{method} {path}: reading the response")]
+    Io {
+        method: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl ClientError {
+    pub fn code(&self) -> Option<u16> {
+        match self {
+            ClientError::Api { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Client {
+    agent: ureq::Agent,
+    base: String,
+    token: String,
+}
+
+impl Client {
+    pub fn from_kubeconfig(path: &Path) -> Result<Client, ClientError> {
+        let bad = |m: &str| ClientError::Kubeconfig(format!("{}: {m}", path.display()));
+        let text = std::fs::read_to_string(path).map_err(|e| bad(&e.to_string()))?;
+        let v: Value = serde_yaml::from_str(&text).map_err(|e| bad(&e.to_string()))?;
+        let cluster = &v["clusters"][0]["cluster"];
+        let base = cluster["server"]
+            .as_str()
+            .ok_or_else(|| bad("no clusters[0].cluster.server"))?
+            .to_string();
+        let ca_b64 = cluster["certificate-authority-data"]
+            .as_str()
+            .ok_or_else(|| bad("no certificate-authority-data"))?;
+        let ca = base64::engine::general_purpose::STANDARD
+            .decode(ca_b64)
+            .map_err(|_| bad("bad certificate-authority-data"))?;
+        let token = v["users"][0]["user"]["token"]
+            .as_str()
+            .ok_or_else(|| bad("no users[0].user.token"))?
+            .to_string();
+        let mut roots = rustls::RootCertStore::empty();
+        use rustls::pki_types::pem::PemObject;
+        for c in rustls::pki_types::CertificateDer::pem_slice_iter(&ca) {
+            roots
+                .add(c.map_err(|_| bad("CA is not PEM"))?)
+                .map_err(|_| bad("CA not usable"))?;
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(&e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let agent = ureq::AgentBuilder::new()
+            .tls_config(Arc::new(tls))
+            .timeout_connect(Duration::from_secs(5))
+            .build();
+        Ok(Client { agent, base, token })
+    }
+
+    fn req(&self, method: &'static str, path: &str) -> ureq::Request {
+        self.agent
+            .request(method, &format!("{}{path}", self.base))
+            .set("Authorization", &format!("Bearer {}", self.token))
+    }
+
+    fn call(
+        &self,
+        method: &'static str,
+        path: &str,
+        ct: Option<&str>,
+        body: Option<&Value>,
+    ) -> Result<Value, ClientError> {
+        let mut r = self.req(method, path).timeout(Duration::from_secs(30));
+        if let Some(ct) = ct {
+            r = r.set("Content-Type", ct);
+        }
+        let res = match body {
+            Some(b) => r.send_string(&b.to_string()),
+            None => r.call(),
+        };
+        match res {
+            Ok(resp) => resp.into_json().map_err(|source| ClientError::Io {
+                method,
+                path: path.into(),
+                source,
+            }),
+            Err(ureq::Error::Status(code, resp)) => {
+                let v: Value = resp.into_json().unwrap_or_default();
+                Err(ClientError::Api {
+                    method,
+                    path: path.into(),
+                    code,
+                    reason: v["reason"].as_str().unwrap_or("").into(),
+                    message: v["message"].as_str().unwrap_or("").into(),
+                })
+            }
+            Err(ureq::Error::Transport(t)) => Err(ClientError::Transport {
+                method,
+                path: path.into(),
+                source: Box::new(t),
+            }),
+        }
+    }
+
+    pub fn get(&self, path: &str) -> Result<Value, ClientError> {
+        self.call("GET", path, None, None)
+    }
+
+    /// Items of a list and the list's resourceVersion.
+    pub fn list(&self, path: &str) -> Result<(Vec<Value>, String), ClientError> {
+        let v = self.get(path)?;
+        let rv = v["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap_or("0")
+            .to_string();
+        Ok((v["items"].as_array().cloned().unwrap_or_default(), rv))
+    }
+
+    pub fn create(&self, path: &str, obj: &Value) -> Result<Value, ClientError> {
+        self.call("POST", path, Some("application/json"), Some(obj))
+    }
+
+    pub fn merge_patch(&self, path: &str, patch: &Value) -> Result<Value, ClientError> {
+        self.call(
+            "PATCH",
+            path,
+            Some("application/merge-patch+json"),
+            Some(patch),
+        )
+    }
+
+    pub fn delete(&self, path: &str) -> Result<(), ClientError> {
+        match self.call("DELETE", path, None, None) {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some(404) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Blocks reading watch events from `rv` ("0" = current state first), calling `f` for
+    /// each; returns when the stream ends or fails.
+    pub fn watch(
+        &self,
+        path: &str,
+        rv: &str,
+        mut f: impl FnMut(&Value),
+    ) -> Result<(), ClientError> {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let full = format!("{path}{sep}watch=true&resourceVersion={rv}&timeoutSeconds=300");
+        let resp = match self.req("GET", &full).call() {
+            Ok(r) => r,
+            Err(ureq::Error::Status(code, _)) => {
+                return Err(ClientError::Api {
+                    method: "GET",
+                    path: full,
+                    code,
+                    reason: String::new(),
+                    message: "watch refused".into(),
+                });
+            }
+            Err(ureq::Error::Transport(t)) => {
+                return Err(ClientError::Transport {
+                    method: "GET",
+                    path: full,
+                    source: Box::new(t),
+                });
+            }
+        };
+        for line in BufReader::new(resp.into_reader()).lines() {
+            let line = line.map_err(|source| ClientError::Io {
+                method: "GET",
+                path: full.clone(),
+                source,
+            })?;
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                f(&v);
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,515 @@
+//! The control loops of `moat server` (kube-scheduler and kube-controller-manager's jobs):
+//! API clients that list, watch and write through the Kubernetes API only — never the
+//! store — so they could run in another process or against another API server.
+//!
+//! Each loop is level-triggered: it wakes on any watch event of the kinds it reads (or once
+//! a second), lists current state, asks the sans-IO core for a plan (`moat-scheduler`,
+//! `moat-controllers`) and applies it. A failed write is retried on the next pass.
+
+pub mod client;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use serde_json::{Value, json};
+
+pub use client::{Client, ClientError};
+
+/// Starts the scheduler and controller loops on background threads.
+pub fn spawn(kubeconfig: &Path) -> Result<(), ClientError> {
+    let c = Client::from_kubeconfig(kubeconfig)?;
+    let (sched_tx, sched_rx) = mpsc::channel();
+    let (ctrl_tx, ctrl_rx) = mpsc::channel();
+    for path in ["/api/v1/pods", "/api/v1/nodes"] {
+        spawn_watch(c.clone(), path, vec![sched_tx.clone(), ctrl_tx.clone()]);
+    }
+    for path in ["/apis/apps/v1/deployments", "/apis/apps/v1/replicasets"] {
+        spawn_watch(c.clone(), path, vec![ctrl_tx.clone()]);
+    }
+    let sc = c.clone();
+    std::thread::Builder::new()
+        .name("scheduler".into())
+        .spawn(move || scheduler_loop(sc, sched_rx))
+        .map_err(io_err)?;
+    std::thread::Builder::new()
+        .name("controllers".into())
+        .spawn(move || controller_loop(c, ctrl_rx))
+        .map_err(io_err)?;
+    Ok(())
+}
+
+fn io_err(source: std::io::Error) -> ClientError {
+    ClientError::Io {
+        method: "spawn",
+        path: String::new(),
+        source,
+    }
+}
+
+/// Turns watch events into wake-ups; re-watches forever.
+fn spawn_watch(c: Client, path: &'static str, wake: Vec<mpsc::Sender<()>>) {
+    let _ = std::thread::Builder::new()
+        .name(format!("watch{path}"))
+        .spawn(move || {
+            loop {
+                let r = c.watch(path, "0", |_| {
+                    for w in &wake {
+                        let _ = w.send(());
+                    }
+                });
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, path, "watch ended");
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        });
+}
+
+/// Waits for a wake-up (or the resync period) and drains queued ones: one pass handles all.
+fn wait(rx: &mpsc::Receiver<()>) -> bool {
+    match rx.recv_timeout(Duration::from_secs(1)) {
+        Ok(()) | Err(mpsc::RecvTimeoutError::Timeout) => {
+            while rx.try_recv().is_ok() {}
+            true
+        }
+        Err(mpsc::RecvTimeoutError::Disconnected) => false,
+    }
+}
+
+fn typed<T: serde::de::DeserializeOwned>(v: &[Value]) -> Vec<T> {
+    v.iter()
+        .filter_map(|x| serde_json::from_value(x.clone()).ok())
+        .collect()
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+fn event(
+    c: &Client,
+    ns: &str,
+    obj: &Value,
+    type_: &str,
+    reason: &str,
+    message: &str,
+    component: &str,
+) {
+    let name = obj["metadata"]["name"].as_str().unwrap_or("");
+    let kind = obj["kind"].as_str().unwrap_or("");
+    let ev = json!({"apiVersion": "v1", "kind": "Event",
+        "metadata": {"generateName": format!("{name}."), "namespace": ns},
+        "involvedObject": {"kind": kind, "name": name, "namespace": ns, "uid": obj["metadata"]["uid"],
+                           "apiVersion": obj["apiVersion"], "resourceVersion": obj["metadata"]["resourceVersion"]},
+        "reason": reason, "message": message, "type": type_, "count": 1,
+        "firstTimestamp": now(), "lastTimestamp": now(), "source": {"component": component},
+        "reportingComponent": component});
+    if let Err(e) = c.create(&format!("/api/v1/namespaces/{ns}/events"), &ev) {
+        tracing::debug!(error = %e, "recording event");
+    }
+}
+
+fn active(p: &Value) -> bool {
+    p["metadata"]["deletionTimestamp"].is_null()
+        && !matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed"))
+}
+
+fn scheduler_loop(c: Client, rx: mpsc::Receiver<()>) {
+    let (mut start, mut tie) = (0usize, 0u64);
+    // Last failure message per pod uid, so events are not repeated every pass.
+    let mut reported: HashMap<String, String> = HashMap::new();
+    while wait(&rx) {
+        let (Ok((nodes, _)), Ok((pods, _))) = (c.list("/api/v1/nodes"), c.list("/api/v1/pods"))
+        else {
+            continue;
+        };
+        let mut infos: Vec<moat_scheduler::NodeInfo> = typed::<Node>(&nodes)
+            .into_iter()
+            .map(moat_scheduler::NodeInfo::new)
+            .collect();
+        let index: HashMap<String, usize> = infos
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.name.clone(), i))
+            .collect();
+        let mut pending = Vec::new();
+        for pv in &pods {
+            let Ok(p) = serde_json::from_value::<Pod>(pv.clone()) else {
+                continue;
+            };
+            let node = p
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.clone())
+                .unwrap_or_default();
+            if node.is_empty() {
+                let ours = p
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.scheduler_name.as_deref())
+                    .is_none_or(|n| n == "default-scheduler");
+                if ours && active(pv) {
+                    pending.push((pv, p));
+                }
+            } else if active(pv)
+                && let (Some(&i), Ok(req)) = (index.get(&node), moat_scheduler::pod_requests(&p))
+            {
+                infos[i].add_pod(&p, &req);
+            }
+        }
+        for (pv, p) in pending {
+            let ns = p.metadata.namespace.clone().unwrap_or_default();
+            let name = p.metadata.name.clone().unwrap_or_default();
+            let uid = p.metadata.uid.clone().unwrap_or_default();
+            tie = tie.wrapping_add(1);
+            match moat_scheduler::schedule(&p, &infos, start, tie) {
+                Ok(Ok(pl)) => {
+                    start = pl.next_start;
+                    let node = infos[pl.node].name.clone();
+                    let b = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name, "namespace": ns}, "target": {"kind": "Node", "name": node}});
+                    match c.create(&format!("/api/v1/namespaces/{ns}/pods/{name}/binding"), &b) {
+                        Ok(_) => {
+                            if let Ok(req) = moat_scheduler::pod_requests(&p) {
+                                infos[pl.node].add_pod(&p, &req);
+                            }
+                            reported.remove(&uid);
+                            let _ = c.merge_patch(&format!("/api/v1/namespaces/{ns}/pods/{name}/status"),
+                                &json!({"status": {"conditions": [{"type": "PodScheduled", "status": "True", "lastTransitionTime": now()}]}}));
+                            event(
+                                &c,
+                                &ns,
+                                pv,
+                                "Normal",
+                                "Scheduled",
+                                &format!("Successfully assigned {ns}/{name} to {node}"),
+                                "default-scheduler",
+                            );
+                        }
+                        Err(e) => tracing::debug!(error = %e, pod = %name, "binding"),
+                    }
+                }
+                Ok(Err(fit)) => {
+                    let msg = fit.to_string();
+                    if reported.get(&uid) != Some(&msg) {
+                        let _ = c.merge_patch(&format!("/api/v1/namespaces/{ns}/pods/{name}/status"),
+                            &json!({"status": {"conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                "message": msg, "lastTransitionTime": now()}]}}));
+                        event(
+                            &c,
+                            &ns,
+                            pv,
+                            "Warning",
+                            "FailedScheduling",
+                            &msg,
+                            "default-scheduler",
+                        );
+                        reported.insert(uid, msg);
+                    }
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    if reported.get(&uid) != Some(&msg) {
+                        event(
+                            &c,
+                            &ns,
+                            pv,
+                            "Warning",
+                            "FailedScheduling",
+                            &msg,
+                            "default-scheduler",
+                        );
+                        reported.insert(uid, msg);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn by_ns(items: &[Value]) -> BTreeMap<String, Vec<Value>> {
+    let mut m: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for i in items {
+        m.entry(
+            i["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or("")
+                .to_string(),
+        )
+        .or_default()
+        .push(i.clone());
+    }
+    m
+}
+
+fn controller_loop(c: Client, rx: mpsc::Receiver<()>) {
+    while wait(&rx) {
+        let (Ok((deps, _)), Ok((rss, _)), Ok((pods, _))) = (
+            c.list("/apis/apps/v1/deployments"),
+            c.list("/apis/apps/v1/replicasets"),
+            c.list("/api/v1/pods"),
+        ) else {
+            continue;
+        };
+        let (rs_ns, pod_ns) = (by_ns(&rss), by_ns(&pods));
+        let empty = Vec::new();
+        for dv in &deps {
+            let ns = dv["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+            if let Err(e) = sync_deployment(
+                &c,
+                &ns,
+                dv,
+                rs_ns.get(&ns).unwrap_or(&empty),
+                pod_ns.get(&ns).unwrap_or(&empty),
+            ) {
+                tracing::debug!(error = %e, "deployment sync");
+            }
+        }
+        let secs = chrono::Utc::now().timestamp();
+        for rv in &rss {
+            let ns = rv["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+            if let Err(e) = sync_replicaset(&c, &ns, rv, pod_ns.get(&ns).unwrap_or(&empty), secs) {
+                tracing::debug!(error = %e, "replicaset sync");
+            }
+        }
+    }
+}
+
+fn sync_deployment(
+    c: &Client,
+    ns: &str,
+    dv: &Value,
+    rss: &[Value],
+    pods: &[Value],
+) -> Result<(), ClientError> {
+    let Ok(d) = serde_json::from_value::<Deployment>(dv.clone()) else {
+        return Ok(());
+    };
+    let name = d.metadata.name.clone().unwrap_or_default();
+    if d.metadata.deletion_timestamp.is_some() {
+        return Ok(());
+    }
+    let plan = match moat_controllers::deployment::reconcile(
+        &d,
+        &typed::<ReplicaSet>(rss),
+        &typed::<Pod>(pods),
+    ) {
+        Ok(p) => p,
+        Err(e) => {
+            event(
+                c,
+                ns,
+                dv,
+                "Warning",
+                "ReconcileError",
+                &e.to_string(),
+                "deployment-controller",
+            );
+            return Ok(());
+        }
+    };
+    let base = format!("/apis/apps/v1/namespaces/{ns}/replicasets");
+    if let Some(rs) = &plan.create {
+        let v = serde_json::to_value(rs).unwrap_or_default();
+        let mut v = v;
+        v["apiVersion"] = json!("apps/v1");
+        v["kind"] = json!("ReplicaSet");
+        match c.create(&base, &v) {
+            Ok(_) => {
+                let replicas = rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
+                let rs_name = rs.metadata.name.clone().unwrap_or_default();
+                event(
+                    c,
+                    ns,
+                    dv,
+                    "Normal",
+                    "ScalingReplicaSet",
+                    &format!("Scaled up replica set {rs_name} to {replicas}"),
+                    "deployment-controller",
+                );
+            }
+            Err(e) if e.code() == Some(409) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    for op in &plan.scale {
+        let mut p = json!({"spec": {"replicas": op.replicas}});
+        if !op.annotations.is_empty() {
+            p["metadata"] = json!({"annotations": op.annotations});
+        }
+        let old = rss
+            .iter()
+            .find(|r| r["metadata"]["name"] == op.name.as_str())
+            .and_then(|r| r["spec"]["replicas"].as_i64())
+            .unwrap_or(0);
+        c.merge_patch(&format!("{base}/{}", op.name), &p)?;
+        if old != i64::from(op.replicas) {
+            let dir = if i64::from(op.replicas) > old {
+                "up"
+            } else {
+                "down"
+            };
+            event(
+                c,
+                ns,
+                dv,
+                "Normal",
+                "ScalingReplicaSet",
+                &format!(
+                    "Scaled {dir} replica set {} to {} from {old}",
+                    op.name, op.replicas
+                ),
+                "deployment-controller",
+            );
+        }
+    }
+    for rs in &plan.delete {
+        c.delete(&format!("{base}/{rs}"))?;
+    }
+    let dpath = format!("/apis/apps/v1/namespaces/{ns}/deployments/{name}");
+    if let Some(rev) = &plan.revision
+        && dv["metadata"]["annotations"][moat_controllers::deployment::REVISION].as_str()
+            != Some(rev.as_str())
+    {
+        c.merge_patch(
+            &dpath,
+            &json!({"metadata": {"annotations": {moat_controllers::deployment::REVISION: rev}}}),
+        )?;
+    }
+    let status = serde_json::to_value(&plan.status).unwrap_or_default();
+    if strip_times(&status) != strip_times(&dv["status"]) {
+        let mut s = status;
+        stamp_conditions(&mut s);
+        c.merge_patch(&format!("{dpath}/status"), &json!({"status": s}))?;
+    }
+    Ok(())
+}
+
+/// Conditions carry timestamps; compare without them so an unchanged status is not rewritten.
+fn strip_times(v: &Value) -> Value {
+    let mut v = v.clone();
+    if let Some(cs) = v["conditions"].as_array_mut() {
+        for c in cs {
+            if let Some(o) = c.as_object_mut() {
+                o.remove("lastTransitionTime");
+                o.remove("lastUpdateTime");
+            }
+        }
+    }
+    if let Some(o) = v.as_object_mut() {
+        o.retain(|_, x| !x.is_null());
+    }
+    v
+}
+
+fn stamp_conditions(v: &mut Value) {
+    if let Some(cs) = v["conditions"].as_array_mut() {
+        for c in cs {
+            if c["lastTransitionTime"].is_null() {
+                c["lastTransitionTime"] = json!(now());
+            }
+            if c["lastUpdateTime"].is_null() {
+                c["lastUpdateTime"] = json!(now());
+            }
+        }
+    }
+}
+
+fn sync_replicaset(
+    c: &Client,
+    ns: &str,
+    rv: &Value,
+    pods: &[Value],
+    now_secs: i64,
+) -> Result<(), ClientError> {
+    let Ok(rs) = serde_json::from_value::<ReplicaSet>(rv.clone()) else {
+        return Ok(());
+    };
+    let plan = moat_controllers::replicaset::reconcile(&rs, &typed::<Pod>(pods), now_secs);
+    let pods_path = format!("/api/v1/namespaces/{ns}/pods");
+    let uid = rs.metadata.uid.clone().unwrap_or_default();
+    for p in &plan.create {
+        let mut v = serde_json::to_value(p).unwrap_or_default();
+        v["apiVersion"] = json!("v1");
+        v["kind"] = json!("Pod");
+        match c.create(&pods_path, &v) {
+            Ok(created) => {
+                let pn = created["metadata"]["name"].as_str().unwrap_or("");
+                event(
+                    c,
+                    ns,
+                    rv,
+                    "Normal",
+                    "SuccessfulCreate",
+                    &format!("Created pod: {pn}"),
+                    "replicaset-controller",
+                );
+            }
+            Err(e) => {
+                event(
+                    c,
+                    ns,
+                    rv,
+                    "Warning",
+                    "FailedCreate",
+                    &e.to_string(),
+                    "replicaset-controller",
+                );
+                break;
+            }
+        }
+    }
+    for name in &plan.delete {
+        c.delete(&format!("{pods_path}/{name}"))?;
+        event(
+            c,
+            ns,
+            rv,
+            "Normal",
+            "SuccessfulDelete",
+            &format!("Deleted pod: {name}"),
+            "replicaset-controller",
+        );
+    }
+    for name in &plan.adopt {
+        let owner = moat_controllers::replicaset::owner_ref(&rs);
+        c.merge_patch(
+            &format!("{pods_path}/{name}"),
+            &json!({"metadata": {"ownerReferences": [owner]}}),
+        )?;
+    }
+    for name in &plan.release {
+        // Keep references to other owners; drop ours.
+        if let Some(p) = pods.iter().find(|p| p["metadata"]["name"] == name.as_str()) {
+            let keep: Vec<Value> = p["metadata"]["ownerReferences"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|o| o["uid"] != uid.as_str())
+                .collect();
+            c.merge_patch(
+                &format!("{pods_path}/{name}"),
+                &json!({"metadata": {"ownerReferences": keep}}),
+            )?;
+        }
+    }
+    let status = serde_json::to_value(&plan.status).unwrap_or_default();
+    if strip_times(&status) != strip_times(&rv["status"]) {
+        let name = rs.metadata.name.clone().unwrap_or_default();
+        c.merge_patch(
+            &format!("/apis/apps/v1/namespaces/{ns}/replicasets/{name}/status"),
+            &json!({"status": status}),
+        )?;
+    }
+    Ok(())
+}
