@@ -2,8 +2,6 @@
 //! resources exist (the registry), how they are named, and the field-cause type used in
 //! `Status` errors. No IO, no async, no HTTP here.
 
-pub mod merge_keys;
-
 use std::fmt;
 
 use serde::{Deserialize, Serialize};

@@ -367,8 +367,13 @@ pub async fn handle(
                 .unwrap_or("")
                 .to_string();
             let patch = read_body(&headers, body).await?;
+            let kind = if sub == Some("scale") {
+                "Scale"
+            } else {
+                t.res.kind
+            };
             update(app, &t, name, sub, &q, move |cur| {
-                apply_patch(&ct, cur, &patch)
+                apply_patch(kind, &ct, cur, &patch)
             })
             .await
         }
@@ -839,13 +844,22 @@ async fn admit_pod(app: &App, obj: &mut Value) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn apply_patch(ct: &str, cur: &Value, patch: &[u8]) -> Result<Bytes, ApiError> {
+fn apply_patch(kind: &str, ct: &str, cur: &Value, patch: &[u8]) -> Result<Bytes, ApiError> {
     let p: Value = serde_json::from_slice(patch)
         .map_err(|e| ApiError::bad_request(format!("the patch is not valid JSON: {e}")))?;
     let mut out = cur.clone();
     let ct = ct.split(';').next().unwrap_or("").trim();
     match ct {
         "application/merge-patch+json" => json_patch::merge(&mut out, &p),
+        "application/strategic-merge-patch+json" => {
+            out = moat_patch::strategic_merge(kind, cur, &p).map_err(|e| {
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "Invalid",
+                    format!("the strategic merge patch could not be applied: {e}"),
+                )
+            })?;
+        }
         "application/json-patch+json" => {
             let ops: json_patch::Patch = serde_json::from_value(p)
                 .map_err(|e| ApiError::bad_request(format!("the JSON patch is malformed: {e}")))?;

@@ -209,12 +209,42 @@ fn scenario(version: &str) {
         "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: test-kata}\nspec:\n  replicas: 2\n  selector: {matchLabels: {app: kata}}\n  template:\n    metadata:\n      labels: {app: kata}\n      annotations: {io.kubernetes.cri-o.TrustedSandbox: \"false\"}\n    spec:\n      containers: [{name: c, image: busybox, ports: [{containerPort: 8080}]}]\n",
     );
     k.ok(&["apply", "--validate=false", "-f", &deploy]);
+    assert!(
+        k.ok(&["apply", "--validate=false", "-f", &deploy])
+            .contains("unchanged"),
+        "re-apply is a no-op"
+    );
+    // A modified apply is a strategic merge patch: one container's image, one env var added.
+    let modified = std::fs::read_to_string(&deploy).expect("read").replace(
+        "containers: [{name: c, image: busybox, ports: [{containerPort: 8080}]}]",
+        "containers: [{name: c, image: busybox:2, ports: [{containerPort: 8080}], env: [{name: MODE, value: untrusted}]}]",
+    );
+    let deploy2 = write(dir.path(), "d2.yaml", &modified);
+    assert!(
+        k.ok(&["apply", "--validate=false", "-f", &deploy2])
+            .contains("configured")
+    );
+    let d = k.json(&["get", "deploy", "test-kata"]);
+    let c = &d["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(
+        (c["image"].as_str(), c["env"][0]["value"].as_str()),
+        (Some("busybox:2"), Some("untrusted"))
+    );
+    assert_eq!(
+        c["ports"][0]["containerPort"], 8080,
+        "unchanged list items survive the merge"
+    );
+    k.ok(&["patch", "deploy", "test-kata", "--type", "strategic", "-p", "{\"spec\":{\"template\":{\"spec\":{\"containers\":[{\"name\":\"c\",\"image\":\"busybox:3\"}]}}}}"]);
+    assert_eq!(
+        k.json(&["get", "deploy", "test-kata"])["spec"]["template"]["spec"]["containers"][0]["image"],
+        "busybox:3"
+    );
     k.ok(&["scale", "deployment", "test-kata", "--replicas=3"]);
     let d = k.json(&["get", "deploy", "test-kata"]);
     assert_eq!(d["spec"]["replicas"], 3);
     assert_eq!(
-        d["metadata"]["generation"], 2,
-        "spec change bumps generation"
+        d["metadata"]["generation"], 4,
+        "each spec change bumps generation (apply, patch, scale)"
     );
     assert!(
         k.ok(&["get", "deploy", "-o", "wide"]).contains("busybox"),
