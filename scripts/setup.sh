@@ -12,5 +12,5 @@ if [ -x "$out/moat-runtime" ]; then
   moat-runtime assets build
 fi
 [ "${1:-}" = "--no-run" ] && exit 0
-echo "starting moat server; in another shell: export KUBECONFIG=/var/lib/moat/kubeconfig.yaml; kubectl get nodes"
+echo "starting moat server; in another shell: export KUBECONFIG=/var/lib/moat/kubeconfig.yaml; kubectl get ns"
 exec moat server --data-dir /var/lib/moat
