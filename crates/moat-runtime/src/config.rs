@@ -1,0 +1,185 @@
+//! Runtime configuration, in the spirit of Kata's `configuration.toml`.
+//!
+//! Every field has a default so a missing file means "defaults"; unknown keys are rejected so a
+//! typo does not silently fall back to a default.
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Where `moat-runtime` looks for its configuration unless `--config` says otherwise.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/moat/runtime.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading configuration file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("parsing configuration file {path}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// Which accelerator QEMU uses. `Auto` means: KVM only when the probe verdict says a guest
+/// actually boots under it (on this machine /dev/kvm exists but guests hang), TCG otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    #[default]
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HypervisorConfig {
+    pub path: PathBuf,
+    pub accel: Accel,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    /// Appended after the built-in kernel command line.
+    pub kernel_params: String,
+    pub debug_console: bool,
+}
+
+impl Default for HypervisorConfig {
+    fn default() -> Self {
+        HypervisorConfig {
+            path: PathBuf::from("/usr/bin/qemu-system-x86_64"),
+            accel: Accel::Auto,
+            vcpus: 1,
+            memory_mib: 256,
+            kernel_params: String::new(),
+            debug_console: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AssetsConfig {
+    /// Directory holding `vmlinux` and `initramfs.cpio`.
+    pub dir: PathBuf,
+}
+
+impl Default for AssetsConfig {
+    fn default() -> Self {
+        AssetsConfig {
+            dir: PathBuf::from("/var/lib/moat-runtime/assets"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub hypervisor: HypervisorConfig,
+    pub assets: AssetsConfig,
+}
+
+/// Kernel command line measured to boot fastest here (VM.md); `pit/pic/rtc=off` hang TCG guests.
+pub const BASE_KERNEL_CMDLINE: &str = "console=ttyS0 quiet panic=-1 reboot=t cryptomgr.notests \
+no_timer_check tsc=reliable i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd noreplace-smp";
+
+impl Config {
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// A missing file yields the defaults; any other read error is reported.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Config::parse(&text, path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Config::default()),
+            Err(source) => Err(ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            }),
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let h = &self.hypervisor;
+        if h.vcpus == 0 || h.vcpus > 64 {
+            return Err(ConfigError::Invalid(format!(
+                "hypervisor.vcpus must be 1..=64, got {}",
+                h.vcpus
+            )));
+        }
+        // Below ~64 MiB the Debian kernel plus the initramfs does not fit.
+        if h.memory_mib < 64 {
+            return Err(ConfigError::Invalid(format!(
+                "hypervisor.memory_mib must be at least 64, got {}",
+                h.memory_mib
+            )));
+        }
+        Ok(())
+    }
+
+    /// The full guest kernel command line.
+    pub fn kernel_cmdline(&self) -> String {
+        let extra = self.hypervisor.kernel_params.trim();
+        if extra.is_empty() {
+            BASE_KERNEL_CMDLINE.to_string()
+        } else {
+            format!("{BASE_KERNEL_CMDLINE} {extra}")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = Config::parse("", Path::new("x.toml")).unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.kernel_cmdline(), BASE_KERNEL_CMDLINE);
+    }
+
+    #[test]
+    fn fields_override_defaults() {
+        let c = Config::parse(
+            "[hypervisor]\nvcpus = 2\nmemory_mib = 512\naccel = \"tcg\"\nkernel_params = \"loglevel=7\"\ndebug_console = true\n[assets]\ndir = \"/tmp/a\"\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.hypervisor.vcpus, 2);
+        assert_eq!(c.hypervisor.memory_mib, 512);
+        assert_eq!(c.hypervisor.accel, Accel::Tcg);
+        assert!(c.hypervisor.debug_console);
+        assert_eq!(c.assets.dir, PathBuf::from("/tmp/a"));
+        assert!(c.kernel_cmdline().ends_with(" loglevel=7"));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_rejected() {
+        let e = Config::parse("[hypervisor]\nvcpu = 2\n", Path::new("x.toml")).unwrap_err();
+        assert!(matches!(e, ConfigError::Parse { .. }), "{e}");
+        let e = Config::parse("[hypervisor]\nvcpus = 0\n", Path::new("x.toml")).unwrap_err();
+        assert!(e.to_string().contains("vcpus"), "{e}");
+        let e = Config::parse("[hypervisor]\naccel = \"xen\"\n", Path::new("x.toml")).unwrap_err();
+        assert!(matches!(e, ConfigError::Parse { .. }), "{e}");
+    }
+
+    #[test]
+    fn missing_file_is_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Config::load(&dir.path().join("none.toml")).unwrap();
+        assert_eq!(c, Config::default());
+    }
+}

@@ -1,0 +1,182 @@
+//! Host probes behind `check` and `env`: CPU virtualization flags, /dev/kvm, KVM_CREATE_VM.
+//!
+//! The verdict is a pure function of the probe results so it is unit-tested without a host.
+//! On this machine /dev/kvm exists and KVM_CREATE_VM succeeds yet a nested guest hangs, so KVM
+//! is only chosen when a real guest boot under KVM has been observed; that boot probe needs the
+//! VM path, which is not built yet, so `guest_boot` is `None` today and the verdict is TCG.
+
+use crate::config::Accel;
+use serde::Serialize;
+use std::os::fd::AsRawFd;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Probe {
+    /// `vmx` or `svm` when /proc/cpuinfo advertises one.
+    pub cpu_virt_flag: Option<String>,
+    pub dev_kvm: Result<(), String>,
+    pub kvm_api_version: Result<i32, String>,
+    pub kvm_create_vm: Result<(), String>,
+    /// Whether a guest booted under KVM and answered; `None` when not probed.
+    pub guest_boot: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Verdict {
+    pub accel: &'static str,
+    pub reason: String,
+}
+
+/// Finds `vmx`/`svm` in the `flags` line of /proc/cpuinfo text.
+pub fn cpu_virt_flag(cpuinfo: &str) -> Option<String> {
+    cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("flags"))
+        .flat_map(|l| {
+            l.split_once(':')
+                .map(|(_, f)| f)
+                .unwrap_or("")
+                .split_whitespace()
+        })
+        .find(|f| *f == "vmx" || *f == "svm")
+        .map(str::to_string)
+}
+
+pub fn verdict(probe: &Probe, requested: Accel) -> Verdict {
+    let kvm_ready = probe.dev_kvm.is_ok() && probe.kvm_create_vm.is_ok();
+    match requested {
+        Accel::Tcg => Verdict {
+            accel: "tcg",
+            reason: "configured accel = \"tcg\"".into(),
+        },
+        Accel::Kvm if kvm_ready => Verdict {
+            accel: "kvm",
+            reason: "configured accel = \"kvm\"".into(),
+        },
+        Accel::Kvm => Verdict {
+            accel: "tcg",
+            reason: format!(
+                "configured accel = \"kvm\" but KVM is unusable ({}); falling back to TCG",
+                first_error(probe)
+            ),
+        },
+        Accel::Auto if !kvm_ready => Verdict {
+            accel: "tcg",
+            reason: format!("KVM unusable ({})", first_error(probe)),
+        },
+        Accel::Auto => match probe.guest_boot {
+            Some(true) => Verdict {
+                accel: "kvm",
+                reason: "a guest booted under KVM and its agent answered".into(),
+            },
+            Some(false) => Verdict {
+                accel: "tcg",
+                reason: "KVM_CREATE_VM works but a guest did not boot under KVM".into(),
+            },
+            None => Verdict {
+                accel: "tcg",
+                reason:
+                    "KVM_CREATE_VM works but no guest boot under KVM was observed (probe not run)"
+                        .into(),
+            },
+        },
+    }
+}
+
+fn first_error(p: &Probe) -> String {
+    if let Err(e) = &p.dev_kvm {
+        return format!("/dev/kvm: {e}");
+    }
+    if let Err(e) = &p.kvm_create_vm {
+        return format!("KVM_CREATE_VM: {e}");
+    }
+    "no error".into()
+}
+
+// _IO(KVMIO=0xAE, nr) from linux/kvm.h.
+const KVM_GET_API_VERSION: libc::c_ulong = 0xAE00;
+const KVM_CREATE_VM: libc::c_ulong = 0xAE01;
+
+/// Runs the real host probes (no guest boot).
+pub fn probe_host() -> Probe {
+    let cpu_virt_flag = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| cpu_virt_flag(&s));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm");
+    let (dev_kvm, kvm_api_version, kvm_create_vm) = match file {
+        Err(e) => {
+            let e = e.to_string();
+            (Err(e.clone()), Err(e.clone()), Err(e))
+        }
+        Ok(f) => {
+            // SAFETY: KVM_GET_API_VERSION takes no argument and only reads the fd.
+            let ver = unsafe { libc::ioctl(f.as_raw_fd(), KVM_GET_API_VERSION, 0) };
+            let ver = if ver < 0 {
+                Err(std::io::Error::last_os_error().to_string())
+            } else {
+                Ok(ver)
+            };
+            // SAFETY: KVM_CREATE_VM with machine type 0 returns a new fd or -1; we own and
+            // close the returned fd immediately.
+            let vm = unsafe { libc::ioctl(f.as_raw_fd(), KVM_CREATE_VM, 0) };
+            let vm = if vm < 0 {
+                Err(std::io::Error::last_os_error().to_string())
+            } else {
+                // SAFETY: vm is a fresh fd returned by the kernel and not used elsewhere.
+                unsafe { libc::close(vm) };
+                Ok(())
+            };
+            (Ok(()), ver, vm)
+        }
+    };
+    Probe {
+        cpu_virt_flag,
+        dev_kvm,
+        kvm_api_version,
+        kvm_create_vm,
+        guest_boot: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok_probe(guest_boot: Option<bool>) -> Probe {
+        Probe {
+            cpu_virt_flag: Some("vmx".into()),
+            dev_kvm: Ok(()),
+            kvm_api_version: Ok(12),
+            kvm_create_vm: Ok(()),
+            guest_boot,
+        }
+    }
+
+    #[test]
+    fn cpu_flags_are_found_in_cpuinfo() {
+        let s = "processor\t: 0\nflags\t\t: fpu vme svm sse\n";
+        assert_eq!(cpu_virt_flag(s).as_deref(), Some("svm"));
+        assert_eq!(cpu_virt_flag("flags\t: fpu sse\n"), None);
+        assert_eq!(cpu_virt_flag("vmx\n"), None);
+    }
+
+    #[test]
+    fn auto_needs_an_observed_guest_boot_for_kvm() {
+        assert_eq!(verdict(&ok_probe(None), Accel::Auto).accel, "tcg");
+        assert_eq!(verdict(&ok_probe(Some(false)), Accel::Auto).accel, "tcg");
+        assert_eq!(verdict(&ok_probe(Some(true)), Accel::Auto).accel, "kvm");
+    }
+
+    #[test]
+    fn unusable_kvm_falls_back_with_reason() {
+        let mut p = ok_probe(Some(true));
+        p.dev_kvm = Err("No such file or directory".into());
+        let v = verdict(&p, Accel::Kvm);
+        assert_eq!(v.accel, "tcg");
+        assert!(v.reason.contains("/dev/kvm"), "{}", v.reason);
+        assert_eq!(verdict(&ok_probe(None), Accel::Kvm).accel, "kvm");
+        assert_eq!(verdict(&ok_probe(Some(true)), Accel::Tcg).accel, "tcg");
+    }
+}

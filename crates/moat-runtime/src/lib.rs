@@ -1,0 +1,10 @@
+//! moat-runtime: an OCI runtime with runc's command-line contract whose sandboxes are microVMs.
+//!
+//! This crate currently holds the sans-IO pieces (configuration, OCI state records, CPU-flag
+//! parsing, the `features` document) and the host probes used by `check`/`env`. The VM boot
+//! path (QEMU owner process, agent channel, create/start/exec) is not built yet.
+
+pub mod config;
+pub mod features;
+pub mod kvm;
+pub mod state;

@@ -1,0 +1,161 @@
+//! `moat-runtime` command line (runc's global flags). Only the commands whose logic exists are
+//! offered; the VM-backed lifecycle commands (create/start/kill/delete/exec/ps) are not built yet.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use moat_runtime::{config, features, kvm, state};
+use std::io::Write;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "moat-runtime",
+    version,
+    about = "OCI runtime running sandboxes in microVMs"
+)]
+struct Cli {
+    /// Directory for container state (runc's --root).
+    #[arg(long, global = true, default_value = state::DEFAULT_ROOT)]
+    root: PathBuf,
+    /// Where errors are written besides stderr (podman/containerd read it).
+    #[arg(long, global = true)]
+    log: Option<PathBuf>,
+    #[arg(long = "log-format", global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[arg(long, global = true, default_value = config::DEFAULT_CONFIG_PATH)]
+    config: PathBuf,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Probe the host for KVM and print a verdict on the accelerator to use.
+    Check,
+    /// Print the configuration and assets the runtime would use, as JSON.
+    Env,
+    /// Print the OCI features document.
+    Features,
+    /// Print the OCI state of a container.
+    State { id: String },
+    /// List containers.
+    List {
+        #[arg(short, long, default_value = "table")]
+        format: String,
+        #[arg(short, long)]
+        quiet: bool,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(&cli) {
+        let msg = format!("{e:#}");
+        eprintln!("moat-runtime: {msg}");
+        if let Some(path) = &cli.log {
+            write_log(path, cli.log_format, &msg);
+        }
+        std::process::exit(1);
+    }
+}
+
+fn write_log(path: &PathBuf, fmt: LogFormat, msg: &str) {
+    let line = match fmt {
+        LogFormat::Json => serde_json::json!({"level": "error", "msg": msg}).to_string(),
+        LogFormat::Text => format!("level=error msg={msg:?}"),
+    };
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = writeln!(f, "{line}");
+    }
+}
+
+fn run(cli: &Cli) -> anyhow::Result<()> {
+    let store = state::StateStore::new(&cli.root);
+    match &cli.cmd {
+        Cmd::Check => {
+            let cfg = config::Config::load(&cli.config)?;
+            let p = kvm::probe_host();
+            let v = kvm::verdict(&p, cfg.hypervisor.accel);
+            println!(
+                "cpu virtualization flag: {}",
+                p.cpu_virt_flag.as_deref().unwrap_or("none")
+            );
+            println!("/dev/kvm: {}", show(&p.dev_kvm.clone().map(|_| "ok")));
+            println!("KVM_GET_API_VERSION: {}", show(&p.kvm_api_version));
+            println!(
+                "KVM_CREATE_VM: {}",
+                show(&p.kvm_create_vm.clone().map(|_| "ok"))
+            );
+            println!(
+                "guest boot under KVM: {}",
+                match p.guest_boot {
+                    Some(true) => "ok",
+                    Some(false) => "failed",
+                    None => "not probed",
+                }
+            );
+            println!("verdict: {} ({})", v.accel, v.reason);
+        }
+        Cmd::Env => {
+            let cfg = config::Config::load(&cli.config)?;
+            let p = kvm::probe_host();
+            let v = kvm::verdict(&p, cfg.hypervisor.accel);
+            let out = serde_json::json!({
+                "configPath": cli.config,
+                "root": cli.root,
+                "config": cfg,
+                "kernelCmdline": cfg.kernel_cmdline(),
+                "kernel": cfg.assets.dir.join("vmlinux"),
+                "initramfs": cfg.assets.dir.join("initramfs.cpio"),
+                "accel": v,
+                "probe": p,
+            });
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        }
+        Cmd::Features => println!("{}", serde_json::to_string_pretty(&features::features())?),
+        Cmd::State { id } => {
+            let st = store.load(id).with_context(|| format!("state of {id}"))?;
+            println!("{}", serde_json::to_string_pretty(&st)?);
+        }
+        Cmd::List { format, quiet } => {
+            let all = store.list().context("listing containers")?;
+            if *quiet {
+                for s in &all {
+                    println!("{}", s.id);
+                }
+            } else if format == "json" {
+                println!("{}", serde_json::to_string(&all)?);
+            } else {
+                println!("ID\tPID\tSTATUS\tBUNDLE");
+                for s in &all {
+                    let status = serde_json::to_value(s.status)?;
+                    println!(
+                        "{}\t{}\t{}\t{}",
+                        s.id,
+                        s.pid.unwrap_or(0),
+                        status.as_str().unwrap_or(""),
+                        s.bundle.display()
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn show<T: std::fmt::Display>(r: &Result<T, String>) -> String {
+    match r {
+        Ok(v) => v.to_string(),
+        Err(e) => format!("error: {e}"),
+    }
+}
