@@ -5,6 +5,7 @@
 //! path (QEMU owner process, agent channel, create/start/exec) is not built yet.
 
 pub mod config;
+pub mod cpio;
 pub mod features;
 pub mod kvm;
 pub mod state;
