@@ -8,4 +8,5 @@ pub mod config;
 pub mod cpio;
 pub mod features;
 pub mod kvm;
+pub mod modules;
 pub mod state;

@@ -1,0 +1,148 @@
+//! Chooses the guest kernel modules for the initramfs from an extracted linux-image package.
+//!
+//! Sans-IO: it takes the package's file list and `modules.builtin`, so it is tested with
+//! synthetic listings; the asset build feeds it the real `dpkg-deb -x` tree.
+
+/// Load order required by the guest agent contract (`/modules/order`).
+pub const GUEST_MODULES: &[&str] = &[
+    "virtio_ring",
+    "virtio",
+    "virtio_mmio",
+    "virtio_console",
+    "failover",
+    "net_failover",
+    "virtio_net",
+    "netfs",
+    "fscache",
+    "9pnet",
+    "9pnet_virtio",
+    "9p",
+    "overlay",
+];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Xz,
+    Zstd,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModuleChoice {
+    pub name: String,
+    /// Path inside the extracted package.
+    pub source: String,
+    pub compression: Compression,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Plan {
+    /// In load order; the initramfs stores each as `/modules/<name>.ko` (decompressed).
+    pub load: Vec<ModuleChoice>,
+    pub builtin: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PlanError {
+    #[error("kernel module {0} is neither in the package nor built in")]
+    Missing(String),
+}
+
+/// Kernel module names treat `-` and `_` alike.
+fn norm(s: &str) -> String {
+    s.replace('-', "_")
+}
+
+fn module_name(path: &str) -> Option<(String, Compression)> {
+    let file = path.rsplit('/').next()?;
+    let (stem, c) = if let Some(s) = file.strip_suffix(".ko.xz") {
+        (s, Compression::Xz)
+    } else if let Some(s) = file.strip_suffix(".ko.zst") {
+        (s, Compression::Zstd)
+    } else if let Some(s) = file.strip_suffix(".ko") {
+        (s, Compression::None)
+    } else {
+        return None;
+    };
+    Some((norm(stem), c))
+}
+
+/// `files`: paths in the package; `builtin`: text of `modules.builtin` (one path per line).
+pub fn plan(files: &[String], builtin: &str, wanted: &[&str]) -> Result<Plan, PlanError> {
+    let builtin_names: Vec<String> = builtin
+        .lines()
+        .filter_map(module_name)
+        .map(|(n, _)| n)
+        .collect();
+    let mut out = Plan::default();
+    for w in wanted {
+        let w = norm(w);
+        if let Some((path, c)) = files
+            .iter()
+            .filter(|p| p.contains("/kernel/"))
+            .find_map(|p| module_name(p).filter(|(n, _)| *n == w).map(|(_, c)| (p, c)))
+        {
+            out.load.push(ModuleChoice {
+                name: w,
+                source: path.clone(),
+                compression: c,
+            });
+        } else if builtin_names.contains(&w) {
+            out.builtin.push(w);
+        } else {
+            return Err(PlanError::Missing(w));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const K: &str = "lib/modules/6.1.0-27-amd64/kernel";
+
+    #[test]
+    fn picks_in_order_skips_builtin_and_sees_compression() {
+        let files = vec![
+            format!("{K}/net/9p/9pnet_virtio.ko.xz"),
+            format!("{K}/drivers/virtio/virtio_mmio.ko"),
+            format!("{K}/net/9p/9pnet.ko.zst"),
+            format!("{K}/fs/overlayfs/overlay.ko"),
+            "usr/share/doc/x.ko.txt".to_string(),
+        ];
+        let builtin = format!("{K}/drivers/virtio/virtio.ko\n{K}/drivers/virtio/virtio_ring.ko\n");
+        let p = plan(
+            &files,
+            &builtin,
+            &[
+                "virtio_ring",
+                "virtio",
+                "virtio_mmio",
+                "9pnet",
+                "9pnet_virtio",
+                "overlay",
+            ],
+        )
+        .unwrap();
+        let names: Vec<_> = p.load.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["virtio_mmio", "9pnet", "9pnet_virtio", "overlay"]);
+        assert_eq!(p.builtin, ["virtio_ring", "virtio"]);
+        assert_eq!(p.load[1].compression, Compression::Zstd);
+        assert_eq!(p.load[2].compression, Compression::Xz);
+        assert_eq!(p.load[0].compression, Compression::None);
+    }
+
+    #[test]
+    fn missing_module_is_an_error() {
+        let e = plan(&[], "", &["9p"]).unwrap_err();
+        assert_eq!(e, PlanError::Missing("9p".into()));
+    }
+
+    #[test]
+    fn dashes_and_underscores_match() {
+        let files = vec![format!("{K}/drivers/net/net-failover.ko")];
+        let p = plan(&files, "", &["net_failover"]).unwrap();
+        assert_eq!(p.load[0].name, "net_failover");
+    }
+}
