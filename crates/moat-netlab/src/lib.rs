@@ -141,6 +141,41 @@ pub fn cleanup_prefix(prefix: &str) -> usize {
     n
 }
 
+/// The policy table of namespace `ns` as `nft list` prints it, lines trimmed and sorted:
+/// two rulesets with equal meaning compare equal regardless of element order.
+pub fn policy_table_listing(ns: &str) -> Result<String, LabError> {
+    let cmd = [
+        "ip",
+        "netns",
+        "exec",
+        ns,
+        "nft",
+        "list",
+        "table",
+        "inet",
+        moat_netpol::render::TABLE,
+    ];
+    let out = Command::new(cmd[0])
+        .args(&cmd[1..])
+        .output()
+        .map_err(|source| LabError::Spawn {
+            cmd: cmd.join(" "),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(LabError::Command {
+            cmd: cmd.join(" "),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim().to_string())
+        .collect();
+    lines.sort();
+    Ok(lines.join("\n"))
+}
+
 /// A lab name prefix unique to this process and call.
 pub fn unique_prefix(tag: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};

@@ -83,22 +83,7 @@ fn serial_rejected_transaction_keeps_previous_ruleset() {
     let lab = lab3("r");
     let mut engine = Engine::new(lab.nft());
     engine.sync(&snapshot()).expect("policy");
-    let list = || {
-        let out = std::process::Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                lab.host_netns(),
-                "nft",
-                "list",
-                "table",
-                "inet",
-                render::TABLE,
-            ])
-            .output()
-            .expect("list");
-        String::from_utf8_lossy(&out.stdout).to_string()
-    };
+    let list = || moat_netlab::policy_table_listing(lab.host_netns()).expect("list");
     let before = list();
     // Valid commands first, then one the kernel refuses: nothing of it may stick.
     let bad = format!(

@@ -33,29 +33,7 @@ fn objects(paths: &[&Path]) -> Objects {
 }
 
 fn nft_list(ns: &str) -> String {
-    let out = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            ns,
-            "nft",
-            "list",
-            "table",
-            "inet",
-            render::TABLE,
-        ])
-        .output()
-        .expect("nft list");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // Element order inside a set listing is not part of the meaning.
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let mut lines: Vec<String> = text.lines().map(|l| l.trim().to_string()).collect();
-    lines.sort();
-    lines.join("\n")
+    moat_netlab::policy_table_listing(ns).expect("nft list")
 }
 
 fn run_group(topology: &Path, cases: &[Case]) -> Vec<String> {

@@ -63,25 +63,7 @@ struct Probe {
 }
 
 fn nft_list(ns: &str) -> String {
-    let out = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            ns,
-            "nft",
-            "list",
-            "table",
-            "inet",
-            render::TABLE,
-        ])
-        .output()
-        .expect("nft list");
-    let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| l.trim().to_string())
-        .collect();
-    lines.sort();
-    lines.join("\n")
+    moat_netlab::policy_table_listing(ns).expect("nft list")
 }
 
 #[test]

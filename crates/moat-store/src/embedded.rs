@@ -294,10 +294,10 @@ impl Store for EmbeddedStore {
     }
 
     async fn create(&self, key: &str, value: Vec<u8>) -> Result<KeyValue, StoreError> {
-        let mut st = self.core.state.lock().await;
-        let c = st.plan_create(key, value)?;
-        self.persist(&c)?;
-        self.core.publish(&mut st, &c);
+        let c = self
+            .core
+            .write(|st| st.plan_create(key, value), |c| self.persist(c))
+            .await?;
         Ok(put_kv(&c))
     }
 
@@ -307,10 +307,13 @@ impl Store for EmbeddedStore {
         value: Vec<u8>,
         expected: Revision,
     ) -> Result<KeyValue, StoreError> {
-        let mut st = self.core.state.lock().await;
-        let c = st.plan_update(key, value, expected)?;
-        self.persist(&c)?;
-        self.core.publish(&mut st, &c);
+        let c = self
+            .core
+            .write(
+                |st| st.plan_update(key, value, expected),
+                |c| self.persist(c),
+            )
+            .await?;
         Ok(put_kv(&c))
     }
 
@@ -319,10 +322,10 @@ impl Store for EmbeddedStore {
         key: &str,
         expected: Option<Revision>,
     ) -> Result<(KeyValue, Revision), StoreError> {
-        let mut st = self.core.state.lock().await;
-        let c = st.plan_delete(key, expected)?;
-        self.persist(&c)?;
-        self.core.publish(&mut st, &c);
+        let c = self
+            .core
+            .write(|st| st.plan_delete(key, expected), |c| self.persist(c))
+            .await?;
         Ok(del_kv(&c))
     }
 

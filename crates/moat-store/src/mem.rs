@@ -27,10 +27,20 @@ impl Core {
         })
     }
 
-    /// Commits `c` in memory (callers persist first) and notifies watchers.
-    pub fn publish(&self, st: &mut State, c: &Change) {
-        st.apply(c);
+    /// One write: plan it against the current state, make it durable with `persist` (a
+    /// no-op for the in-memory store), then apply it and tell watchers. The state lock is
+    /// held throughout, so revisions are assigned and published in order.
+    pub async fn write(
+        &self,
+        plan: impl FnOnce(&State) -> Result<Change, StoreError>,
+        persist: impl FnOnce(&Change) -> Result<(), StoreError>,
+    ) -> Result<Change, StoreError> {
+        let mut st = self.state.lock().await;
+        let c = plan(&st)?;
+        persist(&c)?;
+        st.apply(&c);
         let _ = self.events.send(c.event.clone());
+        Ok(c)
     }
 
     pub async fn watch(
@@ -128,9 +138,10 @@ impl Store for MemStore {
     }
 
     async fn create(&self, key: &str, value: Vec<u8>) -> Result<KeyValue, StoreError> {
-        let mut st = self.core.state.lock().await;
-        let c = st.plan_create(key, value)?;
-        self.core.publish(&mut st, &c);
+        let c = self
+            .core
+            .write(|st| st.plan_create(key, value), |_| Ok(()))
+            .await?;
         Ok(put_kv(&c))
     }
 
@@ -140,9 +151,10 @@ impl Store for MemStore {
         value: Vec<u8>,
         expected: Revision,
     ) -> Result<KeyValue, StoreError> {
-        let mut st = self.core.state.lock().await;
-        let c = st.plan_update(key, value, expected)?;
-        self.core.publish(&mut st, &c);
+        let c = self
+            .core
+            .write(|st| st.plan_update(key, value, expected), |_| Ok(()))
+            .await?;
         Ok(put_kv(&c))
     }
 
@@ -151,9 +163,10 @@ impl Store for MemStore {
         key: &str,
         expected: Option<Revision>,
     ) -> Result<(KeyValue, Revision), StoreError> {
-        let mut st = self.core.state.lock().await;
-        let c = st.plan_delete(key, expected)?;
-        self.core.publish(&mut st, &c);
+        let c = self
+            .core
+            .write(|st| st.plan_delete(key, expected), |_| Ok(()))
+            .await?;
         Ok(del_kv(&c))
     }
 
