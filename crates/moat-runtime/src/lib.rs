@@ -10,3 +10,4 @@ pub mod features;
 pub mod kvm;
 pub mod modules;
 pub mod state;
+pub mod vmlinux;

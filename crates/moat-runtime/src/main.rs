@@ -42,6 +42,9 @@ enum Cmd {
     Env,
     /// Print the OCI features document.
     Features,
+    /// Guest asset tools.
+    #[command(subcommand)]
+    Assets(AssetsCmd),
     /// Print the OCI state of a container.
     State { id: String },
     /// List containers.
@@ -51,6 +54,12 @@ enum Cmd {
         #[arg(short, long)]
         quiet: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum AssetsCmd {
+    /// Write the uncompressed vmlinux found inside a bzImage (vmlinuz).
+    ExtractVmlinux { vmlinuz: PathBuf, out: PathBuf },
 }
 
 fn main() {
@@ -121,6 +130,14 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
                 "probe": p,
             });
             println!("{}", serde_json::to_string_pretty(&out)?);
+        }
+        Cmd::Assets(AssetsCmd::ExtractVmlinux { vmlinuz, out }) => {
+            let img =
+                std::fs::read(vmlinuz).with_context(|| format!("reading {}", vmlinuz.display()))?;
+            let elf = moat_runtime::vmlinux::extract_vmlinux(&img)
+                .with_context(|| format!("extracting vmlinux from {}", vmlinuz.display()))?;
+            std::fs::write(out, &elf).with_context(|| format!("writing {}", out.display()))?;
+            println!("{} ({} bytes)", out.display(), elf.len());
         }
         Cmd::Features => println!("{}", serde_json::to_string_pretty(&features::features())?),
         Cmd::State { id } => {
