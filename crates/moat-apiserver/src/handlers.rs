@@ -795,20 +795,23 @@ async fn create(
     if q.get("dryRun").is_some_and(|d| d == "All") {
         return Ok(json_response(StatusCode::CREATED, &obj));
     }
+    if t.res.kind == "Service" {
+        crate::alloc::allocate(&*app.store, app.service_cidr, &mut obj).await?;
+    }
     let key = store_key(t.res, t.ns.as_deref(), &name);
-    let kv = app
-        .store
-        .create(&key, encode(&obj))
-        .await
-        .map_err(|e| match e {
-            StoreError::AlreadyExists { .. } => ApiError::new(
-                StatusCode::CONFLICT,
-                "AlreadyExists",
-                format!("{} \"{name}\" already exists", t.res.group_resource()),
-            )
-            .details(t.res.group, t.res.plural, &name),
-            e => e.into(),
-        })?;
+    let created = app.store.create(&key, encode(&obj)).await;
+    if created.is_err() && t.res.kind == "Service" {
+        crate::alloc::release(&*app.store, &obj).await;
+    }
+    let kv = created.map_err(|e| match e {
+        StoreError::AlreadyExists { .. } => ApiError::new(
+            StatusCode::CONFLICT,
+            "AlreadyExists",
+            format!("{} \"{name}\" already exists", t.res.group_resource()),
+        )
+        .details(t.res.group, t.res.plural, &name),
+        e => e.into(),
+    })?;
     Ok(json_response(StatusCode::CREATED, &decode(&kv)?))
 }
 
@@ -983,6 +986,23 @@ async fn update(
         if !causes.is_empty() {
             return Err(ApiError::invalid(t.res.kind, name, causes));
         }
+        if t.res.kind == "Service" {
+            let (old_ip, new_ip) = (&cur["spec"]["clusterIP"], &next["spec"]["clusterIP"]);
+            if new_ip.is_null() || new_ip == "" {
+                next["spec"]["clusterIP"] = old_ip.clone();
+                next["spec"]["clusterIPs"] = cur["spec"]["clusterIPs"].clone();
+            } else if new_ip != old_ip {
+                return Err(ApiError::invalid(
+                    "Service",
+                    name,
+                    vec![moat_api::Cause::new(
+                        "FieldValueInvalid",
+                        "spec.clusterIPs[0]",
+                        "Invalid value: field is immutable",
+                    )],
+                ));
+            }
+        }
         if next["spec"] != cur["spec"] && !cur["spec"].is_null() {
             next["metadata"]["generation"] =
                 json!(cur["metadata"]["generation"].as_i64().unwrap_or(1) + 1);
@@ -1115,6 +1135,9 @@ async fn delete(app: Arc<App>, t: &Target, name: &str) -> Result<Response, ApiEr
         }
     }
     let (prev, rev) = app.store.delete(&key, Some(kv.mod_revision)).await?;
+    if t.res.kind == "Service" {
+        crate::alloc::release(&*app.store, &obj).await;
+    }
     let mut o = decode(&prev)?;
     o["metadata"]["resourceVersion"] = json!(rev.to_string());
     Ok(json_response(StatusCode::OK, &o))

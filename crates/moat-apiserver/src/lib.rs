@@ -15,6 +15,7 @@
 // failed request, on a cold path, so boxing it would buy nothing but noise.
 #![allow(clippy::result_large_err)]
 
+pub mod alloc;
 pub mod handlers;
 pub mod pki;
 pub mod select;
@@ -53,6 +54,8 @@ pub enum ServeError {
     Tls(#[source] rustls::Error),
     #[error("parsing {0}")]
     Pem(&'static str),
+    #[error("--service-cidr {0:?} is not an IPv4 CIDR with a prefix between /8 and /30")]
+    ServiceCidr(String),
     #[error("listening on {addr}")]
     Listen {
         addr: SocketAddr,
@@ -66,6 +69,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub datastore_endpoint: Option<String>,
     pub untrusted_runtime_class: String,
+    /// Service ClusterIP range, e.g. 10.43.0.0/16.
+    pub service_cidr: String,
 }
 
 pub struct App {
@@ -73,6 +78,7 @@ pub struct App {
     pub token: String,
     pub admission: moat_admission::Config,
     pub advertise: String,
+    pub service_cidr: alloc::ServiceCidr,
 }
 
 async fn bootstrap(store: &dyn Store) -> Result<(), ServeError> {
@@ -167,6 +173,8 @@ pub async fn serve(
     }
     sans.sort();
     sans.dedup();
+    let service_cidr = alloc::ServiceCidr::parse(&cfg.service_cidr)
+        .ok_or_else(|| ServeError::ServiceCidr(cfg.service_cidr.clone()))?;
     let creds = pki::ensure(&cfg.data_dir, &sans)?;
     if let Some(ep) = &cfg.datastore_endpoint {
         return Err(ServeError::NoEtcd(ep.clone()));
@@ -221,6 +229,7 @@ pub async fn serve(
             untrusted_runtime_class: cfg.untrusted_runtime_class.clone(),
         },
         advertise: format!("{host}:{}", bound.port()),
+        service_cidr,
     });
     let svc = router(app);
     if let Some(r) = ready {

@@ -21,6 +21,9 @@ pub struct ServerArgs {
     /// RuntimeClass given to pods annotated io.kubernetes.cri-o.TrustedSandbox: "false".
     #[arg(long, default_value = "kata")]
     untrusted_runtime_class: String,
+    /// Range Service ClusterIPs are allocated from.
+    #[arg(long, default_value = "10.43.0.0/16")]
+    service_cidr: String,
     /// Run only the API server: no scheduler, no controllers.
     #[arg(long)]
     disable_controllers: bool,
@@ -86,6 +89,7 @@ pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
                     data_dir: args.data_dir,
                     datastore_endpoint: args.datastore_endpoint,
                     untrusted_runtime_class: args.untrusted_runtime_class,
+                    service_cidr: args.service_cidr,
                 },
                 Some(tx),
             ))?
