@@ -4,6 +4,7 @@
 //! parsing, the `features` document) and the host probes used by `check`/`env`. The VM boot
 //! path (QEMU owner process, agent channel, create/start/exec) is not built yet.
 
+pub mod assets;
 pub mod config;
 pub mod cpio;
 pub mod features;

@@ -60,6 +60,14 @@ enum Cmd {
 enum AssetsCmd {
     /// Write the uncompressed vmlinux found inside a bzImage (vmlinuz).
     ExtractVmlinux { vmlinuz: PathBuf, out: PathBuf },
+    /// Build vmlinux + initramfs.cpio from Debian's linux-image package (idempotent).
+    Build {
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// The static guest agent to install as /init.
+        #[arg(long)]
+        agent: PathBuf,
+    },
 }
 
 fn main() {
@@ -138,6 +146,16 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
                 .with_context(|| format!("extracting vmlinux from {}", vmlinuz.display()))?;
             std::fs::write(out, &elf).with_context(|| format!("writing {}", out.display()))?;
             println!("{} ({} bytes)", out.display(), elf.len());
+        }
+        Cmd::Assets(AssetsCmd::Build { out, agent }) => {
+            let cfg = config::Config::load(&cli.config)?;
+            let out = out.clone().unwrap_or(cfg.assets.dir);
+            let rebuilt = moat_runtime::assets::build(&out, agent).context("assets build")?;
+            println!(
+                "{}: {}",
+                out.display(),
+                if rebuilt { "built" } else { "up to date" }
+            );
         }
         Cmd::Features => println!("{}", serde_json::to_string_pretty(&features::features())?),
         Cmd::State { id } => {
