@@ -8,8 +8,9 @@ cargo build --release --bins
 out="${CARGO_TARGET_DIR:-target}/release"
 install -m 0755 "$out/moat" /usr/local/bin/moat
 if [ -x "$out/moat-runtime" ]; then
+  # The VM runtime's guest assets (`moat-runtime assets build --agent ...`) join setup once
+  # the guest agent exists; nothing boots a VM yet.
   install -m 0755 "$out/moat-runtime" /usr/local/bin/moat-runtime
-  moat-runtime assets build
 fi
 [ "${1:-}" = "--no-run" ] && exit 0
 echo "starting moat server; in another shell: export KUBECONFIG=/var/lib/moat/kubeconfig.yaml; kubectl get ns"
