@@ -13,11 +13,9 @@ use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use crate::mem::{Core, del_kv, put_kv};
+use crate::mem::{Core, MvccStore};
 use crate::mvcc::{Change, State};
-use crate::{
-    KeyValue, ListOptions, ListResult, Revision, Store, StoreError, WatchEvent, WatchStream,
-};
+use crate::{KeyValue, Revision, StoreError, WatchEvent};
 
 const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
 const HIST: TableDefinition<i64, &[u8]> = TableDefinition::new("history");
@@ -137,15 +135,18 @@ fn dec_event(b: &[u8]) -> Option<WatchEvent> {
     }
 }
 
-pub struct EmbeddedStore {
-    db: Arc<Database>,
-    core: Arc<Core>,
+/// The embedded store: an [`MvccStore`] backed by a redb file ([`MvccStore::open`]).
+pub type EmbeddedStore = MvccStore;
+
+/// The redb file behind an embedded store.
+pub(crate) struct RedbFile {
+    db: Database,
     path: PathBuf,
 }
 
-impl EmbeddedStore {
-    /// Opens (creating if needed) the store in `data_dir`.
-    pub fn open(data_dir: &Path) -> Result<EmbeddedStore, StoreError> {
+impl MvccStore {
+    /// Opens (creating if needed) the embedded store in `data_dir`.
+    pub fn open(data_dir: &Path) -> Result<MvccStore, StoreError> {
         std::fs::create_dir_all(data_dir).map_err(|e| StoreError::Backend {
             op: "creating the data directory",
             source: Box::new(e),
@@ -160,14 +161,34 @@ impl EmbeddedStore {
             w.open_table(META).map_err(backend("initialising"))?;
         }
         w.commit().map_err(backend("initialising"))?;
-        let state = Self::load(&db)?;
-        Ok(EmbeddedStore {
-            db: Arc::new(db),
+        let state = RedbFile::load(&db)?;
+        Ok(MvccStore {
             core: Core::new(state),
-            path,
+            file: Some(Arc::new(RedbFile { db, path })),
         })
     }
 
+    /// Writes a consistent copy of the embedded store to `dest` (temp file, fsync, rename).
+    pub async fn snapshot_save(&self, dest: &Path) -> Result<(), StoreError> {
+        let Some(f) = &self.file else {
+            return Err(StoreError::Backend {
+                op: "saving a snapshot",
+                source: "an in-memory store has no file to snapshot".into(),
+            });
+        };
+        // Holding the state lock keeps writers out while the file is copied.
+        let _st = self.core.state.lock().await;
+        copy_durably(&f.path, dest)
+    }
+
+    /// Replaces the store in `data_dir` with `snapshot`. Refuses while a store is open on
+    /// that directory, and checks the snapshot is a readable store first.
+    pub fn snapshot_restore(snapshot: &Path, data_dir: &Path) -> Result<(), StoreError> {
+        RedbFile::restore(snapshot, data_dir)
+    }
+}
+
+impl RedbFile {
     fn load(db: &Database) -> Result<State, StoreError> {
         let op = "loading the store";
         let r = db.begin_read().map_err(backend(op))?;
@@ -200,7 +221,7 @@ impl EmbeddedStore {
     }
 
     /// Persists one change durably (fsync'd commit).
-    fn persist(&self, c: &Change) -> Result<(), StoreError> {
+    pub(crate) fn persist(&self, c: &Change) -> Result<(), StoreError> {
         let op = "committing a write";
         let w = self.db.begin_write().map_err(backend(op))?;
         {
@@ -227,16 +248,28 @@ impl EmbeddedStore {
         w.commit().map_err(backend(op))
     }
 
-    /// Writes a consistent copy of the store to `dest` (temp file, fsync, rename).
-    pub async fn snapshot_save(&self, dest: &Path) -> Result<(), StoreError> {
-        // Holding the state lock keeps writers out while the file is copied.
-        let _st = self.core.state.lock().await;
-        copy_durably(&self.path, dest)
+    /// Drops history at or before `revision` from the file.
+    pub(crate) fn compact(&self, revision: Revision) -> Result<(), StoreError> {
+        let op = "compacting";
+        let w = self.db.begin_write().map_err(backend(op))?;
+        {
+            let mut hist = w.open_table(HIST).map_err(backend(op))?;
+            let old: Vec<i64> = hist
+                .range(..=revision)
+                .map_err(backend(op))?
+                .map(|r| r.map(|(k, _)| k.value()))
+                .collect::<Result<_, _>>()
+                .map_err(backend(op))?;
+            for k in old {
+                hist.remove(k).map_err(backend(op))?;
+            }
+            let mut meta = w.open_table(META).map_err(backend(op))?;
+            meta.insert("compacted", revision).map_err(backend(op))?;
+        }
+        w.commit().map_err(backend(op))
     }
 
-    /// Replaces the store in `data_dir` with `snapshot`. Refuses while a store is open on
-    /// that directory, and checks the snapshot is a readable store first.
-    pub fn snapshot_restore(snapshot: &Path, data_dir: &Path) -> Result<(), StoreError> {
+    fn restore(snapshot: &Path, data_dir: &Path) -> Result<(), StoreError> {
         {
             let db = Database::open(snapshot).map_err(backend("reading the snapshot"))?;
             Self::load(&db)?;
@@ -277,90 +310,6 @@ fn copy_durably(from: &Path, to: &Path) -> Result<(), StoreError> {
             .map_err(io("syncing the directory"))?;
     }
     Ok(())
-}
-
-#[async_trait::async_trait]
-impl Store for EmbeddedStore {
-    async fn current_revision(&self) -> Result<Revision, StoreError> {
-        Ok(self.core.state.lock().await.rev)
-    }
-
-    async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
-        Ok(self.core.state.lock().await.kv.get(key).cloned())
-    }
-
-    async fn list(&self, prefix: &str, opts: ListOptions) -> Result<ListResult, StoreError> {
-        self.core.state.lock().await.list(prefix, &opts)
-    }
-
-    async fn create(&self, key: &str, value: Vec<u8>) -> Result<KeyValue, StoreError> {
-        let c = self
-            .core
-            .write(|st| st.plan_create(key, value), |c| self.persist(c))
-            .await?;
-        Ok(put_kv(&c))
-    }
-
-    async fn update(
-        &self,
-        key: &str,
-        value: Vec<u8>,
-        expected: Revision,
-    ) -> Result<KeyValue, StoreError> {
-        let c = self
-            .core
-            .write(
-                |st| st.plan_update(key, value, expected),
-                |c| self.persist(c),
-            )
-            .await?;
-        Ok(put_kv(&c))
-    }
-
-    async fn delete(
-        &self,
-        key: &str,
-        expected: Option<Revision>,
-    ) -> Result<(KeyValue, Revision), StoreError> {
-        let c = self
-            .core
-            .write(|st| st.plan_delete(key, expected), |c| self.persist(c))
-            .await?;
-        Ok(del_kv(&c))
-    }
-
-    async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError> {
-        self.core.watch(prefix, after).await
-    }
-
-    async fn compact(&self, revision: Revision) -> Result<(), StoreError> {
-        let mut st = self.core.state.lock().await;
-        let mut next = st.clone();
-        next.compact(revision)?;
-        let op = "compacting";
-        let w = self.db.begin_write().map_err(backend(op))?;
-        {
-            let mut hist = w.open_table(HIST).map_err(backend(op))?;
-            let old: Vec<i64> = hist
-                .range(..=revision)
-                .map_err(backend(op))?
-                .map(|r| r.map(|(k, _)| k.value()))
-                .collect::<Result<_, _>>()
-                .map_err(backend(op))?;
-            for k in old {
-                hist.remove(k).map_err(backend(op))?;
-            }
-            let mut meta = w.open_table(META).map_err(backend(op))?;
-            meta.insert("compacted", revision).map_err(backend(op))?;
-        }
-        w.commit().map_err(backend(op))?;
-        *st = next;
-        Ok(())
-    }
-
-    async fn oldest_revision(&self) -> Result<Revision, StoreError> {
-        Ok(self.core.state.lock().await.compacted + 1)
-    }
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ mod mvcc;
 use std::fmt;
 
 pub use embedded::EmbeddedStore;
-pub use mem::MemStore;
+pub use mem::{MemStore, MvccStore};
 
 use futures::stream::BoxStream;
 

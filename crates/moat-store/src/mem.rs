@@ -1,11 +1,12 @@
-//! `MemStore`: the complete in-memory implementation. It is the fake in other crates' unit
-//! tests and the reference the conformance suite holds the durable backends to.
+//! The MVCC store shared by the in-memory and embedded backends: one core (state, history,
+//! watch broadcast) and one `Store` implementation; the embedded backend only adds a file.
 
 use std::sync::Arc;
 
 use futures::StreamExt;
 use tokio::sync::{Mutex, broadcast};
 
+use crate::embedded::RedbFile;
 use crate::mvcc::{Change, State, event_key};
 use crate::{
     KeyValue, ListOptions, ListResult, Revision, Store, StoreError, WatchEvent, WatchStream,
@@ -103,28 +104,43 @@ fn tokio_stream_from(
     })
 }
 
-/// The in-memory store.
+/// The MVCC store: state and history in memory, optionally backed by a redb file that
+/// every change is made durable in before it is applied and announced (the embedded store).
+/// Without a file it is the in-memory store, the fake other crates test against.
 #[derive(Clone)]
-pub struct MemStore {
-    core: Arc<Core>,
+pub struct MvccStore {
+    pub(crate) core: Arc<Core>,
+    pub(crate) file: Option<Arc<RedbFile>>,
 }
 
-impl Default for MemStore {
+/// The in-memory store: [`MvccStore::new`].
+pub type MemStore = MvccStore;
+
+impl Default for MvccStore {
     fn default() -> Self {
-        MemStore::new()
+        MvccStore::new()
     }
 }
 
-impl MemStore {
-    pub fn new() -> MemStore {
-        MemStore {
+impl MvccStore {
+    /// An empty in-memory store.
+    pub fn new() -> MvccStore {
+        MvccStore {
             core: Core::new(State::new()),
+            file: None,
+        }
+    }
+
+    fn persist(&self, c: &Change) -> Result<(), StoreError> {
+        match &self.file {
+            Some(f) => f.persist(c),
+            None => Ok(()),
         }
     }
 }
 
 #[async_trait::async_trait]
-impl Store for MemStore {
+impl Store for MvccStore {
     async fn current_revision(&self) -> Result<Revision, StoreError> {
         Ok(self.core.state.lock().await.rev)
     }
@@ -140,7 +156,7 @@ impl Store for MemStore {
     async fn create(&self, key: &str, value: Vec<u8>) -> Result<KeyValue, StoreError> {
         let c = self
             .core
-            .write(|st| st.plan_create(key, value), |_| Ok(()))
+            .write(|st| st.plan_create(key, value), |c| self.persist(c))
             .await?;
         Ok(put_kv(&c))
     }
@@ -153,7 +169,10 @@ impl Store for MemStore {
     ) -> Result<KeyValue, StoreError> {
         let c = self
             .core
-            .write(|st| st.plan_update(key, value, expected), |_| Ok(()))
+            .write(
+                |st| st.plan_update(key, value, expected),
+                |c| self.persist(c),
+            )
             .await?;
         Ok(put_kv(&c))
     }
@@ -165,7 +184,7 @@ impl Store for MemStore {
     ) -> Result<(KeyValue, Revision), StoreError> {
         let c = self
             .core
-            .write(|st| st.plan_delete(key, expected), |_| Ok(()))
+            .write(|st| st.plan_delete(key, expected), |c| self.persist(c))
             .await?;
         Ok(del_kv(&c))
     }
@@ -175,7 +194,14 @@ impl Store for MemStore {
     }
 
     async fn compact(&self, revision: Revision) -> Result<(), StoreError> {
-        self.core.state.lock().await.compact(revision)
+        let mut st = self.core.state.lock().await;
+        let mut next = st.clone();
+        next.compact(revision)?;
+        if let Some(f) = &self.file {
+            f.compact(revision)?;
+        }
+        *st = next;
+        Ok(())
     }
 
     async fn oldest_revision(&self) -> Result<Revision, StoreError> {
