@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use futures::StreamExt;
 use http::{HeaderMap, Method, StatusCode, header};
-use moat_api::{RESOURCES, ResourceInfo};
+use moat_api::ResourceInfo;
 use moat_store::{ListOptions, StoreError, WatchEvent};
 use serde_json::{Value, json};
 
@@ -99,7 +99,7 @@ fn wants_table(h: &HeaderMap) -> bool {
         .is_some_and(|a| a.contains("as=Table"))
 }
 
-fn json_response(code: StatusCode, v: &Value) -> Response {
+pub(crate) fn json_response(code: StatusCode, v: &Value) -> Response {
     (
         code,
         [(header::CONTENT_TYPE, "application/json")],
@@ -295,25 +295,15 @@ pub async fn handle(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    match path.trim_end_matches('/') {
-        "/api" => {
-            return Ok(json_response(
-                StatusCode::OK,
-                &json!({"kind": "APIVersions", "versions": ["v1"],
-            "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": app.advertise}]}),
-            ));
-        }
-        "/apis" => return Ok(json_response(StatusCode::OK, &api_groups())),
-        "/openapi/v2" | "/openapi/v3" => {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "NotFound",
-                "OpenAPI documents are not served yet; use kubectl with --validate=false",
-            ));
-        }
-        _ => {}
+    let trimmed = path.trim_end_matches('/');
+    if trimmed == "/api" || trimmed == "/apis" {
+        return Ok(crate::discovery::root(
+            trimmed == "/apis",
+            &headers,
+            &app.advertise,
+        ));
     }
-    if let Some(list) = resource_list(path) {
+    if let Some(list) = crate::discovery::resource_list(path) {
         return Ok(json_response(StatusCode::OK, &list));
     }
     let t = parse_path(path).ok_or_else(|| {
@@ -377,8 +367,8 @@ pub async fn handle(
             })
             .await
         }
-        (&Method::DELETE, Some(name), None) => delete(app, &t, name).await,
-        (&Method::DELETE, None, None) => delete_collection(app, &t, &q).await,
+        (&Method::DELETE, Some(name), None) => delete(app, &t, name, &q, &headers, body).await,
+        (&Method::DELETE, None, None) => delete_collection(app, &t, &q, &headers, body).await,
         (_, Some(_), Some("log" | "exec" | "attach" | "portforward")) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "ServiceUnavailable",
@@ -390,65 +380,6 @@ pub async fn handle(
             format!("{method} is not supported on {path}"),
         )),
     }
-}
-
-fn api_groups() -> Value {
-    let groups: Vec<Value> = moat_api::group_versions()
-        .into_iter()
-        .filter(|(g, _)| !g.is_empty())
-        .map(|(g, v)| {
-            let gv = json!({"groupVersion": format!("{g}/{v}"), "version": v});
-            json!({"name": g, "versions": [gv.clone()], "preferredVersion": gv})
-        })
-        .collect();
-    json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
-}
-
-fn resource_list(path: &str) -> Option<Value> {
-    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let (g, v) = match segs.as_slice() {
-        ["api", v] => ("", *v),
-        ["apis", g, v] => (*g, *v),
-        _ => return None,
-    };
-    if !moat_api::group_versions().contains(&(g, v)) {
-        return None;
-    }
-    let mut resources = Vec::new();
-    for r in RESOURCES.iter().filter(|r| r.group == g && r.version == v) {
-        let mut e = json!({"name": r.plural, "singularName": r.singular, "namespaced": r.namespaced, "kind": r.kind, "verbs": r.verbs()});
-        if !r.short_names.is_empty() {
-            e["shortNames"] = json!(r.short_names);
-        }
-        if !r.categories.is_empty() {
-            e["categories"] = json!(r.categories);
-        }
-        resources.push(e);
-        for s in r.subresources {
-            let (kind, group, version, verbs) = match s {
-                moat_api::Subresource::Scale => {
-                    ("Scale", "autoscaling", "v1", vec!["get", "patch", "update"])
-                }
-                moat_api::Subresource::Status => {
-                    (r.kind, r.group, r.version, vec!["get", "patch", "update"])
-                }
-                moat_api::Subresource::Binding => ("Binding", "", "v1", vec!["create"]),
-                moat_api::Subresource::Eviction => ("Eviction", "policy", "v1", vec!["create"]),
-                moat_api::Subresource::Log => ("Pod", "", "v1", vec!["get"]),
-                moat_api::Subresource::Exec => ("PodExecOptions", "", "v1", vec!["create", "get"]),
-            };
-            resources.push(json!({"name": format!("{}/{}", r.plural, s.name()), "singularName": "", "namespaced": r.namespaced,
-                "group": group, "version": version, "kind": kind, "verbs": verbs}));
-        }
-    }
-    let gv = if g.is_empty() {
-        v.to_string()
-    } else {
-        format!("{g}/{v}")
-    };
-    Some(
-        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}),
-    )
 }
 
 async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
@@ -946,6 +877,11 @@ async fn update(
                 n["status"] = incoming["status"].clone();
                 n
             }
+            Some("finalize") if t.res.kind == "Namespace" => {
+                let mut n = cur.clone();
+                n["spec"]["finalizers"] = incoming["spec"]["finalizers"].clone();
+                n
+            }
             None => {
                 let mut n = incoming.clone();
                 if t.res.subresources.contains(&moat_api::Subresource::Status) {
@@ -973,8 +909,32 @@ async fn update(
             "namespace",
             "generation",
             "deletionTimestamp",
+            "deletionGracePeriodSeconds",
         ] {
             next["metadata"][k] = cur["metadata"][k].clone();
+        }
+        if cur["metadata"]["deletionTimestamp"].is_string() {
+            let old: Vec<&Value> = cur["metadata"]["finalizers"]
+                .as_array()
+                .map(|a| a.iter().collect())
+                .unwrap_or_default();
+            if let Some(added) = next["metadata"]["finalizers"]
+                .as_array()
+                .and_then(|a| a.iter().find(|f| !old.contains(f)))
+            {
+                return Err(ApiError::invalid(
+                    t.res.kind,
+                    name,
+                    vec![moat_api::Cause::new(
+                        "FieldValueForbidden",
+                        "metadata.finalizers",
+                        format!(
+                            "Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers [{}]",
+                            added.as_str().unwrap_or("")
+                        ),
+                    )],
+                ));
+            }
         }
         if let Some(m) = next["metadata"].as_object_mut() {
             m.retain(|_, v| !v.is_null());
@@ -1007,14 +967,10 @@ async fn update(
             next["metadata"]["generation"] =
                 json!(cur["metadata"]["generation"].as_i64().unwrap_or(1) + 1);
         }
-        // Removing the last finalizer of an object being deleted completes the delete.
-        if next["metadata"]["deletionTimestamp"].is_string()
-            && next["metadata"]["finalizers"]
-                .as_array()
-                .is_none_or(|f| f.is_empty())
-        {
-            let (prev, _) = app.store.delete(&key, Some(expected)).await?;
-            return Ok(json_response(StatusCode::OK, &decode(&prev)?));
+        // Removing the last thing an object being deleted waited for completes the delete.
+        if crate::delete::deletion_complete(t.res.kind, &next) {
+            let o = remove(&app, t.res.kind, &key, &cur, expected).await?;
+            return Ok(json_response(StatusCode::OK, &o));
         }
         if q.get("dryRun").is_some_and(|d| d == "All") {
             return Ok(json_response(StatusCode::OK, &next));
@@ -1100,50 +1056,90 @@ async fn binding(app: Arc<App>, t: &Target, name: &str, body: Body) -> Result<Re
     ))
 }
 
-async fn delete(app: Arc<App>, t: &Target, name: &str) -> Result<Response, ApiError> {
+async fn delete(
+    app: Arc<App>,
+    t: &Target,
+    name: &str,
+    q: &Q,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let raw = read_body(headers, body).await?;
+    let opts = crate::delete::parse_options(q, &raw)?;
     let key = store_key(t.res, t.ns.as_deref(), name);
-    let kv = app.store.get(&key).await?.ok_or_else(|| {
-        ApiError::not_found(&t.res.group_resource(), name).details(t.res.group, t.res.plural, name)
-    })?;
-    let mut obj = decode(&kv)?;
-    let has_finalizers = obj["metadata"]["finalizers"]
-        .as_array()
-        .is_some_and(|f| !f.is_empty());
-    if has_finalizers {
-        if obj["metadata"]["deletionTimestamp"].is_null() {
-            obj["metadata"]["deletionTimestamp"] = json!(now());
-            obj["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+    for _ in 0..5 {
+        let kv = app.store.get(&key).await?.ok_or_else(|| {
+            ApiError::not_found(&t.res.group_resource(), name).details(
+                t.res.group,
+                t.res.plural,
+                name,
+            )
+        })?;
+        match delete_one(&app, t, &kv, &opts).await {
+            Err(e) if e.reason == "Conflict" && opts.precondition_rv.is_none() => continue,
+            r => return r.map(|(code, o)| json_response(code, &o)),
+        }
+    }
+    Err(ApiError::new(
+        StatusCode::CONFLICT,
+        "Conflict",
+        "too many concurrent writers; try again",
+    ))
+}
+
+/// Applies the delete plan to one stored object: removes it (200 with the last state) or
+/// stores it marked (202 with the marked object).
+async fn delete_one(
+    app: &App,
+    t: &Target,
+    kv: &moat_store::KeyValue,
+    opts: &crate::delete::DeleteOptions,
+) -> Result<(StatusCode, Value), ApiError> {
+    let cur = decode(kv)?;
+    match crate::delete::plan(t.res.kind, &cur, opts, chrono::Utc::now())? {
+        _ if opts.dry_run => Ok((StatusCode::OK, cur)),
+        crate::delete::Plan::DeleteNow => {
+            let o = remove(app, t.res.kind, &kv.key, &cur, kv.mod_revision).await?;
+            Ok((StatusCode::OK, o))
+        }
+        crate::delete::Plan::Mark(next) => {
             let kv = app
                 .store
-                .update(&key, encode(&obj), kv.mod_revision)
+                .update(&kv.key, encode(&next), kv.mod_revision)
                 .await?;
-            obj = decode(&kv)?;
+            Ok((StatusCode::ACCEPTED, decode(&kv)?))
         }
-        return Ok(json_response(StatusCode::ACCEPTED, &obj));
+        crate::delete::Plan::Unchanged => Ok((StatusCode::ACCEPTED, cur)),
     }
-    if t.res.kind == "Namespace" {
-        // Until the namespace controller exists: remove the namespace's contents with it.
-        for r in RESOURCES.iter().filter(|r| r.namespaced) {
-            let items = app
-                .store
-                .list(&store_prefix(r, Some(name)), ListOptions::default())
-                .await?
-                .items;
-            for it in items {
-                let _ = app.store.delete(&it.key, None).await;
-            }
-        }
-    }
-    let (prev, rev) = app.store.delete(&key, Some(kv.mod_revision)).await?;
-    if t.res.kind == "Service" {
-        crate::alloc::release(&*app.store, &obj).await;
+}
+
+/// Removes an object from the store (compare-and-swap on `expected`) and releases what it
+/// held (a Service's ClusterIP and NodePorts).
+async fn remove(
+    app: &App,
+    kind: &str,
+    key: &str,
+    obj: &Value,
+    expected: moat_store::Revision,
+) -> Result<Value, ApiError> {
+    let (prev, rev) = app.store.delete(key, Some(expected)).await?;
+    if kind == "Service" {
+        crate::alloc::release(&*app.store, obj).await;
     }
     let mut o = decode(&prev)?;
     o["metadata"]["resourceVersion"] = json!(rev.to_string());
-    Ok(json_response(StatusCode::OK, &o))
+    Ok(o)
 }
 
-async fn delete_collection(app: Arc<App>, t: &Target, q: &Q) -> Result<Response, ApiError> {
+async fn delete_collection(
+    app: Arc<App>,
+    t: &Target,
+    q: &Q,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let raw = read_body(headers, body).await?;
+    let opts = crate::delete::parse_options(q, &raw)?;
     let (ls, fs) = selectors(q)?;
     let res = app
         .store
@@ -1155,15 +1151,11 @@ async fn delete_collection(app: Arc<App>, t: &Target, q: &Q) -> Result<Response,
     let mut gone = Vec::new();
     for kv in &res.items {
         let o = decode(kv)?;
-        if labels_match(&ls, &o)
-            && fields_match(&fs, &o)
-            && app
-                .store
-                .delete(&kv.key, Some(kv.mod_revision))
-                .await
-                .is_ok()
-        {
-            gone.push(o);
+        if labels_match(&ls, &o) && fields_match(&fs, &o) {
+            // An object changed or deleted concurrently is skipped, as upstream does.
+            if let Ok((_, o)) = delete_one(&app, t, kv, &opts).await {
+                gone.push(o);
+            }
         }
     }
     Ok(json_response(

@@ -16,6 +16,8 @@
 #![allow(clippy::result_large_err)]
 
 pub mod alloc;
+pub mod delete;
+pub mod discovery;
 pub mod handlers;
 pub mod pki;
 pub mod select;
