@@ -387,22 +387,18 @@ async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    if ct.starts_with("application/vnd.kubernetes.protobuf") {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "UnsupportedMediaType",
-            format!(
-                "the body of the request was in an unsupported format: {ct} (moat accepts JSON request bodies; protobuf bodies are not decoded yet)"
-            ),
-        ));
-    }
-    axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| {
+    let raw = axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "RequestEntityTooLarge",
             format!("the request body is larger than the limit of {MAX_BODY} bytes"),
         )
-    })
+    })?;
+    if ct.starts_with("application/vnd.kubernetes.protobuf") {
+        let v = crate::protobuf::to_json(&raw)?;
+        return Ok(Bytes::from(serde_json::to_vec(&v).unwrap_or_default()));
+    }
+    Ok(raw)
 }
 
 fn parse_json(b: &[u8]) -> Result<Value, ApiError> {

@@ -20,6 +20,7 @@ pub mod delete;
 pub mod discovery;
 pub mod handlers;
 pub mod pki;
+pub mod protobuf;
 pub mod select;
 pub mod status;
 pub mod table;
