@@ -112,170 +112,6 @@ fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
-// ---------- validation ----------
-
-fn dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
-
-fn dns_subdomain(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 253 && s.split('.').all(dns_label)
-}
-
-fn label_value_ok(v: &str) -> bool {
-    v.is_empty()
-        || (v.len() <= 63
-            && v.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-            && v.as_bytes()[0].is_ascii_alphanumeric()
-            && v.as_bytes()[v.len() - 1].is_ascii_alphanumeric())
-}
-
-fn label_key_ok(k: &str) -> bool {
-    let (prefix, name) = match k.rsplit_once('/') {
-        Some((p, n)) => (Some(p), n),
-        None => (None, k),
-    };
-    prefix.is_none_or(dns_subdomain) && !name.is_empty() && label_value_ok(name)
-}
-
-fn validate_meta(res: &ResourceInfo, obj: &Value) -> Vec<moat_api::Cause> {
-    let mut causes = Vec::new();
-    let name = obj["metadata"]["name"].as_str().unwrap_or("");
-    let label_style = matches!(res.kind, "Namespace" | "Service");
-    let ok = if label_style {
-        dns_label(name)
-    } else {
-        dns_subdomain(name)
-    };
-    if !ok {
-        let what = if label_style {
-            "RFC 1123 label"
-        } else {
-            "RFC 1123 subdomain"
-        };
-        causes.push(moat_api::Cause::new(
-            "FieldValueInvalid",
-            "metadata.name",
-            format!("Invalid value: {name:?}: a lowercase {what} must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"),
-        ));
-    }
-    if let Some(labels) = obj["metadata"]["labels"].as_object() {
-        for (k, v) in labels {
-            if !label_key_ok(k) {
-                causes.push(moat_api::Cause::new("FieldValueInvalid", "metadata.labels", format!("Invalid value: {k:?}: name part must consist of alphanumeric characters, '-', '_' or '.'")));
-            }
-            match v.as_str() {
-                Some(s) if label_value_ok(s) => {}
-                _ => causes.push(moat_api::Cause::new("FieldValueInvalid", "metadata.labels", format!("Invalid value: {v}: a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"))),
-            }
-        }
-    }
-    causes
-}
-
-/// Minimal Kubernetes defaulting for the kinds whose defaults other components rely on.
-fn default_object(res: &ResourceInfo, obj: &mut Value) {
-    match res.kind {
-        "Namespace" => {
-            let name = obj["metadata"]["name"].clone();
-            obj["metadata"]["labels"]["kubernetes.io/metadata.name"] = name;
-            if obj["status"]["phase"].is_null() {
-                obj["status"] = json!({"phase": "Active"});
-            }
-        }
-        "Pod" => {
-            let spec = &mut obj["spec"];
-            for (k, v) in [
-                ("restartPolicy", json!("Always")),
-                ("dnsPolicy", json!("ClusterFirst")),
-                ("terminationGracePeriodSeconds", json!(30)),
-                ("schedulerName", json!("default-scheduler")),
-                ("enableServiceLinks", json!(true)),
-            ] {
-                if spec[k].is_null() {
-                    spec[k] = v;
-                }
-            }
-            if let Some(cs) = spec["containers"].as_array_mut() {
-                for c in cs {
-                    if c["terminationMessagePath"].is_null() {
-                        c["terminationMessagePath"] = json!("/dev/termination-log");
-                    }
-                    if c["imagePullPolicy"].is_null() {
-                        let image = c["image"].as_str().unwrap_or("");
-                        let latest = !image.rsplit('/').next().unwrap_or("").contains(':')
-                            || image.ends_with(":latest");
-                        c["imagePullPolicy"] =
-                            json!(if latest { "Always" } else { "IfNotPresent" });
-                    }
-                    if let Some(ps) = c["ports"].as_array_mut() {
-                        for p in ps {
-                            if p["protocol"].is_null() {
-                                p["protocol"] = json!("TCP");
-                            }
-                        }
-                    }
-                }
-            }
-            if obj["status"]["phase"].is_null() {
-                obj["status"] = json!({"phase": "Pending", "qosClass": "BestEffort"});
-            }
-        }
-        "Service" => {
-            let spec = &mut obj["spec"];
-            if spec["type"].is_null() {
-                spec["type"] = json!("ClusterIP");
-            }
-            if spec["sessionAffinity"].is_null() {
-                spec["sessionAffinity"] = json!("None");
-            }
-            if let Some(ps) = spec["ports"].as_array_mut() {
-                for p in ps {
-                    if p["protocol"].is_null() {
-                        p["protocol"] = json!("TCP");
-                    }
-                    if p["targetPort"].is_null() {
-                        p["targetPort"] = p["port"].clone();
-                    }
-                }
-            }
-        }
-        "Deployment" => {
-            let spec = &mut obj["spec"];
-            if spec["replicas"].is_null() {
-                spec["replicas"] = json!(1);
-            }
-            if spec["strategy"].is_null() {
-                spec["strategy"] = json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}});
-            }
-            if spec["revisionHistoryLimit"].is_null() {
-                spec["revisionHistoryLimit"] = json!(10);
-            }
-            if spec["progressDeadlineSeconds"].is_null() {
-                spec["progressDeadlineSeconds"] = json!(600);
-            }
-        }
-        "Secret" if obj["type"].is_null() => obj["type"] = json!("Opaque"),
-        "NetworkPolicy" => {
-            let spec = &mut obj["spec"];
-            if spec["policyTypes"].as_array().is_none_or(|a| a.is_empty()) {
-                let mut t = vec![json!("Ingress")];
-                if spec["egress"].as_array().is_some_and(|e| !e.is_empty()) {
-                    t.push(json!("Egress"));
-                }
-                spec["policyTypes"] = json!(t);
-            }
-        }
-        _ => {}
-    }
-}
-
 fn gen_suffix() -> String {
     use rand::Rng;
     const ALPHA: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
@@ -697,8 +533,8 @@ async fn create(
         obj["metadata"]["name"] = json!(format!("{base}{}", gen_suffix()));
     }
     let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
-    default_object(t.res, &mut obj);
-    let causes = validate_meta(t.res, &obj);
+    crate::validate::default_object(t.res, &mut obj);
+    let causes = crate::validate::validate(t.res, &obj);
     if !causes.is_empty() {
         return Err(ApiError::invalid(t.res.kind, &name, causes).details(
             t.res.group,
@@ -937,8 +773,8 @@ async fn update(
         }
         next["kind"] = json!(t.res.kind);
         next["apiVersion"] = json!(t.res.api_version());
-        default_object(t.res, &mut next);
-        let causes = validate_meta(t.res, &next);
+        crate::validate::default_object(t.res, &mut next);
+        let causes = crate::validate::validate(t.res, &next);
         if !causes.is_empty() {
             return Err(ApiError::invalid(t.res.kind, name, causes));
         }
@@ -1188,44 +1024,5 @@ mod tests {
         assert_eq!(t.sub.as_deref(), Some("scale"));
         assert!(parse_path("/apis/apps/v1/pods").is_none());
         assert!(parse_path("/api/v1/namespaces/x/pods/p/status/extra").is_none());
-    }
-
-    #[test]
-    fn name_and_label_validation() {
-        let ns = moat_api::resource_by_kind("v1", "Namespace").expect("ns");
-        assert!(validate_meta(ns, &json!({"metadata": {"name": "ok-name"}})).is_empty());
-        assert_eq!(
-            validate_meta(ns, &json!({"metadata": {"name": "Bad_Name"}}))[0].field,
-            "metadata.name"
-        );
-        assert_eq!(
-            validate_meta(ns, &json!({"metadata": {"name": "a.b"}})).len(),
-            1,
-            "namespaces are labels"
-        );
-        let cm = moat_api::resource_by_kind("v1", "ConfigMap").expect("cm");
-        assert!(
-            validate_meta(
-                cm,
-                &json!({"metadata": {"name": "a.b", "labels": {"example.org/k": "v-1"}}})
-            )
-            .is_empty()
-        );
-        assert_eq!(
-            validate_meta(
-                cm,
-                &json!({"metadata": {"name": "a", "labels": {"k": "bad value!"}}})
-            )
-            .len(),
-            1
-        );
-        assert_eq!(
-            validate_meta(
-                cm,
-                &json!({"metadata": {"name": "a", "labels": {"-k": "v"}}})
-            )
-            .len(),
-            1
-        );
     }
 }

@@ -24,6 +24,7 @@ pub mod protobuf;
 pub mod select;
 pub mod status;
 pub mod table;
+pub mod validate;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

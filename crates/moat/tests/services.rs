@@ -164,7 +164,7 @@ fn cluster_ips_are_unique_across_concurrency_and_restart() {
     assert!(e.to_string().contains("immutable"), "{e}");
 
     // NodePorts.
-    let np = c.create(SVCS, &svc("np", json!({"type": "NodePort", "ports": [{"port": 80}, {"port": 443, "nodePort": 30443}]}))).expect("nodeport");
+    let np = c.create(SVCS, &svc("np", json!({"type": "NodePort", "ports": [{"name": "http", "port": 80}, {"name": "https", "port": 443, "nodePort": 30443}]}))).expect("nodeport");
     let p0 = np["spec"]["ports"][0]["nodePort"]
         .as_u64()
         .expect("allocated");
