@@ -492,6 +492,8 @@ async fn create(
     }
     obj["kind"] = json!(t.res.kind);
     obj["apiVersion"] = json!(api_version);
+    let mode = crate::schema::FieldValidation::parse(q.get("fieldValidation").map(String::as_str))?;
+    let warnings = crate::schema::check(t.res.kind, &api_version, &mut obj, mode)?;
     if !obj["metadata"].is_object() {
         obj["metadata"] = json!({});
     }
@@ -575,7 +577,9 @@ async fn create(
         .details(t.res.group, t.res.plural, &name),
         e => e.into(),
     })?;
-    Ok(json_response(StatusCode::CREATED, &decode(&kv)?))
+    let mut resp = json_response(StatusCode::CREATED, &decode(&kv)?);
+    crate::schema::add_warnings(&mut resp, &warnings);
+    Ok(resp)
 }
 
 async fn admit_pod(app: &App, obj: &mut Value) -> Result<(), ApiError> {
@@ -675,6 +679,7 @@ async fn update(
     change: impl Fn(&Value) -> Result<Bytes, ApiError>,
 ) -> Result<Response, ApiError> {
     let key = store_key(t.res, t.ns.as_deref(), name);
+    let mode = crate::schema::FieldValidation::parse(q.get("fieldValidation").map(String::as_str))?;
     for _ in 0..5 {
         let kv = app.store.get(&key).await?.ok_or_else(|| {
             ApiError::not_found(&t.res.group_resource(), name).details(
@@ -773,6 +778,7 @@ async fn update(
         }
         next["kind"] = json!(t.res.kind);
         next["apiVersion"] = json!(t.res.api_version());
+        let warnings = crate::schema::check(t.res.kind, &t.res.api_version(), &mut next, mode)?;
         crate::validate::default_object(t.res, &mut next);
         let causes = crate::validate::validate(t.res, &next);
         if !causes.is_empty() {
@@ -810,14 +816,16 @@ async fn update(
         match app.store.update(&key, encode(&next), expected).await {
             Ok(kv) => {
                 let o = decode(&kv)?;
-                return Ok(json_response(
+                let mut resp = json_response(
                     StatusCode::OK,
                     &if sub == Some("scale") {
                         scale_of(&o)
                     } else {
                         o
                     },
-                ));
+                );
+                crate::schema::add_warnings(&mut resp, &warnings);
+                return Ok(resp);
             }
             // Only retry writes the client did not make conditional.
             Err(StoreError::Conflict { .. })

@@ -21,6 +21,7 @@ pub mod discovery;
 pub mod handlers;
 pub mod pki;
 pub mod protobuf;
+pub mod schema;
 pub mod select;
 pub mod status;
 pub mod table;
