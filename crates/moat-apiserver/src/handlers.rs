@@ -184,7 +184,17 @@ pub async fn handle(
         (&Method::POST, Some(name), Some("binding")) => binding(app, &t, name, body).await,
         (&Method::PUT, Some(name), sub) => {
             let body = read_body(&headers, body).await?;
-            update(app, &t, name, sub, &q, |_cur| Ok(body.clone())).await
+            let manager = write_manager(&q, &headers)?;
+            let kind = t.res.kind;
+            update(app, &t, name, sub, &q, |cur| {
+                if sub.is_some() {
+                    return Ok(body.clone());
+                }
+                let mut n = parse_json(&body)?;
+                crate::ssa::track_update(kind, Some(cur), &mut n, &manager);
+                Ok(Bytes::from(serde_json::to_vec(&n).unwrap_or_default()))
+            })
+            .await
         }
         (&Method::PATCH, Some(name), sub) => {
             let ct = headers
@@ -192,14 +202,24 @@ pub async fn handle(
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("")
                 .to_string();
+            if ct.starts_with("application/apply-patch") {
+                return server_side_apply(app, &t, name, sub, &q, &headers, body).await;
+            }
             let patch = read_body(&headers, body).await?;
+            let manager = write_manager(&q, &headers)?;
             let kind = if sub == Some("scale") {
                 "Scale"
             } else {
                 t.res.kind
             };
             update(app, &t, name, sub, &q, move |cur| {
-                apply_patch(kind, &ct, cur, &patch)
+                let out = apply_patch(kind, &ct, cur, &patch)?;
+                if sub.is_some() {
+                    return Ok(out);
+                }
+                let mut n = parse_json(&out)?;
+                crate::ssa::track_update(kind, Some(cur), &mut n, &manager);
+                Ok(Bytes::from(serde_json::to_vec(&n).unwrap_or_default()))
             })
             .await
         }
@@ -465,6 +485,94 @@ async fn watch(
         .into_response())
 }
 
+/// The field manager of a non-apply write.
+fn write_manager(q: &Q, headers: &HeaderMap) -> Result<String, ApiError> {
+    let m = crate::ssa::manager_of(
+        q.get("fieldManager").map(String::as_str),
+        headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok()),
+    );
+    crate::ssa::check_manager(&m)?;
+    Ok(m)
+}
+
+/// `PATCH` with `application/apply-patch+yaml`: server-side apply. Creates the object when
+/// it does not exist (201), as upstream.
+async fn server_side_apply(
+    app: Arc<App>,
+    t: &Target,
+    name: &str,
+    sub: Option<&str>,
+    q: &Q,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    if sub.is_some() {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UnsupportedMediaType",
+            "server-side apply to subresources is not supported by moat yet",
+        ));
+    }
+    let raw = read_body(headers, body).await?;
+    let applied: Value = serde_yaml::from_slice(&raw).map_err(|e| {
+        ApiError::bad_request(format!(
+            "the applied configuration is not valid YAML or JSON: {e}"
+        ))
+    })?;
+    if !applied.is_object() {
+        return Err(ApiError::bad_request(
+            "the applied configuration must be an object",
+        ));
+    }
+    let manager = match q.get("fieldManager").map(String::as_str) {
+        Some(m) if !m.is_empty() => m.to_string(),
+        _ => {
+            return Err(ApiError::bad_request(
+                "PATCH with apply-patch requires the fieldManager query parameter",
+            ));
+        }
+    };
+    crate::ssa::check_manager(&manager)?;
+    let api_version = t.res.api_version();
+    if applied["apiVersion"].as_str() != Some(api_version.as_str())
+        || applied["kind"].as_str() != Some(t.res.kind)
+    {
+        return Err(ApiError::bad_request(format!(
+            "the applied configuration must set apiVersion {api_version:?} and kind {:?}",
+            t.res.kind
+        )));
+    }
+    if let Some(n) = applied["metadata"]["name"].as_str()
+        && n != name
+    {
+        return Err(ApiError::bad_request(format!(
+            "the name in the applied configuration ({n}) does not match the name on the URL ({name})"
+        )));
+    }
+    let force = q.get("force").is_some_and(|f| f == "true");
+    let key = store_key(t.res, t.ns.as_deref(), name);
+    let kind = t.res.kind;
+    if app.store.get(&key).await?.is_none() {
+        let mut obj = applied.clone();
+        obj["metadata"]["name"] = json!(name);
+        let obj = crate::ssa::apply(kind, &json!({}), &obj, &manager, force)
+            .map_err(|c| crate::ssa::conflict_error(&c))?;
+        return create_value(app, t, q, obj, None).await;
+    }
+    let conditional = applied["metadata"]["resourceVersion"].is_string();
+    update(app, t, name, None, q, move |cur| {
+        let mut merged = crate::ssa::apply(kind, cur, &applied, &manager, force)
+            .map_err(|c| crate::ssa::conflict_error(&c))?;
+        if !conditional && let Some(m) = merged["metadata"].as_object_mut() {
+            m.remove("resourceVersion");
+        }
+        Ok(Bytes::from(serde_json::to_vec(&merged).unwrap_or_default()))
+    })
+    .await
+}
+
 async fn create(
     app: Arc<App>,
     t: &Target,
@@ -473,7 +581,20 @@ async fn create(
     body: Body,
 ) -> Result<Response, ApiError> {
     let raw = read_body(headers, body).await?;
-    let mut obj = parse_json(&raw)?;
+    let obj = parse_json(&raw)?;
+    let manager = write_manager(q, headers)?;
+    create_value(app, t, q, obj, Some(&manager)).await
+}
+
+/// Creates `obj`; `manager` is recorded as the owner of the fields it set (None when the
+/// object already carries its managedFields, from an apply).
+async fn create_value(
+    app: Arc<App>,
+    t: &Target,
+    q: &Q,
+    mut obj: Value,
+    manager: Option<&str>,
+) -> Result<Response, ApiError> {
     let api_version = t.res.api_version();
     if let Some(k) = obj["kind"].as_str()
         && k != t.res.kind
@@ -496,6 +617,12 @@ async fn create(
     let warnings = crate::schema::check(t.res.kind, &api_version, &mut obj, mode)?;
     if !obj["metadata"].is_object() {
         obj["metadata"] = json!({});
+    }
+    if let Some(m) = manager {
+        if let Some(meta) = obj["metadata"].as_object_mut() {
+            meta.remove("managedFields");
+        }
+        crate::ssa::track_update(t.res.kind, None, &mut obj, m);
     }
     if t.res.namespaced {
         let ns = t.ns.clone().ok_or_else(|| {
@@ -680,6 +807,12 @@ async fn update(
 ) -> Result<Response, ApiError> {
     let key = store_key(t.res, t.ns.as_deref(), name);
     let mode = crate::schema::FieldValidation::parse(q.get("fieldValidation").map(String::as_str))?;
+    // Scale writes carry no object to record a manager in; the query names it, else the
+    // name kubectl uses.
+    let scale_manager = q
+        .get("fieldManager")
+        .cloned()
+        .unwrap_or_else(|| "kubectl-scale".to_string());
     for _ in 0..5 {
         let kv = app.store.get(&key).await?.ok_or_else(|| {
             ApiError::not_found(&t.res.group_resource(), name).details(
@@ -707,6 +840,13 @@ async fn update(
             Some("scale") => {
                 let mut n = cur.clone();
                 n["spec"]["replicas"] = incoming["spec"]["replicas"].clone();
+                crate::ssa::track_update_sub(
+                    t.res.kind,
+                    Some(&cur),
+                    &mut n,
+                    &scale_manager,
+                    "scale",
+                );
                 n
             }
             Some("status") => {

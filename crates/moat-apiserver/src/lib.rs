@@ -23,6 +23,7 @@ pub mod pki;
 pub mod protobuf;
 pub mod schema;
 pub mod select;
+pub mod ssa;
 pub mod status;
 pub mod table;
 pub mod validate;
