@@ -21,6 +21,9 @@ use crate::table::table;
 
 pub const MAX_BODY: usize = 3 * 1024 * 1024;
 
+/// Silence after which a watch that allows bookmarks gets one.
+const BOOKMARK_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
 type Q = HashMap<String, String>;
 
 /// What a resource path names.
@@ -389,10 +392,16 @@ async fn watch(
         .get("resourceVersion")
         .and_then(|r| r.parse().ok())
         .unwrap_or(0);
-    let timeout = q
+    let mut timeout = q
         .get("timeoutSeconds")
         .and_then(|s| s.parse::<u64>().ok())
         .unwrap_or(1800);
+    // A server may end any watch early; clients resume from their last resourceVersion.
+    if let Some(max) = app.max_watch_seconds {
+        timeout = timeout.min(max);
+    }
+    let api_version = t.res.api_version();
+    let mut last_sent = std::time::Instant::now();
     let bookmarks = q.get("allowWatchBookmarks").is_some_and(|b| b == "true");
     let encode_obj = move |o: &Value, first: bool| -> Value {
         if as_table {
@@ -439,7 +448,10 @@ async fn watch(
         let out = match ev {
             Ok(WatchEvent::Put { kv, prev }) => decode(&kv).ok().and_then(|o| {
                 let now_match = labels_match(&ls, &o) && fields_match(&fs, &o);
-                let was = prev.as_ref().and_then(|p| decode(p).ok()).map(|p| labels_match(&ls, &p) && fields_match(&fs, &p));
+                let was = prev
+                    .as_ref()
+                    .and_then(|p| decode(p).ok())
+                    .map(|p| labels_match(&ls, &p) && fields_match(&fs, &p));
                 let ty = match (was, now_match) {
                     // New, or newly matching the selectors: the watcher has not seen it yet.
                     (None | Some(false), true) => "ADDED",
@@ -449,16 +461,29 @@ async fn watch(
                 };
                 let first = !sent_first;
                 sent_first = true;
+                last_sent = std::time::Instant::now();
                 Some(json!({"type": ty, "object": encode_obj(&o, first)}))
             }),
-            Ok(WatchEvent::Delete { prev, revision }) => decode(&prev).ok().filter(|o| labels_match(&ls, o) && fields_match(&fs, o)).map(|mut o| {
-                o["metadata"]["resourceVersion"] = json!(revision.to_string());
-                let first = !sent_first;
-                sent_first = true;
-                json!({"type": "DELETED", "object": encode_obj(&o, first)})
-            }),
-            Ok(WatchEvent::Progress { revision }) if bookmarks => {
-                Some(json!({"type": "BOOKMARK", "object": {"kind": kind, "apiVersion": "v1", "metadata": {"resourceVersion": revision.to_string()}}}))
+            Ok(WatchEvent::Delete { prev, revision }) => decode(&prev)
+                .ok()
+                .filter(|o| labels_match(&ls, o) && fields_match(&fs, o))
+                .map(|mut o| {
+                    o["metadata"]["resourceVersion"] = json!(revision.to_string());
+                    let first = !sent_first;
+                    sent_first = true;
+                    last_sent = std::time::Instant::now();
+                    json!({"type": "DELETED", "object": encode_obj(&o, first)})
+                }),
+            // Bookmarks at most every BOOKMARK_EVERY of silence, like kube-apiserver's
+            // roughly once a minute, so a resumed watch starts from a recent revision.
+            Ok(WatchEvent::Progress { revision })
+                if bookmarks && last_sent.elapsed() >= BOOKMARK_EVERY =>
+            {
+                last_sent = std::time::Instant::now();
+                Some(
+                    json!({"type": "BOOKMARK", "object": {"kind": kind, "apiVersion": api_version,
+                    "metadata": {"resourceVersion": revision.to_string()}}}),
+                )
             }
             Ok(WatchEvent::Progress { .. }) => None,
             Err(e) => {
@@ -466,7 +491,9 @@ async fn watch(
                 Some(json!({"type": "ERROR", "object": ae.body()}))
             }
         };
-        futures::future::ready(out.map(|v| Ok::<_, std::convert::Infallible>(Bytes::from(v.to_string() + "\n"))))
+        futures::future::ready(
+            out.map(|v| Ok::<_, std::convert::Infallible>(Bytes::from(v.to_string() + "\n"))),
+        )
     });
     let initial = futures::stream::iter(
         initial

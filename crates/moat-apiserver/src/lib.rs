@@ -77,6 +77,11 @@ pub struct Config {
     pub untrusted_runtime_class: String,
     /// Service ClusterIP range, e.g. 10.43.0.0/16.
     pub service_cidr: String,
+    /// Every interval, history older than the previous tick is compacted (as
+    /// kube-apiserver's --etcd-compaction-interval); None disables it.
+    pub compaction_interval: Option<std::time::Duration>,
+    /// Upper bound on a watch's duration (clients resume from their last resourceVersion).
+    pub max_watch_seconds: Option<u64>,
 }
 
 pub struct App {
@@ -85,6 +90,29 @@ pub struct App {
     pub admission: moat_admission::Config,
     pub advertise: String,
     pub service_cidr: alloc::ServiceCidr,
+    pub max_watch_seconds: Option<u64>,
+}
+
+/// Compacts, at each tick, up to the revision seen at the previous tick: history stays
+/// readable for at least one interval, then watches from older revisions get 410.
+async fn compaction_loop(store: Arc<dyn Store>, every: std::time::Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    let mut previous: moat_store::Revision = 0;
+    loop {
+        tick.tick().await;
+        if previous > 0 {
+            match store.compact(previous).await {
+                Ok(()) => tracing::debug!(revision = previous, "compacted the store history"),
+                Err(e) => tracing::warn!(error = %e, revision = previous, "compaction failed"),
+            }
+        }
+        match store.current_revision().await {
+            Ok(r) => previous = r,
+            Err(e) => tracing::warn!(error = %e, "reading the revision for compaction"),
+        }
+    }
 }
 
 async fn bootstrap(store: &dyn Store) -> Result<(), ServeError> {
@@ -236,7 +264,11 @@ pub async fn serve(
         },
         advertise: format!("{host}:{}", bound.port()),
         service_cidr,
+        max_watch_seconds: cfg.max_watch_seconds,
     });
+    if let Some(every) = cfg.compaction_interval {
+        tokio::spawn(compaction_loop(app.store.clone(), every));
+    }
     let svc = router(app);
     if let Some(r) = ready {
         let _ = r.send(url);

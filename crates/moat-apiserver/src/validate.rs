@@ -80,6 +80,10 @@ pub fn default_object(res: &ResourceInfo, obj: &mut Value) {
             if obj["status"]["phase"].is_null() {
                 obj["status"] = json!({"phase": "Active"});
             }
+            // The namespace controller's finalizer: deletion waits until it emptied it.
+            if obj["spec"]["finalizers"].is_null() {
+                obj["spec"]["finalizers"] = json!(["kubernetes"]);
+            }
         }
         "Pod" => {
             default_pod_spec(&mut obj["spec"]);

@@ -74,6 +74,11 @@ impl Core {
                     {
                         Some(Ok(e))
                     }
+                    // A write elsewhere: everything under the prefix up to its revision has
+                    // been delivered, which is what watch bookmarks need to know.
+                    Ok(e) if e.revision() > last => Some(Ok(WatchEvent::Progress {
+                        revision: e.revision(),
+                    })),
                     Ok(_) => None,
                     // A watcher that fell this far behind must re-list, like etcd's compaction.
                     Err(broadcast::error::RecvError::Lagged(_)) => {

@@ -27,6 +27,13 @@ pub struct ServerArgs {
     /// Run only the API server: no scheduler, no controllers.
     #[arg(long)]
     disable_controllers: bool,
+    /// Compact store history older than this (e.g. 5m, 30s; 0 disables). Watches from a
+    /// compacted resourceVersion get 410 Expired and clients re-list.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    compaction_interval: std::time::Duration,
+    /// End watches after at most this many seconds (clients resume; for tests).
+    #[arg(long, hide = true)]
+    max_watch_seconds: Option<u64>,
     #[command(subcommand)]
     cmd: Option<ServerCmd>,
 }
@@ -90,10 +97,51 @@ pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
                     datastore_endpoint: args.datastore_endpoint,
                     untrusted_runtime_class: args.untrusted_runtime_class,
                     service_cidr: args.service_cidr,
+                    compaction_interval: Some(args.compaction_interval).filter(|d| !d.is_zero()),
+                    max_watch_seconds: args.max_watch_seconds,
                 },
                 Some(tx),
             ))?
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Go-style durations as kube-apiserver flags take them: `300ms`, `30s`, `5m`, `1h`, `0`.
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    if s == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    let split = s
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("{s:?} needs a unit (ms, s, m or h)"))?;
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 30s or 5m"))?;
+    let ms = match unit {
+        "ms" => n,
+        "s" => n * 1000,
+        "m" => n * 60_000,
+        "h" => n * 3_600_000,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+    };
+    Ok(std::time::Duration::from_millis(ms))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn durations_parse_like_go_flags() {
+        use std::time::Duration;
+        assert_eq!(super::parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(
+            super::parse_duration("250ms"),
+            Ok(Duration::from_millis(250))
+        );
+        assert_eq!(super::parse_duration("0"), Ok(Duration::ZERO));
+        assert!(super::parse_duration("5").is_err());
+        assert!(super::parse_duration("5d").is_err());
+    }
 }
