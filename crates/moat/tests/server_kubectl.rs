@@ -251,6 +251,90 @@ fn scenario(version: &str) {
         "wide columns"
     );
 
+    // The seed's manifests in one multi-document apply: RuntimeClass, Service and the two
+    // NetworkPolicies (the Deployment above carries the CRI-O annotation).
+    let seed = write(
+        dir.path(),
+        "seed.yaml",
+        "apiVersion: node.k8s.io/v1\nkind: RuntimeClass\nmetadata: {name: kata}\nhandler: kata\n---\n\
+apiVersion: v1\nkind: Service\nmetadata: {name: test-kata}\nspec:\n  selector: {app: kata}\n  ports: [{port: 80, targetPort: 8080}]\n---\n\
+kind: NetworkPolicy\napiVersion: networking.k8s.io/v1\nmetadata: {namespace: default, name: default-deny}\nspec: {podSelector: {}, policyTypes: [Ingress]}\n---\n\
+kind: NetworkPolicy\napiVersion: networking.k8s.io/v1\nmetadata: {namespace: default, name: allow-http-client}\nspec:\n  podSelector: {matchLabels: {app: kata}}\n  policyTypes: [Ingress]\n  ingress:\n  - from:\n    - podSelector: {matchLabels: {run: http-client}}\n",
+    );
+    let out = k.ok(&["apply", "--validate=false", "-f", &seed]);
+    for o in [
+        "runtimeclass.node.k8s.io/kata created",
+        "service/test-kata created",
+        "networkpolicy.networking.k8s.io/default-deny created",
+        "networkpolicy.networking.k8s.io/allow-http-client created",
+    ] {
+        assert!(out.contains(o), "{out}");
+    }
+    let again = k.ok(&["apply", "--validate=false", "-f", &seed]);
+    assert_eq!(again.matches("unchanged").count(), 4, "{again}");
+    assert!(k.ok(&["get", "netpol"]).contains("allow-http-client"));
+    assert!(
+        k.ok(&["get", "svc", "test-kata", "-o", "wide"])
+            .contains("app=kata")
+    );
+    assert!(k.ok(&["get", "runtimeclass"]).contains("kata"));
+    let desc = k.ok(&["describe", "netpol", "allow-http-client"]);
+    assert!(desc.contains("run=http-client"), "{desc}");
+    let desc = k.ok(&["describe", "deploy", "test-kata"]);
+    assert!(
+        desc.contains("busybox") && desc.contains("Replicas:"),
+        "{desc}"
+    );
+
+    // Generators (protobuf bodies), run and expose.
+    k.ok(&["create", "namespace", "gen"]);
+    k.ok(&[
+        "create",
+        "configmap",
+        "gen-cm",
+        "-n",
+        "gen",
+        "--from-literal=k=v",
+    ]);
+    assert_eq!(
+        k.json(&["get", "cm", "gen-cm", "-n", "gen"])["data"]["k"],
+        "v"
+    );
+    k.ok(&[
+        "run",
+        "http-client",
+        "-n",
+        "gen",
+        "--image=busybox",
+        "--",
+        "sleep",
+        "3600",
+    ]);
+    assert_eq!(
+        k.json(&["get", "pod", "http-client", "-n", "gen"])["metadata"]["labels"]["run"],
+        "http-client"
+    );
+    k.ok(&["expose", "pod", "http-client", "-n", "gen", "--port=80"]);
+    assert!(k.ok(&["get", "svc", "-n", "gen"]).contains("http-client"));
+    // wait --for=delete returns once the object is gone.
+    let mut waiter = k
+        .cmd()
+        .args([
+            "wait",
+            "--for=delete",
+            "cm/gen-cm",
+            "-n",
+            "gen",
+            "--timeout=60s",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("wait");
+    std::thread::sleep(Duration::from_millis(500));
+    k.ok(&["delete", "cm", "gen-cm", "-n", "gen"]);
+    let st = waiter.wait().expect("wait exits");
+    assert!(st.success(), "kubectl wait --for=delete");
+
     // Watch prints later changes.
     let mut w = k
         .cmd()
