@@ -15,7 +15,7 @@ PKGS=(
   # image registry for tests
   docker-registry apache2-utils
   # build tools
-  protobuf-compiler pkg-config jq curl ca-certificates
+  protobuf-compiler libprotobuf-dev pkg-config jq curl ca-certificates
 )
 missing=()
 for p in "${PKGS[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p"); done

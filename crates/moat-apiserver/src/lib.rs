@@ -50,10 +50,8 @@ pub enum ServeError {
     Pki(#[from] pki::PkiError),
     #[error("opening the store")]
     Store(#[source] moat_store::StoreError),
-    #[error(
-        "the etcd datastore ({0}) is not available in this build yet; omit --datastore-endpoint to use the embedded store"
-    )]
-    NoEtcd(String),
+    #[error("connecting to the etcd datastore at {0}")]
+    Etcd(String, #[source] moat_store::StoreError),
     #[error("creating bootstrap namespace {0}")]
     Bootstrap(String, #[source] moat_store::StoreError),
     #[error("loading the TLS certificate")]
@@ -99,10 +97,11 @@ async fn compaction_loop(store: Arc<dyn Store>, every: std::time::Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
-    let mut previous: moat_store::Revision = 0;
+    let (mut previous, mut done): (moat_store::Revision, moat_store::Revision) = (0, 0);
     loop {
         tick.tick().await;
-        if previous > 0 {
+        if previous > done {
+            done = previous;
             match store.compact(previous).await {
                 Ok(()) => tracing::debug!(revision = previous, "compacted the store history"),
                 Err(e) => tracing::warn!(error = %e, revision = previous, "compaction failed"),
@@ -210,11 +209,14 @@ pub async fn serve(
     let service_cidr = alloc::ServiceCidr::parse(&cfg.service_cidr)
         .ok_or_else(|| ServeError::ServiceCidr(cfg.service_cidr.clone()))?;
     let creds = pki::ensure(&cfg.data_dir, &sans)?;
-    if let Some(ep) = &cfg.datastore_endpoint {
-        return Err(ServeError::NoEtcd(ep.clone()));
-    }
-    let store: Arc<dyn Store> =
-        Arc::new(EmbeddedStore::open(&cfg.data_dir.join("db")).map_err(ServeError::Store)?);
+    let store: Arc<dyn Store> = match &cfg.datastore_endpoint {
+        Some(ep) => Arc::new(
+            moat_store::EtcdStore::connect(ep)
+                .await
+                .map_err(|e| ServeError::Etcd(ep.clone(), e))?,
+        ),
+        None => Arc::new(EmbeddedStore::open(&cfg.data_dir.join("db")).map_err(ServeError::Store)?),
+    };
     bootstrap(&*store).await?;
 
     let certs: Vec<CertificateDer<'static>> =

@@ -15,12 +15,14 @@
 
 pub mod conformance;
 pub mod embedded;
+pub mod etcd;
 pub mod mem;
 mod mvcc;
 
 use std::fmt;
 
 pub use embedded::EmbeddedStore;
+pub use etcd::EtcdStore;
 pub use mem::{MemStore, MvccStore};
 
 use futures::stream::BoxStream;

@@ -1,113 +1,15 @@
 //! `moat server` driven by the real kubectl (1.27, 1.32, 1.33): objects round-trip, patches,
 //! scale, watch, clear errors that change nothing, and durability across kill -9.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
 
-struct Server {
-    child: Child,
-    dir: PathBuf,
-}
-
-impl Server {
-    fn start(dir: &Path) -> Server {
-        let _ = std::fs::remove_file(dir.join("kubeconfig.yaml"));
-        let child = Command::new(env!("CARGO_BIN_EXE_moat"))
-            .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start moat server");
-        let start = Instant::now();
-        while !dir.join("kubeconfig.yaml").exists() {
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "server did not come up"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Server {
-            child,
-            dir: dir.to_path_buf(),
-        }
-    }
-
-    fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-fn kubectl_path(v: &str) -> String {
-    format!("/usr/lib/google-cloud-sdk/bin/kubectl.1.{v}")
-}
-
-struct Kubectl {
-    bin: String,
-    kubeconfig: PathBuf,
-    cache: tempfile::TempDir,
-}
-
-struct Out {
-    ok: bool,
-    stdout: String,
-    stderr: String,
-}
-
-impl Kubectl {
-    fn new(version: &str, s: &Server) -> Kubectl {
-        Kubectl {
-            bin: kubectl_path(version),
-            kubeconfig: s.dir.join("kubeconfig.yaml"),
-            cache: tempfile::tempdir().expect("cache"),
-        }
-    }
-
-    fn cmd(&self) -> Command {
-        let mut c = Command::new(&self.bin);
-        c.arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .arg("--cache-dir")
-            .arg(self.cache.path());
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Out {
-        let o = self.cmd().args(args).output().expect("run kubectl");
-        Out {
-            ok: o.status.success(),
-            stdout: String::from_utf8_lossy(&o.stdout).into(),
-            stderr: String::from_utf8_lossy(&o.stderr).into(),
-        }
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let o = self.run(args);
-        assert!(o.ok, "kubectl {args:?} failed: {}", o.stderr);
-        o.stdout
-    }
-
-    fn fails(&self, args: &[&str]) -> String {
-        let o = self.run(args);
-        assert!(!o.ok, "kubectl {args:?} should fail, printed: {}", o.stdout);
-        o.stderr
-    }
-
-    fn json(&self, args: &[&str]) -> serde_json::Value {
-        let mut a = args.to_vec();
-        a.extend(["-o", "json"]);
-        serde_json::from_str(&self.ok(&a)).expect("json output")
-    }
-}
+use common::Server;
+use moat_store::etcd::LocalEtcd;
 
 fn write(dir: &Path, name: &str, text: &str) -> String {
     let p = dir.join(name);
@@ -115,10 +17,10 @@ fn write(dir: &Path, name: &str, text: &str) -> String {
     p.display().to_string()
 }
 
-fn scenario(version: &str) {
+fn scenario(version: &str, server_args: &[&str]) {
     let dir = tempfile::tempdir().expect("tmp");
-    let s = Server::start(dir.path());
-    let k = Kubectl::new(version, &s);
+    let s = Server::start(dir.path(), server_args);
+    let k = s.kubectl(version);
     let ns = k.ok(&["get", "ns"]);
     for n in ["default", "kube-system", "kube-public", "kube-node-lease"] {
         assert!(ns.contains(n), "{ns}");
@@ -472,24 +374,43 @@ kind: NetworkPolicy\napiVersion: networking.k8s.io/v1\nmetadata: {namespace: def
 
 #[test]
 fn kubectl_1_32_against_moat_server() {
-    scenario("32");
+    scenario("32", &[]);
 }
 
 #[test]
 fn kubectl_1_27_against_moat_server() {
-    scenario("27");
+    scenario("27", &[]);
 }
 
 #[test]
 fn kubectl_1_33_against_moat_server() {
-    scenario("33");
+    scenario("33", &[]);
+}
+
+/// The same scenario with etcd (Debian's etcd-server, on loopback) as the datastore.
+#[test]
+fn kubectl_1_32_against_moat_server_on_etcd() {
+    let etcd_dir = tempfile::tempdir().expect("tmp");
+    let etcd = LocalEtcd::start(etcd_dir.path()).expect("start etcd");
+    scenario("32", &["--datastore-endpoint", &etcd.url]);
 }
 
 #[test]
 fn objects_survive_kill_9_with_monotonic_resource_versions() {
+    survive_kill_9(&[]);
+}
+
+#[test]
+fn objects_survive_kill_9_on_etcd() {
+    let etcd_dir = tempfile::tempdir().expect("tmp");
+    let etcd = LocalEtcd::start(etcd_dir.path()).expect("start etcd");
+    survive_kill_9(&["--datastore-endpoint", &etcd.url]);
+}
+
+fn survive_kill_9(server_args: &[&str]) {
     let dir = tempfile::tempdir().expect("tmp");
-    let mut s = Server::start(dir.path());
-    let k = Kubectl::new("32", &s);
+    let mut s = Server::start(dir.path(), server_args);
+    let k = s.kubectl("32");
     let cm = write(
         dir.path(),
         "cm.yaml",
@@ -497,9 +418,8 @@ fn objects_survive_kill_9_with_monotonic_resource_versions() {
     );
     k.ok(&["apply", "--validate=false", "-f", &cm]);
     let before = k.json(&["get", "cm", "keep"]);
-    s.kill9();
-    let s = Server::start(dir.path());
-    let k = Kubectl::new("32", &s);
+    s.restart();
+    let k = s.kubectl("32");
     let after = k.json(&["get", "cm", "keep"]);
     assert_eq!(
         after, before,
