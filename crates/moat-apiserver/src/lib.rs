@@ -19,6 +19,7 @@ pub mod alloc;
 pub mod delete;
 pub mod discovery;
 pub mod handlers;
+pub mod openapi;
 pub mod pki;
 pub mod protobuf;
 pub mod schema;
@@ -167,6 +168,11 @@ async fn route(
         return ApiError::new(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized")
             .into_response();
     }
+    if parts.method == http::Method::GET
+        && let Some(r) = openapi::serve(&path, &parts.headers).await
+    {
+        return r;
+    }
     let method = parts.method.clone();
     match handlers::handle(app, method.clone(), &path, q, parts.headers, body).await {
         Ok(r) => r,
@@ -271,6 +277,7 @@ pub async fn serve(
     if let Some(every) = cfg.compaction_interval {
         tokio::spawn(compaction_loop(app.store.clone(), every));
     }
+    openapi::warm_up();
     let svc = router(app);
     if let Some(r) = ready {
         let _ = r.send(url);
