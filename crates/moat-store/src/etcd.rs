@@ -128,33 +128,49 @@ impl Store for EtcdStore {
     }
 
     async fn list(&self, prefix: &str, opts: ListOptions) -> Result<ListResult, StoreError> {
-        let start = match &opts.start_after {
-            // The smallest key strictly greater than `after`.
-            Some(after) => format!("{after}\0"),
-            None => prefix.to_string(),
-        };
-        let mut o = GetOptions::new().with_range(prefix_end(prefix));
-        if opts.at > 0 {
-            o = o.with_revision(opts.at);
+        // Read in pages at one revision: a single range over many objects would exceed
+        // gRPC's 4 MiB message limit, and paging at a fixed revision is still one snapshot.
+        const PAGE: usize = 500;
+        let mut items: Vec<KeyValue> = Vec::new();
+        let mut at = opts.at;
+        let mut after = opts.start_after.clone();
+        loop {
+            let want = if opts.limit > 0 {
+                (opts.limit - items.len()).min(PAGE)
+            } else {
+                PAGE
+            };
+            let start = match &after {
+                // The smallest key strictly greater than `after`.
+                Some(a) => format!("{a}\0"),
+                None => prefix.to_string(),
+            };
+            let mut o = GetOptions::new()
+                .with_range(prefix_end(prefix))
+                .with_limit(want as i64);
+            if at > 0 {
+                o = o.with_revision(at);
+            }
+            let r = self
+                .c()
+                .get(start, Some(o))
+                .await
+                .map_err(|e| at_revision("list", at, e))?;
+            if at == 0 {
+                at = header_rev(r.header());
+            }
+            let page: Vec<KeyValue> = r.kvs().iter().map(kv).collect();
+            after = page.last().map(|k| k.key.clone()).or(after);
+            items.extend(page);
+            let full = opts.limit > 0 && items.len() >= opts.limit;
+            if !r.more() || full {
+                return Ok(ListResult {
+                    items,
+                    revision: at,
+                    more: r.more(),
+                });
+            }
         }
-        if opts.limit > 0 {
-            o = o.with_limit(opts.limit as i64);
-        }
-        let r = self
-            .c()
-            .get(start, Some(o))
-            .await
-            .map_err(|e| at_revision("list", opts.at, e))?;
-        let revision = if opts.at > 0 {
-            opts.at
-        } else {
-            header_rev(r.header())
-        };
-        Ok(ListResult {
-            items: r.kvs().iter().map(kv).collect(),
-            revision,
-            more: r.more(),
-        })
     }
 
     async fn create(&self, key: &str, value: Vec<u8>) -> Result<KeyValue, StoreError> {

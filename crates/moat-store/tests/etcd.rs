@@ -53,3 +53,33 @@ async fn etcd_store_reports_compaction_and_unreachable_endpoints() {
     };
     assert!(e.to_string().contains("connect"), "{e}");
 }
+
+/// Regression: a list of more than one gRPC message's worth of objects (10,000 ConfigMaps
+/// in the API benchmark) failed with "store backend failed during list".
+#[tokio::test]
+async fn etcd_store_lists_beyond_one_grpc_message() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let etcd = LocalEtcd::start(dir.path()).expect("start etcd");
+    let s = connect(&etcd.url).await;
+    let value = vec![b'x'; 5000];
+    for i in 0..1200 {
+        s.create(&format!("/big/{i:05}"), value.clone())
+            .await
+            .expect("create");
+    }
+    let all = s.list("/big/", Default::default()).await.expect("list all");
+    assert_eq!(all.items.len(), 1200, "6 MB in one list");
+    assert!(!all.more);
+    let some = s
+        .list(
+            "/big/",
+            moat_store::ListOptions {
+                limit: 700,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("list some");
+    assert_eq!((some.items.len(), some.more), (700, true));
+    assert_eq!(some.items[699].key, "/big/00699");
+}
