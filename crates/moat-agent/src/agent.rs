@@ -1,0 +1,1367 @@
+//! The agent: [`Node`] is the per-node pod lifecycle (sandbox, containers, restarts,
+//! teardown, status) over narrow IO traits; [`Agent`] connects it to the API server (node
+//! registration, Lease heartbeat, watching the pods bound to this node, pods/status).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Container, Pod};
+use moat_cni::{Attachment, Cni, Exec, NetworkList, ResultCache};
+use moat_manager::Client;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::bundle::{self, ImageDefaults, SandboxRef};
+use crate::handlers::{Handler, Handlers};
+use crate::runtime::{Runtime, Status};
+use crate::sandbox::{self, NetnsOps};
+use crate::status::{self, ContainerView, PodFacts, State};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("API: {0}")]
+    Api(#[from] moat_manager::ClientError),
+    #[error("{step}: {path}")]
+    Io {
+        step: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("pod sandbox network (CNI)")]
+    Cni(#[from] moat_cni::CniError),
+    #[error("{0}")]
+    Other(String),
+}
+
+fn io_err<'a>(
+    step: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> AgentError + 'a {
+    move |source| AgentError::Io {
+        step,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub node_name: String,
+    pub kubeconfig: PathBuf,
+    /// Sandboxes, bundles, netns files, CNI state (tmpfs: gone on reboot, as are the pods).
+    pub run_dir: PathBuf,
+    /// CRI logs: `<log_dir>/<ns>_<pod>_<uid>/<container>/<restart>.log`.
+    pub log_dir: PathBuf,
+    pub image_root: PathBuf,
+    /// A directory whose first conflist is used instead of the default one, if it has any.
+    pub cni_conf_dir: Option<PathBuf>,
+    pub cni_bin_dirs: Vec<PathBuf>,
+    /// Used when the Node object has no spec.podCIDR.
+    pub pod_cidr: String,
+    pub handlers: Handlers,
+    /// The shim command prefix (the `moat` binary's `agent shim`).
+    pub shim: Vec<String>,
+    pub node_ip: Option<String>,
+}
+
+/// Image lookup and per-container rootfs.
+pub trait Images: Send + Sync {
+    /// Image config defaults and the image ID (manifest digest); pulls when missing.
+    fn resolve(&self, image: &str, policy: Option<&str>)
+    -> Result<(ImageDefaults, String), String>;
+    fn prepare(&self, image: &str, id: &str, target: &Path) -> Result<(), String>;
+    fn release(&self, id: &str, target: &Path) -> Result<(), String>;
+}
+
+pub struct StoreImages {
+    pub store: moat_image::Store,
+    pub mounter: Box<dyn moat_image::Mounter + Send + Sync>,
+}
+
+impl Images for StoreImages {
+    fn resolve(
+        &self,
+        image: &str,
+        policy: Option<&str>,
+    ) -> Result<(ImageDefaults, String), String> {
+        let r = moat_image::Reference::parse(image).map_err(|e| e.to_string())?;
+        let pol = moat_image::PullPolicy::from_field(policy, &r)?;
+        let present = self.store.get(image).map_err(|e| e.to_string())?;
+        let rec = match (moat_image::decide(pol, present.is_some()), present) {
+            (moat_image::PullDecision::UseLocal, Some(rec)) => rec,
+            (moat_image::PullDecision::Pull, _) => moat_image::registry::Client::new(None)
+                .pull(&self.store, &r, &mut |_, _, _| {})
+                .map_err(|e| format!("pulling {image}: {e}"))?,
+            (_, _) => return Err(format!("image {image} is not present on the node")),
+        };
+        let cfg = self
+            .store
+            .read_blob(&rec.config)
+            .map_err(|e| e.to_string())?;
+        let d = ImageDefaults::from_config_blob(&cfg).map_err(|e| e.to_string())?;
+        Ok((d, rec.manifest.as_str().to_string()))
+    }
+
+    fn prepare(&self, image: &str, id: &str, target: &Path) -> Result<(), String> {
+        self.store
+            .prepare_rootfs(self.mounter.as_ref(), image, id, target)
+            .map_err(|e| e.to_string())
+    }
+
+    fn release(&self, id: &str, target: &Path) -> Result<(), String> {
+        self.store
+            .release_rootfs(self.mounter.as_ref(), id, target)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// The IO edges the pod lifecycle goes through.
+pub struct Parts {
+    pub runtime: Arc<dyn Runtime>,
+    pub netns: Arc<dyn NetnsOps>,
+    pub cni: Arc<dyn Exec + Send + Sync>,
+    pub images: Arc<dyn Images>,
+}
+
+/// One container slot of a pod, persisted.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Slot {
+    /// The runtime container currently existing for this slot.
+    id: Option<String>,
+    restart_count: u32,
+    started_at: Option<String>,
+    image_id: String,
+    last: Option<State>,
+    /// Final state when the policy does not restart it.
+    done: Option<State>,
+    /// Unix seconds before which it is not started again (CrashLoopBackOff).
+    not_before: Option<i64>,
+    waiting: Option<(String, Option<String>)>,
+    /// Create/start failures in a row, for their own backoff.
+    errors: u32,
+}
+
+/// A pod's sandbox and containers, persisted as `<run_dir>/pods/<uid>/state.json` so a
+/// restarted agent re-adopts them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct PodRt {
+    uid: String,
+    namespace: String,
+    name: String,
+    handler: Handler2,
+    netns: PathBuf,
+    host_network: bool,
+    ip: Option<String>,
+    start_time: String,
+    containers: BTreeMap<String, Slot>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Handler2 {
+    name: String,
+    binary: PathBuf,
+    root: PathBuf,
+    options: Vec<String>,
+}
+
+impl From<&Handler> for Handler2 {
+    fn from(h: &Handler) -> Self {
+        Handler2 {
+            name: h.name.clone(),
+            binary: h.binary.clone(),
+            root: h.root.clone(),
+            options: h.options.clone(),
+        }
+    }
+}
+
+impl Handler2 {
+    fn handler(&self) -> Handler {
+        Handler {
+            name: self.name.clone(),
+            binary: self.binary.clone(),
+            root: self.root.clone(),
+            options: self.options.clone(),
+        }
+    }
+}
+
+pub enum Outcome {
+    /// The status to report.
+    Status(Value),
+    /// The pod was being deleted and everything it had on the node is gone.
+    Removed,
+}
+
+pub struct Node {
+    pub cfg: AgentConfig,
+    parts: Parts,
+    network: NetworkList,
+    pods: BTreeMap<String, PodRt>,
+    /// Events to post: (pod namespace, pod name, uid, type, reason, message).
+    pub events: Vec<(String, String, String, &'static str, String, String)>,
+}
+
+fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+fn unix_now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+fn safe_component(s: &str) -> bool {
+    !s.is_empty()
+        && !s.starts_with('.')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+impl Node {
+    /// Loads what earlier runs of the agent left running.
+    pub fn new(cfg: AgentConfig, parts: Parts, pod_cidr: &str) -> Result<Node, AgentError> {
+        let pods_dir = cfg.run_dir.join("pods");
+        std::fs::create_dir_all(&pods_dir).map_err(io_err("creating the pods dir", &pods_dir))?;
+        let mut pods = BTreeMap::new();
+        for e in std::fs::read_dir(&pods_dir).map_err(io_err("listing pods", &pods_dir))? {
+            let Ok(e) = e else { continue };
+            let p = e.path().join("state.json");
+            if let Ok(b) = std::fs::read(&p)
+                && let Ok(rt) = serde_json::from_slice::<PodRt>(&b)
+            {
+                pods.insert(rt.uid.clone(), rt);
+            }
+        }
+        let network = match cfg.cni_conf_dir.as_deref() {
+            Some(d) if d.is_dir() => match NetworkList::load_dir(d) {
+                Ok(n) => n,
+                Err(moat_cni::CniError::NoConfig(_)) => {
+                    NetworkList::moat_default(pod_cidr, Some(&cfg.run_dir.join("cni/networks")))
+                }
+                Err(e) => return Err(e.into()),
+            },
+            _ => NetworkList::moat_default(pod_cidr, Some(&cfg.run_dir.join("cni/networks"))),
+        };
+        Ok(Node {
+            cfg,
+            parts,
+            network,
+            pods,
+            events: Vec::new(),
+        })
+    }
+
+    /// UIDs of the pods this node holds.
+    pub fn pod_uids(&self) -> BTreeSet<String> {
+        self.pods.keys().cloned().collect()
+    }
+
+    fn pod_dir(&self, uid: &str) -> PathBuf {
+        self.cfg.run_dir.join("pods").join(uid)
+    }
+
+    fn save(&self, rt: &PodRt) -> Result<(), AgentError> {
+        let dir = self.pod_dir(&rt.uid);
+        std::fs::create_dir_all(&dir).map_err(io_err("creating the pod dir", &dir))?;
+        let p = dir.join("state.json");
+        let tmp = dir.join("state.json.tmp");
+        let data = serde_json::to_vec(rt).map_err(|e| AgentError::Other(e.to_string()))?;
+        std::fs::write(&tmp, data).map_err(io_err("writing pod state", &tmp))?;
+        std::fs::rename(&tmp, &p).map_err(io_err("writing pod state", &p))
+    }
+
+    fn attachment(rt: &PodRt) -> Attachment {
+        Attachment {
+            container_id: rt.uid.clone(),
+            netns: rt.netns.clone(),
+            ifname: "eth0".into(),
+            args: vec![
+                ("IgnoreUnknown".into(), "1".into()),
+                ("K8S_POD_NAMESPACE".into(), rt.namespace.clone()),
+                ("K8S_POD_NAME".into(), rt.name.clone()),
+                ("K8S_POD_INFRA_CONTAINER_ID".into(), rt.uid.clone()),
+                ("K8S_POD_UID".into(), rt.uid.clone()),
+            ],
+            capabilities: BTreeMap::new(),
+        }
+    }
+
+    fn cni(&self) -> (Cni<'_>, ResultCache) {
+        (
+            Cni {
+                exec: self.parts.cni.as_ref(),
+                bin_dirs: self.cfg.cni_bin_dirs.clone(),
+            },
+            ResultCache {
+                dir: self.cfg.run_dir.join("cni/results"),
+            },
+        )
+    }
+
+    fn create_sandbox(&mut self, pod: &Pod, handler: &Handler) -> Result<PodRt, AgentError> {
+        let meta = &pod.metadata;
+        let uid = meta.uid.clone().unwrap_or_default();
+        let spec = pod.spec.clone().unwrap_or_default();
+        let name = meta.name.clone().unwrap_or_default();
+        let host_network = spec.host_network.unwrap_or(false);
+        let mut rt = PodRt {
+            uid: uid.clone(),
+            namespace: meta.namespace.clone().unwrap_or_else(|| "default".into()),
+            name: name.clone(),
+            handler: handler.into(),
+            netns: if host_network {
+                PathBuf::from("/proc/1/ns/net")
+            } else {
+                self.cfg.run_dir.join("netns").join(&uid)
+            },
+            host_network,
+            ip: None,
+            start_time: now_rfc3339(),
+            containers: BTreeMap::new(),
+        };
+        let dir = self.pod_dir(&uid);
+        std::fs::create_dir_all(&dir).map_err(io_err("creating the pod dir", &dir))?;
+        // Persist first: a crash in the middle leaves a record teardown can work from.
+        self.save(&rt)?;
+        if !host_network {
+            self.parts
+                .netns
+                .create(&rt.netns)
+                .map_err(io_err("creating the pod network namespace", &rt.netns))?;
+            let mut att = Self::attachment(&rt);
+            let ports: Vec<moat_cni::PortMapping> = spec
+                .containers
+                .iter()
+                .flat_map(|c| c.ports.iter().flatten())
+                .filter_map(|p| {
+                    Some(moat_cni::PortMapping {
+                        host_port: u16::try_from(p.host_port?).ok().filter(|&h| h > 0)?,
+                        container_port: u16::try_from(p.container_port).ok()?,
+                        protocol: p
+                            .protocol
+                            .clone()
+                            .unwrap_or_else(|| "TCP".into())
+                            .to_lowercase(),
+                        host_ip: p.host_ip.clone().filter(|h| !h.is_empty()),
+                    })
+                })
+                .collect();
+            if !ports.is_empty() {
+                att.port_mappings(&ports);
+            }
+            let (cni, cache) = self.cni();
+            let res = cni.add(&self.network, &att)?;
+            cache.save(&self.network.name, &att, &res)?;
+            rt.ip = res.pod_ip().map(String::from);
+        } else {
+            rt.ip = self.cfg.node_ip.clone();
+        }
+        let hostname = if host_network {
+            nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_else(|| name.clone())
+        } else {
+            name.clone()
+        };
+        let files = [
+            ("hosts", sandbox::hosts_file(&hostname, rt.ip.as_deref())),
+            (
+                "resolv.conf",
+                sandbox::resolv_conf(
+                    &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+                ),
+            ),
+            ("hostname", format!("{hostname}\n")),
+        ];
+        for (f, text) in files {
+            let p = dir.join(f);
+            std::fs::write(&p, text).map_err(io_err("writing a sandbox file", &p))?;
+        }
+        for v in spec.volumes.iter().flatten() {
+            if v.empty_dir.is_some() {
+                if !safe_component(&v.name) {
+                    continue;
+                }
+                let p = dir.join("volumes").join(&v.name);
+                std::fs::create_dir_all(&p).map_err(io_err("creating an emptyDir", &p))?;
+            }
+        }
+        self.save(&rt)?;
+        Ok(rt)
+    }
+
+    fn sandbox_ref(&self, pod: &Pod, rt: &PodRt) -> SandboxRef {
+        let dir = self.pod_dir(&rt.uid);
+        let mut volumes = Vec::new();
+        for v in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
+            if v.empty_dir.is_some() && safe_component(&v.name) {
+                volumes.push((v.name.clone(), dir.join("volumes").join(&v.name)));
+            } else if let Some(h) = &v.host_path {
+                volumes.push((v.name.clone(), PathBuf::from(&h.path)));
+            }
+        }
+        SandboxRef {
+            hostname: std::fs::read_to_string(dir.join("hostname"))
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| rt.name.clone()),
+            netns: rt.netns.clone(),
+            hosts: dir.join("hosts"),
+            resolv_conf: dir.join("resolv.conf"),
+            hostname_file: dir.join("hostname"),
+            volumes,
+        }
+    }
+
+    /// `<log_dir>/<ns>_<name>_<uid>/<container>/<restart>.log`
+    pub fn log_path(
+        &self,
+        ns: &str,
+        pod: &str,
+        uid: &str,
+        container: &str,
+        restart: u32,
+    ) -> PathBuf {
+        self.cfg
+            .log_dir
+            .join(format!("{ns}_{pod}_{uid}"))
+            .join(container)
+            .join(format!("{restart}.log"))
+    }
+
+    fn bundle_dir(&self, uid: &str, id: &str) -> PathBuf {
+        self.pod_dir(uid).join("containers").join(id)
+    }
+
+    fn start_container(&mut self, pod: &Pod, rt: &mut PodRt, c: &Container) -> Result<(), String> {
+        let slot = rt.containers.entry(c.name.clone()).or_default();
+        let restart = if slot.last.is_some() {
+            slot.restart_count + 1
+        } else {
+            slot.restart_count
+        };
+        let image = c.image.clone().unwrap_or_default();
+        let (img, image_id) = self
+            .parts
+            .images
+            .resolve(&image, c.image_pull_policy.as_deref())
+            .map_err(|e| format!("ErrImagePull: {e}"))?;
+        let id = format!("{}-{}-{}", rt.uid, c.name, restart);
+        if !safe_component(&id) {
+            return Err(format!("container id {id:?} is not usable"));
+        }
+        let h = rt.handler.handler();
+        let bdir = self.bundle_dir(&rt.uid, &id);
+        let rootfs = bdir.join("rootfs");
+        let spec_ = pod.spec.clone().unwrap_or_default();
+        let sb = self.sandbox_ref(pod, rt);
+        let oci = bundle::spec(&spec_, c, &img, &sb, &format!("/moat/{id}"))
+            .map_err(|e| format!("CreateContainerConfigError: {e}"))?;
+        // Clear leftovers of an attempt that died half-way (same id).
+        let _ = self.parts.runtime.delete(&h, &id);
+        let _ = self.parts.images.release(&id, &rootfs);
+        std::fs::create_dir_all(&bdir).map_err(|e| format!("creating {}: {e}", bdir.display()))?;
+        let cfg = serde_json::to_vec_pretty(&oci).map_err(|e| e.to_string())?;
+        std::fs::write(bdir.join("config.json"), cfg)
+            .map_err(|e| format!("writing config.json: {e}"))?;
+        self.parts
+            .images
+            .prepare(&image, &id, &rootfs)
+            .map_err(|e| format!("CreateContainerError: preparing the rootfs: {e}"))?;
+        let log = self.log_path(&rt.namespace, &rt.name, &rt.uid, &c.name, restart);
+        let slot_id = id.clone();
+        let undo = |me: &Self| {
+            let _ = me.parts.runtime.delete(&h, &slot_id);
+            let _ = me.parts.images.release(&slot_id, &rootfs);
+            let _ = std::fs::remove_dir_all(me.bundle_dir(&rt.uid, &slot_id));
+        };
+        if let Err(e) = self.parts.runtime.create(&h, &id, &bdir, &log) {
+            undo(self);
+            return Err(format!("CreateContainerError: {e}"));
+        }
+        let slot = rt.containers.entry(c.name.clone()).or_default();
+        slot.id = Some(id.clone());
+        slot.restart_count = restart;
+        slot.image_id = image_id;
+        slot.started_at = Some(now_rfc3339());
+        slot.waiting = None;
+        slot.not_before = None;
+        if let Err(e) = self.parts.runtime.start(&h, &id) {
+            let slot = rt.containers.entry(c.name.clone()).or_default();
+            slot.id = None;
+            undo(self);
+            return Err(format!("RunContainerError: {e}"));
+        }
+        Ok(())
+    }
+
+    /// Removes one runtime container (stopped or not) with its rootfs and bundle.
+    fn remove_container(&self, rt: &PodRt, id: &str) {
+        let h = rt.handler.handler();
+        if let Err(e) = self.parts.runtime.delete(&h, id) {
+            tracing::warn!(error = %e, "deleting container");
+        }
+        let bdir = self.bundle_dir(&rt.uid, id);
+        if let Err(e) = self.parts.images.release(id, &bdir.join("rootfs")) {
+            tracing::warn!(error = %e, "releasing rootfs");
+        }
+        let _ = std::fs::remove_dir_all(&bdir);
+    }
+
+    /// Brings one pod to its desired state; returns its status (or Removed).
+    pub fn sync(&mut self, pod: &Pod, handler: Result<Handler, String>) -> Outcome {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let grace = pod.metadata.deletion_grace_period_seconds;
+        if pod.metadata.deletion_timestamp.is_some() {
+            self.teardown(&uid, grace.unwrap_or(30));
+            return Outcome::Removed;
+        }
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let prev = pod
+            .status
+            .as_ref()
+            .map(|s| serde_json::to_value(s).unwrap_or_default())
+            .unwrap_or_default();
+        let spec = pod.spec.clone().unwrap_or_default();
+        let policy = spec
+            .restart_policy
+            .clone()
+            .unwrap_or_else(|| "Always".into());
+        let now = now_rfc3339();
+        if !safe_component(&uid) {
+            return Outcome::Status(
+                json!({"phase": "Failed", "reason": "InvalidPod", "message": "pod has no usable uid"}),
+            );
+        }
+        let mut rt = match self.pods.remove(&uid) {
+            Some(rt) => rt,
+            None => {
+                let h = match handler {
+                    Ok(h) => h,
+                    Err(msg) => {
+                        self.events.push((
+                            ns.clone(),
+                            name.clone(),
+                            uid.clone(),
+                            "Warning",
+                            "FailedCreatePodSandBox".into(),
+                            msg.clone(),
+                        ));
+                        let views = waiting_views(&spec.containers, "ContainerCreating", None);
+                        return Outcome::Status(status::pod_status(
+                            &views,
+                            &PodFacts {
+                                restart_policy: &policy,
+                                pod_ip: None,
+                                host_ip: self.cfg.node_ip.as_deref(),
+                                start_time: Some(&now),
+                                previous: &prev,
+                                now: &now,
+                                failure: Some(("RuntimeHandlerNotFound", &msg)),
+                            },
+                        ));
+                    }
+                };
+                match self.create_sandbox(pod, &h) {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let msg = format!("{e}: {}", source_chain(&e));
+                        tracing::warn!(pod = %name, error = %msg, "creating the sandbox");
+                        self.events.push((
+                            ns.clone(),
+                            name.clone(),
+                            uid.clone(),
+                            "Warning",
+                            "FailedCreatePodSandBox".into(),
+                            msg.clone(),
+                        ));
+                        // Undo what was done; the next pass tries again.
+                        if let Some(b) = std::fs::read(self.pod_dir(&uid).join("state.json"))
+                            .ok()
+                            .and_then(|b| serde_json::from_slice::<PodRt>(&b).ok())
+                        {
+                            self.pods.insert(uid.clone(), b);
+                            self.teardown(&uid, 0);
+                        }
+                        let views =
+                            waiting_views(&spec.containers, "ContainerCreating", Some(&msg));
+                        return Outcome::Status(status::pod_status(
+                            &views,
+                            &PodFacts {
+                                restart_policy: &policy,
+                                pod_ip: None,
+                                host_ip: self.cfg.node_ip.as_deref(),
+                                start_time: Some(&now),
+                                previous: &prev,
+                                now: &now,
+                                failure: None,
+                            },
+                        ));
+                    }
+                }
+            }
+        };
+        let h = rt.handler.handler();
+        let mut views = Vec::new();
+        for c in &spec.containers {
+            let slot = rt.containers.entry(c.name.clone()).or_default().clone();
+            let mut slot = slot;
+            if let Some(id) = slot.id.clone() {
+                let bdir = self.bundle_dir(&uid, &id);
+                match self.parts.runtime.state(&h, &id, &bdir) {
+                    Ok(Some(st)) if st.status == Status::Stopped => {
+                        let code = st.exit_code.unwrap_or(255);
+                        let term = State::Terminated {
+                            exit_code: code,
+                            reason: status::exit_reason(code).into(),
+                            started_at: slot.started_at.clone(),
+                            finished_at: now.clone(),
+                            container_id: format!("{}://{id}", h.name),
+                        };
+                        self.remove_container(&rt, &id);
+                        slot.id = None;
+                        if status::should_restart(&policy, code) {
+                            let delay = status::backoff(slot.restart_count);
+                            slot.not_before = Some(unix_now() + delay.as_secs() as i64);
+                            slot.last = Some(term);
+                            slot.waiting = Some((
+                                "CrashLoopBackOff".into(),
+                                Some(format!(
+                                    "back-off {}s restarting failed container={} pod={name}",
+                                    delay.as_secs(),
+                                    c.name
+                                )),
+                            ));
+                        } else {
+                            slot.done = Some(term);
+                        }
+                    }
+                    Ok(Some(st)) if st.status == Status::Created => {
+                        if let Err(e) = self.parts.runtime.start(&h, &id) {
+                            tracing::warn!(error = %e, "starting a created container");
+                        }
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) => {
+                        // The runtime lost it (e.g. its state root was wiped): count it as
+                        // ended with an unknown code.
+                        slot.id = None;
+                        slot.last = Some(State::Terminated {
+                            exit_code: 255,
+                            reason: "Unknown".into(),
+                            started_at: slot.started_at.clone(),
+                            finished_at: now.clone(),
+                            container_id: format!("{}://{id}", h.name),
+                        });
+                        self.remove_container(&rt, &id);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "container state"),
+                }
+            }
+            rt.containers.insert(c.name.clone(), slot.clone());
+            if slot.id.is_none()
+                && slot.done.is_none()
+                && slot.not_before.is_none_or(|t| unix_now() >= t)
+            {
+                match self.start_container(pod, &mut rt, c) {
+                    Ok(()) => {
+                        if let Some(s) = rt.containers.get_mut(&c.name) {
+                            s.errors = 0;
+                        }
+                    }
+                    Err(e) => {
+                        let (reason, msg) =
+                            e.split_once(": ").unwrap_or(("CreateContainerError", &e));
+                        let s = rt.containers.entry(c.name.clone()).or_default();
+                        s.waiting = Some((reason.to_string(), Some(msg.to_string())));
+                        s.not_before =
+                            Some(unix_now() + status::backoff(s.errors).as_secs() as i64);
+                        s.errors += 1;
+                        self.events.push((
+                            ns.clone(),
+                            name.clone(),
+                            uid.clone(),
+                            "Warning",
+                            "Failed".into(),
+                            format!("{}: {msg}", c.name),
+                        ));
+                    }
+                }
+            }
+            let slot = rt.containers.get(&c.name).cloned().unwrap_or_default();
+            let state = match (&slot.id, &slot.done, &slot.waiting) {
+                (Some(_), _, _) => State::Running {
+                    started_at: slot.started_at.clone().unwrap_or_else(|| now.clone()),
+                },
+                (None, Some(d), _) => d.clone(),
+                (None, None, Some((r, m))) => State::Waiting {
+                    reason: r.clone(),
+                    message: m.clone(),
+                },
+                (None, None, None) => State::Waiting {
+                    reason: "ContainerCreating".into(),
+                    message: None,
+                },
+            };
+            views.push(ContainerView {
+                name: c.name.clone(),
+                image: c.image.clone().unwrap_or_default(),
+                image_id: slot.image_id.clone(),
+                container_id: slot.id.as_ref().map(|i| format!("{}://{i}", h.name)),
+                state,
+                last: slot.last.clone(),
+                restart_count: slot.restart_count,
+            });
+        }
+        if let Err(e) = self.save(&rt) {
+            tracing::warn!(error = %e, "saving pod state");
+        }
+        let st = status::pod_status(
+            &views,
+            &PodFacts {
+                restart_policy: &policy,
+                pod_ip: rt.ip.as_deref(),
+                host_ip: self.cfg.node_ip.as_deref(),
+                start_time: Some(&rt.start_time.clone()),
+                previous: &prev,
+                now: &now,
+                failure: None,
+            },
+        );
+        self.pods.insert(uid, rt);
+        Outcome::Status(st)
+    }
+
+    /// Stops (SIGTERM, `grace` seconds, SIGKILL) and removes everything of a pod: containers,
+    /// rootfs, CNI attachment, netns, pod dir.
+    pub fn teardown(&mut self, uid: &str, grace: i64) {
+        let Some(rt) = self.pods.remove(uid) else {
+            return;
+        };
+        let h = rt.handler.handler();
+        let ids: Vec<String> = rt
+            .containers
+            .values()
+            .filter_map(|s| s.id.clone())
+            .collect();
+        for id in &ids {
+            let _ = self.parts.runtime.kill(&h, id, "SIGTERM");
+        }
+        let deadline = Instant::now() + Duration::from_secs(grace.max(0) as u64);
+        let running = |me: &Self, id: &str| {
+            matches!(
+                me.parts.runtime.state(&h, id, &me.bundle_dir(uid, id)),
+                Ok(Some(s)) if s.status == Status::Running || s.status == Status::Created
+            )
+        };
+        while Instant::now() < deadline && ids.iter().any(|id| running(self, id)) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        for id in &ids {
+            if running(self, id) {
+                let _ = self.parts.runtime.kill(&h, id, "SIGKILL");
+            }
+        }
+        let until = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < until && ids.iter().any(|id| running(self, id)) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Also sweep bundles of attempts not recorded (a crash between create and save).
+        let cdir = self.pod_dir(uid).join("containers");
+        let mut all: BTreeSet<String> = ids.into_iter().collect();
+        if let Ok(rd) = std::fs::read_dir(&cdir) {
+            for e in rd.flatten() {
+                if let Some(n) = e.file_name().to_str() {
+                    all.insert(n.to_string());
+                }
+            }
+        }
+        for id in &all {
+            self.remove_container(&rt, id);
+        }
+        if !rt.host_network {
+            let att = Self::attachment(&rt);
+            let (cni, cache) = self.cni();
+            let prev = cache.load(&self.network.name, &att).ok().flatten();
+            if let Err(e) = cni.del(&self.network, &att, prev.as_ref()) {
+                tracing::warn!(error = %e, "CNI DEL");
+            }
+            let _ = cache.remove(&self.network.name, &att);
+            if let Err(e) = self.parts.netns.remove(&rt.netns) {
+                tracing::warn!(error = %e, "removing the netns");
+            }
+        }
+        let _ = std::fs::remove_dir_all(self.pod_dir(uid));
+    }
+}
+
+fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut s = Vec::new();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push(c.to_string());
+        cur = c.source();
+    }
+    s.join(": ")
+}
+
+fn waiting_views(cs: &[Container], reason: &str, msg: Option<&str>) -> Vec<ContainerView> {
+    cs.iter()
+        .map(|c| ContainerView {
+            name: c.name.clone(),
+            image: c.image.clone().unwrap_or_default(),
+            image_id: String::new(),
+            container_id: None,
+            state: State::Waiting {
+                reason: reason.into(),
+                message: msg.map(String::from),
+            },
+            last: None,
+            restart_count: 0,
+        })
+        .collect()
+}
+
+/// The API side.
+pub struct Agent {
+    client: Client,
+    node: Node,
+    sent: BTreeMap<String, Value>,
+}
+
+fn host_ipv4() -> Option<String> {
+    let addrs = nix::ifaddrs::getifaddrs().ok()?;
+    for a in addrs {
+        if a.interface_name == "lo" || a.interface_name == "cni0" {
+            continue;
+        }
+        if let Some(sin) = a.address.as_ref().and_then(|s| s.as_sockaddr_in()) {
+            let ip = sin.ip();
+            if !ip.is_loopback() {
+                return Some(ip.to_string());
+            }
+        }
+    }
+    None
+}
+
+fn mem_kib() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+impl Agent {
+    /// Registers the node (creating it with the configured podCIDR if absent) and re-adopts
+    /// pods from earlier runs.
+    pub fn new(mut cfg: AgentConfig, parts: Parts) -> Result<Agent, AgentError> {
+        let client = Client::from_kubeconfig(&cfg.kubeconfig)?;
+        if cfg.node_ip.is_none() {
+            cfg.node_ip = host_ipv4();
+        }
+        let path = format!("/api/v1/nodes/{}", cfg.node_name);
+        let node = match client.get(&path) {
+            Ok(n) => n,
+            Err(e) if e.code() == Some(404) => client.create(
+                "/api/v1/nodes",
+                &json!({
+                    "apiVersion": "v1", "kind": "Node",
+                    "metadata": {"name": cfg.node_name, "labels": {
+                        "kubernetes.io/hostname": cfg.node_name,
+                        "kubernetes.io/os": "linux",
+                        "kubernetes.io/arch": "amd64",
+                        "beta.kubernetes.io/os": "linux",
+                        "beta.kubernetes.io/arch": "amd64",
+                    }},
+                    "spec": {"podCIDR": cfg.pod_cidr, "podCIDRs": [cfg.pod_cidr]},
+                }),
+            )?,
+            Err(e) => return Err(e.into()),
+        };
+        let cidr = node["spec"]["podCIDR"]
+            .as_str()
+            .unwrap_or(&cfg.pod_cidr)
+            .to_string();
+        let node = Node::new(cfg, parts, &cidr)?;
+        let a = Agent {
+            client,
+            node,
+            sent: BTreeMap::new(),
+        };
+        a.heartbeat();
+        Ok(a)
+    }
+
+    /// Node status (Ready) and the Lease in kube-node-lease.
+    fn heartbeat(&self) {
+        let cfg = &self.node.cfg;
+        let now = now_rfc3339();
+        let cpus = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        let mem = format!("{}Ki", mem_kib());
+        let mut addresses = vec![json!({"type": "Hostname", "address": cfg.node_name})];
+        if let Some(ip) = &cfg.node_ip {
+            addresses.insert(0, json!({"type": "InternalIP", "address": ip}));
+        }
+        let kernel = nix::sys::utsname::uname()
+            .map(|u| u.release().to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let st = json!({"status": {
+            "capacity": {"cpu": cpus.to_string(), "memory": mem, "pods": "110"},
+            "allocatable": {"cpu": cpus.to_string(), "memory": mem, "pods": "110"},
+            "addresses": addresses,
+            "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
+                "message": "moat agent is posting ready status",
+                "lastHeartbeatTime": now, "lastTransitionTime": now}],
+            "nodeInfo": {"kubeletVersion": "v1.33.0-moat", "kubeProxyVersion": "",
+                "containerRuntimeVersion": format!("moat://{}", cfg.handlers.default),
+                "operatingSystem": "linux", "architecture": "amd64", "kernelVersion": kernel,
+                "osImage": "moat", "machineID": "", "systemUUID": "", "bootID": ""},
+        }});
+        let p = format!("/api/v1/nodes/{}/status", cfg.node_name);
+        if let Err(e) = self.client.merge_patch(&p, &st) {
+            tracing::warn!(error = %e, "node status");
+        }
+        let micro = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let lp = format!(
+            "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{}",
+            cfg.node_name
+        );
+        let renew = json!({"spec": {"holderIdentity": cfg.node_name, "leaseDurationSeconds": 40, "renewTime": micro}});
+        match self.client.merge_patch(&lp, &renew) {
+            Ok(_) => {}
+            Err(e) if e.code() == Some(404) => {
+                let _ = self.client.create(
+                    "/api/v1/namespaces",
+                    &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "kube-node-lease"}}),
+                );
+                let mut l = renew.clone();
+                l["apiVersion"] = json!("coordination.k8s.io/v1");
+                l["kind"] = json!("Lease");
+                l["metadata"] = json!({"name": cfg.node_name, "namespace": "kube-node-lease"});
+                if let Err(e) = self.client.create(
+                    "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases",
+                    &l,
+                ) {
+                    tracing::warn!(error = %e, "creating the node lease");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "renewing the node lease"),
+        }
+    }
+
+    fn handler_for(
+        &self,
+        pod: &Pod,
+        classes: &mut BTreeMap<String, Result<String, String>>,
+    ) -> Result<Handler, String> {
+        let class = pod.spec.as_ref().and_then(|s| s.runtime_class_name.clone());
+        let hname = match class {
+            None => None,
+            Some(c) => {
+                let r = classes.entry(c.clone()).or_insert_with(|| {
+                    match self
+                        .client
+                        .get(&format!("/apis/node.k8s.io/v1/runtimeclasses/{c}"))
+                    {
+                        Ok(rc) => rc["handler"]
+                            .as_str()
+                            .map(String::from)
+                            .ok_or_else(|| format!("RuntimeClass {c} has no handler")),
+                        Err(e) => Err(format!("RuntimeClass {c}: {e}")),
+                    }
+                });
+                Some(r.clone()?)
+            }
+        };
+        self.node
+            .cfg
+            .handlers
+            .get(hname.as_deref())
+            .cloned()
+            .map_err(|e| e.to_string())
+    }
+
+    /// One level-triggered pass over the pods bound to this node.
+    pub fn pass(&mut self) -> Result<(), AgentError> {
+        let (items, _) = self.client.list(&format!(
+            "/api/v1/pods?fieldSelector=spec.nodeName%3D{}",
+            self.node.cfg.node_name
+        ))?;
+        let mut live = BTreeSet::new();
+        let mut classes = BTreeMap::new();
+        for v in items {
+            let Ok(pod) = serde_json::from_value::<Pod>(v) else {
+                continue;
+            };
+            let uid = pod.metadata.uid.clone().unwrap_or_default();
+            let ns = pod.metadata.namespace.clone().unwrap_or_default();
+            let name = pod.metadata.name.clone().unwrap_or_default();
+            let phase = pod.status.as_ref().and_then(|s| s.phase.clone());
+            // A finished pod this node no longer holds (e.g. failed before its sandbox).
+            if pod.metadata.deletion_timestamp.is_none()
+                && matches!(phase.as_deref(), Some("Failed" | "Succeeded"))
+                && !self.node.pods.contains_key(&uid)
+            {
+                live.insert(uid);
+                continue;
+            }
+            live.insert(uid.clone());
+            let handler = self.handler_for(&pod, &mut classes);
+            match self.node.sync(&pod, handler) {
+                Outcome::Removed => {
+                    self.sent.remove(&uid);
+                    // Cleanup is done: the object may go now.
+                    if let Err(e) = self.client.delete(&format!(
+                        "/api/v1/namespaces/{ns}/pods/{name}?gracePeriodSeconds=0"
+                    )) {
+                        tracing::warn!(pod = %name, error = %e, "finishing pod deletion");
+                    }
+                }
+                Outcome::Status(st) => {
+                    if self.sent.get(&uid) != Some(&st) {
+                        let p = format!("/api/v1/namespaces/{ns}/pods/{name}/status");
+                        match self.client.merge_patch(&p, &json!({"status": st})) {
+                            Ok(_) => {
+                                self.sent.insert(uid, st);
+                            }
+                            Err(e) => tracing::warn!(pod = %name, error = %e, "pod status"),
+                        }
+                    }
+                }
+            }
+        }
+        for uid in self.node.pod_uids() {
+            if !live.contains(&uid) {
+                self.node.teardown(&uid, 0);
+                self.sent.remove(&uid);
+            }
+        }
+        for (ns, name, uid, ty, reason, message) in std::mem::take(&mut self.node.events) {
+            let ev = json!({
+                "apiVersion": "v1", "kind": "Event",
+                "metadata": {"generateName": format!("{name}."), "namespace": ns},
+                "involvedObject": {"kind": "Pod", "namespace": ns, "name": name, "uid": uid, "apiVersion": "v1"},
+                "type": ty, "reason": reason, "message": message,
+                "source": {"component": "moat-agent", "host": self.node.cfg.node_name},
+                "firstTimestamp": now_rfc3339(), "lastTimestamp": now_rfc3339(), "count": 1,
+            });
+            if let Err(e) = self
+                .client
+                .create(&format!("/api/v1/namespaces/{ns}/events"), &ev)
+            {
+                tracing::debug!(error = %e, "posting an event");
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs forever: a pass on every watch event of this node's pods, at least once a second,
+    /// and a heartbeat every 10 s.
+    pub fn run(mut self) -> ! {
+        let (tx, rx) = mpsc::channel::<()>();
+        let wc = self.client.clone();
+        let path = format!(
+            "/api/v1/pods?fieldSelector=spec.nodeName%3D{}",
+            self.node.cfg.node_name
+        );
+        std::thread::spawn(move || {
+            loop {
+                let t = tx.clone();
+                let _ = wc.watch(&path, "0", |_| {
+                    let _ = t.send(());
+                });
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        });
+        let mut last_hb = Instant::now();
+        loop {
+            if let Err(e) = self.pass() {
+                tracing::warn!(error = %e, "agent pass");
+            }
+            if last_hb.elapsed() >= Duration::from_secs(10) {
+                self.heartbeat();
+                last_hb = Instant::now();
+            }
+            let _ = rx.recv_timeout(Duration::from_secs(1));
+            while rx.try_recv().is_ok() {}
+        }
+    }
+}
+
+/// The real parts for `cfg`.
+pub fn real_parts(cfg: &AgentConfig) -> Result<Parts, AgentError> {
+    let store = moat_image::Store::open(&cfg.image_root)
+        .map_err(|e| AgentError::Other(format!("opening the image store: {e}")))?;
+    Ok(Parts {
+        runtime: Arc::new(crate::runtime::OciRuntime {
+            shim: cfg.shim.clone(),
+        }),
+        netns: Arc::new(sandbox::RealNetns),
+        cni: Arc::new(moat_cni::RealExec {
+            wrapper: Vec::new(),
+        }),
+        images: Arc::new(StoreImages {
+            store,
+            mounter: Box::new(moat_image::RealMounter),
+        }),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::RecordingRuntime;
+    use crate::sandbox::FakeNetns;
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    struct FakeImages {
+        calls: Mutex<Vec<String>>,
+    }
+
+    impl Images for FakeImages {
+        fn resolve(
+            &self,
+            image: &str,
+            _p: Option<&str>,
+        ) -> Result<(ImageDefaults, String), String> {
+            if image == "missing" {
+                return Err("image missing is not present on the node".into());
+            }
+            Ok((
+                ImageDefaults {
+                    cmd: Some(vec!["sh".into()]),
+                    ..Default::default()
+                },
+                "sha256:abc".into(),
+            ))
+        }
+        fn prepare(&self, image: &str, id: &str, _t: &Path) -> Result<(), String> {
+            self.calls
+                .lock()
+                .unwrap()
+                .push(format!("prepare {image} {id}"));
+            Ok(())
+        }
+        fn release(&self, id: &str, _t: &Path) -> Result<(), String> {
+            self.calls.lock().unwrap().push(format!("release {id}"));
+            Ok(())
+        }
+    }
+
+    struct Fx {
+        dir: tempfile::TempDir,
+        rt: Arc<RecordingRuntime>,
+        netns: Arc<FakeNetns>,
+        cni: Arc<moat_cni::FakeExec>,
+    }
+
+    const RESULT: &str = r#"{"cniVersion":"1.0.0","interfaces":[{"name":"eth0","sandbox":"/x"}],"ips":[{"address":"10.42.0.9/24","gateway":"10.42.0.1","interface":0}]}"#;
+
+    impl Fx {
+        fn new() -> Fx {
+            let dir = tempfile::tempdir().unwrap();
+            let bin = dir.path().join("cni-bin");
+            std::fs::create_dir_all(&bin).unwrap();
+            for p in ["bridge", "portmap"] {
+                std::fs::write(bin.join(p), b"").unwrap();
+            }
+            Fx {
+                dir,
+                rt: Arc::new(RecordingRuntime::default()),
+                netns: Arc::new(FakeNetns::default()),
+                cni: Arc::new(moat_cni::FakeExec::default()),
+            }
+        }
+
+        fn node(&self) -> Node {
+            let run = self.dir.path().join("run");
+            let cfg = AgentConfig {
+                node_name: "n1".into(),
+                kubeconfig: PathBuf::new(),
+                run_dir: run.clone(),
+                log_dir: self.dir.path().join("logs"),
+                image_root: PathBuf::new(),
+                cni_conf_dir: None,
+                cni_bin_dirs: vec![self.dir.path().join("cni-bin")],
+                pod_cidr: "10.42.0.0/24".into(),
+                handlers: Handlers::defaults(&run),
+                shim: Vec::new(),
+                node_ip: Some("192.0.2.10".into()),
+            };
+            let parts = Parts {
+                runtime: self.rt.clone(),
+                netns: self.netns.clone(),
+                cni: self.cni.clone(),
+                images: Arc::new(FakeImages::default()),
+            };
+            Node::new(cfg, parts, "10.42.0.0/24").unwrap()
+        }
+
+        /// bridge and portmap ADD answers.
+        fn cni_reply(&self) {
+            let mut r = self.cni.replies.lock().unwrap();
+            r.push((true, RESULT.as_bytes().to_vec()));
+            r.push((true, RESULT.as_bytes().to_vec()));
+        }
+    }
+
+    fn pod(policy: &str) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": "web", "namespace": "default", "uid": "u-1"},
+            "spec": {"nodeName": "n1", "restartPolicy": policy,
+                "containers": [{"name": "c", "image": "busybox", "command": ["httpd", "-f"]}]},
+        }))
+        .unwrap()
+    }
+
+    fn status(o: Outcome) -> Value {
+        match o {
+            Outcome::Status(s) => s,
+            Outcome::Removed => panic!("removed"),
+        }
+    }
+
+    fn runc(n: &Node) -> Handler {
+        n.cfg.handlers.get(None).unwrap().clone()
+    }
+
+    #[test]
+    fn pod_runs_restarts_with_backoff_and_tears_down_completely() {
+        let fx = Fx::new();
+        fx.cni_reply();
+        let mut n = fx.node();
+        let p = pod("Always");
+        let s = status(n.sync(&p, Ok(runc(&n))));
+        assert_eq!(s["phase"], "Running", "{s}");
+        assert_eq!(s["podIP"], "10.42.0.9");
+        assert_eq!(s["containerStatuses"][0]["containerID"], "runc://u-1-c-0");
+        let calls = fx.rt.calls();
+        assert!(
+            calls.iter().any(|c| c.starts_with("runc create u-1-c-0 ")),
+            "{calls:?}"
+        );
+        assert!(calls.contains(&"runc start u-1-c-0".to_string()));
+        let cni_cmds: Vec<String> = fx
+            .cni
+            .calls
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                format!(
+                    "{} {}",
+                    c.env["CNI_COMMAND"],
+                    c.plugin.file_name().unwrap().to_string_lossy()
+                )
+            })
+            .collect();
+        assert_eq!(cni_cmds, ["ADD bridge", "ADD portmap"]);
+        // The bundle's config.json is what bundle::spec produced, joined to the pod netns.
+        let cfg: Value = serde_json::from_slice(
+            &std::fs::read(
+                fx.dir
+                    .path()
+                    .join("run/pods/u-1/containers/u-1-c-0/config.json"),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let netns = fx.dir.path().join("run/netns/u-1");
+        assert!(
+            cfg["linux"]["namespaces"]
+                .as_array()
+                .unwrap()
+                .contains(&json!({"type": "network", "path": netns}))
+        );
+
+        // Exit 1: CrashLoopBackOff, old container removed, no immediate restart.
+        fx.rt.exit("u-1-c-0", 1);
+        let s = status(n.sync(&p, Ok(runc(&n))));
+        let cs = &s["containerStatuses"][0];
+        assert_eq!(cs["state"]["waiting"]["reason"], "CrashLoopBackOff", "{s}");
+        assert_eq!(cs["lastState"]["terminated"]["exitCode"], 1);
+        assert_eq!(s["phase"], "Running");
+        assert!(fx.rt.calls().contains(&"runc delete u-1-c-0".to_string()));
+        let before = fx.rt.calls().len();
+        let _ = n.sync(&p, Ok(runc(&n)));
+        assert!(!fx.rt.calls()[before..].iter().any(|c| c.contains("create")));
+
+        // A restarted agent re-adopts the pod from its state file: no second sandbox.
+        drop(n);
+        let mut n = fx.node();
+        assert_eq!(n.pod_uids().len(), 1);
+        let _ = n.sync(&p, Ok(runc(&n)));
+        assert_eq!(fx.netns.calls.lock().unwrap().len(), 1);
+
+        // Deletion: everything goes.
+        let mut dv = serde_json::to_value(&p).unwrap();
+        dv["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+        dv["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+        let del: Pod = serde_json::from_value(dv).unwrap();
+        assert!(matches!(n.sync(&del, Ok(runc(&n))), Outcome::Removed));
+        assert!(!fx.dir.path().join("run/pods/u-1").exists());
+        let ns_calls = fx.netns.calls.lock().unwrap().clone();
+        assert_eq!(
+            ns_calls.last().unwrap(),
+            &format!("remove {}", netns.display())
+        );
+        let last_cni = fx.cni.calls.lock().unwrap().last().unwrap().env["CNI_COMMAND"].clone();
+        assert_eq!(last_cni, "DEL");
+    }
+
+    #[test]
+    fn restart_policy_never_leaves_a_finished_pod() {
+        let fx = Fx::new();
+        fx.cni_reply();
+        let mut n = fx.node();
+        let p = pod("Never");
+        status(n.sync(&p, Ok(runc(&n))));
+        fx.rt.exit("u-1-c-0", 0);
+        let s = status(n.sync(&p, Ok(runc(&n))));
+        assert_eq!(s["phase"], "Succeeded", "{s}");
+        assert_eq!(
+            s["containerStatuses"][0]["state"]["terminated"]["reason"],
+            "Completed"
+        );
+    }
+
+    #[test]
+    fn runtime_class_handler_is_used_and_failures_are_reported() {
+        let fx = Fx::new();
+        fx.cni_reply();
+        fx.rt
+            .fail_create
+            .lock()
+            .unwrap()
+            .insert("crun".into(), "cgroups in hybrid mode not supported".into());
+        let mut n = fx.node();
+        let crun = n.cfg.handlers.get(Some("crun")).unwrap().clone();
+        let s = status(n.sync(&pod("Always"), Ok(crun)));
+        let w = &s["containerStatuses"][0]["state"]["waiting"];
+        assert_eq!(w["reason"], "CreateContainerError", "{s}");
+        assert!(w["message"].as_str().unwrap().contains("hybrid"), "{s}");
+        assert!(fx.rt.calls().iter().any(|c| c.starts_with("crun create")));
+        assert!(n.events.iter().any(|e| e.5.contains("hybrid")));
+
+        let fx = Fx::new();
+        let mut n = fx.node();
+        let s = status(n.sync(&pod("Always"), Err("no runtime handler \"kata\"".into())));
+        assert_eq!(s["phase"], "Failed");
+        assert_eq!(s["reason"], "RuntimeHandlerNotFound");
+        assert!(fx.rt.calls().is_empty());
+        assert!(fx.netns.calls.lock().unwrap().is_empty());
+    }
+}

@@ -1,0 +1,602 @@
+//! OCI bundle generation (sans-IO): a pod's container + its image config + the sandbox become
+//! an `oci_spec` runtime [`Spec`]. Defaults follow containerd's CRI plugin: its capability set,
+//! masked and read-only paths, `/dev/shm`, `/dev/mqueue`, and the pod's network namespace.
+
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::core::v1::{Container, PodSpec};
+use oci_spec::runtime::{
+    Capability, LinuxBuilder, LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespace,
+    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResourcesBuilder, Mount, MountBuilder,
+    ProcessBuilder, RootBuilder, Spec, UserBuilder,
+};
+use serde::Deserialize;
+
+use crate::quantity;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("container {container}: {what}")]
+    Invalid { container: String, what: String },
+    #[error("building the OCI spec for container {container}")]
+    Oci {
+        container: String,
+        #[source]
+        source: oci_spec::OciSpecError,
+    },
+    #[error("parsing the image config")]
+    ImageConfig(#[source] serde_json::Error),
+}
+
+/// The parts of an image's config (`config` object of the config blob) a container inherits.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ImageDefaults {
+    #[serde(default)]
+    pub entrypoint: Option<Vec<String>>,
+    #[serde(default)]
+    pub cmd: Option<Vec<String>>,
+    #[serde(default)]
+    pub env: Option<Vec<String>>,
+    #[serde(default)]
+    pub working_dir: Option<String>,
+    #[serde(default)]
+    pub user: Option<String>,
+}
+
+impl ImageDefaults {
+    pub fn from_config_blob(bytes: &[u8]) -> Result<ImageDefaults, BundleError> {
+        #[derive(Deserialize)]
+        struct Blob {
+            #[serde(default)]
+            config: Option<ImageDefaults>,
+        }
+        let b: Blob = serde_json::from_slice(bytes).map_err(BundleError::ImageConfig)?;
+        Ok(b.config.unwrap_or_default())
+    }
+}
+
+/// Everything about the sandbox a container joins.
+#[derive(Debug, Clone)]
+pub struct SandboxRef {
+    pub hostname: String,
+    pub netns: PathBuf,
+    /// Bind-mounted over the container's /etc/hosts, /etc/resolv.conf, /etc/hostname.
+    pub hosts: PathBuf,
+    pub resolv_conf: PathBuf,
+    pub hostname_file: PathBuf,
+    /// Volume name → host directory (emptyDir dirs under the pod dir, hostPath paths).
+    pub volumes: Vec<(String, PathBuf)>,
+}
+
+/// Kubernetes' rule: `command` replaces the entrypoint (and drops the image's Cmd), `args`
+/// replaces Cmd.
+pub fn argv(c: &Container, img: &ImageDefaults) -> Result<Vec<String>, BundleError> {
+    let (ep, cmd) = match (&c.command, &c.args) {
+        (Some(command), Some(args)) => (command.clone(), args.clone()),
+        (Some(command), None) => (command.clone(), Vec::new()),
+        (None, Some(args)) => (img.entrypoint.clone().unwrap_or_default(), args.clone()),
+        (None, None) => (
+            img.entrypoint.clone().unwrap_or_default(),
+            img.cmd.clone().unwrap_or_default(),
+        ),
+    };
+    let v: Vec<String> = ep.into_iter().chain(cmd).collect();
+    if v.is_empty() {
+        return Err(BundleError::Invalid {
+            container: c.name.clone(),
+            what: "no command: neither the pod nor the image gives one".into(),
+        });
+    }
+    Ok(v)
+}
+
+/// Image env, then the container's `env` (later wins by name). `valueFrom` is not resolved
+/// yet: such variables are left out.
+pub fn env(c: &Container, img: &ImageDefaults) -> Vec<String> {
+    fn set(out: &mut Vec<(String, String)>, k: &str, v: &str) {
+        if let Some(e) = out.iter_mut().find(|(n, _)| n == k) {
+            e.1 = v.to_string();
+        } else {
+            out.push((k.to_string(), v.to_string()));
+        }
+    }
+    let mut out: Vec<(String, String)> = Vec::new();
+    for kv in img.env.iter().flatten() {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        set(&mut out, k, v);
+    }
+    if !out.iter().any(|(k, _)| k == "PATH") {
+        set(
+            &mut out,
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        );
+    }
+    for e in c.env.iter().flatten() {
+        if e.value_from.is_none() {
+            set(&mut out, &e.name, e.value.as_deref().unwrap_or(""));
+        }
+    }
+    out.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
+}
+
+/// containerd's default capability set for unprivileged containers.
+const DEFAULT_CAPS: &[Capability] = &[
+    Capability::Chown,
+    Capability::DacOverride,
+    Capability::Fsetid,
+    Capability::Fowner,
+    Capability::Mknod,
+    Capability::NetRaw,
+    Capability::Setgid,
+    Capability::Setuid,
+    Capability::Setfcap,
+    Capability::Setpcap,
+    Capability::NetBindService,
+    Capability::SysChroot,
+    Capability::Kill,
+    Capability::AuditWrite,
+];
+
+fn bind(dest: &str, src: &Path, ro: bool) -> Result<Mount, oci_spec::OciSpecError> {
+    let mut opts = vec!["rbind".to_string(), "rprivate".to_string()];
+    if ro {
+        opts.push("ro".into());
+    }
+    MountBuilder::default()
+        .destination(dest)
+        .typ("bind")
+        .source(src)
+        .options(opts)
+        .build()
+}
+
+fn ns(typ: LinuxNamespaceType, path: Option<&Path>) -> Result<LinuxNamespace, BundleError> {
+    let b = LinuxNamespaceBuilder::default().typ(typ);
+    let b = match path {
+        Some(p) => b.path(p),
+        None => b,
+    };
+    b.build().map_err(|source| BundleError::Oci {
+        container: String::new(),
+        source,
+    })
+}
+
+/// The runtime spec for one container of a pod.
+pub fn spec(
+    pod: &PodSpec,
+    c: &Container,
+    img: &ImageDefaults,
+    sb: &SandboxRef,
+    cgroups_path: &str,
+) -> Result<Spec, BundleError> {
+    let name = c.name.clone();
+    let oci = |source| BundleError::Oci {
+        container: name.clone(),
+        source,
+    };
+    let invalid = |what: String| BundleError::Invalid {
+        container: name.clone(),
+        what,
+    };
+    let pod_sc = pod.security_context.as_ref();
+    let sc = c.security_context.as_ref();
+    let privileged = sc.and_then(|s| s.privileged).unwrap_or(false);
+    let uid = sc
+        .and_then(|s| s.run_as_user)
+        .or(pod_sc.and_then(|s| s.run_as_user));
+    let gid = sc
+        .and_then(|s| s.run_as_group)
+        .or(pod_sc.and_then(|s| s.run_as_group));
+    let (img_uid, img_gid) = match img.user.as_deref().filter(|u| !u.is_empty()) {
+        None => (0, 0),
+        Some(u) => {
+            let (us, gs) = u.split_once(':').unwrap_or((u, ""));
+            // Named users would need the image's /etc/passwd; only numeric ones for now.
+            let uu: u32 = us
+                .parse()
+                .map_err(|_| invalid(format!("image user {u:?} is not numeric")))?;
+            let gg: u32 = if gs.is_empty() {
+                0
+            } else {
+                gs.parse()
+                    .map_err(|_| invalid(format!("image group {u:?} is not numeric")))?
+            };
+            (uu, gg)
+        }
+    };
+    let to_u32 = |v: i64, what: &str| {
+        u32::try_from(v).map_err(|_| invalid(format!("{what} {v} out of range")))
+    };
+    let uid = match uid {
+        Some(u) => to_u32(u, "runAsUser")?,
+        None => img_uid,
+    };
+    let gid = match gid {
+        Some(g) => to_u32(g, "runAsGroup")?,
+        None => img_gid,
+    };
+    let mut additional = Vec::new();
+    if let Some(g) = pod_sc.and_then(|s| s.fs_group) {
+        additional.push(to_u32(g, "fsGroup")?);
+    }
+    for g in pod_sc
+        .and_then(|s| s.supplemental_groups.as_ref())
+        .into_iter()
+        .flatten()
+    {
+        additional.push(to_u32(*g, "supplementalGroups")?);
+    }
+    let user = UserBuilder::default()
+        .uid(uid)
+        .gid(gid)
+        .additional_gids(additional)
+        .build()
+        .map_err(oci)?;
+
+    let mut caps = oci_spec::runtime::LinuxCapabilities::default();
+    let set: std::collections::HashSet<Capability> = if privileged {
+        all_caps()
+    } else {
+        let mut s: std::collections::HashSet<Capability> = DEFAULT_CAPS.iter().copied().collect();
+        if let Some(c) = sc.and_then(|s| s.capabilities.as_ref()) {
+            for a in c.add.iter().flatten() {
+                s.insert(parse_cap(a).ok_or_else(|| invalid(format!("capability {a:?}")))?);
+            }
+            for d in c.drop.iter().flatten() {
+                if d.eq_ignore_ascii_case("ALL") {
+                    s.clear();
+                } else if let Some(cap) = parse_cap(d) {
+                    s.remove(&cap);
+                }
+            }
+        }
+        s
+    };
+    caps.set_bounding(Some(set.clone()));
+    caps.set_effective(Some(set.clone()));
+    caps.set_permitted(Some(set));
+    caps.set_inheritable(None);
+    caps.set_ambient(None);
+
+    let cwd = c
+        .working_dir
+        .clone()
+        .or_else(|| img.working_dir.clone())
+        .filter(|w| !w.is_empty())
+        .unwrap_or_else(|| "/".into());
+    let no_new_privs = !privileged
+        && sc
+            .and_then(|s| s.allow_privilege_escalation)
+            .is_none_or(|a| !a);
+    let process = ProcessBuilder::default()
+        .terminal(c.tty.unwrap_or(false))
+        .user(user)
+        .args(argv(c, img)?)
+        .env(env(c, img))
+        .cwd(cwd)
+        .capabilities(caps)
+        .no_new_privileges(no_new_privs)
+        .build()
+        .map_err(oci)?;
+
+    let ro_root = sc
+        .and_then(|s| s.read_only_root_filesystem)
+        .unwrap_or(false);
+    let root = RootBuilder::default()
+        .path("rootfs")
+        .readonly(ro_root)
+        .build()
+        .map_err(oci)?;
+
+    let mut mounts = oci_spec::runtime::get_default_mounts();
+    // containerd mounts sysfs read-only unless privileged, and gives /dev/shm 64 MiB.
+    for m in mounts.iter_mut() {
+        if m.destination() == Path::new("/sys") && privileged {
+            m.set_options(Some(vec!["nosuid".into(), "noexec".into(), "nodev".into()]));
+        }
+        if m.destination() == Path::new("/dev/shm") {
+            m.set_options(Some(vec![
+                "nosuid".into(),
+                "noexec".into(),
+                "nodev".into(),
+                "mode=1777".into(),
+                "size=65536k".into(),
+            ]));
+        }
+    }
+    mounts.push(bind("/etc/hosts", &sb.hosts, false).map_err(oci)?);
+    mounts.push(bind("/etc/resolv.conf", &sb.resolv_conf, false).map_err(oci)?);
+    mounts.push(bind("/etc/hostname", &sb.hostname_file, false).map_err(oci)?);
+    for vm in c.volume_mounts.iter().flatten() {
+        let src = sb
+            .volumes
+            .iter()
+            .find(|(n, _)| *n == vm.name)
+            .map(|(_, p)| p)
+            .ok_or_else(|| invalid(format!("volumeMount {:?} has no usable volume", vm.name)))?;
+        if !vm.mount_path.starts_with('/') {
+            return Err(invalid(format!(
+                "mountPath {:?} is not absolute",
+                vm.mount_path
+            )));
+        }
+        let src = match vm.sub_path.as_deref().filter(|s| !s.is_empty()) {
+            Some(sp) if sp.split('/').any(|c| c == "..") || sp.starts_with('/') => {
+                return Err(invalid(format!("subPath {sp:?} escapes the volume")));
+            }
+            Some(sp) => src.join(sp),
+            None => src.clone(),
+        };
+        mounts.push(bind(&vm.mount_path, &src, vm.read_only.unwrap_or(false)).map_err(oci)?);
+    }
+
+    let mut resources = LinuxResourcesBuilder::default();
+    let limits = c.resources.as_ref().and_then(|r| r.limits.as_ref());
+    let requests = c.resources.as_ref().and_then(|r| r.requests.as_ref());
+    let q = |m: Option<
+        &std::collections::BTreeMap<
+            String,
+            k8s_openapi::apimachinery::pkg::api::resource::Quantity,
+        >,
+    >,
+             k: &str| { m.and_then(|m| m.get(k)).map(|q| q.0.clone()) };
+    if let Some(mem) = q(limits, "memory") {
+        let b = quantity::bytes(&mem).map_err(|e| invalid(e.to_string()))?;
+        resources = resources.memory(
+            LinuxMemoryBuilder::default()
+                .limit(b)
+                .build()
+                .map_err(oci)?,
+        );
+    }
+    let mut cpu = LinuxCpuBuilder::default();
+    let mut any_cpu = false;
+    if let Some(l) = q(limits, "cpu") {
+        let m = quantity::cpu_millis(&l).map_err(|e| invalid(e.to_string()))?;
+        // CFS quota over a 100 ms period, as the kubelet computes it (minimum 1 ms).
+        cpu = cpu.quota((m * 100).max(1000)).period(100_000u64);
+        any_cpu = true;
+    }
+    if let Some(r) = q(requests, "cpu").or(q(limits, "cpu")) {
+        let m = quantity::cpu_millis(&r).map_err(|e| invalid(e.to_string()))?;
+        cpu = cpu.shares(((m * 1024) / 1000).max(2) as u64);
+        any_cpu = true;
+    }
+    if any_cpu {
+        resources = resources.cpu(cpu.build().map_err(oci)?);
+    }
+    let resources = resources.build().map_err(oci)?;
+
+    let mut namespaces = vec![
+        ns(LinuxNamespaceType::Pid, None)?,
+        ns(LinuxNamespaceType::Network, Some(&sb.netns))?,
+        ns(LinuxNamespaceType::Ipc, None)?,
+        ns(LinuxNamespaceType::Uts, None)?,
+        ns(LinuxNamespaceType::Mount, None)?,
+    ];
+    if pod.host_network.unwrap_or(false) {
+        namespaces.retain(|n| n.typ() != LinuxNamespaceType::Network);
+    }
+    let mut linux = LinuxBuilder::default()
+        .namespaces(namespaces)
+        .cgroups_path(PathBuf::from(cgroups_path))
+        .resources(resources);
+    linux = if privileged {
+        linux
+            .masked_paths(Vec::<String>::new())
+            .readonly_paths(Vec::<String>::new())
+    } else {
+        linux
+            .masked_paths(oci_spec::runtime::get_default_maskedpaths())
+            .readonly_paths(oci_spec::runtime::get_default_readonly_paths())
+    };
+    let linux = linux.build().map_err(oci)?;
+
+    let mut s = Spec::default();
+    s.set_process(Some(process));
+    s.set_root(Some(root));
+    s.set_hostname(Some(sb.hostname.clone()));
+    s.set_mounts(Some(mounts));
+    s.set_linux(Some(linux));
+    Ok(s)
+}
+
+fn parse_cap(s: &str) -> Option<Capability> {
+    let n = s.trim().to_ascii_uppercase();
+    let n = n.strip_prefix("CAP_").unwrap_or(&n);
+    let quoted = format!("\"CAP_{n}\"");
+    serde_json::from_str(&quoted).ok()
+}
+
+fn all_caps() -> std::collections::HashSet<Capability> {
+    (0..64)
+        .filter_map(|i| {
+            let v = serde_json::Value::from(format!("CAP_{}", cap_name(i)?));
+            serde_json::from_value(v).ok()
+        })
+        .collect()
+}
+
+fn cap_name(i: u32) -> Option<&'static str> {
+    const NAMES: &[&str] = &[
+        "CHOWN",
+        "DAC_OVERRIDE",
+        "DAC_READ_SEARCH",
+        "FOWNER",
+        "FSETID",
+        "KILL",
+        "SETGID",
+        "SETUID",
+        "SETPCAP",
+        "LINUX_IMMUTABLE",
+        "NET_BIND_SERVICE",
+        "NET_BROADCAST",
+        "NET_ADMIN",
+        "NET_RAW",
+        "IPC_LOCK",
+        "IPC_OWNER",
+        "SYS_MODULE",
+        "SYS_RAWIO",
+        "SYS_CHROOT",
+        "SYS_PTRACE",
+        "SYS_PACCT",
+        "SYS_ADMIN",
+        "SYS_BOOT",
+        "SYS_NICE",
+        "SYS_RESOURCE",
+        "SYS_TIME",
+        "SYS_TTY_CONFIG",
+        "MKNOD",
+        "LEASE",
+        "AUDIT_WRITE",
+        "AUDIT_CONTROL",
+        "SETFCAP",
+        "MAC_OVERRIDE",
+        "MAC_ADMIN",
+        "SYSLOG",
+        "WAKE_ALARM",
+        "BLOCK_SUSPEND",
+        "AUDIT_READ",
+        "PERFMON",
+        "BPF",
+        "CHECKPOINT_RESTORE",
+    ];
+    NAMES.get(i as usize).copied()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn container(v: serde_json::Value) -> Container {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn sandbox() -> SandboxRef {
+        SandboxRef {
+            hostname: "web-1".into(),
+            netns: "/run/moat/netns/p1".into(),
+            hosts: "/run/p/hosts".into(),
+            resolv_conf: "/run/p/resolv.conf".into(),
+            hostname_file: "/run/p/hostname".into(),
+            volumes: vec![("data".into(), "/run/p/volumes/data".into())],
+        }
+    }
+
+    fn busybox() -> ImageDefaults {
+        ImageDefaults::from_config_blob(
+            br#"{"config":{"Env":["PATH=/bin","A=img"],"Cmd":["sh"],"WorkingDir":"/"}}"#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn command_and_args_follow_kubernetes_rules() {
+        let img = ImageDefaults {
+            entrypoint: Some(vec!["/ep".into()]),
+            cmd: Some(vec!["c1".into()]),
+            ..Default::default()
+        };
+        let c = |v| container(v);
+        assert_eq!(argv(&c(json!({"name":"a"})), &img).unwrap(), ["/ep", "c1"]);
+        assert_eq!(
+            argv(&c(json!({"name":"a","args":["x"]})), &img).unwrap(),
+            ["/ep", "x"]
+        );
+        assert_eq!(
+            argv(&c(json!({"name":"a","command":["/bin/x"]})), &img).unwrap(),
+            ["/bin/x"]
+        );
+        assert!(argv(&c(json!({"name":"a"})), &ImageDefaults::default()).is_err());
+    }
+
+    #[test]
+    fn env_layers_image_then_container() {
+        let c = container(
+            json!({"name":"a","env":[{"name":"A","value":"pod"},{"name":"B","value":"2"}]}),
+        );
+        assert_eq!(env(&c, &busybox()), ["PATH=/bin", "A=pod", "B=2"]);
+    }
+
+    #[test]
+    fn spec_joins_the_pod_netns_and_mounts_sandbox_files() {
+        let pod: PodSpec = serde_json::from_value(json!({"containers":[]})).unwrap();
+        let c = container(json!({
+            "name": "web", "image": "busybox",
+            "command": ["httpd", "-f", "-p", "8080"],
+            "volumeMounts": [{"name": "data", "mountPath": "/data", "readOnly": true}],
+            "resources": {"limits": {"memory": "64Mi", "cpu": "500m"}},
+            "securityContext": {"runAsUser": 1000, "readOnlyRootFilesystem": true}
+        }));
+        let s = spec(&pod, &c, &busybox(), &sandbox(), "/moat/p1-web-0").unwrap();
+        let v = serde_json::to_value(&s).unwrap();
+        assert_eq!(v["process"]["args"], json!(["httpd", "-f", "-p", "8080"]));
+        assert_eq!(v["process"]["user"]["uid"], 1000);
+        assert_eq!(v["root"], json!({"path": "rootfs", "readonly": true}));
+        assert_eq!(v["hostname"], "web-1");
+        let nss = v["linux"]["namespaces"].as_array().unwrap();
+        assert!(nss.contains(&json!({"type": "network", "path": "/run/moat/netns/p1"})));
+        assert_eq!(v["linux"]["cgroupsPath"], "/moat/p1-web-0");
+        assert_eq!(v["linux"]["resources"]["memory"]["limit"], 64 << 20);
+        assert_eq!(v["linux"]["resources"]["cpu"]["quota"], 50_000);
+        assert_eq!(v["linux"]["resources"]["cpu"]["shares"], 512);
+        let mounts = v["mounts"].as_array().unwrap();
+        let data = mounts.iter().find(|m| m["destination"] == "/data").unwrap();
+        assert_eq!(data["source"], "/run/p/volumes/data");
+        assert!(data["options"].as_array().unwrap().contains(&json!("ro")));
+        assert!(
+            mounts
+                .iter()
+                .any(|m| m["destination"] == "/etc/resolv.conf")
+        );
+        let caps = v["process"]["capabilities"]["bounding"].as_array().unwrap();
+        assert!(caps.contains(&json!("CAP_NET_BIND_SERVICE")));
+        assert!(!caps.contains(&json!("CAP_SYS_ADMIN")));
+        assert!(
+            v["linux"]["maskedPaths"]
+                .as_array()
+                .is_some_and(|m| !m.is_empty())
+        );
+    }
+
+    #[test]
+    fn privileged_gets_all_caps_and_no_masks() {
+        let pod: PodSpec = serde_json::from_value(json!({"containers":[]})).unwrap();
+        let c =
+            container(json!({"name":"p","command":["sh"],"securityContext":{"privileged":true}}));
+        let v =
+            serde_json::to_value(spec(&pod, &c, &busybox(), &sandbox(), "/m/x").unwrap()).unwrap();
+        let caps = v["process"]["capabilities"]["bounding"].as_array().unwrap();
+        assert!(caps.contains(&json!("CAP_SYS_ADMIN")));
+        assert!(
+            v["linux"]["maskedPaths"]
+                .as_array()
+                .is_none_or(|m| m.is_empty())
+        );
+        assert!(
+            v["linux"]["readonlyPaths"]
+                .as_array()
+                .is_none_or(|m| m.is_empty())
+        );
+    }
+
+    #[test]
+    fn bad_input_is_a_clear_error() {
+        let pod: PodSpec = serde_json::from_value(json!({"containers":[]})).unwrap();
+        let c = container(
+            json!({"name":"w","command":["sh"],"volumeMounts":[{"name":"nope","mountPath":"/x"}]}),
+        );
+        let e = spec(&pod, &c, &busybox(), &sandbox(), "/m")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("nope"), "{e}");
+        let c = container(
+            json!({"name":"w","command":["sh"],"volumeMounts":[{"name":"data","mountPath":"/x","subPath":"../etc"}]}),
+        );
+        assert!(spec(&pod, &c, &busybox(), &sandbox(), "/m").is_err());
+    }
+}

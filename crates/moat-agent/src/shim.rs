@@ -1,0 +1,238 @@
+//! The per-container shim (containerd-shim's job, much reduced): it runs the handler's
+//! `create`, answers the agent with `ok <pid>` or `error <message>` on stdout, then stays as
+//! the container's subreaper, copying its stdout/stderr into the CRI log file and recording
+//! the exit code in the bundle. It outlives agent restarts, so containers keep their logs and
+//! nobody loses their exit status.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShimArgs {
+    pub runtime: PathBuf,
+    pub root: PathBuf,
+    pub options: Vec<String>,
+    pub id: String,
+    pub bundle: PathBuf,
+    pub log: PathBuf,
+}
+
+impl ShimArgs {
+    pub fn to_args(&self) -> Vec<String> {
+        let mut v = vec![
+            "--runtime".into(),
+            self.runtime.display().to_string(),
+            "--root".into(),
+            self.root.display().to_string(),
+        ];
+        for o in &self.options {
+            v.push(format!("--option={o}"));
+        }
+        v.extend([
+            "--id".into(),
+            self.id.clone(),
+            "--bundle".into(),
+            self.bundle.display().to_string(),
+            "--log".into(),
+            self.log.display().to_string(),
+        ]);
+        v
+    }
+
+    pub fn parse(args: &[String]) -> Result<ShimArgs, String> {
+        let mut a = ShimArgs {
+            runtime: PathBuf::new(),
+            root: PathBuf::new(),
+            options: Vec::new(),
+            id: String::new(),
+            bundle: PathBuf::new(),
+            log: PathBuf::new(),
+        };
+        let mut it = args.iter();
+        while let Some(k) = it.next() {
+            if let Some(o) = k.strip_prefix("--option=") {
+                a.options.push(o.into());
+                continue;
+            }
+            let v = it.next().ok_or_else(|| format!("{k} needs a value"))?;
+            match k.as_str() {
+                "--runtime" => a.runtime = v.into(),
+                "--root" => a.root = v.into(),
+                "--id" => a.id = v.clone(),
+                "--bundle" => a.bundle = v.into(),
+                "--log" => a.log = v.into(),
+                _ => return Err(format!("unknown shim argument {k}")),
+            }
+        }
+        if a.runtime.as_os_str().is_empty() || a.id.is_empty() || a.bundle.as_os_str().is_empty() {
+            return Err("shim needs --runtime, --id and --bundle".into());
+        }
+        Ok(a)
+    }
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+}
+
+fn copy_stream(mut r: File, stream: &'static str, log: Arc<Mutex<File>>) {
+    let mut pending = Vec::new();
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        let n = match r.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let mut out = Vec::new();
+        crate::logs::encode(&now(), stream, &mut pending, &buf[..n], &mut out);
+        if !out.is_empty()
+            && let Ok(mut f) = log.lock()
+        {
+            let _ = f.write_all(&out);
+        }
+    }
+    let mut out = Vec::new();
+    crate::logs::flush(&now(), stream, &mut pending, &mut out);
+    if let Ok(mut f) = log.lock() {
+        let _ = f.write_all(&out);
+    }
+}
+
+fn answer(line: &str) {
+    let mut o = std::io::stdout();
+    let _ = writeln!(o, "{}", line.replace('\n', " "));
+    let _ = o.flush();
+}
+
+/// Runs the shim; the process exit code.
+pub fn main(args: &[String]) -> i32 {
+    let a = match ShimArgs::parse(args) {
+        Ok(a) => a,
+        Err(e) => {
+            answer(&format!("error {e}"));
+            return 2;
+        }
+    };
+    match run(&a) {
+        Ok(()) => 0,
+        Err(e) => {
+            answer(&format!("error {e}"));
+            1
+        }
+    }
+}
+
+fn pipe() -> Result<(File, OwnedFd), String> {
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| format!("creating a pipe: {e}"))?;
+    Ok((File::from(r), w))
+}
+
+fn run(a: &ShimArgs) -> Result<(), String> {
+    let _ = std::env::set_current_dir("/");
+    // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) takes integer arguments only and changes only
+    // this process's reaping behaviour.
+    let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    if rc != 0 {
+        return Err(format!(
+            "becoming a subreaper: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    if let Some(d) = a.log.parent() {
+        std::fs::create_dir_all(d).map_err(|e| format!("creating {}: {e}", d.display()))?;
+    }
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&a.log)
+        .map_err(|e| format!("opening the log {}: {e}", a.log.display()))?;
+    let log = Arc::new(Mutex::new(log));
+    let (out_r, out_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    let pid_file = a.bundle.join("init.pid");
+    let status = {
+        let mut c = Command::new(&a.runtime);
+        c.args(&a.options)
+            .arg("--root")
+            .arg(&a.root)
+            .arg("create")
+            .arg("--bundle")
+            .arg(&a.bundle)
+            .arg("--pid-file")
+            .arg(&pid_file)
+            .arg(&a.id)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out_w))
+            .stderr(Stdio::from(err_w));
+        // `c` (holding our copies of the write ends) is dropped at the end of this block.
+        c.status()
+            .map_err(|e| format!("running {} create: {e}", a.runtime.display()))?
+    };
+    if !status.success() {
+        // Nothing runs in the container: the pipes hit EOF once the runtime is gone.
+        let mut msg = String::new();
+        let (mut o, mut e) = (out_r, err_r);
+        let _ = e.read_to_string(&mut msg);
+        let _ = o.read_to_string(&mut msg);
+        let msg = msg.trim();
+        return Err(if msg.is_empty() {
+            format!("{} create failed ({status})", a.runtime.display())
+        } else {
+            msg.to_string()
+        });
+    }
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .ok_or_else(|| format!("no pid in {}", pid_file.display()))?;
+    answer(&format!("ok {pid}"));
+    // From here on nobody reads stdout: point it at /dev/null so a late write cannot fail.
+    if let Ok(null) = File::options().write(true).open("/dev/null") {
+        let _ = nix::unistd::dup2_stdout(&null);
+    }
+    let (l1, l2) = (log.clone(), log);
+    let t1 = std::thread::spawn(move || copy_stream(out_r, "stdout", l1));
+    let t2 = std::thread::spawn(move || copy_stream(err_r, "stderr", l2));
+    let code = loop {
+        match nix::sys::wait::waitpid(None, None) {
+            Ok(nix::sys::wait::WaitStatus::Exited(p, c)) if p.as_raw() == pid => break c,
+            Ok(nix::sys::wait::WaitStatus::Signaled(p, s, _)) if p.as_raw() == pid => {
+                break 128 + s as i32;
+            }
+            Ok(_) => continue,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(format!("waiting for the container: {e}")),
+        }
+    };
+    let tmp = a.bundle.join(format!("{}.tmp", crate::runtime::EXIT_FILE));
+    let _ = std::fs::write(&tmp, format!("{code}\n"))
+        .and_then(|()| std::fs::rename(&tmp, a.bundle.join(crate::runtime::EXIT_FILE)));
+    let _ = t1.join();
+    let _ = t2.join();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn args_round_trip() {
+        let a = ShimArgs {
+            runtime: "/usr/sbin/runc".into(),
+            root: "/run/r".into(),
+            options: vec!["--debug".into()],
+            id: "c1".into(),
+            bundle: "/b".into(),
+            log: "/l/0.log".into(),
+        };
+        assert_eq!(ShimArgs::parse(&a.to_args()).unwrap(), a);
+        assert!(ShimArgs::parse(&["--id".into()]).is_err());
+        assert!(ShimArgs::parse(&["--bogus".into(), "x".into()]).is_err());
+    }
+}
