@@ -4,11 +4,22 @@
 //! revision (resourceVersion = `mod_revision`), creates and compare-and-swap writes are
 //! transactions comparing `create_revision` / `mod_revision`, lists are ranges at a
 //! revision, watches start at `after + 1` with previous values and progress notifications.
-//! Two details etcd leaves to the client:
+//! Details etcd leaves to the client:
 //! - a watch from a compacted revision must fail at once (the contract), so `watch` first
 //!   reads the prefix at `after` and maps etcd's "compacted" error;
-//! - etcd does not report its compaction point, so `oldest_revision` asks a watch from
-//!   revision 1, which etcd cancels with the compaction revision if history was compacted.
+//! - etcd does not report its compaction point, and a marker key written by `compact` would
+//!   miss compactions done by others (etcdctl, `--auto-compaction-*`) and add revisions
+//!   nobody asked for. So `oldest_revision` finds it by bisection: a read at revision `r`
+//!   fails exactly when `r` is below the compaction point;
+//! - etcd keeps the compaction revision itself readable; the contract calls it gone, so
+//!   `oldest_revision` reports compaction point + 1 (reads at the point still succeed);
+//! - progress notifications come only from etcd's timer (synced watchers, same channel as
+//!   events, so never ahead of an undelivered event). Explicit progress requests are not
+//!   used: etcd 3.4.23 (Debian) answers them from the store's current revision even while
+//!   the watcher is still replaying history (etcd-io/etcd#15220), which would turn into a
+//!   bookmark past events the client has not seen. The timer is etcd's
+//!   `--experimental-watch-progress-notify-interval` (10 min by default; [`LocalEtcd`] uses
+//!   5 s).
 
 use std::time::Duration;
 
@@ -32,24 +43,25 @@ fn backend(op: &'static str, e: etcd_client::Error) -> StoreError {
     }
 }
 
-/// Maps etcd's revision errors (carried as gRPC status messages) to the contract's.
-fn at_revision(op: &'static str, requested: Revision, e: etcd_client::Error) -> StoreError {
-    let msg = e.to_string();
-    if msg.contains("required revision has been compacted") {
-        StoreError::Compacted {
-            requested,
-            compacted: requested,
-        }
-    } else if msg.contains("required revision is a future revision") {
-        StoreError::FutureRevision {
-            requested,
-            current: requested - 1,
-        }
-    } else {
-        backend(op, e)
+fn status_message(e: &etcd_client::Error) -> Option<&str> {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => Some(s.message()),
+        _ => None,
     }
 }
 
+fn is_compacted(e: &etcd_client::Error) -> bool {
+    status_message(e).is_some_and(|m| m.contains("required revision has been compacted"))
+}
+
+fn is_future(e: &etcd_client::Error) -> bool {
+    status_message(e).is_some_and(|m| m.contains("required revision is a future revision"))
+}
+
+/// A watch etcd ended on its own (for a reason other than compaction).
+#[derive(Debug, thiserror::Error)]
+#[error("etcd canceled the watch: {0}")]
+struct Canceled(String);
 fn kv(k: &etcd_client::KeyValue) -> KeyValue {
     KeyValue {
         key: String::from_utf8_lossy(k.key()).into_owned(),
@@ -70,6 +82,66 @@ fn prefix_end(prefix: &str) -> Vec<u8> {
     }
     // All 0xff (or empty): to the end of the keyspace.
     vec![0]
+}
+
+/// Where a page of a prefix list starts: the smallest key under `prefix` strictly greater
+/// than `after` (a `start_after` outside the prefix must not widen the range).
+fn page_start(prefix: &str, after: Option<&str>) -> Vec<u8> {
+    match after {
+        Some(a) => {
+            let mut next = a.as_bytes().to_vec();
+            next.push(0);
+            next.max(prefix.as_bytes().to_vec())
+        }
+        None => prefix.as_bytes().to_vec(),
+    }
+}
+
+/// Tracks what a watch has delivered, so progress never claims less than what was sent
+/// (etcd's timer can report a revision just below an event it already sent, #15220).
+#[derive(Debug, Default)]
+struct Delivered {
+    last: Revision,
+}
+
+impl Delivered {
+    /// The events of one etcd watch response, in order; None for responses that say nothing.
+    fn map(&mut self, resp: &etcd_client::WatchResponse) -> Option<Vec<WatchEvent>> {
+        if resp.events().is_empty() {
+            if resp.created() {
+                return None;
+            }
+            let revision = header_rev(resp.header());
+            if revision <= self.last {
+                return None;
+            }
+            self.last = revision;
+            return Some(vec![WatchEvent::Progress { revision }]);
+        }
+        let out: Vec<WatchEvent> = resp
+            .events()
+            .iter()
+            .filter_map(|e| {
+                let k = e.kv()?;
+                Some(match e.event_type() {
+                    EventType::Put => WatchEvent::Put {
+                        kv: kv(k),
+                        prev: e.prev_kv().map(kv),
+                    },
+                    // etcd reads prev_kv at revision - 1, which compaction never removes
+                    // for a live event; the key-only fallback keeps the event if it did.
+                    EventType::Delete => WatchEvent::Delete {
+                        prev: e.prev_kv().map(kv).unwrap_or_else(|| kv(k)),
+                        revision: k.mod_revision(),
+                    },
+                })
+            })
+            .collect();
+        if let Some(r) = out.last().map(WatchEvent::revision) {
+            self.last = self.last.max(r);
+        }
+        Some(out)
+    }
 }
 
 fn header_rev(h: Option<&etcd_client::ResponseHeader>) -> Revision {
@@ -104,6 +176,60 @@ impl EtcdStore {
             TxnOpResponse::Get(g) => g.kvs().first().map(kv),
             _ => None,
         })
+    }
+
+    /// Whether the store can still be read as of `rev`: Ok(false) below the compaction
+    /// point, Ok(true) otherwise (a future `rev` is an error).
+    async fn readable_at(&self, rev: Revision) -> Result<bool, etcd_client::Error> {
+        let o = GetOptions::new().with_revision(rev).with_count_only();
+        match self.c().get("\0", Some(o)).await {
+            Ok(_) => Ok(true),
+            Err(e) if is_compacted(&e) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// etcd's compaction point (0 if nothing was compacted): the smallest readable revision.
+    async fn compaction_point(&self) -> Result<Revision, StoreError> {
+        let op = "find the compaction point";
+        if self.readable_at(1).await.map_err(|e| backend(op, e))? {
+            return Ok(0);
+        }
+        // Invariant: `lo` unreadable, `hi` readable (the current revision always is).
+        let (mut lo, mut hi) = (1, self.current_revision().await?);
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            match self.readable_at(mid).await {
+                Ok(true) => hi = mid,
+                Ok(false) => lo = mid,
+                // A compaction racing the search cannot make `mid` future; anything else is
+                // a real failure.
+                Err(e) => return Err(backend(op, e)),
+            }
+        }
+        Ok(hi)
+    }
+
+    /// Maps etcd's revision errors (gRPC status messages without the numbers) to the
+    /// contract's, asking etcd for the numbers.
+    async fn at_revision(
+        &self,
+        op: &'static str,
+        requested: Revision,
+        e: etcd_client::Error,
+    ) -> StoreError {
+        if is_compacted(&e) {
+            let compacted = self.compaction_point().await.unwrap_or(requested);
+            StoreError::Compacted {
+                requested,
+                compacted,
+            }
+        } else if is_future(&e) {
+            let current = self.current_revision().await.unwrap_or(requested - 1);
+            StoreError::FutureRevision { requested, current }
+        } else {
+            backend(op, e)
+        }
     }
 }
 
@@ -140,22 +266,20 @@ impl Store for EtcdStore {
             } else {
                 PAGE
             };
-            let start = match &after {
-                // The smallest key strictly greater than `after`.
-                Some(a) => format!("{a}\0"),
-                None => prefix.to_string(),
-            };
             let mut o = GetOptions::new()
                 .with_range(prefix_end(prefix))
                 .with_limit(want as i64);
             if at > 0 {
                 o = o.with_revision(at);
             }
-            let r = self
+            let r = match self
                 .c()
-                .get(start, Some(o))
+                .get(page_start(prefix, after.as_deref()), Some(o))
                 .await
-                .map_err(|e| at_revision("list", at, e))?;
+            {
+                Ok(r) => r,
+                Err(e) => return Err(self.at_revision("list", at, e).await),
+            };
             if at == 0 {
                 at = header_rev(r.header());
             }
@@ -176,8 +300,7 @@ impl Store for EtcdStore {
     async fn create(&self, key: &str, value: Vec<u8>) -> Result<KeyValue, StoreError> {
         let txn = Txn::new()
             .when([Compare::create_revision(key, CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(key, value.clone(), None)])
-            .or_else([TxnOp::get(key, None)]);
+            .and_then([TxnOp::put(key, value.clone(), None)]);
         let r = self.c().txn(txn).await.map_err(|e| backend("create", e))?;
         if !r.succeeded() {
             return Err(StoreError::AlreadyExists { key: key.into() });
@@ -197,8 +320,13 @@ impl Store for EtcdStore {
         value: Vec<u8>,
         expected: Revision,
     ) -> Result<KeyValue, StoreError> {
+        // etcd compares a missing key's mod_revision as 0: without the existence check an
+        // update expecting 0 would create the key.
         let txn = Txn::new()
-            .when([Compare::mod_revision(key, CompareOp::Equal, expected)])
+            .when([
+                Compare::create_revision(key, CompareOp::Greater, 0),
+                Compare::mod_revision(key, CompareOp::Equal, expected),
+            ])
             .and_then([
                 TxnOp::put(key, value.clone(), None),
                 TxnOp::get(key, Some(GetOptions::new().with_keys_only())),
@@ -230,12 +358,12 @@ impl Store for EtcdStore {
         key: &str,
         expected: Option<Revision>,
     ) -> Result<(KeyValue, Revision), StoreError> {
-        let cmp = match expected {
-            Some(e) => Compare::mod_revision(key, CompareOp::Equal, e),
-            None => Compare::create_revision(key, CompareOp::Greater, 0),
-        };
+        let mut cmp = vec![Compare::create_revision(key, CompareOp::Greater, 0)];
+        if let Some(e) = expected {
+            cmp.push(Compare::mod_revision(key, CompareOp::Equal, e));
+        }
         let txn = Txn::new()
-            .when([cmp])
+            .when(cmp)
             .and_then([TxnOp::delete(
                 key,
                 Some(DeleteOptions::new().with_prev_key()),
@@ -265,21 +393,18 @@ impl Store for EtcdStore {
             .with_range(prefix_end(prefix))
             .with_prev_key()
             .with_progress_notify();
+        let mut delivered = Delivered::default();
         if after > 0 {
             // Reading at `after` fails exactly when history before it is gone.
-            self.c()
-                .get(
-                    prefix,
-                    Some(
-                        GetOptions::new()
-                            .with_range(prefix_end(prefix))
-                            .with_revision(after)
-                            .with_count_only(),
-                    ),
-                )
-                .await
-                .map_err(|e| at_revision("watch", after, e))?;
+            let probe = GetOptions::new()
+                .with_range(prefix_end(prefix))
+                .with_revision(after)
+                .with_count_only();
+            if let Err(e) = self.c().get(prefix, Some(probe)).await {
+                return Err(self.at_revision("watch", after, e).await);
+            }
             opts = opts.with_start_revision(after + 1);
+            delivered.last = after;
         }
         let stream = self
             .c()
@@ -287,47 +412,30 @@ impl Store for EtcdStore {
             .await
             .map_err(|e| backend("watch", e))?;
         // The stream owns the request sender: dropping the WatchStream ends the watch.
-        let events = futures::stream::unfold(Some(stream), |st| async move {
-            let mut s = st?;
+        let events = futures::stream::unfold(Some((stream, delivered)), |st| async move {
+            let (mut s, mut delivered) = st?;
             loop {
                 match s.message().await {
                     Ok(Some(resp)) => {
                         if resp.compact_revision() > 0 {
+                            // Raced a compaction between the probe and the watch's start.
                             let c = resp.compact_revision();
                             let err = StoreError::Compacted {
-                                requested: c,
+                                requested: delivered.last,
                                 compacted: c,
                             };
                             return Some((vec![Err(err)], None));
                         }
                         if resp.canceled() {
-                            return Some((vec![Err(StoreError::Closed)], None));
+                            let err = StoreError::Backend {
+                                op: "watch",
+                                source: Box::new(Canceled(resp.cancel_reason().to_string())),
+                            };
+                            return Some((vec![Err(err)], None));
                         }
-                        if resp.events().is_empty() {
-                            if resp.created() {
-                                continue;
-                            }
-                            let revision = header_rev(resp.header());
-                            return Some((vec![Ok(WatchEvent::Progress { revision })], Some(s)));
+                        if let Some(evs) = delivered.map(&resp) {
+                            return Some((evs.into_iter().map(Ok).collect(), Some((s, delivered))));
                         }
-                        let out = resp
-                            .events()
-                            .iter()
-                            .filter_map(|e| {
-                                let k = e.kv()?;
-                                Some(Ok(match e.event_type() {
-                                    EventType::Put => WatchEvent::Put {
-                                        kv: kv(k),
-                                        prev: e.prev_kv().map(kv),
-                                    },
-                                    EventType::Delete => WatchEvent::Delete {
-                                        prev: e.prev_kv().map(kv).unwrap_or_else(|| kv(k)),
-                                        revision: k.mod_revision(),
-                                    },
-                                }))
-                            })
-                            .collect();
-                        return Some((out, Some(s)));
                     }
                     Ok(None) => return None,
                     Err(e) => return Some((vec![Err(backend("watch", e))], None)),
@@ -339,40 +447,14 @@ impl Store for EtcdStore {
     }
 
     async fn compact(&self, revision: Revision) -> Result<(), StoreError> {
-        self.c()
-            .compact(revision, None)
-            .await
-            .map_err(|e| at_revision("compact", revision, e))?;
+        if let Err(e) = self.c().compact(revision, None).await {
+            return Err(self.at_revision("compact", revision, e).await);
+        }
         Ok(())
     }
 
     async fn oldest_revision(&self) -> Result<Revision, StoreError> {
-        let mut w = self
-            .c()
-            .watch(
-                "/moat-meta/compaction-probe",
-                Some(WatchOptions::new().with_start_revision(1)),
-            )
-            .await
-            .map_err(|e| backend("probe compaction", e))?;
-        // A compacted start is answered at once (after the "created" response); an intact
-        // history sends nothing more.
-        let probe = async {
-            loop {
-                match w.message().await {
-                    Ok(Some(r)) if r.compact_revision() > 0 => {
-                        return Ok(r.compact_revision() + 1);
-                    }
-                    Ok(Some(_)) => continue,
-                    Ok(None) => return Ok(1),
-                    Err(e) => return Err(backend("probe compaction", e)),
-                }
-            }
-        };
-        match tokio::time::timeout(Duration::from_millis(500), probe).await {
-            Ok(r) => r,
-            Err(_) => Ok(1),
-        }
+        Ok(self.compaction_point().await? + 1)
     }
 }
 
@@ -381,6 +463,9 @@ impl Store for EtcdStore {
 pub struct LocalEtcd {
     child: std::process::Child,
     pub url: String,
+    data_dir: std::path::PathBuf,
+    client_port: u16,
+    peer_port: u16,
 }
 
 impl LocalEtcd {
@@ -390,10 +475,38 @@ impl LocalEtcd {
                 .local_addr()?
                 .port())
         };
-        let (client, peer) = (port()?, port()?);
+        let (client_port, peer_port) = (port()?, port()?);
+        let child = Self::spawn(data_dir, client_port, peer_port)?;
+        Ok(LocalEtcd {
+            child,
+            url: format!("http://127.0.0.1:{client_port}"),
+            data_dir: data_dir.to_path_buf(),
+            client_port,
+            peer_port,
+        })
+    }
+
+    /// Kills etcd (SIGKILL) and starts it again on the same ports and data.
+    pub fn restart(&mut self) -> std::io::Result<()> {
+        self.stop();
+        self.child = Self::spawn(&self.data_dir, self.client_port, self.peer_port)?;
+        Ok(())
+    }
+
+    /// Kills etcd (SIGKILL) and waits for it; `restart` brings it back.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn spawn(
+        data_dir: &std::path::Path,
+        client: u16,
+        peer: u16,
+    ) -> std::io::Result<std::process::Child> {
         let url = format!("http://127.0.0.1:{client}");
         let peer_url = format!("http://127.0.0.1:{peer}");
-        let child = std::process::Command::new("etcd")
+        let mut child = std::process::Command::new("etcd")
             .args(["--name", "moat-local", "--data-dir"])
             .arg(data_dir)
             .args([
@@ -405,36 +518,53 @@ impl LocalEtcd {
             .args(["--listen-peer-urls", &peer_url])
             .args(["--initial-advertise-peer-urls", &peer_url])
             .args(["--initial-cluster", &format!("moat-local={peer_url}")])
+            // Progress notifications are what watch bookmarks are made of; etcd's default
+            // of 10 min would leave them out of every test.
+            .args(["--experimental-watch-progress-notify-interval", "5s"])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()?;
-        let e = LocalEtcd { child, url };
         let start = std::time::Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", client)).is_err() {
+            if let Some(status) = child.try_wait()? {
+                return Err(std::io::Error::other(format!("etcd exited: {status}")));
+            }
             if start.elapsed() > Duration::from_secs(20) {
+                let _ = child.kill();
+                let _ = child.wait();
                 return Err(std::io::Error::other("etcd did not start within 20 s"));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        Ok(e)
+        Ok(child)
     }
 }
 
 impl Drop for LocalEtcd {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::prefix_end;
+    use super::{page_start, prefix_end};
 
     #[test]
     fn prefix_ends() {
         assert_eq!(prefix_end("/a/"), b"/a0".to_vec());
         assert_eq!(prefix_end("a\u{7f}"), b"a\x80".to_vec());
         assert_eq!(prefix_end(""), vec![0]);
+    }
+
+    #[test]
+    fn pages_start_inside_the_prefix_after_the_given_key() {
+        assert_eq!(page_start("/p/", None), b"/p/".to_vec());
+        assert_eq!(page_start("/p/", Some("/p/a")), b"/p/a\0".to_vec());
+        assert_eq!(
+            page_start("/p/", Some("/a")),
+            b"/p/".to_vec(),
+            "a key before the prefix does not widen the range"
+        );
     }
 }

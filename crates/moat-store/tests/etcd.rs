@@ -4,8 +4,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use moat_store::etcd::LocalEtcd;
-use moat_store::{EtcdStore, Store, conformance};
+use moat_store::{EtcdStore, ListOptions, Store, StoreError, WatchEvent, conformance};
 
 async fn connect(url: &str) -> EtcdStore {
     let start = Instant::now();
@@ -82,4 +83,176 @@ async fn etcd_store_lists_beyond_one_grpc_message() {
         .expect("list some");
     assert_eq!((some.items.len(), some.more), (700, true));
     assert_eq!(some.items[699].key, "/big/00699");
+}
+
+/// etcd compares a missing key's mod_revision as 0, and a key before a prefix sorts before
+/// it: neither may leak through the contract.
+#[tokio::test]
+async fn etcd_store_cas_on_missing_keys_and_foreign_start_after() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let etcd = LocalEtcd::start(dir.path()).expect("start etcd");
+    let s = connect(&etcd.url).await;
+    let before = s.current_revision().await.expect("rev");
+    assert!(
+        matches!(
+            s.update("/m/none", b"x".to_vec(), 0).await,
+            Err(StoreError::NotFound { .. })
+        ),
+        "an update expecting revision 0 must not create the key"
+    );
+    assert!(matches!(
+        s.delete("/m/none", Some(0)).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(s.get("/m/none").await.expect("get").is_none());
+    assert_eq!(s.current_revision().await.expect("rev"), before);
+    s.create("/a", b"outside".to_vec()).await.expect("create");
+    s.create("/m/k", b"inside".to_vec()).await.expect("create");
+    let l = s
+        .list(
+            "/m/",
+            ListOptions {
+                start_after: Some("/".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("list");
+    assert_eq!(
+        l.items.iter().map(|k| k.key.as_str()).collect::<Vec<_>>(),
+        ["/m/k"]
+    );
+}
+
+/// The errors carry etcd's real numbers, which etcd's messages leave out.
+#[tokio::test]
+async fn etcd_store_revision_errors_carry_the_compaction_point_and_current_revision() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let etcd = LocalEtcd::start(dir.path()).expect("start etcd");
+    let s = connect(&etcd.url).await;
+    let mut revs = Vec::new();
+    for i in 0..40 {
+        revs.push(
+            s.create(&format!("/e/{i:02}"), vec![])
+                .await
+                .expect("create")
+                .mod_revision,
+        );
+    }
+    s.compact(revs[30]).await.expect("compact");
+    match s
+        .list(
+            "/e/",
+            ListOptions {
+                at: revs[3],
+                ..Default::default()
+            },
+        )
+        .await
+    {
+        Err(StoreError::Compacted {
+            requested,
+            compacted,
+        }) => assert_eq!((requested, compacted), (revs[3], revs[30])),
+        other => panic!("want Compacted, got {other:?}"),
+    }
+    match s.watch("/e/", revs[10]).await {
+        Err(StoreError::Compacted { compacted, .. }) => assert_eq!(compacted, revs[30]),
+        Err(e) => panic!("want Compacted, got {e}"),
+        Ok(_) => panic!("want Compacted, got a watch"),
+    }
+    assert!(
+        matches!(
+            s.compact(revs[20]).await,
+            Err(StoreError::Compacted { compacted, .. }) if compacted == revs[30]
+        ),
+        "compacting behind the compaction point"
+    );
+    assert_eq!(s.oldest_revision().await.expect("oldest"), revs[30] + 1);
+    let now = s.current_revision().await.expect("rev");
+    match s
+        .list(
+            "/e/",
+            ListOptions {
+                at: now + 5,
+                ..Default::default()
+            },
+        )
+        .await
+    {
+        Err(StoreError::FutureRevision { requested, current }) => {
+            assert_eq!((requested, current), (now + 5, now))
+        }
+        other => panic!("want FutureRevision, got {other:?}"),
+    }
+}
+
+/// Writes elsewhere reach a quiet watch as progress (watch bookmarks), never behind an
+/// event it already delivered.
+#[tokio::test]
+async fn etcd_store_quiet_watch_gets_progress() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let etcd = LocalEtcd::start(dir.path()).expect("start etcd");
+    let s = connect(&etcd.url).await;
+    let mut w = s.watch("/quiet/", 0).await.expect("watch");
+    let mine = s.create("/quiet/a", vec![]).await.expect("create");
+    let other = s.create("/loud/a", vec![]).await.expect("create");
+    let mut last = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let e = tokio::time::timeout(left, w.next())
+            .await
+            .expect("progress within 30 s (etcd notifies every 5 s)")
+            .expect("stream open")
+            .expect("event");
+        assert!(e.revision() >= last, "{e:?} went back from {last}");
+        last = e.revision();
+        match e {
+            WatchEvent::Put { kv, .. } => assert_eq!(kv.mod_revision, mine.mod_revision),
+            WatchEvent::Progress { revision } if revision >= other.mod_revision => break,
+            WatchEvent::Progress { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+/// etcd going away ends watches with an error (the API server's clients re-watch), and
+/// the same store works again once etcd is back, with nothing lost.
+#[tokio::test]
+async fn etcd_store_recovers_after_etcd_restarts() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut etcd = LocalEtcd::start(dir.path()).expect("start etcd");
+    let s = connect(&etcd.url).await;
+    let a = s.create("/r/a", b"1".to_vec()).await.expect("create");
+    let mut w = s.watch("/r/", a.mod_revision).await.expect("watch");
+    etcd.restart().expect("restart etcd");
+    let end = tokio::time::timeout(Duration::from_secs(30), w.next())
+        .await
+        .expect("the watch notices etcd went away");
+    assert!(
+        matches!(end, None | Some(Err(StoreError::Backend { .. }))),
+        "{end:?}"
+    );
+    let start = Instant::now();
+    let got = loop {
+        match s.get("/r/a").await {
+            Ok(v) => break v,
+            Err(e) if start.elapsed() > Duration::from_secs(30) => panic!("no reconnect: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    };
+    assert_eq!(got.expect("kept").mod_revision, a.mod_revision);
+    let b = s
+        .update("/r/a", b"2".to_vec(), a.mod_revision)
+        .await
+        .expect("update after restart");
+    assert_eq!(b.mod_revision, a.mod_revision + 1, "revisions continue");
+    let mut w = s.watch("/r/", a.mod_revision).await.expect("re-watch");
+    let e = tokio::time::timeout(Duration::from_secs(10), w.next())
+        .await
+        .expect("replay")
+        .expect("open")
+        .expect("event");
+    assert_eq!(e.revision(), b.mod_revision);
 }
