@@ -3,6 +3,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod agent;
 mod image;
 mod netpol;
 mod server;
@@ -26,6 +27,8 @@ enum Cmd {
     Netpol(netpol::NetpolArgs),
     /// The node's content-addressed image store.
     Image(image::ImageArgs),
+    /// Run the node agent: register this node and run the pods bound to it.
+    Agent(agent::AgentCmdArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -41,6 +44,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Server(a) => server::run(a),
         Cmd::Netpol(a) => netpol::run(a),
         Cmd::Image(a) => image::run(a),
+        Cmd::Agent(a) => agent::run(a),
     };
     match res {
         Ok(code) => code,

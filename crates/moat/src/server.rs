@@ -27,6 +27,11 @@ pub struct ServerArgs {
     /// Run only the API server: no scheduler, no controllers.
     #[arg(long)]
     disable_controllers: bool,
+    /// Also run a node agent in this process, so pods bound to this host run here.
+    #[arg(long)]
+    agent: bool,
+    #[command(flatten)]
+    agent_args: crate::agent::AgentArgs,
     /// Compact store history older than this (e.g. 5m, 30s; 0 disables). Watches from a
     /// compacted resourceVersion get 410 Expired and clients re-list.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
@@ -79,6 +84,11 @@ pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
         None => {
             let (tx, rx) = tokio::sync::oneshot::channel::<String>();
             let kubeconfig = args.data_dir.join("kubeconfig.yaml");
+            if args.agent {
+                let mut a = args.agent_args.clone();
+                a.kubeconfig = kubeconfig.clone();
+                crate::agent::spawn(a)?;
+            }
             if !args.disable_controllers {
                 // The scheduler and controllers are API clients of this server, started once
                 // it listens (they could as well run elsewhere with the same kubeconfig).

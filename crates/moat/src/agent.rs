@@ -1,0 +1,119 @@
+//! `moat agent`: the node agent (kubelet + container runtime layer) as an API client.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+#[derive(clap::Args, Clone)]
+pub struct AgentArgs {
+    /// Kubeconfig of the API server to join (server URL, CA, token).
+    #[arg(long, default_value = "/var/lib/moat/kubeconfig.yaml")]
+    pub kubeconfig: PathBuf,
+    /// Node name (default: the host name).
+    #[arg(long)]
+    pub node_name: Option<String>,
+    /// Pod sandboxes, bundles, netns files and runtime state.
+    #[arg(long, default_value = "/run/moat/agent")]
+    pub run_dir: PathBuf,
+    /// CRI-format container logs.
+    #[arg(long, default_value = "/var/log/pods")]
+    pub log_dir: PathBuf,
+    /// Image store root (shared with `moat image`).
+    #[arg(long, default_value = "/var/lib/moat/images", env = "MOAT_IMAGE_ROOT")]
+    pub image_root: PathBuf,
+    /// CNI config dir; its first conflist replaces the default bridge network if present.
+    #[arg(long)]
+    pub cni_conf_dir: Option<PathBuf>,
+    /// CNI plugin directories.
+    #[arg(long, default_value = "/usr/lib/cni")]
+    pub cni_bin_dir: Vec<PathBuf>,
+    /// Pod CIDR when the Node object has no spec.podCIDR.
+    #[arg(long, default_value = "10.42.0.0/24")]
+    pub pod_cidr: String,
+    /// Runtime handler TOML (handler → binary + root); defaults: runc, crun.
+    #[arg(long)]
+    pub runtime_config: Option<PathBuf>,
+    /// The node's InternalIP (default: the first non-loopback IPv4 address).
+    #[arg(long)]
+    pub node_ip: Option<String>,
+}
+
+#[derive(clap::Args)]
+pub struct AgentCmdArgs {
+    #[command(flatten)]
+    pub args: AgentArgs,
+    #[command(subcommand)]
+    cmd: Option<AgentCmd>,
+}
+
+#[derive(clap::Subcommand)]
+enum AgentCmd {
+    /// Per-container shim (started by the agent, not by hand).
+    #[command(hide = true)]
+    Shim {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+pub fn config(a: &AgentArgs) -> anyhow::Result<moat_agent::AgentConfig> {
+    let node_name = match &a.node_name {
+        Some(n) => n.clone(),
+        None => nix::unistd::gethostname()
+            .context("reading the host name")?
+            .into_string()
+            .map_err(|_| anyhow::anyhow!("host name is not UTF-8"))?
+            .to_lowercase(),
+    };
+    let handlers = moat_agent::Handlers::load(a.runtime_config.as_deref(), &a.run_dir)
+        .context("loading runtime handlers")?;
+    let exe = std::env::current_exe().context("locating the moat binary for the shim")?;
+    Ok(moat_agent::AgentConfig {
+        node_name,
+        kubeconfig: a.kubeconfig.clone(),
+        run_dir: a.run_dir.clone(),
+        log_dir: a.log_dir.clone(),
+        image_root: a.image_root.clone(),
+        cni_conf_dir: a.cni_conf_dir.clone(),
+        cni_bin_dirs: a.cni_bin_dir.clone(),
+        pod_cidr: a.pod_cidr.clone(),
+        handlers,
+        shim: vec![exe.display().to_string(), "agent".into(), "shim".into()],
+        node_ip: a.node_ip.clone(),
+    })
+}
+
+/// Starts the agent on a background thread (for `moat server`); it keeps trying to join
+/// until the API server it belongs to answers.
+pub fn spawn(a: AgentArgs) -> anyhow::Result<()> {
+    let cfg = config(&a)?;
+    std::thread::Builder::new()
+        .name("agent".into())
+        .spawn(move || {
+            let parts = || moat_agent::agent::real_parts(&cfg);
+            loop {
+                match parts().and_then(|p| moat_agent::Agent::new(cfg.clone(), p)) {
+                    Ok(agent) => agent.run(),
+                    Err(e) => {
+                        tracing::warn!(error = %format!("{e:#}"), "node agent not started yet")
+                    }
+                }
+                std::thread::sleep(std::time::Duration::from_millis(300));
+            }
+        })
+        .context("starting the agent thread")?;
+    Ok(())
+}
+
+pub fn run(a: AgentCmdArgs) -> anyhow::Result<ExitCode> {
+    if let Some(AgentCmd::Shim { args }) = a.cmd {
+        return Ok(ExitCode::from(
+            u8::try_from(moat_agent::shim::main(&args)).unwrap_or(1),
+        ));
+    }
+    let cfg = config(&a.args)?;
+    let parts = moat_agent::agent::real_parts(&cfg).context("setting up the node")?;
+    let agent = moat_agent::Agent::new(cfg, parts).context("registering the node")?;
+    agent.run()
+}

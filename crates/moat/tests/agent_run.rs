@@ -1,0 +1,370 @@
+//! The node agent for real: `moat server --agent` runs inside a network namespace of the test's
+//! own (so cni0, the pod veths and the pod CIDR never touch the host's network), pods run
+//! under runc with the busybox image built by scripts/busybox-image.sh, and deleting a pod
+//! must leave no netns, veth, mount, cgroup or runtime state behind.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const KUBECTL: &str = "/usr/lib/google-cloud-sdk/bin/kubectl.1.32";
+
+/// A network namespace of the test's own, torn down with everything the run left.
+struct Lab {
+    ns: String,
+    dir: tempfile::TempDir,
+    server: Option<Child>,
+    node: String,
+}
+
+fn run(cmd: &mut Command) -> (bool, String, String) {
+    let o = cmd.output().expect("run command");
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn moat_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_moat"))
+}
+
+impl Lab {
+    fn new(tag: &str) -> Lab {
+        let ns = format!("moat-{tag}-{}", std::process::id());
+        let (ok, _, err) = run(Command::new("ip").args(["netns", "add", &ns]));
+        assert!(ok, "ip netns add: {err}");
+        let lab = Lab {
+            node: format!("agt-{tag}-{}", std::process::id()),
+            ns,
+            dir: tempfile::tempdir().expect("tempdir"),
+            server: None,
+        };
+        let (ok, _, err) = run(lab.in_ns("ip").args(["link", "set", "lo", "up"]));
+        assert!(ok, "lo up: {err}");
+        lab
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    fn in_ns(&self, prog: &str) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", self.ns)).arg(prog);
+        c
+    }
+
+    fn import_busybox(&self) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/busybox-image.sh");
+        let out = self.path("img");
+        let (ok, _, err) = run(Command::new("bash").arg(script).arg(&out));
+        assert!(ok, "busybox-image.sh: {err}");
+        let (ok, _, err) = run(Command::new(moat_bin())
+            .args(["image", "--root"])
+            .arg(self.path("images"))
+            .arg("import")
+            .arg(out.join("busybox.oci.tar"))
+            .args(["--name", "localhost/busybox:latest"]));
+        assert!(ok, "image import: {err}");
+    }
+
+    fn start(&mut self, extra: &[&str]) {
+        let _ = std::fs::remove_file(self.path("kubeconfig.yaml"));
+        std::fs::create_dir_all(self.path("cni-conf")).expect("cni dir");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path("server.log"))
+            .expect("log");
+        let child = self
+            .in_ns(moat_bin().to_str().expect("utf-8 path"))
+            .args(["server", "--listen", "127.0.0.1:0", "--agent", "--data-dir"])
+            .arg(self.dir.path())
+            .args(["--node-name", &self.node, "--pod-cidr", "10.42.77.0/24"])
+            .arg("--run-dir")
+            .arg(self.path("run"))
+            .arg("--log-dir")
+            .arg(self.path("logs"))
+            .arg("--image-root")
+            .arg(self.path("images"))
+            .arg("--cni-conf-dir")
+            .arg(self.path("cni-conf"))
+            .args(extra)
+            .env("MOAT_LOG", "info,moat_agent=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start moat server");
+        self.server = Some(child);
+        self.wait("kubeconfig", 30, || self.path("kubeconfig.yaml").exists());
+    }
+
+    /// kill -9 of the server and its in-process agent (the shims and containers live on).
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.server.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn server_log(&self) -> String {
+        std::fs::read_to_string(self.path("server.log")).unwrap_or_default()
+    }
+
+    fn wait(&self, what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+        let start = Instant::now();
+        while !f() {
+            assert!(
+                start.elapsed() < Duration::from_secs(secs),
+                "timed out waiting for {what}; server log:\n{}",
+                self.server_log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+        use std::io::Write;
+        let mut c = self.in_ns(KUBECTL);
+        c.arg("--kubeconfig")
+            .arg(self.path("kubeconfig.yaml"))
+            .arg("--cache-dir")
+            .arg(self.path("kcache"))
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut ch = c.spawn().expect("kubectl");
+        if let Some(mut si) = ch.stdin.take() {
+            let _ = si.write_all(stdin.unwrap_or("").as_bytes());
+        }
+        let o = ch.wait_with_output().expect("kubectl output");
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    }
+
+    fn pod(&self, name: &str) -> Option<Value> {
+        let (ok, out, _) = self.kubectl(&["get", "pod", name, "-o", "json"], None);
+        if !ok {
+            return None;
+        }
+        serde_json::from_str(&out).ok()
+    }
+
+    fn runtime_root(&self) -> PathBuf {
+        self.path("run/runtime/runc")
+    }
+
+    /// What a pod can leave behind: (netns files, veths in the lab, mounts under the lab dir,
+    /// cgroup dirs of the pod, runc containers).
+    fn leftovers(&self, uid: &str) -> (usize, usize, usize, usize, usize) {
+        let netns = std::fs::read_dir(self.path("run/netns"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        let (_, veths, _) = run(self
+            .in_ns("ip")
+            .args(["-o", "link", "show", "type", "veth"]));
+        let root = self.dir.path().display().to_string();
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(&root))
+            .count();
+        let mut cgroups = 0;
+        if let Ok(ctrls) = std::fs::read_dir("/sys/fs/cgroup") {
+            for c in ctrls.flatten() {
+                if let Ok(d) = std::fs::read_dir(c.path().join("moat")) {
+                    cgroups += d
+                        .flatten()
+                        .filter(|e| e.file_name().to_string_lossy().contains(uid))
+                        .count();
+                }
+            }
+        }
+        let (_, list, _) = run(Command::new("runc")
+            .arg("--root")
+            .arg(self.runtime_root())
+            .args(["list", "-q"]));
+        (
+            netns,
+            veths.lines().count(),
+            mounts,
+            cgroups,
+            list.lines().filter(|l| !l.is_empty()).count(),
+        )
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.kill9();
+        // Containers first (they hold mounts), then every mount under the lab dir, then the
+        // namespace, which takes cni0 and the host ends of the veths with it.
+        let (_, list, _) = run(Command::new("runc")
+            .arg("--root")
+            .arg(self.runtime_root())
+            .args(["list", "-q"]));
+        for id in list.lines().filter(|l| !l.is_empty()) {
+            let _ = run(Command::new("runc")
+                .arg("--root")
+                .arg(self.runtime_root())
+                .args(["delete", "--force", id]));
+        }
+        let root = self.dir.path().display().to_string();
+        let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4).map(String::from))
+            .filter(|m| m.starts_with(&root))
+            .collect();
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mounts {
+            let _ = run(Command::new("umount").args(["-l", &m]));
+        }
+        if let Ok(ctrls) = std::fs::read_dir("/sys/fs/cgroup") {
+            for c in ctrls.flatten() {
+                if let Ok(d) = std::fs::read_dir(c.path().join("moat")) {
+                    for e in d.flatten() {
+                        if e.file_name()
+                            .to_string_lossy()
+                            .contains(&self.node_uid_hint())
+                        {
+                            let _ = std::fs::remove_dir(e.path());
+                        }
+                    }
+                }
+            }
+        }
+        let _ = run(Command::new("ip").args(["netns", "del", &self.ns]));
+    }
+}
+
+impl Lab {
+    /// Cgroups are named after pod uids; any uid this lab created is recorded here.
+    fn node_uid_hint(&self) -> String {
+        std::fs::read_to_string(self.path("uids")).unwrap_or_else(|_| "\u{0}".into())
+    }
+}
+
+const POD: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: NAME, labels: {app: web}}
+spec:
+  nodeName: NODE
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: web
+    image: localhost/busybox:latest
+    imagePullPolicy: IfNotPresent
+    command: ["sh", "-c", "hostname > /tmp/index.html; echo serving $(hostname); exec httpd -f -p 8080 -h /tmp"]
+    ports: [{containerPort: 8080}]
+"#;
+
+fn running_ip(lab: &Lab, name: &str) -> (String, String) {
+    let mut ip = String::new();
+    let mut uid = String::new();
+    lab.wait(&format!("{name} Running with an IP"), 60, || {
+        let Some(p) = lab.pod(name) else { return false };
+        uid = p["metadata"]["uid"].as_str().unwrap_or("").to_string();
+        ip = p["status"]["podIP"].as_str().unwrap_or("").to_string();
+        p["status"]["phase"] == "Running" && !ip.is_empty()
+    });
+    let _ = std::fs::write(lab.path("uids"), &uid);
+    (ip, uid)
+}
+
+fn fetch(lab: &Lab, ip: &str) -> String {
+    let (_, out, _) =
+        run(lab
+            .in_ns("curl")
+            .args(["-s", "--max-time", "3", &format!("http://{ip}:8080/")]));
+    out.trim().to_string()
+}
+
+#[test]
+fn serial_agent_runs_a_pod_with_runc_and_deletes_it_without_leftovers() {
+    let mut lab = Lab::new("run");
+    lab.import_busybox();
+    lab.start(&[]);
+    let name = "web-a";
+    let manifest = POD.replace("NAME", name).replace("NODE", &lab.node);
+    let (ok, _, err) = lab.kubectl(&["apply", "-f", "-"], Some(&manifest));
+    assert!(ok, "apply: {err}");
+    let (ip, uid) = running_ip(&lab, name);
+    assert!(
+        ip.starts_with("10.42.77."),
+        "pod IP {ip} outside the node's podCIDR"
+    );
+
+    // The pod answers from the node (the lab namespace) with its own name.
+    let mut body = String::new();
+    lab.wait("the pod's httpd", 20, || {
+        body = fetch(&lab, &ip);
+        !body.is_empty()
+    });
+    assert_eq!(body, name);
+
+    // Node registration and heartbeat.
+    let (ok, out, _) = lab.kubectl(&["get", "node", &lab.node, "-o", "json"], None);
+    assert!(ok);
+    let node: Value = serde_json::from_str(&out).expect("node json");
+    assert_eq!(node["spec"]["podCIDR"], "10.42.77.0/24");
+    assert_eq!(node["metadata"]["labels"]["kubernetes.io/os"], "linux");
+    assert!(node["status"]["capacity"]["cpu"].is_string());
+    let (ok, _, err) = lab.kubectl(&["get", "lease", "-n", "kube-node-lease", &lab.node], None);
+    assert!(ok, "lease: {err}");
+
+    // The pod's status as kubectl shows it.
+    let p = lab.pod(name).expect("pod");
+    let cs = &p["status"]["containerStatuses"][0];
+    assert_eq!(cs["ready"], true);
+    assert!(
+        cs["containerID"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("runc://")
+    );
+    let ready = p["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "Ready").cloned())
+        .expect("Ready condition");
+    assert_eq!(ready["status"], "True");
+
+    // CRI log file.
+    let log = lab
+        .path("logs")
+        .join(format!("default_{name}_{uid}"))
+        .join("web/0.log");
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let line = text.lines().next().unwrap_or("");
+    let parts: Vec<&str> = line.splitn(4, ' ').collect();
+    assert_eq!(parts.len(), 4, "CRI log line {line:?} in {}", log.display());
+    assert!(parts[0].contains('T') && parts[0].ends_with('Z'), "{line}");
+    assert_eq!(&parts[1..], ["stdout", "F", &format!("serving {name}")]);
+
+    let during = lab.leftovers(&uid);
+    assert_eq!(during.0, 1, "one pod netns");
+    assert_eq!(during.1, 1, "one veth");
+    assert!(during.3 >= 1, "pod cgroups exist while it runs");
+    assert_eq!(during.4, 1, "one runc container");
+
+    let (ok, _, err) = lab.kubectl(&["delete", "pod", name, "--timeout=60s"], None);
+    assert!(ok, "delete: {err}");
+    lab.wait("the pod object to go", 30, || lab.pod(name).is_none());
+    let after = lab.leftovers(&uid);
+    // Only the image store's own state may remain mounted (none), nothing of the pod.
+    assert_eq!(
+        after,
+        (0, 0, 0, 0, 0),
+        "leftovers after delete (netns, veth, mounts, cgroups, runc)"
+    );
+    assert!(!lab.path(&format!("run/pods/{uid}")).exists());
+}
