@@ -90,6 +90,7 @@ impl Client {
         .with_root_certificates(roots)
         .with_no_client_auth();
         let agent = ureq::AgentBuilder::new()
+            .user_agent("moat-controller-manager/v1.33")
             .tls_config(Arc::new(tls))
             .timeout_connect(Duration::from_secs(5))
             .build();
@@ -166,6 +167,22 @@ impl Client {
             Some("application/merge-patch+json"),
             Some(patch),
         )
+    }
+
+    pub fn put(&self, path: &str, obj: &Value) -> Result<Value, ClientError> {
+        self.call("PUT", path, Some("application/json"), Some(obj))
+    }
+
+    /// DELETE with a propagation policy (Background, Foreground or Orphan); a missing object
+    /// is not an error.
+    pub fn delete_with(&self, path: &str, propagation: &str) -> Result<(), ClientError> {
+        let body = serde_json::json!({"kind": "DeleteOptions", "apiVersion": "v1",
+            "propagationPolicy": propagation});
+        match self.call("DELETE", path, Some("application/json"), Some(&body)) {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some(404) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     pub fn delete(&self, path: &str) -> Result<(), ClientError> {
