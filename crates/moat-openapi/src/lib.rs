@@ -156,6 +156,26 @@ fn annotate_lists(
     }
 }
 
+/// Fields upstream marks `retainKeys` (a one-of object whose unset members must be dropped
+/// when the applied configuration switches member, e.g. a Deployment's strategy going from
+/// RollingUpdate to Recreate). Without it kubectl sends no `$retainKeys` and the server keeps
+/// the old member (which validation then refuses). moat-patch honours `$retainKeys` wherever
+/// it appears, so these only add directives the server understands. The merge half of
+/// `merge,retainKeys` must agree with `moat_patch::list_kind` (checked by a test).
+const RETAIN_KEYS: &[(&str, &str, &str)] = &[
+    (
+        "io.k8s.api.apps.v1.DeploymentSpec",
+        "strategy",
+        "retainKeys",
+    ),
+    ("io.k8s.api.core.v1.PodSpec", "volumes", "merge,retainKeys"),
+    (
+        "io.k8s.api.core.v1.PodSpec",
+        "resourceClaims",
+        "merge,retainKeys",
+    ),
+];
+
 /// The URL path of a resource's item endpoint, as upstream documents it.
 fn item_path(r: &ResourceInfo) -> String {
     let base = if r.group.is_empty() {
@@ -197,6 +217,16 @@ impl Docs {
                 .ok_or_else(|| OpenApiError::NotObject(name.clone()))?;
             d.insert("x-kubernetes-group-version-kind".into(), json!([gvk(r)]));
             annotate_lists(&mut defs, r.kind, &name, &mut Vec::new(), 0);
+        }
+        for (def, field, strategy) in RETAIN_KEYS {
+            if let Some(p) = defs
+                .get_mut(*def)
+                .and_then(|d| d.get_mut("properties"))
+                .and_then(|p| p.get_mut(*field))
+                .and_then(Value::as_object_mut)
+            {
+                p.insert("x-kubernetes-patch-strategy".into(), json!(strategy));
+            }
         }
         if let Some(d) = defs
             .get_mut("io.k8s.api.autoscaling.v1.Scale")
@@ -407,6 +437,103 @@ mod tests {
         assert!(np["properties"]["policyTypes"]["description"].is_string());
     }
 
+    /// Collects, for every list under `def`, where the schema's patch semantics (what
+    /// kubectl reads) differ from `moat_patch::list_kind` (what the server applies).
+    fn walk(
+        defs: &Value,
+        def: &str,
+        kind: &str,
+        path: &mut Vec<String>,
+        out: &mut Vec<String>,
+        depth: usize,
+    ) {
+        if depth > 12 {
+            return;
+        }
+        let Some(props) = defs[def]["properties"].as_object() else {
+            return;
+        };
+        for (name, prop) in props {
+            path.push(name.clone());
+            if prop["type"] == "array" {
+                let strategy = prop["x-kubernetes-patch-strategy"].as_str().unwrap_or("");
+                let served = match prop["x-kubernetes-patch-merge-key"].as_str() {
+                    Some(k) if strategy.contains("merge") => format!("merge by {k}"),
+                    None if strategy.contains("merge") => "set".to_string(),
+                    _ => "atomic".to_string(),
+                };
+                let names: Vec<&str> = path.iter().map(String::as_str).collect();
+                let table = match moat_patch::list_kind(kind, &names) {
+                    ListKind::MergeBy(k) => format!("merge by {k}"),
+                    ListKind::Set => "set".to_string(),
+                    ListKind::Atomic => "atomic".to_string(),
+                };
+                if served != table {
+                    out.push(format!(
+                        "{kind} {}: schema {served}, moat-patch {table}",
+                        path.join(".")
+                    ));
+                }
+                if let Some(t) = prop.get("items").and_then(ref_target) {
+                    walk(defs, t, kind, path, out, depth + 1);
+                }
+            } else if let Some(t) = ref_target(prop) {
+                walk(defs, t, kind, path, out, depth + 1);
+            }
+            path.pop();
+        }
+    }
+
+    /// kubectl computes client-side apply patches from the served schema and moat applies
+    /// them with moat-patch's table: where the two disagree, a list kubectl sends as a
+    /// partial merge would be replaced whole (or the reverse). The only disagreement is
+    /// object metadata embedded in a pod template, which both upstream and the schema (one
+    /// shared ObjectMeta definition) merge, while moat-patch's path table treats it as atomic.
+    #[test]
+    fn served_list_semantics_agree_with_moat_patch() {
+        let d = docs();
+        let mut out = Vec::new();
+        for r in RESOURCES {
+            let gv = if r.group.is_empty() {
+                format!("api/{}", r.version)
+            } else {
+                format!("apis/{}/{}", r.group, r.version)
+            };
+            let doc = v3(&d, &gv);
+            walk(
+                &doc["components"]["schemas"],
+                &def_name(r),
+                r.kind,
+                &mut Vec::new(),
+                &mut out,
+                0,
+            );
+        }
+        out.retain(|m| {
+            !m.split(' ')
+                .nth(1)
+                .map(|p| p.trim_end_matches(':'))
+                .is_some_and(|p| {
+                    p.ends_with(".metadata.finalizers") || p.ends_with(".metadata.ownerReferences")
+                })
+        });
+        assert_eq!(out, Vec::<String>::new());
+    }
+
+    #[test]
+    fn retain_keys_where_upstream_has_them() {
+        let d = docs();
+        let apps = v3(&d, "apis/apps/v1");
+        let s = &apps["components"]["schemas"];
+        assert_eq!(
+            s["io.k8s.api.apps.v1.DeploymentSpec"]["properties"]["strategy"]["x-kubernetes-patch-strategy"],
+            "retainKeys"
+        );
+        let vols = &s["io.k8s.api.core.v1.PodSpec"]["properties"]["volumes"];
+        assert_eq!(vols["x-kubernetes-patch-strategy"], "merge,retainKeys");
+        assert_eq!(vols["x-kubernetes-patch-merge-key"], "name");
+    }
+
     #[test]
     fn patch_operations_offer_field_validation() {
         let d = docs();
@@ -418,6 +545,73 @@ mod tests {
                 .as_array()
                 .is_some_and(|ps| ps.iter().any(|x| x["name"] == "fieldValidation"))
         );
+    }
+
+    /// The whole v2 document decodes from protobuf with what kubectl 1.27 reads from it: every
+    /// definition, the GVK on each kind, merge keys as YAML vendor extensions, and the PATCH
+    /// operations' fieldValidation parameter.
+    #[test]
+    fn v2_protobuf_round_trips_the_whole_document() {
+        use prost::Message;
+        let d = docs();
+        let json: Value = serde_json::from_slice(d.v2_json()).expect("json");
+        let doc = v2proto::Document::decode(d.v2_protobuf()).expect("decode");
+        assert_eq!(doc.swagger, "2.0");
+        let defs = doc.definitions.expect("definitions").additional_properties;
+        assert_eq!(
+            defs.len(),
+            json["definitions"].as_object().map(Map::len).unwrap_or(0)
+        );
+        let def = |n: &str| {
+            defs.iter()
+                .find(|x| x.name == n)
+                .and_then(|x| x.value.clone())
+                .unwrap_or_else(|| panic!("no {n}"))
+        };
+        let ext = |exts: &[v2proto::NamedAny], n: &str| {
+            exts.iter()
+                .find(|e| e.name == n)
+                .and_then(|e| e.value.as_ref())
+                .map(|v| v.yaml.clone())
+        };
+        for r in RESOURCES {
+            let s = def(&def_name(r));
+            let gvk = ext(&s.vendor_extension, "x-kubernetes-group-version-kind")
+                .unwrap_or_else(|| panic!("{} has no GVK", r.kind));
+            assert!(gvk.contains(&format!("kind: {}", r.kind)), "{gvk}");
+        }
+        let pod_spec = def("io.k8s.api.core.v1.PodSpec");
+        let props = pod_spec
+            .properties
+            .expect("properties")
+            .additional_properties;
+        let containers = props
+            .iter()
+            .find(|p| p.name == "containers")
+            .and_then(|p| p.value.clone())
+            .expect("containers");
+        assert_eq!(
+            ext(&containers.vendor_extension, "x-kubernetes-patch-merge-key").as_deref(),
+            Some("name\n")
+        );
+        assert_eq!(
+            containers.items.expect("items").schema[0].r#ref,
+            "#/definitions/io.k8s.api.core.v1.Container"
+        );
+        let paths = doc.paths.expect("paths").path;
+        let dep = paths
+            .iter()
+            .find(|p| p.name == "/apis/apps/v1/namespaces/{namespace}/deployments/{name}")
+            .and_then(|p| p.value.as_ref())
+            .and_then(|p| p.patch.as_ref())
+            .expect("deployment patch");
+        assert!(dep.parameters.iter().any(|p| {
+            p.parameter
+                .as_ref()
+                .and_then(|p| p.non_body_parameter.as_ref())
+                .and_then(|n| n.query_parameter_sub_schema.as_ref())
+                .is_some_and(|q| q.name == "fieldValidation" && q.r#in == "query")
+        }));
     }
 
     #[test]
