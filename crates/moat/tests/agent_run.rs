@@ -368,3 +368,322 @@ fn serial_agent_runs_a_pod_with_runc_and_deletes_it_without_leftovers() {
     );
     assert!(!lab.path(&format!("run/pods/{uid}")).exists());
 }
+
+fn container_status(lab: &Lab, name: &str) -> Value {
+    lab.pod(name)
+        .map(|p| p["status"]["containerStatuses"][0].clone())
+        .unwrap_or(Value::Null)
+}
+
+fn apply(lab: &Lab, manifest: &str) {
+    let (ok, _, err) = lab.kubectl(&["apply", "-f", "-"], Some(manifest));
+    assert!(ok, "apply: {err}");
+}
+
+fn delete_and_check_clean(lab: &Lab, name: &str, uid: &str) {
+    let (ok, _, err) = lab.kubectl(&["delete", "pod", name, "--timeout=60s"], None);
+    assert!(ok, "delete: {err}");
+    lab.wait("the pod object to go", 30, || lab.pod(name).is_none());
+    let left = lab.leftovers(uid);
+    assert_eq!(
+        (left.0, left.1, left.3),
+        (0, 0, 0),
+        "netns, veth, cgroups left"
+    );
+    assert!(!lab.path(&format!("run/pods/{uid}")).exists());
+}
+
+#[test]
+fn serial_agent_crashloop_backoff_grows_and_keeps_previous_logs() {
+    let mut lab = Lab::new("crash");
+    lab.import_busybox();
+    lab.start(&[]);
+    let manifest = format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: crash}}
+spec:
+  nodeName: {}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: localhost/busybox:latest
+    imagePullPolicy: IfNotPresent
+    command: ["sh", "-c", "echo run at $(date +%s%N); exit 1"]
+"#,
+        lab.node
+    );
+    apply(&lab, &manifest);
+    lab.wait("the first crash", 30, || {
+        container_status(&lab, "crash")["state"]["waiting"]["reason"] == "CrashLoopBackOff"
+    });
+    let cs = container_status(&lab, "crash");
+    assert_eq!(cs["lastState"]["terminated"]["exitCode"], 1, "{cs}");
+    assert_eq!(cs["restartCount"], 0);
+    let msg = cs["state"]["waiting"]["message"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(msg.contains("back-off 10s"), "{msg}");
+    let p = lab.pod("crash").expect("pod");
+    assert_eq!(p["status"]["phase"], "Running");
+    let uid = p["metadata"]["uid"].as_str().unwrap_or("").to_string();
+    let _ = std::fs::write(lab.path("uids"), &uid);
+
+    // After the 10 s back-off it runs again, fails again, and waits twice as long.
+    lab.wait("the second crash", 40, || {
+        let cs = container_status(&lab, "crash");
+        cs["restartCount"] == 1 && cs["state"]["waiting"]["reason"] == "CrashLoopBackOff"
+    });
+    let cs = container_status(&lab, "crash");
+    let msg = cs["state"]["waiting"]["message"].as_str().unwrap_or("");
+    assert!(msg.contains("back-off 20s"), "{cs}");
+
+    // Each run has its own CRI log: 0.log is the previous run's.
+    let dir = lab
+        .path("logs")
+        .join(format!("default_crash_{uid}"))
+        .join("c");
+    let first = std::fs::read_to_string(dir.join("0.log")).unwrap_or_default();
+    let second = std::fs::read_to_string(dir.join("1.log")).unwrap_or_default();
+    assert!(first.contains(" stdout F run at "), "{first:?}");
+    assert!(second.contains(" stdout F run at "), "{second:?}");
+    assert_ne!(first, second);
+    delete_and_check_clean(&lab, "crash", &uid);
+}
+
+#[test]
+fn serial_agent_kill9_restart_readopts_without_restarting_containers() {
+    let mut lab = Lab::new("kill");
+    lab.import_busybox();
+    lab.start(&[]);
+    apply(
+        &lab,
+        &POD.replace("NAME", "keep").replace("NODE", &lab.node),
+    );
+    let (ip, uid) = running_ip(&lab, "keep");
+    let before = container_status(&lab, "keep");
+    let state = |lab: &Lab| -> Value {
+        let (_, out, _) = run(Command::new("runc")
+            .arg("--root")
+            .arg(lab.runtime_root())
+            .args([
+                "state",
+                before["containerID"]
+                    .as_str()
+                    .unwrap_or("")
+                    .trim_start_matches("runc://"),
+            ]));
+        serde_json::from_str(&out).unwrap_or(Value::Null)
+    };
+    let pid = state(&lab)["pid"].as_i64().expect("container pid");
+
+    lab.kill9();
+    lab.start(&[]);
+    // The restarted agent reports the node again and keeps the pod as it was.
+    let node_hb = |lab: &Lab| {
+        lab.kubectl(
+            &[
+                "get",
+                "lease",
+                "-n",
+                "kube-node-lease",
+                &lab.node,
+                "-o",
+                "jsonpath={.spec.renewTime}",
+            ],
+            None,
+        )
+        .1
+    };
+    let hb = node_hb(&lab);
+    lab.wait("a lease renewal from the restarted agent", 30, || {
+        node_hb(&lab) != hb
+    });
+    let after = container_status(&lab, "keep");
+    assert_eq!(after["containerID"], before["containerID"]);
+    assert_eq!(after["restartCount"], 0);
+    assert_eq!(
+        state(&lab)["pid"].as_i64(),
+        Some(pid),
+        "the container was restarted"
+    );
+    assert_eq!(state(&lab)["status"], "running");
+    assert_eq!(fetch(&lab, &ip), "keep");
+    let (_, list, _) = run(Command::new("runc")
+        .arg("--root")
+        .arg(lab.runtime_root())
+        .args(["list", "-q"]));
+    assert_eq!(list.lines().count(), 1, "no duplicate container: {list}");
+
+    // Status updates resume: the container's death is seen and it is restarted.
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    lab.wait("the killed container to be noticed", 30, || {
+        container_status(&lab, "keep")["lastState"]["terminated"]["exitCode"] == 137
+    });
+    lab.wait("its restart", 40, || {
+        let cs = container_status(&lab, "keep");
+        cs["restartCount"] == 1 && cs["state"]["running"].is_object()
+    });
+    delete_and_check_clean(&lab, "keep", &uid);
+}
+
+#[test]
+fn serial_agent_runtime_classes_pick_handlers_and_crun_fails_fast() {
+    let mut lab = Lab::new("rc");
+    lab.import_busybox();
+    // A handler pointing at a wrapper that records its invocations, then runs runc.
+    let wrapper = lab.path("rec-runtime");
+    let calls = lab.path("rec-calls");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\necho \"$*\" >> {}\nexec /usr/sbin/runc \"$@\"\n",
+            calls.display()
+        ),
+    )
+    .expect("wrapper");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let rec_root = lab.path("rec-root");
+    let cfg = lab.path("runtimes.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[handlers.rec]\nbinary = \"{}\"\nroot = \"{}\"\n",
+            wrapper.display(),
+            rec_root.display()
+        ),
+    )
+    .expect("config");
+    lab.start(&["--runtime-config", cfg.to_str().expect("utf-8")]);
+    apply(
+        &lab,
+        r#"
+apiVersion: node.k8s.io/v1
+kind: RuntimeClass
+metadata: {name: recorded}
+handler: rec
+---
+apiVersion: node.k8s.io/v1
+kind: RuntimeClass
+metadata: {name: crun}
+handler: crun
+---
+apiVersion: node.k8s.io/v1
+kind: RuntimeClass
+metadata: {name: nowhere}
+handler: kata-nowhere
+"#,
+    );
+    let with_class = |name: &str, class: &str| {
+        POD.replace("NAME", name)
+            .replace("NODE", &lab.node)
+            .replace(
+                "  containers:",
+                &format!("  runtimeClassName: {class}\n  containers:"),
+            )
+    };
+    apply(
+        &lab,
+        &POD.replace("NAME", "plain").replace("NODE", &lab.node),
+    );
+    apply(&lab, &with_class("wrapped", "recorded"));
+    apply(&lab, &with_class("oncrun", "crun"));
+    apply(&lab, &with_class("lost", "nowhere"));
+    let (_, plain_uid) = running_ip(&lab, "plain");
+    let (wrapped_ip, wrapped_uid) = running_ip(&lab, "wrapped");
+    let _ = std::fs::write(lab.path("uids"), format!("{plain_uid}"));
+    assert_eq!(fetch(&lab, &wrapped_ip), "wrapped");
+
+    let id_of = |name: &str| {
+        container_status(&lab, name)["containerID"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+    assert!(
+        id_of("wrapped").starts_with("rec://"),
+        "{}",
+        id_of("wrapped")
+    );
+    assert!(id_of("plain").starts_with("runc://"));
+    let list = |root: &Path| {
+        run(Command::new("runc")
+            .arg("--root")
+            .arg(root)
+            .args(["list", "-q"]))
+        .1
+    };
+    let rec_list = list(&rec_root);
+    let runc_list = list(&lab.runtime_root());
+    assert!(
+        rec_list.contains(&wrapped_uid) && !rec_list.contains(&plain_uid),
+        "{rec_list}"
+    );
+    assert!(
+        runc_list.contains(&plain_uid) && !runc_list.contains(&wrapped_uid),
+        "{runc_list}"
+    );
+    let recorded = std::fs::read_to_string(&calls).unwrap_or_default();
+    assert!(
+        recorded
+            .lines()
+            .any(|l| l.contains(" create ") && l.contains(&wrapped_uid)),
+        "{recorded}"
+    );
+    assert!(
+        recorded.lines().any(|l| l.contains(" start ")),
+        "{recorded}"
+    );
+    assert!(!recorded.contains(&plain_uid), "{recorded}");
+
+    // crun refuses this machine's hybrid cgroups: the pod says so at once, with an event.
+    lab.wait("crun's refusal in the pod status", 20, || {
+        container_status(&lab, "oncrun")["state"]["waiting"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("hybrid"))
+    });
+    let cs = container_status(&lab, "oncrun");
+    assert_eq!(
+        cs["state"]["waiting"]["reason"], "CreateContainerError",
+        "{cs}"
+    );
+    let (_, events, _) = lab.kubectl(
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=oncrun",
+            "-o",
+            "json",
+        ],
+        None,
+    );
+    assert!(events.contains("hybrid"), "{events}");
+    // An unknown handler fails the pod with a reason.
+    lab.wait("the unknown handler to fail the pod", 20, || {
+        lab.pod("lost").is_some_and(|p| {
+            p["status"]["phase"] == "Failed" && p["status"]["reason"] == "RuntimeHandlerNotFound"
+        })
+    });
+    let p = lab.pod("lost").expect("pod");
+    assert!(
+        p["status"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("kata-nowhere"),
+        "{p}"
+    );
+
+    for n in ["oncrun", "lost", "wrapped"] {
+        let (ok, _, err) = lab.kubectl(&["delete", "pod", n, "--timeout=60s"], None);
+        assert!(ok, "delete {n}: {err}");
+    }
+    assert!(list(&rec_root).trim().is_empty());
+    delete_and_check_clean(&lab, "plain", &plain_uid);
+}
