@@ -597,7 +597,7 @@ handler: kata-nowhere
     apply(&lab, &with_class("lost", "nowhere"));
     let (_, plain_uid) = running_ip(&lab, "plain");
     let (wrapped_ip, wrapped_uid) = running_ip(&lab, "wrapped");
-    let _ = std::fs::write(lab.path("uids"), format!("{plain_uid}"));
+    let _ = std::fs::write(lab.path("uids"), &plain_uid);
     assert_eq!(fetch(&lab, &wrapped_ip), "wrapped");
 
     let id_of = |name: &str| {
