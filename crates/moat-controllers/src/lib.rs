@@ -5,6 +5,7 @@
 //! at the edge and talk only to the Kubernetes API (never the store).
 
 pub mod deployment;
+pub mod endpoints;
 pub mod gc;
 pub mod pods;
 pub mod replicaset;

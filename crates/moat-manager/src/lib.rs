@@ -7,6 +7,7 @@
 //! `moat-controllers`) and applies it. A failed write is retried on the next pass.
 
 pub mod client;
+mod endpoints;
 mod gc;
 
 use std::collections::{BTreeMap, HashMap};
@@ -26,23 +27,38 @@ pub fn spawn(kubeconfig: &Path) -> Result<(), ClientError> {
     let (sched_tx, sched_rx) = mpsc::channel();
     let (ctrl_tx, ctrl_rx) = mpsc::channel();
     let (gc_tx, gc_rx) = mpsc::channel();
-    for path in ["/api/v1/pods", "/api/v1/nodes"] {
-        spawn_watch(
-            c.clone(),
-            path,
-            vec![sched_tx.clone(), ctrl_tx.clone(), gc_tx.clone()],
-        );
-    }
+    let (ep_tx, ep_rx) = mpsc::channel();
+    spawn_watch(
+        c.clone(),
+        "/api/v1/pods",
+        vec![
+            sched_tx.clone(),
+            ctrl_tx.clone(),
+            gc_tx.clone(),
+            ep_tx.clone(),
+        ],
+    );
+    spawn_watch(
+        c.clone(),
+        "/api/v1/nodes",
+        vec![sched_tx.clone(), ctrl_tx.clone(), gc_tx.clone()],
+    );
     for path in ["/apis/apps/v1/deployments", "/apis/apps/v1/replicasets"] {
         spawn_watch(c.clone(), path, vec![ctrl_tx.clone(), gc_tx.clone()]);
     }
-    for path in [
-        "/api/v1/namespaces",
+    spawn_watch(
+        c.clone(),
         "/api/v1/services",
-        "/api/v1/configmaps",
-    ] {
+        vec![gc_tx.clone(), ep_tx.clone()],
+    );
+    for path in ["/api/v1/namespaces", "/api/v1/configmaps"] {
         spawn_watch(c.clone(), path, vec![gc_tx.clone()]);
     }
+    let epc = c.clone();
+    std::thread::Builder::new()
+        .name("endpoints".into())
+        .spawn(move || endpoints::endpoints_loop(epc, ep_rx))
+        .map_err(io_err)?;
     let gcc = c.clone();
     std::thread::Builder::new()
         .name("garbage-collector".into())
