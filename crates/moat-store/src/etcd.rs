@@ -98,7 +98,8 @@ fn page_start(prefix: &str, after: Option<&str>) -> Vec<u8> {
 }
 
 /// Tracks what a watch has delivered, so progress never claims less than what was sent
-/// (etcd's timer can report a revision just below an event it already sent, #15220).
+/// (etcd's timer can report a revision just below an event it already sent, #15220) —
+/// nor less than the revision the watch started after.
 #[derive(Debug, Default)]
 struct Delivered {
     last: Revision,
@@ -111,10 +112,9 @@ impl Delivered {
             if resp.created() {
                 return None;
             }
-            let revision = header_rev(resp.header());
-            if revision <= self.last {
-                return None;
-            }
+            // Repeats are kept: a consumer may act only on a later one (the API server
+            // sends a bookmark after enough silence).
+            let revision = header_rev(resp.header()).max(self.last);
             self.last = revision;
             return Some(vec![WatchEvent::Progress { revision }]);
         }
