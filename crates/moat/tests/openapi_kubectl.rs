@@ -21,6 +21,45 @@ spec:
       - {name: side, image: "busybox:1", env: [{name: A, value: "1"}]}
 "#;
 
+/// Seed-style objects: a Deployment with the untrusted-sandbox annotation, its Service and
+/// a NetworkPolicy, applied together.
+const SEED: &str = r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, labels: {app: web}}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata:
+      labels: {app: web}
+      annotations: {io.kubernetes.cri-o.TrustedSandbox: "false"}
+    spec:
+      runtimeClassName: kata
+      containers:
+      - name: web
+        image: busybox:1
+        ports: [{containerPort: 8080, name: http}]
+        volumeMounts: [{name: data, mountPath: /data}]
+      volumes: [{name: data, emptyDir: {}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: http}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: allow-http-client}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  policyTypes: [Ingress]
+  ingress:
+  - from: [{podSelector: {matchLabels: {role: client}}}]
+    ports: [{protocol: TCP, port: 8080}]
+"#;
+
 #[test]
 fn kubectl_explain_validate_and_apply_with_served_openapi() {
     let dir = tempfile::tempdir().expect("dir");
@@ -33,10 +72,73 @@ fn kubectl_explain_validate_and_apply_with_served_openapi() {
         for want in ["NetworkPolicySpec", "podSelector", "policyTypes", "ingress"] {
             assert!(e.contains(want), "{minor}: explain lacks {want}: {e}");
         }
+        let e = k.ok(&["explain", "pods.spec.containers"]);
+        for want in ["image", "ports", "volumeMounts", "livenessProbe"] {
+            assert!(e.contains(want), "{minor}: explain lacks {want}: {e}");
+        }
         let e = k.ok(&["explain", "pods.spec.containers.ports"]);
         assert!(e.contains("containerPort"), "{minor}: {e}");
         let e = k.ok(&["explain", "deployment.spec.strategy"]);
         assert!(e.contains("rollingUpdate"), "{minor}: {e}");
+        if minor == "27" {
+            // The OpenAPI v2 protobuf document, read through kube-openapi's proto models.
+            let e = k.ok(&[
+                "explain",
+                "--output=plaintext-openapiv2",
+                "networkpolicy.spec",
+            ]);
+            for want in ["NetworkPolicySpec", "podSelector", "policyTypes"] {
+                assert!(e.contains(want), "v2 explain lacks {want}: {e}");
+            }
+            let e = k.ok(&[
+                "explain",
+                "--output=plaintext-openapiv2",
+                "pods.spec.containers",
+            ]);
+            assert!(e.contains("volumeMounts"), "v2 explain: {e}");
+        }
+
+        // The seed objects, validation on; the re-apply changes nothing.
+        let o = k.run_stdin(&["apply", "-n", &ns, "-f", "-"], SEED);
+        assert!(o.ok, "{minor}: {}", o.stderr);
+        for want in [
+            "deployment.apps/web created",
+            "service/web created",
+            "networkpolicy.networking.k8s.io/allow-http-client created",
+        ] {
+            assert!(o.stdout.contains(want), "{minor}: {}", o.stdout);
+        }
+        let o = k.run_stdin(&["apply", "-n", &ns, "-f", "-"], SEED);
+        assert!(o.ok, "{minor}: {}", o.stderr);
+        assert_eq!(
+            o.stdout.matches("unchanged").count(),
+            3,
+            "{minor}: {}",
+            o.stdout
+        );
+        // Switching the rollout strategy works only if kubectl sends `$retainKeys` (from
+        // the served schema), so that the defaulted rollingUpdate goes with the old type.
+        let recreate = SEED.replace(
+            "  replicas: 2\n",
+            "  replicas: 2\n  strategy: {type: Recreate}\n",
+        );
+        let o = k.run_stdin(&["apply", "-n", &ns, "-f", "-"], &recreate);
+        assert!(
+            o.ok && o.stdout.contains("deployment.apps/web configured"),
+            "{minor}: {}{}",
+            o.stdout,
+            o.stderr
+        );
+        let d = k.json(&["get", "deploy", "web", "-n", &ns]);
+        assert_eq!(
+            d["spec"]["strategy"],
+            serde_json::json!({"type": "Recreate"}),
+            "{minor}"
+        );
+        assert_eq!(
+            d["spec"]["template"]["metadata"]["annotations"]["io.kubernetes.cri-o.TrustedSandbox"],
+            "false"
+        );
 
         // apply with validation on (the default): no --validate=false anywhere.
         let o = k.run_stdin(&["apply", "-n", &ns, "-f", "-"], TWO_CONTAINERS);
