@@ -127,7 +127,15 @@ fn annotate_lists(
                     ("x-kubernetes-patch-merge-key", json!(key)),
                     ("x-kubernetes-patch-strategy", json!("merge")),
                     ("x-kubernetes-list-type", json!("map")),
-                    ("x-kubernetes-list-map-keys", json!([key])),
+                    // Ports are keyed by number and protocol upstream (the same port may
+                    // be open for TCP and UDP), though patches merge by number alone.
+                    (
+                        "x-kubernetes-list-map-keys",
+                        match key {
+                            "containerPort" | "port" => json!([key, "protocol"]),
+                            _ => json!([key]),
+                        },
+                    ),
                 ]),
                 ListKind::Set => Some(vec![
                     ("x-kubernetes-patch-strategy", json!("merge")),
@@ -424,8 +432,13 @@ mod tests {
         assert_eq!(containers["x-kubernetes-patch-strategy"], "merge");
         let ports = &s["io.k8s.api.core.v1.Container"]["properties"]["ports"];
         assert_eq!(ports["x-kubernetes-patch-merge-key"], "containerPort");
+        assert_eq!(
+            ports["x-kubernetes-list-map-keys"],
+            json!(["containerPort", "protocol"])
+        );
         let sports = &s["io.k8s.api.core.v1.ServiceSpec"]["properties"]["ports"];
         assert_eq!(sports["x-kubernetes-patch-merge-key"], "port");
+        assert_eq!(containers["x-kubernetes-list-map-keys"], json!(["name"]));
         // Atomic lists carry no merge extension.
         assert!(
             s["io.k8s.api.core.v1.Container"]["properties"]["args"]
