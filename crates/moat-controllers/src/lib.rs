@@ -7,6 +7,7 @@
 pub mod deployment;
 pub mod endpoints;
 pub mod gc;
+pub mod nodes;
 pub mod pods;
 pub mod replicaset;
 pub mod selector;

@@ -9,6 +9,7 @@
 pub mod client;
 mod endpoints;
 mod gc;
+mod nodes;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -21,8 +22,16 @@ use serde_json::{Value, json};
 
 pub use client::{Client, ClientError};
 
-/// Starts the scheduler and controller loops on background threads.
+pub use moat_controllers::nodes::{Config as NodeLifecycleConfig, parse_cidr};
+
+/// Starts the scheduler and controller loops on background threads, with upstream's
+/// default timings.
 pub fn spawn(kubeconfig: &Path) -> Result<(), ClientError> {
+    spawn_with(kubeconfig, NodeLifecycleConfig::default())
+}
+
+/// [`spawn`] with the node lifecycle timings and cluster CIDR given.
+pub fn spawn_with(kubeconfig: &Path, nodes_cfg: NodeLifecycleConfig) -> Result<(), ClientError> {
     let c = Client::from_kubeconfig(kubeconfig)?;
     let (sched_tx, sched_rx) = mpsc::channel();
     let (ctrl_tx, ctrl_rx) = mpsc::channel();
@@ -54,6 +63,16 @@ pub fn spawn(kubeconfig: &Path) -> Result<(), ClientError> {
     for path in ["/api/v1/namespaces", "/api/v1/configmaps"] {
         spawn_watch(c.clone(), path, vec![gc_tx.clone()]);
     }
+    let (node_tx, node_rx) = mpsc::channel::<()>();
+    // The node loop runs on its one-second resync (heartbeats age without any event).
+    let nc = c.clone();
+    std::thread::Builder::new()
+        .name("node-lifecycle".into())
+        .spawn(move || {
+            let _keep = node_tx;
+            nodes::nodes_loop(nc, node_rx, nodes_cfg)
+        })
+        .map_err(io_err)?;
     let epc = c.clone();
     std::thread::Builder::new()
         .name("endpoints".into())

@@ -39,6 +39,16 @@ pub struct ServerArgs {
     /// End watches after at most this many seconds (clients resume; for tests).
     #[arg(long, hide = true)]
     max_watch_seconds: Option<u64>,
+    /// Pod network of the cluster; each node gets a /24 of it as its podCIDR.
+    #[arg(long, default_value = "10.42.0.0/16")]
+    cluster_cidr: String,
+    /// A node not heard from (Lease renewal or status) for this long is unreachable:
+    /// Ready=Unknown and tainted.
+    #[arg(long, default_value = "40s", value_parser = parse_duration)]
+    node_monitor_grace_period: std::time::Duration,
+    /// How long pods without their own toleration stay on an unreachable or not-ready node.
+    #[arg(long, default_value_t = 300)]
+    default_toleration_seconds: i64,
     #[command(subcommand)]
     cmd: Option<ServerCmd>,
 }
@@ -89,12 +99,21 @@ pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
                 a.kubeconfig = kubeconfig.clone();
                 crate::agent::spawn(a)?;
             }
+            let cluster_cidr = moat_manager::parse_cidr(&args.cluster_cidr).with_context(|| {
+                format!("--cluster-cidr {:?} is not an IPv4 CIDR", args.cluster_cidr)
+            })?;
+            let nodes_cfg = moat_manager::NodeLifecycleConfig {
+                grace_secs: args.node_monitor_grace_period.as_secs() as i64,
+                default_toleration_secs: args.default_toleration_seconds,
+                cluster_cidr,
+                node_prefix: 24,
+            };
             if !args.disable_controllers {
                 // The scheduler and controllers are API clients of this server, started once
                 // it listens (they could as well run elsewhere with the same kubeconfig).
                 rt.spawn(async move {
                     if rx.await.is_ok()
-                        && let Err(e) = moat_manager::spawn(&kubeconfig)
+                        && let Err(e) = moat_manager::spawn_with(&kubeconfig, nodes_cfg)
                     {
                         tracing::error!(error = %e, "starting the scheduler and controllers");
                     }

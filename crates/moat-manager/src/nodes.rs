@@ -1,0 +1,104 @@
+//! The node lifecycle controller loop: applies `moat_controllers::nodes` plans (pod CIDRs,
+//! Ready=Unknown, taints, evictions) through the API.
+
+use std::sync::mpsc;
+
+use moat_controllers::nodes::{Config, NodeAction};
+use serde_json::{Value, json};
+
+use crate::{Client, ClientError};
+
+pub(crate) fn nodes_loop(c: Client, rx: mpsc::Receiver<()>, cfg: Config) {
+    while crate::wait(&rx) {
+        if let Err(e) = pass(&c, &cfg) {
+            tracing::debug!(error = %e, "node lifecycle pass");
+        }
+    }
+}
+
+fn pass(c: &Client, cfg: &Config) -> Result<(), ClientError> {
+    let (nodes, _) = c.list("/api/v1/nodes")?;
+    if nodes.is_empty() {
+        return Ok(());
+    }
+    let (leases, _) = c.list("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases")?;
+    let (pods, _) = c.list("/api/v1/pods")?;
+    let now = chrono::Utc::now().timestamp();
+    for a in moat_controllers::nodes::plan(&nodes, &leases, &pods, now, cfg) {
+        let r = match &a {
+            NodeAction::SetPodCidr { node, cidr } => c
+                .merge_patch(
+                    &format!("/api/v1/nodes/{node}"),
+                    &json!({"spec": {"podCIDR": cidr, "podCIDRs": [cidr]}}),
+                )
+                .map(|_| ()),
+            NodeAction::MarkUnknown { node } => mark_unknown(c, &nodes, node),
+            NodeAction::SetTaints { node, taints } => {
+                let rv = nodes
+                    .iter()
+                    .find(|n| n["metadata"]["name"] == node.as_str())
+                    .map(|n| n["metadata"]["resourceVersion"].clone())
+                    .unwrap_or(Value::Null);
+                c.merge_patch(
+                    &format!("/api/v1/nodes/{node}"),
+                    &json!({"metadata": {"resourceVersion": rv}, "spec": {"taints": taints}}),
+                )
+                .map(|_| ())
+            }
+            NodeAction::Evict {
+                namespace,
+                pod,
+                taint,
+            } => {
+                let r = c.delete(&format!("/api/v1/namespaces/{namespace}/pods/{pod}"));
+                if r.is_ok()
+                    && let Some(p) = pods.iter().find(|p| {
+                        p["metadata"]["name"] == pod.as_str()
+                            && p["metadata"]["namespace"] == namespace.as_str()
+                    })
+                {
+                    crate::event(
+                        c,
+                        namespace,
+                        p,
+                        "Normal",
+                        "TaintManagerEviction",
+                        &format!("Marking for deletion Pod {namespace}/{pod} (taint {taint})"),
+                        "taint-eviction-controller",
+                    );
+                }
+                r
+            }
+        };
+        if let Err(e) = r {
+            tracing::debug!(error = %e, action = ?a, "node lifecycle action");
+        }
+    }
+    Ok(())
+}
+
+fn mark_unknown(c: &Client, nodes: &[Value], node: &str) -> Result<(), ClientError> {
+    let Some(n) = nodes.iter().find(|n| n["metadata"]["name"] == node) else {
+        return Ok(());
+    };
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let mut conds: Vec<Value> = n["status"]["conditions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let unknown = |old: Option<&Value>| {
+        json!({"type": "Ready", "status": "Unknown", "reason": "NodeStatusUnknown",
+            "message": "Kubelet stopped posting node status.",
+            "lastHeartbeatTime": old.map(|o| o["lastHeartbeatTime"].clone()).unwrap_or(Value::Null),
+            "lastTransitionTime": now})
+    };
+    match conds.iter_mut().find(|c| c["type"] == "Ready") {
+        Some(c) => *c = unknown(Some(&c.clone())),
+        None => conds.push(unknown(None)),
+    }
+    c.merge_patch(
+        &format!("/api/v1/nodes/{node}/status"),
+        &json!({"status": {"conditions": conds}}),
+    )
+    .map(|_| ())
+}
