@@ -1054,6 +1054,17 @@ async fn binding(app: Arc<App>, t: &Target, name: &str, body: Body) -> Result<Re
         ));
     }
     pod["spec"]["nodeName"] = json!(node);
+    // As upstream, the binding also records PodScheduled=True (one write, not two).
+    let mut conds: Vec<Value> = pod["status"]["conditions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    conds.retain(|c| c["type"] != "PodScheduled");
+    conds.push(
+        json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null,
+        "lastTransitionTime": now()}),
+    );
+    pod["status"]["conditions"] = json!(conds);
     app.store
         .update(&key, encode(&pod), kv.mod_revision)
         .await?;

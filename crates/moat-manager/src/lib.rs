@@ -214,6 +214,7 @@ fn scheduler_loop(c: Client, rx: mpsc::Receiver<()>) {
                 infos[i].add_pod(&p, &req);
             }
         }
+        let mut binds: Vec<(String, String, String, &Value)> = Vec::new();
         for (pv, p) in pending {
             let ns = p.metadata.namespace.clone().unwrap_or_default();
             let name = p.metadata.name.clone().unwrap_or_default();
@@ -222,28 +223,13 @@ fn scheduler_loop(c: Client, rx: mpsc::Receiver<()>) {
             match moat_scheduler::schedule(&p, &infos, start, tie) {
                 Ok(Ok(pl)) => {
                     start = pl.next_start;
-                    let node = infos[pl.node].name.clone();
-                    let b = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name, "namespace": ns}, "target": {"kind": "Node", "name": node}});
-                    match c.create(&format!("/api/v1/namespaces/{ns}/pods/{name}/binding"), &b) {
-                        Ok(_) => {
-                            if let Ok(req) = moat_scheduler::pod_requests(&p) {
-                                infos[pl.node].add_pod(&p, &req);
-                            }
-                            reported.remove(&uid);
-                            let _ = c.merge_patch(&format!("/api/v1/namespaces/{ns}/pods/{name}/status"),
-                                &json!({"status": {"conditions": [{"type": "PodScheduled", "status": "True", "lastTransitionTime": now()}]}}));
-                            event(
-                                &c,
-                                &ns,
-                                pv,
-                                "Normal",
-                                "Scheduled",
-                                &format!("Successfully assigned {ns}/{name} to {node}"),
-                                "default-scheduler",
-                            );
-                        }
-                        Err(e) => tracing::debug!(error = %e, pod = %name, "binding"),
+                    // Counted at once so the next decisions see it; the write happens in
+                    // the batch below (a failed bind is recomputed on the next pass).
+                    if let Ok(req) = moat_scheduler::pod_requests(&p) {
+                        infos[pl.node].add_pod(&p, &req);
                     }
+                    reported.remove(&uid);
+                    binds.push((ns, name, infos[pl.node].name.clone(), pv));
                 }
                 Ok(Err(fit)) => {
                     let msg = fit.to_string();
@@ -280,7 +266,41 @@ fn scheduler_loop(c: Client, rx: mpsc::Receiver<()>) {
                 }
             }
         }
+        bind_all(&c, &binds);
     }
+}
+
+/// Writes a pass's bindings with a few concurrent requests (the API server sets the
+/// PodScheduled condition as part of the binding), then records the Scheduled events.
+fn bind_all(c: &Client, binds: &[(String, String, String, &Value)]) {
+    const WORKERS: usize = 8;
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..WORKERS.min(binds.len()) {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some((ns, name, node, pv)) = binds.get(i) else {
+                        break;
+                    };
+                    let b = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name, "namespace": ns},
+                        "target": {"kind": "Node", "name": node}});
+                    match c.create(&format!("/api/v1/namespaces/{ns}/pods/{name}/binding"), &b) {
+                        Ok(_) => event(
+                            c,
+                            ns,
+                            pv,
+                            "Normal",
+                            "Scheduled",
+                            &format!("Successfully assigned {ns}/{name} to {node}"),
+                            "default-scheduler",
+                        ),
+                        Err(e) => tracing::debug!(error = %e, pod = %name, "binding"),
+                    }
+                }
+            });
+        }
+    });
 }
 
 fn by_ns(items: &[Value]) -> BTreeMap<String, Vec<Value>> {
