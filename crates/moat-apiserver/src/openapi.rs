@@ -49,35 +49,37 @@ pub async fn serve(path: &str, headers: &HeaderMap) -> Option<Response> {
     };
     Some(match path {
         "/openapi/v2" => {
-            let etag = format!("\"{}\"", d.v2_hash);
-            if cached(headers, &d.v2_hash) {
-                return Some((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
-            }
             let accept = headers
                 .get(header::ACCEPT)
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("");
-            if accept.contains("com.github.proto-openapi.spec.v2") {
-                (
-                    StatusCode::OK,
-                    [
-                        (header::CONTENT_TYPE, PROTO_V2.to_string()),
-                        (header::ETAG, etag),
-                    ],
-                    d.v2_protobuf().to_vec(),
-                )
-                    .into_response()
+            let (content_type, body, tag) = if accept.contains("com.github.proto-openapi.spec.v2") {
+                (PROTO_V2, d.v2_protobuf(), format!("{}-pb", d.v2_hash))
             } else {
-                (
-                    StatusCode::OK,
-                    [
-                        (header::CONTENT_TYPE, "application/json".to_string()),
-                        (header::ETAG, etag),
-                    ],
-                    d.v2_json().to_vec(),
-                )
-                    .into_response()
+                ("application/json", d.v2_json(), d.v2_hash.clone())
+            };
+            // One ETag per representation, and `Vary: Accept`, so that an HTTP cache (kubectl
+            // keeps one under --cache-dir) never answers a protobuf request with cached JSON.
+            let etag = format!("\"{tag}\"");
+            if cached(headers, &tag) {
+                return Some(
+                    (
+                        StatusCode::NOT_MODIFIED,
+                        [(header::ETAG, etag), (header::VARY, "Accept".to_string())],
+                    )
+                        .into_response(),
+                );
             }
+            (
+                StatusCode::OK,
+                [
+                    (header::CONTENT_TYPE, content_type.to_string()),
+                    (header::ETAG, etag),
+                    (header::VARY, "Accept".to_string()),
+                ],
+                body.to_vec(),
+            )
+                .into_response()
         }
         "/openapi/v3" => (
             StatusCode::OK,

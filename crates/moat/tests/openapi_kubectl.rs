@@ -202,3 +202,117 @@ fn kubectl_explain_validate_and_apply_with_served_openapi() {
         );
     }
 }
+
+/// `curl` of `path` on the server with `headers` (and the admin token if `auth`): (status,
+/// response head, body).
+fn curl(s: &Server, path: &str, headers: &[&str], auth: bool) -> (u16, String, Vec<u8>) {
+    let cfg = std::fs::read_to_string(s.dir.join("kubeconfig.yaml")).expect("kubeconfig");
+    let field = |k: &str| {
+        cfg.lines()
+            .find_map(|l| l.trim().strip_prefix(k))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_else(|| panic!("no {k} in kubeconfig"))
+    };
+    let mut c = std::process::Command::new("curl");
+    c.args(["-sk", "-D", "/dev/stderr", "-o", "-"]);
+    if auth {
+        c.args(["-H", &format!("Authorization: Bearer {}", field("token:"))]);
+    }
+    for h in headers {
+        c.args(["-H", h]);
+    }
+    let o = c
+        .arg(format!("{}{path}", field("server:")))
+        .output()
+        .expect("run curl");
+    let head = String::from_utf8_lossy(&o.stderr).to_string();
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {head}"));
+    (code, head, o.stdout)
+}
+
+/// The value of response header `name` (case-insensitive) in a response head.
+fn header(head: &str, name: &str) -> Option<String> {
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+    })
+}
+
+#[test]
+fn openapi_caching_headers_and_content_negotiation() {
+    let dir = tempfile::tempdir().expect("dir");
+    let s = Server::start(dir.path(), &["--disable-controllers"]);
+    let proto = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf";
+
+    // kubectl 1.27 asks with the `@` form and must get the `.` form back.
+    let (code, head, body) = curl(
+        &s,
+        "/openapi/v2",
+        &["Accept: application/com.github.proto-openapi.spec.v2@v1.0+protobuf"],
+        true,
+    );
+    assert_eq!(code, 200, "{head}");
+    assert_eq!(header(&head, "content-type").as_deref(), Some(proto));
+    assert_eq!(header(&head, "vary").as_deref(), Some("Accept"));
+    assert!(!body.starts_with(b"{"), "protobuf expected");
+    let pb_etag = header(&head, "etag").expect("etag");
+    let (code, _, body) = curl(
+        &s,
+        "/openapi/v2",
+        &[
+            &format!("If-None-Match: {pb_etag}"),
+            "Accept: application/com.github.proto-openapi.spec.v2.v1.0+protobuf",
+        ],
+        true,
+    );
+    assert_eq!(code, 304);
+    assert!(body.is_empty());
+
+    let (code, head, body) = curl(&s, "/openapi/v2", &["Accept: application/json"], true);
+    assert_eq!(code, 200);
+    assert_eq!(
+        header(&head, "content-type").as_deref(),
+        Some("application/json")
+    );
+    let v2: serde_json::Value = serde_json::from_slice(&body).expect("v2 json");
+    assert_eq!(v2["swagger"], "2.0");
+    // A JSON representation's validator must not validate a protobuf request.
+    let json_etag = header(&head, "etag").expect("etag");
+    assert_ne!(json_etag, pb_etag);
+    let (code, _, body) = curl(
+        &s,
+        "/openapi/v2",
+        &[
+            &format!("If-None-Match: {json_etag}"),
+            "Accept: application/com.github.proto-openapi.spec.v2.v1.0+protobuf",
+        ],
+        true,
+    );
+    assert_eq!(code, 200);
+    assert!(!body.is_empty());
+
+    let (code, _, body) = curl(&s, "/openapi/v3", &[], true);
+    assert_eq!(code, 200);
+    let root: serde_json::Value = serde_json::from_slice(&body).expect("root json");
+    let url = root["paths"]["apis/networking.k8s.io/v1"]["serverRelativeURL"]
+        .as_str()
+        .expect("networking in the v3 root")
+        .to_string();
+    let (code, head, body) = curl(&s, &url, &[], true);
+    assert_eq!(code, 200);
+    assert_eq!(
+        header(&head, "cache-control").as_deref(),
+        Some("public, immutable")
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&body).expect("v3 json");
+    assert!(doc["components"]["schemas"]["io.k8s.api.networking.v1.NetworkPolicy"].is_object());
+
+    let (code, _, _) = curl(&s, "/openapi/v3/apis/batch/v1", &[], true);
+    assert_eq!(code, 404);
+    let (code, _, _) = curl(&s, "/openapi/v2", &[], false);
+    assert_eq!(code, 401);
+}
