@@ -114,10 +114,11 @@ fn main() -> anyhow::Result<()> {
         std::thread::spawn(move || {
             let mut rv = rv;
             loop {
+                let mut latest = rv.clone();
                 let r = c.watch("/api/v1/namespaces/sched/pods", &rv, |e| {
                     let o = &e["object"];
                     if let Some(r) = o["metadata"]["resourceVersion"].as_str() {
-                        rv = r.to_string();
+                        latest = r.to_string();
                     }
                     if o["spec"]["nodeName"]
                         .as_str()
@@ -128,6 +129,7 @@ fn main() -> anyhow::Result<()> {
                         b.entry(name.to_string()).or_insert_with(Instant::now);
                     }
                 });
+                rv = latest;
                 if r.is_err() {
                     std::thread::sleep(Duration::from_millis(100));
                 }
