@@ -1,7 +1,7 @@
 //! OpenAPI as kubectl uses it: `explain` from real schemas, validation delegated to the
 //! server (`fieldValidation=Strict`), and client-side apply computing its strategic merge
-//! patches from the served schemas' merge keys — for kubectl 1.27 (OpenAPI v2 protobuf),
-//! 1.32 and 1.33 (OpenAPI v3).
+//! patches from the served schemas' merge keys — for every kubectl from 1.27 to 1.33 (1.27
+//! and 1.28 also fetch the OpenAPI v2 protobuf eagerly; their explain can be pointed at it).
 
 mod common;
 
@@ -64,7 +64,7 @@ spec:
 fn kubectl_explain_validate_and_apply_with_served_openapi() {
     let dir = tempfile::tempdir().expect("dir");
     let s = Server::start(dir.path(), &["--disable-controllers"]);
-    for minor in ["27", "32", "33"] {
+    for minor in ["27", "28", "29", "30", "31", "32", "33"] {
         let k = s.kubectl(minor);
         let ns = format!("o{minor}");
         k.ok(&["create", "ns", &ns]);
@@ -80,7 +80,7 @@ fn kubectl_explain_validate_and_apply_with_served_openapi() {
         assert!(e.contains("containerPort"), "{minor}: {e}");
         let e = k.ok(&["explain", "deployment.spec.strategy"]);
         assert!(e.contains("rollingUpdate"), "{minor}: {e}");
-        if minor == "27" {
+        if minor == "27" || minor == "28" {
             // The OpenAPI v2 protobuf document, read through kube-openapi's proto models.
             let e = k.ok(&[
                 "explain",
