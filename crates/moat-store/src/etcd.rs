@@ -389,10 +389,15 @@ impl Store for EtcdStore {
     }
 
     async fn watch(&self, prefix: &str, after: Revision) -> Result<crate::WatchStream, StoreError> {
+        // Fragments: etcd batches up to 1,000 revisions into one response, which (with
+        // previous values) outgrows gRPC's 4 MiB message limit; fragmented, each response
+        // stays near etcd's request size limit. Events are used one by one, so fragments
+        // need no reassembly.
         let mut opts = WatchOptions::new()
             .with_range(prefix_end(prefix))
             .with_prev_key()
-            .with_progress_notify();
+            .with_progress_notify()
+            .with_fragment();
         let mut delivered = Delivered::default();
         if after > 0 {
             // Reading at `after` fails exactly when history before it is gone.
