@@ -31,6 +31,12 @@ pub enum OpenApiError {
     NotObject(String),
     #[error("no schema was generated for {0}")]
     Missing(String),
+    #[error("serializing the OpenAPI document {doc}")]
+    Serialize {
+        doc: String,
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
 /// The built documents, serialized once.
@@ -277,12 +283,15 @@ impl Docs {
                 "paths": paths,
                 "components": {"schemas": defs},
             });
-            let bytes = serde_json::to_vec(&doc).unwrap_or_default();
             let key = if g.is_empty() {
                 format!("api/{v}")
             } else {
                 format!("apis/{g}/{v}")
             };
+            let bytes = serde_json::to_vec(&doc).map_err(|source| OpenApiError::Serialize {
+                doc: format!("v3 {key}"),
+                source,
+            })?;
             let h = hash(&bytes);
             v3.insert(key, (bytes, h));
         }
@@ -312,7 +321,10 @@ impl Docs {
         }
         let v2 = json!({"swagger": "2.0", "info": {"title": "Kubernetes", "version": "v1.33.0-moat"},
             "paths": v2paths, "definitions": v2defs});
-        let v2_json = serde_json::to_vec(&v2).unwrap_or_default();
+        let v2_json = serde_json::to_vec(&v2).map_err(|source| OpenApiError::Serialize {
+            doc: "v2".into(),
+            source,
+        })?;
         let v2_proto = v2proto::encode(&v2);
         let v2_hash = hash(&v2_json);
         Ok(Docs {
