@@ -34,7 +34,13 @@ use crate::{KeyValue, ListOptions, ListResult, Revision, Store, StoreError, Watc
 #[derive(Clone)]
 pub struct EtcdStore {
     client: Client,
+    /// Deadline of each request (not of watch streams, which live on).
+    timeout: Duration,
 }
+
+/// How long one request may go unanswered by default; kube-apiserver's request timeout is
+/// 60 s, so an unanswering etcd surfaces as an error before the client gives up.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn backend(op: &'static str, e: etcd_client::Error) -> StoreError {
     StoreError::Backend {
@@ -57,6 +63,10 @@ fn is_compacted(e: &etcd_client::Error) -> bool {
 fn is_future(e: &etcd_client::Error) -> bool {
     status_message(e).is_some_and(|m| m.contains("required revision is a future revision"))
 }
+
+#[derive(Debug, thiserror::Error)]
+#[error("etcd did not answer within {0:?}")]
+struct TimedOut(Duration);
 
 /// A watch etcd ended on its own (for a reason other than compaction).
 #[derive(Debug, thiserror::Error)]
@@ -152,18 +162,45 @@ impl EtcdStore {
     /// Connects to a comma-separated list of endpoints (`http://host:port`).
     pub async fn connect(endpoints: &str) -> Result<EtcdStore, StoreError> {
         let eps: Vec<&str> = endpoints.split(',').map(str::trim).collect();
-        // No per-request timeout: it would also cut long-lived watch streams.
+        // No tonic-level request timeout: it would also cut long-lived watch streams;
+        // `call` puts a deadline on each request instead.
         let opts = etcd_client::ConnectOptions::new().with_connect_timeout(Duration::from_secs(5));
         let client = Client::connect(eps, Some(opts))
             .await
             .map_err(|e| backend("connect", e))?;
-        let s = EtcdStore { client };
+        let s = EtcdStore {
+            client,
+            timeout: REQUEST_TIMEOUT,
+        };
         // Fail at startup, not on the first request, when nothing answers.
-        s.c()
-            .get("\0", Some(GetOptions::new().with_count_only()))
-            .await
-            .map_err(|e| backend("connect", e))?;
+        s.call(
+            "connect",
+            s.c().get("\0", Some(GetOptions::new().with_count_only())),
+        )
+        .await?
+        .map_err(|e| backend("connect", e))?;
         Ok(s)
+    }
+
+    /// Sets the deadline of each request (default 30 s); watch streams have none.
+    pub fn with_request_timeout(mut self, timeout: Duration) -> EtcdStore {
+        self.timeout = timeout;
+        self
+    }
+
+    /// One request under the store's deadline; etcd's own answer (or error) stays inside
+    /// for the caller to map.
+    async fn call<T>(
+        &self,
+        op: &'static str,
+        request: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+    ) -> Result<Result<T, etcd_client::Error>, StoreError> {
+        tokio::time::timeout(self.timeout, request)
+            .await
+            .map_err(|_| StoreError::Backend {
+                op,
+                source: Box::new(TimedOut(self.timeout)),
+            })
     }
 
     fn c(&self) -> Client {
@@ -180,31 +217,30 @@ impl EtcdStore {
 
     /// Whether the store can still be read as of `rev`: Ok(false) below the compaction
     /// point, Ok(true) otherwise (a future `rev` is an error).
-    async fn readable_at(&self, rev: Revision) -> Result<bool, etcd_client::Error> {
+    async fn readable_at(&self, rev: Revision) -> Result<bool, StoreError> {
+        let op = "find the compaction point";
         let o = GetOptions::new().with_revision(rev).with_count_only();
-        match self.c().get("\0", Some(o)).await {
+        match self.call(op, self.c().get("\0", Some(o))).await? {
             Ok(_) => Ok(true),
             Err(e) if is_compacted(&e) => Ok(false),
-            Err(e) => Err(e),
+            Err(e) => Err(backend(op, e)),
         }
     }
 
     /// etcd's compaction point (0 if nothing was compacted): the smallest readable revision.
     async fn compaction_point(&self) -> Result<Revision, StoreError> {
-        let op = "find the compaction point";
-        if self.readable_at(1).await.map_err(|e| backend(op, e))? {
+        if self.readable_at(1).await? {
             return Ok(0);
         }
         // Invariant: `lo` unreadable, `hi` readable (the current revision always is).
         let (mut lo, mut hi) = (1, self.current_revision().await?);
         while hi - lo > 1 {
             let mid = lo + (hi - lo) / 2;
-            match self.readable_at(mid).await {
-                Ok(true) => hi = mid,
-                Ok(false) => lo = mid,
-                // A compaction racing the search cannot make `mid` future; anything else is
-                // a real failure.
-                Err(e) => return Err(backend(op, e)),
+            // A compaction racing the search cannot make `mid` future; any error is real.
+            if self.readable_at(mid).await? {
+                hi = mid;
+            } else {
+                lo = mid;
             }
         }
         Ok(hi)
@@ -236,19 +272,22 @@ impl EtcdStore {
 #[async_trait::async_trait]
 impl Store for EtcdStore {
     async fn current_revision(&self) -> Result<Revision, StoreError> {
+        let op = "read revision";
         let r = self
-            .c()
-            .get("\0", Some(GetOptions::new().with_count_only()))
-            .await
-            .map_err(|e| backend("read revision", e))?;
+            .call(
+                op,
+                self.c()
+                    .get("\0", Some(GetOptions::new().with_count_only())),
+            )
+            .await?
+            .map_err(|e| backend(op, e))?;
         Ok(header_rev(r.header()))
     }
 
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
         let r = self
-            .c()
-            .get(key, None)
-            .await
+            .call("get", self.c().get(key, None))
+            .await?
             .map_err(|e| backend("get", e))?;
         Ok(r.kvs().first().map(kv))
     }
@@ -272,11 +311,9 @@ impl Store for EtcdStore {
             if at > 0 {
                 o = o.with_revision(at);
             }
-            let r = match self
-                .c()
-                .get(page_start(prefix, after.as_deref()), Some(o))
-                .await
-            {
+            let mut c = self.c();
+            let page = c.get(page_start(prefix, after.as_deref()), Some(o));
+            let r = match self.call("list", page).await? {
                 Ok(r) => r,
                 Err(e) => return Err(self.at_revision("list", at, e).await),
             };
@@ -301,7 +338,10 @@ impl Store for EtcdStore {
         let txn = Txn::new()
             .when([Compare::create_revision(key, CompareOp::Equal, 0)])
             .and_then([TxnOp::put(key, value.clone(), None)]);
-        let r = self.c().txn(txn).await.map_err(|e| backend("create", e))?;
+        let r = self
+            .call("create", self.c().txn(txn))
+            .await?
+            .map_err(|e| backend("create", e))?;
         if !r.succeeded() {
             return Err(StoreError::AlreadyExists { key: key.into() });
         }
@@ -332,7 +372,10 @@ impl Store for EtcdStore {
                 TxnOp::get(key, Some(GetOptions::new().with_keys_only())),
             ])
             .or_else([TxnOp::get(key, None)]);
-        let r = self.c().txn(txn).await.map_err(|e| backend("update", e))?;
+        let r = self
+            .call("update", self.c().txn(txn))
+            .await?
+            .map_err(|e| backend("update", e))?;
         if !r.succeeded() {
             return match Self::txn_get(&r) {
                 Some(cur) => Err(StoreError::Conflict {
@@ -369,7 +412,10 @@ impl Store for EtcdStore {
                 Some(DeleteOptions::new().with_prev_key()),
             )])
             .or_else([TxnOp::get(key, None)]);
-        let r = self.c().txn(txn).await.map_err(|e| backend("delete", e))?;
+        let r = self
+            .call("delete", self.c().txn(txn))
+            .await?
+            .map_err(|e| backend("delete", e))?;
         if !r.succeeded() {
             return match (Self::txn_get(&r), expected) {
                 (Some(cur), Some(e)) => Err(StoreError::Conflict {
@@ -405,16 +451,19 @@ impl Store for EtcdStore {
                 .with_range(prefix_end(prefix))
                 .with_revision(after)
                 .with_count_only();
-            if let Err(e) = self.c().get(prefix, Some(probe)).await {
+            if let Err(e) = self
+                .call("watch", self.c().get(prefix, Some(probe)))
+                .await?
+            {
                 return Err(self.at_revision("watch", after, e).await);
             }
             opts = opts.with_start_revision(after + 1);
             delivered.last = after;
         }
+        // The deadline covers starting the watch, not the stream.
         let stream = self
-            .c()
-            .watch(prefix, Some(opts))
-            .await
+            .call("watch", self.c().watch(prefix, Some(opts)))
+            .await?
             .map_err(|e| backend("watch", e))?;
         // The stream owns the request sender: dropping the WatchStream ends the watch.
         let events = futures::stream::unfold(Some((stream, delivered)), |st| async move {
@@ -452,7 +501,10 @@ impl Store for EtcdStore {
     }
 
     async fn compact(&self, revision: Revision) -> Result<(), StoreError> {
-        if let Err(e) = self.c().compact(revision, None).await {
+        if let Err(e) = self
+            .call("compact", self.c().compact(revision, None))
+            .await?
+        {
             return Err(self.at_revision("compact", revision, e).await);
         }
         Ok(())
@@ -496,6 +548,28 @@ impl LocalEtcd {
         self.stop();
         self.child = Self::spawn(&self.data_dir, self.client_port, self.peer_port)?;
         Ok(())
+    }
+
+    /// Freezes etcd (SIGSTOP): connections stay open and nothing answers, like a hung or
+    /// partitioned etcd. `resume` thaws it.
+    pub fn pause(&self) -> std::io::Result<()> {
+        self.signal("-STOP")
+    }
+
+    pub fn resume(&self) -> std::io::Result<()> {
+        self.signal("-CONT")
+    }
+
+    fn signal(&self, sig: &str) -> std::io::Result<()> {
+        let st = std::process::Command::new("kill")
+            .arg(sig)
+            .arg(self.child.id().to_string())
+            .status()?;
+        if st.success() {
+            Ok(())
+        } else {
+            Err(std::io::Error::other(format!("kill {sig} etcd: {st}")))
+        }
     }
 
     /// Kills etcd (SIGKILL) and waits for it; `restart` brings it back.
