@@ -164,7 +164,15 @@ impl EtcdStore {
         let eps: Vec<&str> = endpoints.split(',').map(str::trim).collect();
         // No tonic-level request timeout: it would also cut long-lived watch streams;
         // `call` puts a deadline on each request instead.
-        let opts = etcd_client::ConnectOptions::new().with_connect_timeout(Duration::from_secs(5));
+        // HTTP/2 keep-alive: a watch on a connection to an etcd that stopped answering
+        // (hung, partitioned) would otherwise wait forever; with it the stream fails and
+        // the API server's clients re-watch. etcd refuses pings more often than every 5 s.
+        // Requiring a leader makes a member cut off from its cluster refuse requests and
+        // cancel watches instead of serving stale data (as kube-apiserver does).
+        let opts = etcd_client::ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(5))
+            .with_keep_alive(Duration::from_secs(15), Duration::from_secs(10))
+            .with_require_leader(true);
         let client = Client::connect(eps, Some(opts))
             .await
             .map_err(|e| backend("connect", e))?;

@@ -286,7 +286,8 @@ async fn etcd_store_recovers_after_etcd_restarts() {
 }
 
 /// A hung etcd (frozen, connections open) makes requests fail after the deadline naming the
-/// operation, instead of hanging the API server's handlers; they work again once it answers.
+/// operation, and watches end, instead of hanging the API server's handlers and watchers;
+/// requests work again once it answers.
 #[tokio::test]
 async fn etcd_store_requests_time_out_when_etcd_hangs() {
     let dir = tempfile::tempdir().expect("tmp");
@@ -295,6 +296,7 @@ async fn etcd_store_requests_time_out_when_etcd_hangs() {
         .await
         .with_request_timeout(Duration::from_secs(1));
     let a = s.create("/h/a", b"1".to_vec()).await.expect("create");
+    let mut w = s.watch("/h/", 0).await.expect("watch");
     etcd.pause().expect("SIGSTOP etcd");
     let r = tokio::time::timeout(Duration::from_secs(20), s.get("/h/a"))
         .await
@@ -305,7 +307,21 @@ async fn etcd_store_requests_time_out_when_etcd_hangs() {
     )
     .await
     .expect("deadline");
+    // HTTP/2 keep-alive (15 s + 10 s) finds the silent connection dead and ends the watch.
+    let ended = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            match w.next().await {
+                Some(Ok(WatchEvent::Progress { .. })) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await;
     etcd.resume().expect("SIGCONT etcd");
+    match ended {
+        Ok(None | Some(Err(StoreError::Backend { .. }))) => {}
+        other => panic!("want the watch ended by keep-alive, got {other:?}"),
+    }
     match r {
         Err(StoreError::Backend { op: "get", source }) => {
             assert!(source.to_string().contains("did not answer"), "{source}")
