@@ -1,7 +1,9 @@
 //! OpenAPI as kubectl uses it: `explain` from real schemas, validation delegated to the
 //! server (`fieldValidation=Strict`), and client-side apply computing its strategic merge
-//! patches from the served schemas' merge keys — for every kubectl from 1.27 to 1.33 (1.27
-//! and 1.28 also fetch the OpenAPI v2 protobuf eagerly; their explain can be pointed at it).
+//! patches from the served schemas' merge keys — for every kubectl from 1.27 to 1.33. 1.27 and
+//! 1.28 compute those patches from the OpenAPI v2 protobuf, 1.29+ from the v3 documents
+//! (removing the patch extensions from either one makes the re-apply below report
+//! `configured` for that range), so both documents are exercised.
 
 mod common;
 
