@@ -66,6 +66,8 @@ pub struct AgentConfig {
     /// The shim command prefix (the `moat` binary's `agent shim`).
     pub shim: Vec<String>,
     pub node_ip: Option<String>,
+    /// The agent's HTTPS endpoint (logs, exec) for the API server to proxy to; None: off.
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// Image lookup and per-container rootfs.
@@ -148,8 +150,8 @@ struct Slot {
 /// A pod's sandbox and containers, persisted as `<run_dir>/pods/<uid>/state.json` so a
 /// restarted agent re-adopts them.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct PodRt {
-    uid: String,
+pub struct PodRecord {
+    pub uid: String,
     namespace: String,
     name: String,
     handler: Handler2,
@@ -190,6 +192,37 @@ impl Handler2 {
     }
 }
 
+impl PodRecord {
+    /// (restart count, current runtime container id, has a previous run) of a container.
+    pub fn container(&self, name: &str) -> Option<(u32, Option<String>, bool)> {
+        self.containers
+            .get(name)
+            .map(|s| (s.restart_count, s.id.clone(), s.last.is_some()))
+    }
+
+    pub fn bundle(&self, run_dir: &Path, id: &str) -> PathBuf {
+        run_dir
+            .join("pods")
+            .join(&self.uid)
+            .join("containers")
+            .join(id)
+    }
+
+    pub fn handler(&self) -> Handler {
+        self.handler.handler()
+    }
+}
+
+/// The persisted record of pod `ns/name` on this node.
+pub fn find_pod(run_dir: &Path, ns: &str, name: &str) -> Option<PodRecord> {
+    std::fs::read_dir(run_dir.join("pods"))
+        .ok()?
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("state.json")).ok())
+        .filter_map(|b| serde_json::from_slice::<PodRecord>(&b).ok())
+        .find(|r| r.namespace == ns && r.name == name)
+}
+
 pub enum Outcome {
     /// The status to report.
     Status(Value),
@@ -201,7 +234,7 @@ pub struct Node {
     pub cfg: AgentConfig,
     parts: Parts,
     network: NetworkList,
-    pods: BTreeMap<String, PodRt>,
+    pods: BTreeMap<String, PodRecord>,
     /// Events to post: (pod namespace, pod name, uid, type, reason, message).
     pub events: Vec<(String, String, String, &'static str, String, String)>,
 }
@@ -231,7 +264,7 @@ impl Node {
             let Ok(e) = e else { continue };
             let p = e.path().join("state.json");
             if let Ok(b) = std::fs::read(&p)
-                && let Ok(rt) = serde_json::from_slice::<PodRt>(&b)
+                && let Ok(rt) = serde_json::from_slice::<PodRecord>(&b)
             {
                 pods.insert(rt.uid.clone(), rt);
             }
@@ -264,7 +297,7 @@ impl Node {
         self.cfg.run_dir.join("pods").join(uid)
     }
 
-    fn save(&self, rt: &PodRt) -> Result<(), AgentError> {
+    fn save(&self, rt: &PodRecord) -> Result<(), AgentError> {
         let dir = self.pod_dir(&rt.uid);
         std::fs::create_dir_all(&dir).map_err(io_err("creating the pod dir", &dir))?;
         let p = dir.join("state.json");
@@ -274,7 +307,7 @@ impl Node {
         std::fs::rename(&tmp, &p).map_err(io_err("writing pod state", &p))
     }
 
-    fn attachment(rt: &PodRt) -> Attachment {
+    fn attachment(rt: &PodRecord) -> Attachment {
         Attachment {
             container_id: rt.uid.clone(),
             netns: rt.netns.clone(),
@@ -302,13 +335,13 @@ impl Node {
         )
     }
 
-    fn create_sandbox(&mut self, pod: &Pod, handler: &Handler) -> Result<PodRt, AgentError> {
+    fn create_sandbox(&mut self, pod: &Pod, handler: &Handler) -> Result<PodRecord, AgentError> {
         let meta = &pod.metadata;
         let uid = meta.uid.clone().unwrap_or_default();
         let spec = pod.spec.clone().unwrap_or_default();
         let name = meta.name.clone().unwrap_or_default();
         let host_network = spec.host_network.unwrap_or(false);
-        let mut rt = PodRt {
+        let mut rt = PodRecord {
             uid: uid.clone(),
             namespace: meta.namespace.clone().unwrap_or_else(|| "default".into()),
             name: name.clone(),
@@ -395,7 +428,7 @@ impl Node {
         Ok(rt)
     }
 
-    fn sandbox_ref(&self, pod: &Pod, rt: &PodRt) -> SandboxRef {
+    fn sandbox_ref(&self, pod: &Pod, rt: &PodRecord) -> SandboxRef {
         let dir = self.pod_dir(&rt.uid);
         let mut volumes = Vec::new();
         for v in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
@@ -437,7 +470,12 @@ impl Node {
         self.pod_dir(uid).join("containers").join(id)
     }
 
-    fn start_container(&mut self, pod: &Pod, rt: &mut PodRt, c: &Container) -> Result<(), String> {
+    fn start_container(
+        &mut self,
+        pod: &Pod,
+        rt: &mut PodRecord,
+        c: &Container,
+    ) -> Result<(), String> {
         let slot = rt.containers.entry(c.name.clone()).or_default();
         let restart = if slot.last.is_some() {
             slot.restart_count + 1
@@ -500,7 +538,7 @@ impl Node {
     }
 
     /// Removes one runtime container (stopped or not) with its rootfs and bundle.
-    fn remove_container(&self, rt: &PodRt, id: &str) {
+    fn remove_container(&self, rt: &PodRecord, id: &str) {
         let h = rt.handler.handler();
         if let Err(e) = self.parts.runtime.delete(&h, id) {
             tracing::warn!(error = %e, "deleting container");
@@ -583,7 +621,7 @@ impl Node {
                         // Undo what was done; the next pass tries again.
                         if let Some(b) = std::fs::read(self.pod_dir(&uid).join("state.json"))
                             .ok()
-                            .and_then(|b| serde_json::from_slice::<PodRt>(&b).ok())
+                            .and_then(|b| serde_json::from_slice::<PodRecord>(&b).ok())
                         {
                             self.pods.insert(uid.clone(), b);
                             self.teardown(&uid, 0);
@@ -832,6 +870,17 @@ pub struct Agent {
     client: Client,
     node: Node,
     sent: BTreeMap<String, Value>,
+    endpoint_port: Option<u16>,
+}
+
+fn kubeconfig_token(path: &Path) -> Result<String, AgentError> {
+    let text = std::fs::read_to_string(path).map_err(io_err("reading the kubeconfig", path))?;
+    let v: Value = serde_yaml::from_str(&text)
+        .map_err(|e| AgentError::Other(format!("parsing {}: {e}", path.display())))?;
+    v["users"][0]["user"]["token"]
+        .as_str()
+        .map(String::from)
+        .ok_or_else(|| AgentError::Other(format!("{}: no users[0].user.token", path.display())))
 }
 
 fn host_ipv4() -> Option<String> {
@@ -892,11 +941,45 @@ impl Agent {
             .as_str()
             .unwrap_or(&cfg.pod_cidr)
             .to_string();
+        let mut endpoint_port = None;
+        if let Some(listen) = cfg.listen {
+            let token = kubeconfig_token(&cfg.kubeconfig)?;
+            let mut names = vec![
+                "localhost".to_string(),
+                "127.0.0.1".into(),
+                cfg.node_name.clone(),
+            ];
+            names.extend(cfg.node_ip.clone());
+            let ep = crate::endpoint::spawn(
+                listen,
+                names,
+                crate::endpoint::Ctx {
+                    token,
+                    run_dir: cfg.run_dir.clone(),
+                    log_dir: cfg.log_dir.clone(),
+                },
+            )
+            .map_err(|e| AgentError::Other(format!("{e}: {}", source_chain(&e))))?;
+            let host = if ep.addr.ip().is_unspecified() {
+                cfg.node_ip.clone().unwrap_or_else(|| "127.0.0.1".into())
+            } else {
+                ep.addr.ip().to_string()
+            };
+            endpoint_port = Some(ep.addr.port());
+            client.merge_patch(
+                &path,
+                &json!({"metadata": {"annotations": {
+                    "moat.io/agent-endpoint": format!("https://{host}:{}", ep.addr.port()),
+                    "moat.io/agent-cert": ep.cert_pem,
+                }}}),
+            )?;
+        }
         let node = Node::new(cfg, parts, &cidr)?;
         let a = Agent {
             client,
             node,
             sent: BTreeMap::new(),
+            endpoint_port,
         };
         a.heartbeat();
         Ok(a)
@@ -921,6 +1004,7 @@ impl Agent {
             "capacity": {"cpu": cpus.to_string(), "memory": mem, "pods": "110"},
             "allocatable": {"cpu": cpus.to_string(), "memory": mem, "pods": "110"},
             "addresses": addresses,
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": self.endpoint_port.unwrap_or(0)}},
             "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
                 "message": "moat agent is posting ready status",
                 "lastHeartbeatTime": now, "lastTransitionTime": now}],
@@ -1200,6 +1284,7 @@ mod tests {
                 handlers: Handlers::defaults(&run),
                 shim: Vec::new(),
                 node_ip: Some("192.0.2.10".into()),
+                listen: None,
             };
             let parts = Parts {
                 runtime: self.rt.clone(),

@@ -7,6 +7,8 @@
 
 pub mod agent;
 pub mod bundle;
+pub mod endpoint;
+pub mod exec;
 pub mod handlers;
 pub mod logs;
 pub mod quantity;

@@ -1,0 +1,460 @@
+//! The agent's own HTTPS endpoint (the kubelet's :10250 role) that the API server proxies
+//! `pods/log` and `pods/exec` to:
+//!
+//! - `GET /containerLogs/{namespace}/{pod}/{container}?follow=&previous=&timestamps=&tailLines=`
+//!   → `text/plain`, streamed until the container ends when following.
+//! - `GET /exec/{namespace}/{pod}/{container}?command=..&command=..&stdin=&stdout=&stderr=`
+//!   with `Upgrade: websocket` and `Sec-WebSocket-Protocol: v5.channel.k8s.io` (or v4) →
+//!   Kubernetes' channel protocol (see [`crate::exec`]).
+//!
+//! Authentication: `Authorization: Bearer <token>` (the cluster's admin token for now).
+//! A blocking thread per connection: few, long-lived streams, no async runtime needed. The
+//! HTTP/1.1 request head is parsed here (GET only, no bodies), which is all both routes need.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+use crate::agent::{PodRecord, find_pod};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    #[error("generating the agent's serving certificate")]
+    Cert(#[source] rcgen::Error),
+    #[error("TLS config for the agent endpoint")]
+    Tls(#[source] rustls::Error),
+    #[error("listening on {addr}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    /// The self-signed serving certificate (PEM), published on the Node for the proxy.
+    pub cert_pem: String,
+}
+
+#[derive(Clone)]
+pub struct Ctx {
+    pub token: String,
+    pub run_dir: PathBuf,
+    pub log_dir: PathBuf,
+}
+
+/// Binds and serves on background threads.
+pub fn spawn(listen: SocketAddr, names: Vec<String>, ctx: Ctx) -> Result<Endpoint, EndpointError> {
+    let ck = rcgen::generate_simple_self_signed(names).map_err(EndpointError::Cert)?;
+    let cert_pem = ck.cert.pem();
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der()));
+    let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(EndpointError::Tls)?
+    .with_no_client_auth()
+    .with_single_cert(vec![CertificateDer::from(ck.cert.der().to_vec())], key)
+    .map_err(EndpointError::Tls)?;
+    let tls = Arc::new(tls);
+    let l = TcpListener::bind(listen).map_err(|source| EndpointError::Listen {
+        addr: listen,
+        source,
+    })?;
+    let addr = l.local_addr().map_err(|source| EndpointError::Listen {
+        addr: listen,
+        source,
+    })?;
+    let ctx = Arc::new(ctx);
+    std::thread::Builder::new()
+        .name("agent-endpoint".into())
+        .spawn(move || {
+            for s in l.incoming().flatten() {
+                let tls = tls.clone();
+                let ctx = ctx.clone();
+                std::thread::spawn(move || {
+                    if let Err(e) = serve(s, tls, &ctx) {
+                        tracing::debug!(error = %e, "agent endpoint connection");
+                    }
+                });
+            }
+        })
+        .map_err(|source| EndpointError::Listen {
+            addr: listen,
+            source,
+        })?;
+    Ok(Endpoint { addr, cert_pem })
+}
+
+pub type Stream = rustls::StreamOwned<rustls::ServerConnection, TcpStream>;
+
+/// A parsed request head.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Request {
+    pub method: String,
+    pub path: String,
+    pub query: Vec<(String, String)>,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Request {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn q(&self, name: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn flag(&self, name: &str) -> bool {
+        matches!(self.q(name), Some("true" | "1"))
+    }
+
+    pub fn all(&self, name: &str) -> Vec<String> {
+        self.query
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+}
+
+pub fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                let h = std::str::from_utf8(&b[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
+                match h {
+                    Some(v) => {
+                        out.push(v);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Parses a request head (`GET /p?q HTTP/1.1` + headers).
+pub fn parse_head(head: &str) -> Option<Request> {
+    let mut lines = head.split("\r\n");
+    let mut first = lines.next()?.split(' ');
+    let method = first.next()?.to_string();
+    let target = first.next()?;
+    let (path, qs) = target.split_once('?').unwrap_or((target, ""));
+    let query = qs
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect();
+    let headers = lines
+        .filter(|l| !l.is_empty())
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    Some(Request {
+        method,
+        path: path.to_string(),
+        query,
+        headers,
+    })
+}
+
+fn read_head(s: &mut Stream) -> std::io::Result<String> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if head.len() > 64 * 1024 {
+            return Err(std::io::Error::other("request head too large"));
+        }
+        if s.read(&mut byte)? == 0 {
+            return Err(std::io::Error::other(
+                "connection closed in the request head",
+            ));
+        }
+        head.push(byte[0]);
+    }
+    Ok(String::from_utf8_lossy(&head).into_owned())
+}
+
+pub fn respond(s: &mut impl Write, code: u16, reason: &str, body: &str) -> std::io::Result<()> {
+    write!(
+        s,
+        "HTTP/1.1 {code} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    s.flush()
+}
+
+fn serve(tcp: TcpStream, tls: Arc<rustls::ServerConfig>, ctx: &Ctx) -> std::io::Result<()> {
+    tcp.set_nodelay(true)?;
+    let conn = rustls::ServerConnection::new(tls).map_err(std::io::Error::other)?;
+    let mut s = rustls::StreamOwned::new(conn, tcp);
+    let head = read_head(&mut s)?;
+    let Some(req) = parse_head(&head) else {
+        return respond(&mut s, 400, "Bad Request", "bad request\n");
+    };
+    let authed = req
+        .header("authorization")
+        .and_then(|a| a.strip_prefix("Bearer "))
+        .is_some_and(|t| !ctx.token.is_empty() && constant_eq(t.trim(), &ctx.token));
+    if !authed {
+        return respond(&mut s, 401, "Unauthorized", "Unauthorized\n");
+    }
+    let parts: Vec<String> = req
+        .path
+        .split('/')
+        .filter(|p| !p.is_empty())
+        .map(percent_decode)
+        .collect();
+    match (req.method.as_str(), parts.first().map(String::as_str)) {
+        ("GET", Some("containerLogs")) if parts.len() == 4 => {
+            logs(&mut s, ctx, &req, &parts[1], &parts[2], &parts[3])
+        }
+        ("GET" | "POST", Some("exec")) if parts.len() == 4 => {
+            crate::exec::serve(s, ctx, &req, &parts[1], &parts[2], &parts[3])
+        }
+        _ => respond(&mut s, 404, "Not Found", "not found\n"),
+    }
+}
+
+fn constant_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+/// A pod's record with one container's (restart count, current id, has a previous run).
+pub type Located = (PodRecord, u32, Option<String>, bool);
+/// An HTTP error to send: (code, reason, body).
+pub type HttpError = (u16, &'static str, String);
+
+/// The pod's record and the named container's slot, or an HTTP error to send.
+pub fn locate(ctx: &Ctx, ns: &str, pod: &str, container: &str) -> Result<Located, HttpError> {
+    let rec = find_pod(&ctx.run_dir, ns, pod).ok_or_else(|| {
+        (
+            404,
+            "Not Found",
+            format!("pod {ns}/{pod} is not on this node\n"),
+        )
+    })?;
+    let slot = rec.container(container).ok_or_else(|| {
+        (
+            400,
+            "Bad Request",
+            format!("container {container} is not valid for pod {pod}\n"),
+        )
+    })?;
+    Ok((rec.clone(), slot.0, slot.1, slot.2))
+}
+
+fn logs(
+    s: &mut Stream,
+    ctx: &Ctx,
+    req: &Request,
+    ns: &str,
+    pod: &str,
+    c: &str,
+) -> std::io::Result<()> {
+    let (rec, restart, id, has_last) = match locate(ctx, ns, pod, c) {
+        Ok(x) => x,
+        Err((code, reason, msg)) => return respond(s, code, reason, &msg),
+    };
+    let n = if req.flag("previous") {
+        // The run before the current one: the last terminated instance.
+        if restart == 0 || !has_last {
+            return respond(
+                s,
+                400,
+                "Bad Request",
+                &format!("previous terminated container \"{c}\" in pod \"{pod}\" not found\n"),
+            );
+        }
+        restart - 1
+    } else {
+        restart
+    };
+    let path = ctx
+        .log_dir
+        .join(format!("{ns}_{pod}_{}", rec.uid))
+        .join(c)
+        .join(format!("{n}.log"));
+    let follow = req.flag("follow") && !req.flag("previous") && id.is_some();
+    let exit_file = id
+        .as_ref()
+        .map(|id| rec.bundle(&ctx.run_dir, id).join(crate::runtime::EXIT_FILE));
+    let tail: Option<usize> = req.q("tailLines").and_then(|t| t.parse().ok());
+    let timestamps = req.flag("timestamps");
+    // The body ends when the connection closes: simple to proxy and to stream.
+    write!(
+        s,
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n"
+    )?;
+    stream_log(&path, tail, timestamps, follow, exit_file.as_deref(), s)?;
+    s.flush()?;
+    s.conn.send_close_notify();
+    s.flush()
+}
+
+/// Copies a CRI log as plain text; when following, keeps reading until the container's exit
+/// file appears and the log has been drained.
+pub fn stream_log(
+    path: &Path,
+    tail: Option<usize>,
+    timestamps: bool,
+    follow: bool,
+    exit_file: Option<&Path>,
+    out: &mut impl Write,
+) -> std::io::Result<()> {
+    let emit = |line: &[u8], out: &mut dyn Write| -> std::io::Result<()> {
+        if let Some(e) = crate::logs::decode(line) {
+            let mut buf = Vec::new();
+            if timestamps {
+                buf.extend_from_slice(e.time.as_bytes());
+                buf.push(b' ');
+            }
+            buf.extend_from_slice(e.content);
+            if !e.partial {
+                buf.push(b'\n');
+            }
+            out.write_all(&buf)?;
+        }
+        Ok(())
+    };
+    let f = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !follow => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // The shim creates it with the container; wait briefly.
+            std::thread::sleep(Duration::from_millis(300));
+            std::fs::File::open(path)?
+        }
+        Err(e) => return Err(e),
+    };
+    let mut r = BufReader::new(f);
+    let mut lines: Vec<Vec<u8>> = Vec::new();
+    let mut partial = Vec::new();
+    loop {
+        let mut line = Vec::new();
+        let n = r.read_until(b'\n', &mut line)?;
+        if n == 0 {
+            break;
+        }
+        if line.ends_with(b"\n") {
+            lines.push(line);
+        } else {
+            partial = line;
+        }
+    }
+    let skip = tail.map_or(0, |t| lines.len().saturating_sub(t));
+    for l in &lines[skip..] {
+        emit(l, out)?;
+    }
+    out.flush()?;
+    if !follow {
+        return Ok(());
+    }
+    let mut drained_after_exit = 0;
+    loop {
+        let mut line = Vec::new();
+        let n = r.read_until(b'\n', &mut line)?;
+        if n > 0 {
+            partial.extend_from_slice(&line);
+            if partial.ends_with(b"\n") {
+                emit(&partial, out)?;
+                out.flush()?;
+                partial.clear();
+            }
+            continue;
+        }
+        if exit_file.is_some_and(Path::exists) {
+            drained_after_exit += 1;
+            if drained_after_exit > 3 {
+                return Ok(());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_heads_parse_with_repeated_and_encoded_params() {
+        let r = parse_head(
+            "GET /exec/default/web/c?command=sh&command=-c&command=echo%20hi%26bye&stdout=true HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(r.method, "GET");
+        assert_eq!(r.path, "/exec/default/web/c");
+        assert_eq!(r.all("command"), ["sh", "-c", "echo hi&bye"]);
+        assert!(r.flag("stdout"));
+        assert!(!r.flag("stdin"));
+        assert_eq!(r.header("authorization"), Some("Bearer t"));
+        assert_eq!(percent_decode("a%2Fb%zz"), "a/b%zz");
+    }
+
+    #[test]
+    fn logs_tail_and_timestamps() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("0.log");
+        std::fs::write(
+            &p,
+            "T1 stdout F one\nT2 stderr F two\nT3 stdout P thr\nT4 stdout F ee\n",
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        stream_log(&p, None, false, false, None, &mut out).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), "one\ntwo\nthree\n");
+        let mut out = Vec::new();
+        stream_log(&p, Some(1), true, false, None, &mut out).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), "T4 ee\n");
+    }
+
+    #[test]
+    fn follow_ends_after_the_container_exits() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("0.log");
+        let exit = d.path().join("exit");
+        std::fs::write(&p, "T1 stdout F one\n").unwrap();
+        let (p2, e2) = (p.clone(), exit.clone());
+        let h = std::thread::spawn(move || {
+            let mut out = Vec::new();
+            stream_log(&p2, None, false, true, Some(&e2), &mut out).unwrap();
+            out
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let mut f = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
+        f.write_all(b"T2 stdout F two\n").unwrap();
+        std::fs::write(&exit, "0\n").unwrap();
+        assert_eq!(String::from_utf8(h.join().unwrap()).unwrap(), "one\ntwo\n");
+    }
+}
