@@ -22,6 +22,7 @@ pub mod handlers;
 pub mod openapi;
 pub mod pki;
 pub mod protobuf;
+pub mod proxy;
 pub mod schema;
 pub mod select;
 pub mod ssa;
@@ -147,7 +148,7 @@ async fn route(
     Query(q): Query<std::collections::HashMap<String, String>>,
     req: Request,
 ) -> Response {
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let path = parts.uri.path().to_string();
     match path.as_str() {
         "/healthz" | "/livez" | "/readyz" => return (StatusCode::OK, "ok").into_response(),
@@ -167,6 +168,10 @@ async fn route(
     if !authed {
         return ApiError::new(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized")
             .into_response();
+    }
+    let raw_query = parts.uri.query().unwrap_or("").to_string();
+    if let Some(r) = proxy::intercept(&app, &path, &raw_query, &mut parts).await {
+        return r;
     }
     if parts.method == http::Method::GET
         && let Some(r) = openapi::serve(&path, &parts.headers).await
@@ -305,7 +310,7 @@ pub async fn serve(
                     }
                 });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tls), hyper_svc)
+                .serve_connection_with_upgrades(TokioIo::new(tls), hyper_svc)
                 .await;
         });
     }
