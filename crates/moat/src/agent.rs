@@ -37,6 +37,9 @@ pub struct AgentArgs {
     /// The node's InternalIP (default: the first non-loopback IPv4 address).
     #[arg(long)]
     pub node_ip: Option<String>,
+    /// The agent's HTTPS endpoint (logs, exec) the API server proxies to; `off` disables it.
+    #[arg(long, default_value = "0.0.0.0:10250")]
+    pub agent_listen: String,
 }
 
 #[derive(clap::Args)]
@@ -81,6 +84,13 @@ pub fn config(a: &AgentArgs) -> anyhow::Result<moat_agent::AgentConfig> {
         handlers,
         shim: vec![exe.display().to_string(), "agent".into(), "shim".into()],
         node_ip: a.node_ip.clone(),
+        listen: match a.agent_listen.as_str() {
+            "off" => None,
+            l => Some(
+                l.parse()
+                    .with_context(|| format!("--agent-listen {l:?} is not host:port"))?,
+            ),
+        },
     })
 }
 

@@ -31,7 +31,7 @@ pub struct ServerArgs {
     #[arg(long)]
     agent: bool,
     #[command(flatten)]
-    agent_args: crate::agent::AgentArgs,
+    agent_args: Box<crate::agent::AgentArgs>,
     /// Compact store history older than this (e.g. 5m, 30s; 0 disables). Watches from a
     /// compacted resourceVersion get 410 Expired and clients re-list.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
@@ -95,7 +95,7 @@ pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
             let (tx, rx) = tokio::sync::oneshot::channel::<String>();
             let kubeconfig = args.data_dir.join("kubeconfig.yaml");
             if args.agent {
-                let mut a = args.agent_args.clone();
+                let mut a = (*args.agent_args).clone();
                 a.kubeconfig = kubeconfig.clone();
                 crate::agent::spawn(a)?;
             }

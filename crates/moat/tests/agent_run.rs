@@ -85,6 +85,7 @@ impl Lab {
             .args(["server", "--listen", "127.0.0.1:0", "--agent", "--data-dir"])
             .arg(self.dir.path())
             .args(["--node-name", &self.node, "--pod-cidr", "10.42.77.0/24"])
+            .args(["--agent-listen", "127.0.0.1:0"])
             .arg("--run-dir")
             .arg(self.path("run"))
             .arg("--log-dir")
@@ -350,6 +351,47 @@ fn serial_agent_runs_a_pod_with_runc_and_deletes_it_without_leftovers() {
     assert!(parts[0].contains('T') && parts[0].ends_with('Z'), "{line}");
     assert_eq!(&parts[1..], ["stdout", "F", &format!("serving {name}")]);
 
+    // kubectl logs and exec, proxied by the API server to the agent's endpoint.
+    let (ok, out, err) = lab.kubectl(&["logs", name], None);
+    assert!(ok, "logs: {err}");
+    assert_eq!(out, format!("serving {name}\n"));
+    let (ok, out, err) = lab.kubectl(&["logs", name, "-c", "web", "--timestamps"], None);
+    assert!(ok, "logs: {err}");
+    assert!(out.ends_with(&format!("Z serving {name}\n")), "{out}");
+    let (ok, out, err) = lab.kubectl(&["exec", name, "--", "hostname"], None);
+    assert!(ok, "exec: {err}");
+    assert_eq!(out, format!("{name}\n"));
+    let (ok, out, err) = lab.kubectl(
+        &[
+            "exec",
+            name,
+            "--",
+            "sh",
+            "-c",
+            "echo to-out; echo to-err >&2; exit 3",
+        ],
+        None,
+    );
+    assert!(!ok, "a failing command fails kubectl");
+    assert_eq!(out, "to-out\n");
+    assert!(
+        err.contains("to-err") && err.contains("exit code 3"),
+        "{err}"
+    );
+    let o = lab
+        .in_ns(KUBECTL)
+        .arg("--kubeconfig")
+        .arg(lab.path("kubeconfig.yaml"))
+        .args(["exec", name, "--", "sh", "-c", "exit 7"])
+        .output()
+        .expect("kubectl");
+    assert_eq!(o.status.code(), Some(7), "exit codes propagate");
+    let (ok, out, err) = lab.kubectl(&["exec", "-i", name, "--", "cat"], Some("through stdin\n"));
+    assert!(ok, "exec -i: {err}");
+    assert_eq!(out, "through stdin\n");
+    let (ok, _, err) = lab.kubectl(&["logs", name, "-c", "nope"], None);
+    assert!(!ok && err.contains("nope"), "{err}");
+
     let during = lab.leftovers(&uid);
     assert_eq!(during.0, 1, "one pod netns");
     assert_eq!(during.1, 1, "one veth");
@@ -450,6 +492,19 @@ spec:
     assert!(first.contains(" stdout F run at "), "{first:?}");
     assert!(second.contains(" stdout F run at "), "{second:?}");
     assert_ne!(first, second);
+    // kubectl logs shows the current (last) run, --previous the one before.
+    let plain = |t: &str| {
+        t.lines()
+            .filter_map(|l| l.splitn(4, ' ').nth(3))
+            .map(|l| format!("{l}\n"))
+            .collect::<String>()
+    };
+    let (ok, out, err) = lab.kubectl(&["logs", "crash"], None);
+    assert!(ok, "logs: {err}");
+    assert_eq!(out, plain(&second));
+    let (ok, out, err) = lab.kubectl(&["logs", "crash", "--previous"], None);
+    assert!(ok, "logs --previous: {err}");
+    assert_eq!(out, plain(&first));
     delete_and_check_clean(&lab, "crash", &uid);
 }
 
