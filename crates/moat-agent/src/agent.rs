@@ -517,10 +517,13 @@ impl Node {
             let _ = me.parts.images.release(&slot_id, &rootfs);
             let _ = std::fs::remove_dir_all(me.bundle_dir(&rt.uid, &slot_id));
         };
-        if let Err(e) = self.parts.runtime.create(&h, &id, &bdir, &log) {
-            undo(self);
-            return Err(format!("CreateContainerError: {e}"));
-        }
+        let pid = match self.parts.runtime.create(&h, &id, &bdir, &log) {
+            Ok(pid) => pid,
+            Err(e) => {
+                undo(self);
+                return Err(format!("CreateContainerError: {e}"));
+            }
+        };
         let slot = rt.containers.entry(c.name.clone()).or_default();
         slot.id = Some(id.clone());
         slot.restart_count = restart;
@@ -534,6 +537,7 @@ impl Node {
             undo(self);
             return Err(format!("RunContainerError: {e}"));
         }
+        crate::runtime::mark_started(&bdir, pid);
         Ok(())
     }
 

@@ -205,6 +205,12 @@ impl Runtime for OciRuntime {
             #[serde(default)]
             pid: i64,
         }
+        // Fast path: the shim records the exit in the bundle and the init pid is known, so a
+        // live container needs no runtime exec per pass (which dominates with many pods).
+        // Anything less certain asks the runtime.
+        if let Some(st) = shim_view(bundle) {
+            return Ok(Some(st));
+        }
         let (ok, out, err) = Self::run(h, "state", id, &[id])?;
         if !ok {
             if not_found(&err) {
@@ -260,6 +266,54 @@ impl Runtime for OciRuntime {
         } else {
             Err(Self::failed(h, "delete", id, err))
         }
+    }
+}
+
+/// What the shim's files say: stopped with a code, or running (init pid alive and still the
+/// same process: its start time matches the one recorded at creation, if any).
+fn shim_view(bundle: &Path) -> Option<ContainerState> {
+    if let Some(code) = std::fs::read_to_string(bundle.join(EXIT_FILE))
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+    {
+        return Some(ContainerState {
+            status: Status::Stopped,
+            pid: 0,
+            exit_code: Some(code),
+        });
+    }
+    let pid: i64 = std::fs::read_to_string(bundle.join("init.pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let started = std::fs::read_to_string(bundle.join(STARTED_FILE)).ok()?;
+    // The container has been started (not just created) and its init still runs.
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    (proc_start_time(&stat)? == started.trim()).then_some(ContainerState {
+        status: Status::Running,
+        pid,
+        exit_code: None,
+    })
+}
+
+/// Field 22 (starttime) of /proc/<pid>/stat; the command name (field 2) may hold spaces.
+fn proc_start_time(stat: &str) -> Option<&str> {
+    stat.rsplit_once(')')?.1.split_whitespace().nth(19)
+}
+
+/// Written by the agent after a successful start: the init's start time, to tell it apart
+/// from a later process reusing the pid.
+pub const STARTED_FILE: &str = "started";
+
+/// Records that the container in `bundle` was started (for the fast state path).
+pub fn mark_started(bundle: &Path, pid: u32) {
+    if let Some(t) = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .as_deref()
+        .and_then(proc_start_time)
+    {
+        let _ = std::fs::write(bundle.join(STARTED_FILE), t);
     }
 }
 
@@ -363,5 +417,41 @@ impl Runtime for RecordingRuntime {
             s.remove(id);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_time_is_field_22_even_with_spaces_in_the_name() {
+        let stat = "42 (a b) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
+        assert_eq!(proc_start_time(stat), Some("987654"));
+    }
+
+    #[test]
+    fn shim_files_answer_state_without_the_runtime() {
+        let d = tempfile::tempdir().unwrap();
+        assert_eq!(shim_view(d.path()), None);
+        // Our own process stands in for a started container init.
+        let me = std::process::id();
+        std::fs::write(d.path().join("init.pid"), me.to_string()).unwrap();
+        assert_eq!(
+            shim_view(d.path()),
+            None,
+            "not started yet: ask the runtime"
+        );
+        mark_started(d.path(), me);
+        assert_eq!(shim_view(d.path()).map(|s| s.status), Some(Status::Running));
+        std::fs::write(d.path().join(STARTED_FILE), "1").unwrap();
+        assert_eq!(
+            shim_view(d.path()),
+            None,
+            "a reused pid is not the container"
+        );
+        std::fs::write(d.path().join(EXIT_FILE), "3\n").unwrap();
+        let st = shim_view(d.path()).unwrap();
+        assert_eq!((st.status, st.exit_code), (Status::Stopped, Some(3)));
     }
 }
