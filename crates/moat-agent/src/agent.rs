@@ -234,10 +234,14 @@ pub struct Node {
     pub cfg: AgentConfig,
     parts: Parts,
     network: NetworkList,
-    pods: BTreeMap<String, PodRecord>,
-    /// Events to post: (pod namespace, pod name, uid, type, reason, message).
-    pub events: Vec<(String, String, String, &'static str, String, String)>,
+    /// Pods are synced concurrently: each sync takes its record out and puts it back.
+    pods: std::sync::Mutex<BTreeMap<String, PodRecord>>,
+    /// Events to post.
+    pub events: std::sync::Mutex<Vec<Event>>,
 }
+
+/// (pod namespace, pod name, uid, type, reason, message)
+pub type Event = (String, String, String, &'static str, String, String);
 
 fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
@@ -283,14 +287,34 @@ impl Node {
             cfg,
             parts,
             network,
-            pods,
-            events: Vec::new(),
+            pods: std::sync::Mutex::new(pods),
+            events: std::sync::Mutex::new(Vec::new()),
         })
     }
 
     /// UIDs of the pods this node holds.
     pub fn pod_uids(&self) -> BTreeSet<String> {
-        self.pods.keys().cloned().collect()
+        self.pods_map().keys().cloned().collect()
+    }
+
+    fn pods_map(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, PodRecord>> {
+        self.pods.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn event(&self, e: Event) {
+        self.events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(e);
+    }
+
+    /// Takes the events collected so far.
+    pub fn take_events(&self) -> Vec<Event> {
+        std::mem::take(&mut *self.events.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    pub fn holds(&self, uid: &str) -> bool {
+        self.pods_map().contains_key(uid)
     }
 
     fn pod_dir(&self, uid: &str) -> PathBuf {
@@ -335,7 +359,7 @@ impl Node {
         )
     }
 
-    fn create_sandbox(&mut self, pod: &Pod, handler: &Handler) -> Result<PodRecord, AgentError> {
+    fn create_sandbox(&self, pod: &Pod, handler: &Handler) -> Result<PodRecord, AgentError> {
         let meta = &pod.metadata;
         let uid = meta.uid.clone().unwrap_or_default();
         let spec = pod.spec.clone().unwrap_or_default();
@@ -470,12 +494,7 @@ impl Node {
         self.pod_dir(uid).join("containers").join(id)
     }
 
-    fn start_container(
-        &mut self,
-        pod: &Pod,
-        rt: &mut PodRecord,
-        c: &Container,
-    ) -> Result<(), String> {
+    fn start_container(&self, pod: &Pod, rt: &mut PodRecord, c: &Container) -> Result<(), String> {
         let slot = rt.containers.entry(c.name.clone()).or_default();
         let restart = if slot.last.is_some() {
             slot.restart_count + 1
@@ -555,7 +574,7 @@ impl Node {
     }
 
     /// Brings one pod to its desired state; returns its status (or Removed).
-    pub fn sync(&mut self, pod: &Pod, handler: Result<Handler, String>) -> Outcome {
+    pub fn sync(&self, pod: &Pod, handler: Result<Handler, String>) -> Outcome {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         let grace = pod.metadata.deletion_grace_period_seconds;
         if pod.metadata.deletion_timestamp.is_some() {
@@ -580,13 +599,14 @@ impl Node {
                 json!({"phase": "Failed", "reason": "InvalidPod", "message": "pod has no usable uid"}),
             );
         }
-        let mut rt = match self.pods.remove(&uid) {
+        let taken = self.pods_map().remove(&uid);
+        let mut rt = match taken {
             Some(rt) => rt,
             None => {
                 let h = match handler {
                     Ok(h) => h,
                     Err(msg) => {
-                        self.events.push((
+                        self.event((
                             ns.clone(),
                             name.clone(),
                             uid.clone(),
@@ -614,7 +634,7 @@ impl Node {
                     Err(e) => {
                         let msg = format!("{e}: {}", source_chain(&e));
                         tracing::warn!(pod = %name, error = %msg, "creating the sandbox");
-                        self.events.push((
+                        self.event((
                             ns.clone(),
                             name.clone(),
                             uid.clone(),
@@ -627,7 +647,7 @@ impl Node {
                             .ok()
                             .and_then(|b| serde_json::from_slice::<PodRecord>(&b).ok())
                         {
-                            self.pods.insert(uid.clone(), b);
+                            self.pods_map().insert(uid.clone(), b);
                             self.teardown(&uid, 0);
                         }
                         let views =
@@ -724,7 +744,7 @@ impl Node {
                         s.not_before =
                             Some(unix_now() + status::backoff(s.errors).as_secs() as i64);
                         s.errors += 1;
-                        self.events.push((
+                        self.event((
                             ns.clone(),
                             name.clone(),
                             uid.clone(),
@@ -775,14 +795,15 @@ impl Node {
                 failure: None,
             },
         );
-        self.pods.insert(uid, rt);
+        self.pods_map().insert(uid, rt);
         Outcome::Status(st)
     }
 
     /// Stops (SIGTERM, `grace` seconds, SIGKILL) and removes everything of a pod: containers,
     /// rootfs, CNI attachment, netns, pod dir.
-    pub fn teardown(&mut self, uid: &str, grace: i64) {
-        let Some(rt) = self.pods.remove(uid) else {
+    pub fn teardown(&self, uid: &str, grace: i64) {
+        let taken = self.pods_map().remove(uid);
+        let Some(rt) = taken else {
             return;
         };
         let h = rt.handler.handler();
@@ -1089,25 +1110,51 @@ impl Agent {
         ))?;
         let mut live = BTreeSet::new();
         let mut classes = BTreeMap::new();
+        let mut work = Vec::new();
         for v in items {
             let Ok(pod) = serde_json::from_value::<Pod>(v) else {
                 continue;
             };
             let uid = pod.metadata.uid.clone().unwrap_or_default();
-            let ns = pod.metadata.namespace.clone().unwrap_or_default();
-            let name = pod.metadata.name.clone().unwrap_or_default();
             let phase = pod.status.as_ref().and_then(|s| s.phase.clone());
             // A finished pod this node no longer holds (e.g. failed before its sandbox).
             if pod.metadata.deletion_timestamp.is_none()
                 && matches!(phase.as_deref(), Some("Failed" | "Succeeded"))
-                && !self.node.pods.contains_key(&uid)
+                && !self.node.holds(&uid)
             {
                 live.insert(uid);
                 continue;
             }
             live.insert(uid.clone());
             let handler = self.handler_for(&pod, &mut classes);
-            match self.node.sync(&pod, handler) {
+            work.push((pod, handler));
+        }
+        // Pods are independent: sync them on a few threads so one slow start (or a grace
+        // period running out) does not hold the others back.
+        let n = work.len();
+        let queue = std::sync::Mutex::new(work.into_iter());
+        let results = std::sync::Mutex::new(Vec::with_capacity(n));
+        let node = &self.node;
+        std::thread::scope(|sc| {
+            for _ in 0..n.clamp(1, 8) {
+                sc.spawn(|| {
+                    loop {
+                        let next = queue.lock().unwrap_or_else(|p| p.into_inner()).next();
+                        let Some((pod, handler)) = next else { break };
+                        let out = node.sync(&pod, handler);
+                        let m = &pod.metadata;
+                        results.lock().unwrap_or_else(|p| p.into_inner()).push((
+                            m.uid.clone().unwrap_or_default(),
+                            m.namespace.clone().unwrap_or_default(),
+                            m.name.clone().unwrap_or_default(),
+                            out,
+                        ));
+                    }
+                });
+            }
+        });
+        for (uid, ns, name, out) in results.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            match out {
                 Outcome::Removed => {
                     self.sent.remove(&uid);
                     // Cleanup is done: the object may go now.
@@ -1136,7 +1183,7 @@ impl Agent {
                 self.sent.remove(&uid);
             }
         }
-        for (ns, name, uid, ty, reason, message) in std::mem::take(&mut self.node.events) {
+        for (ns, name, uid, ty, reason, message) in self.node.take_events() {
             let ev = json!({
                 "apiVersion": "v1", "kind": "Event",
                 "metadata": {"generateName": format!("{name}."), "namespace": ns},
@@ -1331,7 +1378,7 @@ mod tests {
     fn pod_runs_restarts_with_backoff_and_tears_down_completely() {
         let fx = Fx::new();
         fx.cni_reply();
-        let mut n = fx.node();
+        let n = fx.node();
         let p = pod("Always");
         let s = status(n.sync(&p, Ok(runc(&n))));
         assert_eq!(s["phase"], "Running", "{s}");
@@ -1390,7 +1437,7 @@ mod tests {
 
         // A restarted agent re-adopts the pod from its state file: no second sandbox.
         drop(n);
-        let mut n = fx.node();
+        let n = fx.node();
         assert_eq!(n.pod_uids().len(), 1);
         let _ = n.sync(&p, Ok(runc(&n)));
         assert_eq!(fx.netns.calls.lock().unwrap().len(), 1);
@@ -1415,7 +1462,7 @@ mod tests {
     fn restart_policy_never_leaves_a_finished_pod() {
         let fx = Fx::new();
         fx.cni_reply();
-        let mut n = fx.node();
+        let n = fx.node();
         let p = pod("Never");
         status(n.sync(&p, Ok(runc(&n))));
         fx.rt.exit("u-1-c-0", 0);
@@ -1436,17 +1483,17 @@ mod tests {
             .lock()
             .unwrap()
             .insert("crun".into(), "cgroups in hybrid mode not supported".into());
-        let mut n = fx.node();
+        let n = fx.node();
         let crun = n.cfg.handlers.get(Some("crun")).unwrap().clone();
         let s = status(n.sync(&pod("Always"), Ok(crun)));
         let w = &s["containerStatuses"][0]["state"]["waiting"];
         assert_eq!(w["reason"], "CreateContainerError", "{s}");
         assert!(w["message"].as_str().unwrap().contains("hybrid"), "{s}");
         assert!(fx.rt.calls().iter().any(|c| c.starts_with("crun create")));
-        assert!(n.events.iter().any(|e| e.5.contains("hybrid")));
+        assert!(n.take_events().iter().any(|e| e.5.contains("hybrid")));
 
         let fx = Fx::new();
-        let mut n = fx.node();
+        let n = fx.node();
         let s = status(n.sync(&pod("Always"), Err("no runtime handler \"kata\"".into())));
         assert_eq!(s["phase"], "Failed");
         assert_eq!(s["reason"], "RuntimeHandlerNotFound");
