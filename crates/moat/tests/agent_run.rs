@@ -742,3 +742,89 @@ handler: kata-nowhere
     assert!(list(&rec_root).trim().is_empty());
     delete_and_check_clean(&lab, "plain", &plain_uid);
 }
+
+#[test]
+fn serial_agent_runs_a_scheduled_deployment_and_cleans_up_after_it() {
+    let mut lab = Lab::new("dep");
+    lab.import_busybox();
+    lab.start(&[]);
+    apply(
+        &lab,
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: hello}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: hello}}
+  template:
+    metadata: {labels: {app: hello}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: web
+        image: localhost/busybox:latest
+        imagePullPolicy: IfNotPresent
+        command: ["sh", "-c", "hostname > /tmp/index.html; trap 'exit 0' TERM; httpd -f -p 8080 -h /tmp & wait"]
+        ports: [{containerPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: hello}
+spec:
+  selector: {app: hello}
+  ports: [{port: 80, targetPort: 8080}]
+"#,
+    );
+    // The scheduler binds both replicas to the agent's node; both run with their own IPs.
+    let mut pods: Vec<(String, String, String)> = Vec::new();
+    lab.wait("both replicas Running", 90, || {
+        let (ok, out, _) = lab.kubectl(&["get", "pods", "-l", "app=hello", "-o", "json"], None);
+        let list: Value = if ok {
+            serde_json::from_str(&out).unwrap_or(Value::Null)
+        } else {
+            Value::Null
+        };
+        pods = list["items"]
+            .as_array()
+            .map(|items| {
+                items
+                    .iter()
+                    .filter(|p| {
+                        p["status"]["phase"] == "Running" && p["status"]["podIP"].is_string()
+                    })
+                    .map(|p| {
+                        (
+                            p["metadata"]["name"].as_str().unwrap_or("").to_string(),
+                            p["status"]["podIP"].as_str().unwrap_or("").to_string(),
+                            p["metadata"]["uid"].as_str().unwrap_or("").to_string(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        pods.len() == 2
+    });
+    assert_ne!(pods[0].1, pods[1].1);
+    for (name, ip, _) in &pods {
+        assert!(ip.starts_with("10.42.77."), "{ip}");
+        assert_eq!(&fetch(&lab, ip), name, "each pod serves its own name");
+        let (ok, out, err) = lab.kubectl(&["exec", name, "--", "hostname"], None);
+        assert!(ok, "exec: {err}");
+        assert_eq!(out.trim(), name);
+    }
+    let (ok, _, err) = lab.kubectl(&["delete", "deployment", "hello"], None);
+    assert!(ok, "delete: {err}");
+    lab.wait("the replicas to go", 60, || {
+        let (_, out, _) = lab.kubectl(&["get", "pods", "-l", "app=hello", "-o", "name"], None);
+        out.trim().is_empty()
+    });
+    for (_, _, uid) in &pods {
+        let left = lab.leftovers(uid);
+        assert_eq!(
+            (left.0, left.1, left.2, left.3, left.4),
+            (0, 0, 0, 0, 0),
+            "leftovers of {uid}"
+        );
+    }
+}
