@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod bundle;
+pub mod check;
 pub mod endpoint;
 pub mod exec;
 pub mod handlers;

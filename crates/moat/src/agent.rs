@@ -52,6 +52,9 @@ pub struct AgentCmdArgs {
 
 #[derive(clap::Subcommand)]
 enum AgentCmd {
+    /// Report what this node can do: runtime handlers (and whether their runtime accepts
+    /// this machine's cgroups), CNI plugins, nftables, /dev/kvm.
+    Check,
     /// Per-container shim (started by the agent, not by hand).
     #[command(hide = true)]
     Shim {
@@ -121,6 +124,20 @@ pub fn run(a: AgentCmdArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(
             u8::try_from(moat_agent::shim::main(&args)).unwrap_or(1),
         ));
+    }
+    if let Some(AgentCmd::Check) = a.cmd {
+        let handlers =
+            moat_agent::Handlers::load(a.args.runtime_config.as_deref(), &a.args.run_dir)
+                .context("loading runtime handlers")?;
+        for f in moat_agent::check::check(&handlers, &a.args.cni_bin_dir) {
+            println!(
+                "{:<3} {}: {}",
+                if f.ok { "ok" } else { "NO" },
+                f.what,
+                f.detail
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
     }
     let cfg = config(&a.args)?;
     let parts = moat_agent::agent::real_parts(&cfg).context("setting up the node")?;

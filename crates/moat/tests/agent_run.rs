@@ -828,3 +828,30 @@ spec:
         );
     }
 }
+
+#[test]
+fn agent_check_says_plainly_what_the_node_can_run() {
+    let (ok, out, err) = run(Command::new(moat_bin()).args(["agent", "check"]));
+    assert!(ok, "agent check: {err}");
+    let line = |what: &str| {
+        out.lines()
+            .find(|l| l.contains(what))
+            .unwrap_or_else(|| panic!("no {what} line in:\n{out}"))
+            .to_string()
+    };
+    assert!(line("handler runc (").starts_with("ok "), "{out}");
+    assert!(line("CNI plugin bridge").starts_with("ok "), "{out}");
+    // This machine's layout (read here independently): v1 controllers plus a unified
+    // hierarchy that holds controllers is what crun refuses.
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let hybrid_with_controllers = mounts.contains(" - cgroup cgroup ")
+        && std::fs::read_to_string("/sys/fs/cgroup/unified/cgroup.controllers")
+            .is_ok_and(|c| !c.trim().is_empty());
+    let crun = line("handler crun (");
+    if hybrid_with_controllers {
+        assert!(crun.starts_with("NO ") && crun.contains("hybrid"), "{crun}");
+        assert!(line("cgroups").contains("hybrid"), "{out}");
+    } else {
+        assert!(crun.starts_with("ok "), "{crun}");
+    }
+}

@@ -1,0 +1,213 @@
+//! What this node can do (`moat agent check`): runtime handler binaries and whether their
+//! runtime accepts this machine's cgroup layout, CNI plugins, nftables, /dev/kvm. The cgroup
+//! analysis is sans-IO over /proc/self/mountinfo.
+
+use std::path::{Path, PathBuf};
+
+use crate::handlers::Handlers;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CgroupMode {
+    /// cgroup v2 only (`/sys/fs/cgroup` is cgroup2).
+    Unified,
+    /// v1 controllers only.
+    Legacy,
+    /// v1 controllers plus a unified hierarchy at `path` holding `controllers`.
+    Hybrid {
+        path: String,
+        controllers: Vec<String>,
+    },
+}
+
+/// Reads the cgroup layout from mountinfo; `controllers(path)` reads a cgroup2 mount's
+/// `cgroup.controllers`.
+pub fn cgroup_mode(mountinfo: &str, controllers: impl Fn(&str) -> Option<String>) -> CgroupMode {
+    let mut v1 = false;
+    let mut v2: Option<String> = None;
+    for l in mountinfo.lines() {
+        // Fields: id parent maj:min root mountpoint opts [optional...] - fstype source opts
+        let mut f = l.split(' ');
+        let mountpoint = f.nth(4).unwrap_or("");
+        let fstype = l.split(" - ").nth(1).and_then(|r| r.split(' ').next());
+        match fstype {
+            Some("cgroup") => v1 = true,
+            Some("cgroup2") => v2 = Some(mountpoint.to_string()),
+            _ => {}
+        }
+    }
+    match (v1, v2) {
+        (false, Some(_)) => CgroupMode::Unified,
+        (true, Some(path)) => CgroupMode::Hybrid {
+            controllers: controllers(&path)
+                .unwrap_or_default()
+                .split_whitespace()
+                .map(String::from)
+                .collect(),
+            path,
+        },
+        _ => CgroupMode::Legacy,
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    pub ok: bool,
+    pub what: String,
+    pub detail: String,
+}
+
+/// Whether a handler's runtime works with `mode`; crun refuses a hybrid layout whose unified
+/// hierarchy holds controllers ("cgroups in hybrid mode not supported").
+pub fn runtime_verdict(binary: &Path, version: &str, mode: &CgroupMode) -> Result<(), String> {
+    let is_crun = version.to_ascii_lowercase().starts_with("crun")
+        || binary.file_name().is_some_and(|n| n == "crun");
+    if let (
+        true,
+        CgroupMode::Hybrid {
+            path, controllers, ..
+        },
+    ) = (is_crun, mode)
+        && !controllers.is_empty()
+    {
+        return Err(format!(
+            "crun refuses this machine's cgroups: hybrid mode (v1 controllers plus a unified hierarchy at {path} holding {}); pods sent to this handler fail with CreateContainerError",
+            controllers.join(", ")
+        ));
+    }
+    Ok(())
+}
+
+pub fn check(handlers: &Handlers, cni_bin_dirs: &[PathBuf]) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mode = cgroup_mode(&mountinfo, |p| {
+        std::fs::read_to_string(Path::new(p).join("cgroup.controllers")).ok()
+    });
+    out.push(Finding {
+        ok: true,
+        what: "cgroups".into(),
+        detail: match &mode {
+            CgroupMode::Unified => "v2 (unified)".into(),
+            CgroupMode::Legacy => "v1".into(),
+            CgroupMode::Hybrid { path, controllers } => format!(
+                "hybrid: v1 controllers + unified hierarchy at {path} ({})",
+                if controllers.is_empty() {
+                    "no controllers".to_string()
+                } else {
+                    controllers.join(", ")
+                }
+            ),
+        },
+    });
+    for (name, h) in &handlers.map {
+        let what = format!("handler {name} ({})", h.binary.display());
+        let version = std::process::Command::new(&h.binary)
+            .arg("--version")
+            .output();
+        let f = match version {
+            Err(e) => Finding {
+                ok: false,
+                what,
+                detail: format!("cannot run: {e}"),
+            },
+            Ok(o) => {
+                let v = String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .to_string();
+                match runtime_verdict(&h.binary, &v, &mode) {
+                    Ok(()) => Finding {
+                        ok: true,
+                        what,
+                        detail: v,
+                    },
+                    Err(why) => Finding {
+                        ok: false,
+                        what,
+                        detail: why,
+                    },
+                }
+            }
+        };
+        out.push(f);
+    }
+    for plugin in ["bridge", "host-local", "portmap", "loopback"] {
+        let found = cni_bin_dirs
+            .iter()
+            .map(|d| d.join(plugin))
+            .find(|p| p.is_file());
+        out.push(Finding {
+            ok: found.is_some(),
+            what: format!("CNI plugin {plugin}"),
+            detail: found.map_or_else(
+                || "not found (apt-get install containernetworking-plugins)".into(),
+                |p| p.display().to_string(),
+            ),
+        });
+    }
+    let nft = ["/usr/sbin/nft", "/sbin/nft"]
+        .iter()
+        .find(|p| Path::new(p).is_file());
+    out.push(Finding {
+        ok: nft.is_some(),
+        what: "nftables".into(),
+        detail: nft.map_or("nft not found".into(), |p| p.to_string()),
+    });
+    let kvm = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm");
+    out.push(Finding {
+        ok: kvm.is_ok(),
+        what: "/dev/kvm".into(),
+        detail: match kvm {
+            Ok(_) => "opens (VM pods can use KVM; nested guests may still need TCG)".into(),
+            Err(e) => format!("unusable ({e}): VM pods fall back to TCG"),
+        },
+    });
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Trimmed from this build machine's /proc/self/mountinfo.
+    const HYBRID: &str = "\
+30 24 0:26 / /sys/fs/cgroup ro,nosuid,nodev,noexec shared:9 - tmpfs tmpfs ro,mode=755
+31 30 0:27 / /sys/fs/cgroup/unified rw,nosuid,nodev,noexec,relatime shared:10 - cgroup2 cgroup2 rw
+32 30 0:28 / /sys/fs/cgroup/memory rw,nosuid,nodev,noexec,relatime shared:11 - cgroup cgroup rw,memory
+33 30 0:29 / /sys/fs/cgroup/cpu rw,nosuid,nodev,noexec,relatime shared:12 - cgroup cgroup rw,cpu
+";
+
+    #[test]
+    fn hybrid_with_hugetlb_in_v2_is_refused_for_crun_only() {
+        let mode = cgroup_mode(HYBRID, |p| {
+            assert_eq!(p, "/sys/fs/cgroup/unified");
+            Some("hugetlb\n".into())
+        });
+        assert_eq!(
+            mode,
+            CgroupMode::Hybrid {
+                path: "/sys/fs/cgroup/unified".into(),
+                controllers: vec!["hugetlb".into()]
+            }
+        );
+        let e =
+            runtime_verdict(Path::new("/usr/bin/crun"), "crun version 1.8.1", &mode).unwrap_err();
+        assert!(e.contains("hybrid") && e.contains("hugetlb"), "{e}");
+        assert!(runtime_verdict(Path::new("/usr/sbin/runc"), "runc version 1.1.5", &mode).is_ok());
+        // A wrapper that is crun underneath is recognised by its version line.
+        assert!(runtime_verdict(Path::new("/opt/wrap"), "crun version 1.8", &mode).is_err());
+    }
+
+    #[test]
+    fn unified_and_empty_hybrid_are_fine_for_crun() {
+        let v2 = "31 24 0:27 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
+        assert_eq!(cgroup_mode(v2, |_| None), CgroupMode::Unified);
+        let empty = cgroup_mode(HYBRID, |_| Some(String::new()));
+        assert!(runtime_verdict(Path::new("/usr/bin/crun"), "crun", &empty).is_ok());
+        assert!(runtime_verdict(Path::new("/usr/bin/crun"), "crun", &CgroupMode::Unified).is_ok());
+    }
+}
