@@ -145,6 +145,9 @@ struct Slot {
     waiting: Option<(String, Option<String>)>,
     /// Create/start failures in a row, for their own backoff.
     errors: u32,
+    /// Readiness probe state of the current container.
+    #[serde(default)]
+    probe: crate::probe::ProbeState,
 }
 
 /// A pod's sandbox and containers, persisted as `<run_dir>/pods/<uid>/state.json` so a
@@ -550,6 +553,7 @@ impl Node {
         slot.started_at = Some(now_rfc3339());
         slot.waiting = None;
         slot.not_before = None;
+        slot.probe = Default::default();
         if let Err(e) = self.parts.runtime.start(&h, &id) {
             let slot = rt.containers.entry(c.name.clone()).or_default();
             slot.id = None;
@@ -755,6 +759,34 @@ impl Node {
                     }
                 }
             }
+            if let (Some(p), Some(s)) = (&c.readiness_probe, rt.containers.get_mut(&c.name))
+                && let Some(id) = s.id.clone()
+            {
+                let started_ms = s
+                    .started_at
+                    .as_deref()
+                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                    .map_or(0, |t| t.timestamp_millis());
+                let now_ms = chrono::Utc::now().timestamp_millis();
+                if s.probe.due(p, started_ms, now_ms) {
+                    let exec = |cmd: &[String]| {
+                        std::process::Command::new(&h.binary)
+                            .args(&h.options)
+                            .arg("--root")
+                            .arg(&h.root)
+                            .arg("exec")
+                            .arg(&id)
+                            .args(cmd)
+                            .stdin(std::process::Stdio::null())
+                            .stdout(std::process::Stdio::null())
+                            .stderr(std::process::Stdio::null())
+                            .status()
+                            .is_ok_and(|st| st.success())
+                    };
+                    let ok = crate::probe::run(p, c, rt.ip.as_deref(), &exec);
+                    s.probe.record(p, ok, now_ms);
+                }
+            }
             let slot = rt.containers.get(&c.name).cloned().unwrap_or_default();
             let state = match (&slot.id, &slot.done, &slot.waiting) {
                 (Some(_), _, _) => State::Running {
@@ -778,6 +810,7 @@ impl Node {
                 state,
                 last: slot.last.clone(),
                 restart_count: slot.restart_count,
+                probe_ready: c.readiness_probe.as_ref().map(|_| slot.probe.ready),
             });
         }
         if let Err(e) = self.save(&rt) {
@@ -886,6 +919,7 @@ fn waiting_views(cs: &[Container], reason: &str, msg: Option<&str>) -> Vec<Conta
             },
             last: None,
             restart_count: 0,
+            probe_ready: None,
         })
         .collect()
 }

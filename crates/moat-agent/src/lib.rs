@@ -12,6 +12,7 @@ pub mod endpoint;
 pub mod exec;
 pub mod handlers;
 pub mod logs;
+pub mod probe;
 pub mod quantity;
 pub mod runtime;
 pub mod sandbox;

@@ -91,11 +91,13 @@ pub struct ContainerView {
     pub state: State,
     pub last: Option<State>,
     pub restart_count: u32,
+    /// The readiness probe's verdict; `None` without a probe (running means ready).
+    pub probe_ready: Option<bool>,
 }
 
 impl ContainerView {
     fn ready(&self) -> bool {
-        matches!(self.state, State::Running { .. })
+        matches!(self.state, State::Running { .. }) && self.probe_ready.unwrap_or(true)
     }
 }
 
@@ -216,6 +218,7 @@ mod tests {
             state,
             last,
             restart_count: restarts,
+            probe_ready: None,
         }
     }
 
@@ -309,6 +312,24 @@ mod tests {
             "T"
         );
         assert_eq!(s["containerStatuses"][0]["ready"], true);
+        let mut unready = view(
+            State::Running {
+                started_at: "T".into(),
+            },
+            None,
+            0,
+        );
+        unready.probe_ready = Some(false);
+        let s2 = pod_status(&[unready], &f);
+        assert_eq!(s2["containerStatuses"][0]["ready"], false);
+        assert_eq!(s2["phase"], "Running");
+        let ready = s2["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "Ready")
+            .unwrap();
+        assert_eq!(ready["status"], "False");
 
         let s = pod_status(&[view(waiting("CrashLoopBackOff"), Some(term(1)), 3)], &f);
         let ready = s["conditions"]

@@ -855,3 +855,59 @@ fn agent_check_says_plainly_what_the_node_can_run() {
         assert!(crun.starts_with("ok "), "{crun}");
     }
 }
+
+#[test]
+fn serial_agent_readiness_probe_gates_ready() {
+    let mut lab = Lab::new("ready");
+    lab.import_busybox();
+    lab.start(&[]);
+    let manifest = format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: probed}}
+spec:
+  nodeName: {}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: web
+    image: localhost/busybox:latest
+    imagePullPolicy: IfNotPresent
+    command: ["sh", "-c", "trap 'exit 0' TERM; httpd -f -p 8080 -h /tmp & wait"]
+    readinessProbe:
+      httpGet: {{path: /ready, port: 8080}}
+      periodSeconds: 1
+      failureThreshold: 2
+"#,
+        lab.node
+    );
+    apply(&lab, &manifest);
+    let (_, uid) = running_ip(&lab, "probed");
+    let ready = |lab: &Lab| -> (Value, Value) {
+        let p = lab.pod("probed").unwrap_or(Value::Null);
+        let cond = p["status"]["conditions"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["type"] == "Ready").cloned())
+            .unwrap_or(Value::Null);
+        (
+            p["status"]["containerStatuses"][0]["ready"].clone(),
+            cond["status"].clone(),
+        )
+    };
+    // Running but the probe's page is missing (404): not ready, for several periods.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(ready(&lab), (Value::Bool(false), Value::from("False")));
+    let (ok, _, err) = lab.kubectl(&["exec", "probed", "--", "touch", "/tmp/ready"], None);
+    assert!(ok, "exec: {err}");
+    lab.wait("the probe to pass", 20, || {
+        ready(&lab) == (Value::Bool(true), Value::from("True"))
+    });
+    let (ok, _, err) = lab.kubectl(&["exec", "probed", "--", "rm", "/tmp/ready"], None);
+    assert!(ok, "exec: {err}");
+    lab.wait("two failures to make it unready", 20, || {
+        ready(&lab) == (Value::Bool(false), Value::from("False"))
+    });
+    let cs = container_status(&lab, "probed");
+    assert_eq!(cs["restartCount"], 0, "readiness never restarts: {cs}");
+    delete_and_check_clean(&lab, "probed", &uid);
+}
