@@ -148,6 +148,9 @@ struct Slot {
     /// Readiness probe state of the current container.
     #[serde(default)]
     probe: crate::probe::ProbeState,
+    /// Liveness probe state of the current container.
+    #[serde(default)]
+    liveness: crate::probe::ProbeState,
 }
 
 /// A pod's sandbox and containers, persisted as `<run_dir>/pods/<uid>/state.json` so a
@@ -554,6 +557,7 @@ impl Node {
         slot.waiting = None;
         slot.not_before = None;
         slot.probe = Default::default();
+        slot.liveness = Default::default();
         if let Err(e) = self.parts.runtime.start(&h, &id) {
             let slot = rt.containers.entry(c.name.clone()).or_default();
             slot.id = None;
@@ -769,22 +773,41 @@ impl Node {
                     .map_or(0, |t| t.timestamp_millis());
                 let now_ms = chrono::Utc::now().timestamp_millis();
                 if s.probe.due(p, started_ms, now_ms) {
-                    let exec = |cmd: &[String]| {
-                        std::process::Command::new(&h.binary)
-                            .args(&h.options)
-                            .arg("--root")
-                            .arg(&h.root)
-                            .arg("exec")
-                            .arg(&id)
-                            .args(cmd)
-                            .stdin(std::process::Stdio::null())
-                            .stdout(std::process::Stdio::null())
-                            .stderr(std::process::Stdio::null())
-                            .status()
-                            .is_ok_and(|st| st.success())
-                    };
+                    let exec = |cmd: &[String]| exec_ok(&h, &id, cmd);
                     let ok = crate::probe::run(p, c, rt.ip.as_deref(), &exec);
                     s.probe.record(p, ok, now_ms);
+                }
+            }
+            if let (Some(p), Some(s)) = (&c.liveness_probe, rt.containers.get_mut(&c.name))
+                && let Some(id) = s.id.clone()
+            {
+                let started_ms = s
+                    .started_at
+                    .as_deref()
+                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                    .map_or(0, |t| t.timestamp_millis());
+                let now_ms = chrono::Utc::now().timestamp_millis();
+                if s.liveness.due(p, started_ms, now_ms) {
+                    let exec = |cmd: &[String]| exec_ok(&h, &id, cmd);
+                    let ok = crate::probe::run(p, c, rt.ip.as_deref(), &exec);
+                    s.liveness.record(p, ok, now_ms);
+                    if s.liveness.failures >= p.failure_threshold.unwrap_or(3).max(1) as u32 {
+                        // Killed here; the next pass sees it stopped and restarts it per
+                        // the policy, like any other exit.
+                        self.event((
+                            ns.clone(),
+                            name.clone(),
+                            uid.clone(),
+                            "Warning",
+                            "Unhealthy".into(),
+                            format!(
+                                "Liveness probe failed: container {} will be restarted",
+                                c.name
+                            ),
+                        ));
+                        let _ = self.parts.runtime.kill(&h, &id, "SIGKILL");
+                        s.liveness = Default::default();
+                    }
                 }
             }
             let slot = rt.containers.get(&c.name).cloned().unwrap_or_default();
@@ -894,6 +917,22 @@ impl Node {
         }
         let _ = std::fs::remove_dir_all(self.pod_dir(uid));
     }
+}
+
+/// Runs `cmd` in container `id` through its handler; whether it exited 0.
+fn exec_ok(h: &Handler, id: &str, cmd: &[String]) -> bool {
+    std::process::Command::new(&h.binary)
+        .args(&h.options)
+        .arg("--root")
+        .arg(&h.root)
+        .arg("exec")
+        .arg(id)
+        .args(cmd)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|st| st.success())
 }
 
 fn source_chain(e: &dyn std::error::Error) -> String {
@@ -1490,6 +1529,31 @@ mod tests {
         );
         let last_cni = fx.cni.calls.lock().unwrap().last().unwrap().env["CNI_COMMAND"].clone();
         assert_eq!(last_cni, "DEL");
+    }
+
+    #[test]
+    fn failing_liveness_probe_kills_and_the_policy_restarts() {
+        let fx = Fx::new();
+        fx.cni_reply();
+        let n = fx.node();
+        let mut v = serde_json::to_value(pod("Always")).unwrap();
+        // Execs in a container the fake runtime never made always fail.
+        v["spec"]["containers"][0]["livenessProbe"] =
+            json!({"exec": {"command": ["true"]}, "failureThreshold": 1});
+        let p: Pod = serde_json::from_value(v).unwrap();
+        let _ = n.sync(&p, Ok(runc(&n)));
+        assert!(
+            fx.rt
+                .calls()
+                .contains(&"runc kill u-1-c-0 SIGKILL".to_string()),
+            "{:?}",
+            fx.rt.calls()
+        );
+        assert!(n.take_events().iter().any(|e| e.4 == "Unhealthy"));
+        let s = status(n.sync(&p, Ok(runc(&n))));
+        let cs = &s["containerStatuses"][0];
+        assert_eq!(cs["lastState"]["terminated"]["exitCode"], 137, "{s}");
+        assert_eq!(cs["state"]["waiting"]["reason"], "CrashLoopBackOff");
     }
 
     #[test]
