@@ -678,7 +678,26 @@ impl Node {
         };
         let h = rt.handler.handler();
         let mut views = Vec::new();
-        for c in &spec.containers {
+        // Init containers run one at a time, each to success, before the app containers.
+        let inits = spec.init_containers.clone().unwrap_or_default();
+        let mut init_views = Vec::new();
+        let mut initialized = true;
+        let mut init_failed = false;
+        let all: Vec<(bool, &Container)> = inits
+            .iter()
+            .map(|c| (true, c))
+            .chain(spec.containers.iter().map(|c| (false, c)))
+            .collect();
+        for (init, c) in all {
+            if !initialized {
+                let mut v = waiting_views(std::slice::from_ref(c), "PodInitializing", None);
+                if init {
+                    init_views.append(&mut v);
+                } else {
+                    views.append(&mut v);
+                }
+                continue;
+            }
             let slot = rt.containers.entry(c.name.clone()).or_default().clone();
             let mut slot = slot;
             if let Some(id) = slot.id.clone() {
@@ -695,7 +714,12 @@ impl Node {
                         };
                         self.remove_container(&rt, &id);
                         slot.id = None;
-                        if status::should_restart(&policy, code) {
+                        let restart = if init {
+                            code != 0 && policy != "Never"
+                        } else {
+                            status::should_restart(&policy, code)
+                        };
+                        if restart {
                             let delay = status::backoff(slot.restart_count);
                             slot.not_before = Some(unix_now() + delay.as_secs() as i64);
                             slot.last = Some(term);
@@ -825,7 +849,7 @@ impl Node {
                     message: None,
                 },
             };
-            views.push(ContainerView {
+            let view = ContainerView {
                 name: c.name.clone(),
                 image: c.image.clone().unwrap_or_default(),
                 image_id: slot.image_id.clone(),
@@ -834,12 +858,25 @@ impl Node {
                 last: slot.last.clone(),
                 restart_count: slot.restart_count,
                 probe_ready: c.readiness_probe.as_ref().map(|_| slot.probe.ready),
-            });
+            };
+            if init {
+                match &slot.done {
+                    Some(State::Terminated { exit_code: 0, .. }) => {}
+                    Some(State::Terminated { .. }) => {
+                        initialized = false;
+                        init_failed = true;
+                    }
+                    _ => initialized = false,
+                }
+                init_views.push(view);
+            } else {
+                views.push(view);
+            }
         }
         if let Err(e) = self.save(&rt) {
             tracing::warn!(error = %e, "saving pod state");
         }
-        let st = status::pod_status(
+        let mut st = status::pod_status(
             &views,
             &PodFacts {
                 restart_policy: &policy,
@@ -848,9 +885,24 @@ impl Node {
                 start_time: Some(&rt.start_time.clone()),
                 previous: &prev,
                 now: &now,
-                failure: None,
+                failure: init_failed.then_some(("InitContainerFailed", "an init container failed")),
             },
         );
+        if !inits.is_empty() {
+            st["initContainerStatuses"] =
+                Value::Array(init_views.iter().map(status::container_status).collect());
+            if !initialized {
+                if !init_failed {
+                    st["phase"] = json!("Pending");
+                }
+                if let Some(cs) = st["conditions"].as_array_mut() {
+                    for c in cs.iter_mut().filter(|c| c["type"] == "Initialized") {
+                        c["status"] = json!("False");
+                        c["reason"] = json!("ContainersNotInitialized");
+                    }
+                }
+            }
+        }
         self.pods_map().insert(uid, rt);
         Outcome::Status(st)
     }
@@ -1554,6 +1606,67 @@ mod tests {
         let cs = &s["containerStatuses"][0];
         assert_eq!(cs["lastState"]["terminated"]["exitCode"], 137, "{s}");
         assert_eq!(cs["state"]["waiting"]["reason"], "CrashLoopBackOff");
+    }
+
+    fn with_init(policy: &str) -> Pod {
+        let mut v = serde_json::to_value(pod(policy)).unwrap();
+        v["spec"]["initContainers"] =
+            json!([{"name": "i1", "image": "busybox", "command": ["true"]}]);
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn condition(s: &Value, t: &str) -> Value {
+        s["conditions"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["type"] == t))
+            .map(|c| c["status"].clone())
+            .unwrap_or(Value::Null)
+    }
+
+    #[test]
+    fn init_containers_run_to_success_before_the_app_containers() {
+        let fx = Fx::new();
+        fx.cni_reply();
+        let n = fx.node();
+        let p = with_init("Always");
+        let s = status(n.sync(&p, Ok(runc(&n))));
+        assert_eq!(s["phase"], "Pending", "{s}");
+        assert_eq!(condition(&s, "Initialized"), "False");
+        assert!(
+            s["initContainerStatuses"][0]["state"]["running"].is_object(),
+            "{s}"
+        );
+        assert_eq!(
+            s["containerStatuses"][0]["state"]["waiting"]["reason"],
+            "PodInitializing"
+        );
+        assert!(!fx.rt.calls().iter().any(|c| c.contains("create u-1-c-")));
+        fx.rt.exit("u-1-i1-0", 0);
+        let s = status(n.sync(&p, Ok(runc(&n))));
+        assert_eq!(s["phase"], "Running", "{s}");
+        assert_eq!(condition(&s, "Initialized"), "True");
+        assert_eq!(
+            s["initContainerStatuses"][0]["state"]["terminated"]["reason"],
+            "Completed"
+        );
+        assert!(fx.rt.calls().iter().any(|c| c.contains("create u-1-c-0")));
+    }
+
+    #[test]
+    fn a_failed_init_container_fails_a_never_restart_pod() {
+        let fx = Fx::new();
+        fx.cni_reply();
+        let n = fx.node();
+        let p = with_init("Never");
+        status(n.sync(&p, Ok(runc(&n))));
+        fx.rt.exit("u-1-i1-0", 2);
+        let s = status(n.sync(&p, Ok(runc(&n))));
+        assert_eq!(s["phase"], "Failed", "{s}");
+        assert_eq!(
+            s["initContainerStatuses"][0]["state"]["terminated"]["exitCode"],
+            2
+        );
+        assert!(!fx.rt.calls().iter().any(|c| c.contains("create u-1-c-")));
     }
 
     #[test]

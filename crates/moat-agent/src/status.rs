@@ -142,6 +142,21 @@ pub fn phase(views: &[ContainerView], restart_policy: &str) -> &'static str {
     }
 }
 
+/// One entry of `containerStatuses` / `initContainerStatuses`.
+pub fn container_status(v: &ContainerView) -> Value {
+    json!({
+        "name": v.name,
+        "image": v.image,
+        "imageID": v.image_id,
+        "containerID": v.container_id,
+        "ready": v.ready(),
+        "started": matches!(v.state, State::Running { .. }),
+        "restartCount": v.restart_count,
+        "state": v.state.to_json(),
+        "lastState": v.last.as_ref().map(State::to_json).unwrap_or_else(|| json!({})),
+    })
+}
+
 /// The full `status` object for a pods/status merge patch (lists are replaced whole; absent
 /// scalars are nulled so stale values go away).
 pub fn pod_status(views: &[ContainerView], f: &PodFacts<'_>) -> Value {
@@ -169,22 +184,7 @@ pub fn pod_status(views: &[ContainerView], f: &PodFacts<'_>) -> Value {
     } else {
         phase(views, f.restart_policy)
     };
-    let statuses: Vec<Value> = views
-        .iter()
-        .map(|v| {
-            json!({
-                "name": v.name,
-                "image": v.image,
-                "imageID": v.image_id,
-                "containerID": v.container_id,
-                "ready": v.ready(),
-                "started": matches!(v.state, State::Running { .. }),
-                "restartCount": v.restart_count,
-                "state": v.state.to_json(),
-                "lastState": v.last.as_ref().map(State::to_json).unwrap_or_else(|| json!({})),
-            })
-        })
-        .collect();
+    let statuses: Vec<Value> = views.iter().map(container_status).collect();
     json!({
         "phase": phase,
         "reason": f.failure.map(|x| x.0),
