@@ -244,6 +244,73 @@ pub struct Node {
     pods: std::sync::Mutex<BTreeMap<String, PodRecord>>,
     /// Events to post.
     pub events: std::sync::Mutex<Vec<Event>>,
+    /// Files of a configMap or secret volume (key → content), looked up through the API.
+    pub volume_source: Option<Box<VolumeSource>>,
+}
+
+/// (namespace, volume) → the volume's files; `Err` when it cannot be made.
+pub type VolumeSource = dyn Fn(&str, &k8s_openapi::api::core::v1::Volume) -> Result<Vec<(String, Vec<u8>)>, String>
+    + Send
+    + Sync;
+
+/// Files of a configMap/secret volume from the object's data (secrets are base64), limited
+/// to `items` when given. Keys must be plain file names.
+pub fn volume_files(
+    v: &k8s_openapi::api::core::v1::Volume,
+    obj: &Value,
+) -> Result<Vec<(String, Vec<u8>)>, String> {
+    let mut files = Vec::new();
+    let (items, secret) = match (&v.config_map, &v.secret) {
+        (Some(cm), _) => (cm.items.clone(), false),
+        (_, Some(sec)) => (sec.items.clone(), true),
+        _ => return Ok(files),
+    };
+    let decode = |key: &str, text: Option<&str>, bin: Option<&str>| -> Result<Vec<u8>, String> {
+        let data = match (text, bin) {
+            (Some(t), _) if !secret => t.as_bytes().to_vec(),
+            (Some(t), _) => {
+                use base64::Engine as _;
+                base64::engine::general_purpose::STANDARD
+                    .decode(t)
+                    .map_err(|e| format!("secret key {key}: {e}"))?
+            }
+            (None, Some(b)) => {
+                use base64::Engine as _;
+                base64::engine::general_purpose::STANDARD
+                    .decode(b)
+                    .map_err(|e| format!("binaryData key {key}: {e}"))?
+            }
+            (None, None) => return Err(format!("key {key} not found")),
+        };
+        Ok(data)
+    };
+    let data = &obj["data"];
+    let bin = &obj["binaryData"];
+    match items {
+        Some(items) => {
+            for it in items {
+                let d = decode(&it.key, data[&it.key].as_str(), bin[&it.key].as_str())?;
+                files.push((it.path.clone(), d));
+            }
+        }
+        None => {
+            for src in [data, bin] {
+                for (k, _) in src.as_object().into_iter().flatten() {
+                    files.push((k.clone(), decode(k, data[k].as_str(), bin[k].as_str())?));
+                }
+            }
+        }
+    }
+    for (name, _) in &files {
+        if name
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..")
+            || name.starts_with('/')
+        {
+            return Err(format!("volume file {name:?} escapes the volume"));
+        }
+    }
+    Ok(files)
 }
 
 /// (pod namespace, pod name, uid, type, reason, message)
@@ -295,6 +362,7 @@ impl Node {
             network,
             pods: std::sync::Mutex::new(pods),
             events: std::sync::Mutex::new(Vec::new()),
+            volume_source: None,
         })
     }
 
@@ -446,12 +514,26 @@ impl Node {
             std::fs::write(&p, text).map_err(io_err("writing a sandbox file", &p))?;
         }
         for v in spec.volumes.iter().flatten() {
+            if !safe_component(&v.name) {
+                continue;
+            }
+            let p = dir.join("volumes").join(&v.name);
             if v.empty_dir.is_some() {
-                if !safe_component(&v.name) {
-                    continue;
-                }
-                let p = dir.join("volumes").join(&v.name);
                 std::fs::create_dir_all(&p).map_err(io_err("creating an emptyDir", &p))?;
+            } else if v.config_map.is_some() || v.secret.is_some() {
+                let src = self.volume_source.as_ref().ok_or_else(|| {
+                    AgentError::Other(format!("volume {}: no API to read it from", v.name))
+                })?;
+                let files = src(&rt.namespace, v)
+                    .map_err(|e| AgentError::Other(format!("volume {}: {e}", v.name)))?;
+                std::fs::create_dir_all(&p).map_err(io_err("creating a volume", &p))?;
+                for (name, data) in files {
+                    let f = p.join(&name);
+                    if let Some(d) = f.parent() {
+                        std::fs::create_dir_all(d).map_err(io_err("creating a volume", d))?;
+                    }
+                    std::fs::write(&f, data).map_err(io_err("writing a volume file", &f))?;
+                }
             }
         }
         self.save(&rt)?;
@@ -462,7 +544,9 @@ impl Node {
         let dir = self.pod_dir(&rt.uid);
         let mut volumes = Vec::new();
         for v in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
-            if v.empty_dir.is_some() && safe_component(&v.name) {
+            if (v.empty_dir.is_some() || v.config_map.is_some() || v.secret.is_some())
+                && safe_component(&v.name)
+            {
                 volumes.push((v.name.clone(), dir.join("volumes").join(&v.name)));
             } else if let Some(h) = &v.host_path {
                 volumes.push((v.name.clone(), PathBuf::from(&h.path)));
@@ -1124,7 +1208,31 @@ impl Agent {
                 }}}),
             )?;
         }
-        let node = Node::new(cfg, parts, &cidr)?;
+        let mut node = Node::new(cfg, parts, &cidr)?;
+        let vc = client.clone();
+        node.volume_source = Some(Box::new(
+            move |ns: &str, v: &k8s_openapi::api::core::v1::Volume| {
+                let (path, optional) = match (&v.config_map, &v.secret) {
+                    (Some(cm), _) => (
+                        format!("/api/v1/namespaces/{ns}/configmaps/{}", cm.name),
+                        cm.optional.unwrap_or(false),
+                    ),
+                    (_, Some(s)) => (
+                        format!(
+                            "/api/v1/namespaces/{ns}/secrets/{}",
+                            s.secret_name.clone().unwrap_or_default()
+                        ),
+                        s.optional.unwrap_or(false),
+                    ),
+                    _ => return Ok(Vec::new()),
+                };
+                match vc.get(&path) {
+                    Ok(obj) => volume_files(v, &obj),
+                    Err(e) if e.code() == Some(404) && optional => Ok(Vec::new()),
+                    Err(e) => Err(e.to_string()),
+                }
+            },
+        ));
         let a = Agent {
             client,
             node,
@@ -1667,6 +1775,39 @@ mod tests {
             2
         );
         assert!(!fx.rt.calls().iter().any(|c| c.contains("create u-1-c-")));
+    }
+
+    #[test]
+    fn configmap_and_secret_volume_files() {
+        let vol =
+            |v: Value| -> k8s_openapi::api::core::v1::Volume { serde_json::from_value(v).unwrap() };
+        let cm = vol(json!({"name": "c", "configMap": {"name": "x"}}));
+        let files = volume_files(
+            &cm,
+            &json!({"data": {"a": "1", "b": "2"}, "binaryData": {"c": "Mw=="}}),
+        )
+        .unwrap();
+        assert_eq!(
+            files,
+            [
+                ("a".into(), b"1".to_vec()),
+                ("b".into(), b"2".to_vec()),
+                ("c".into(), b"3".to_vec())
+            ]
+        );
+        let sec = vol(
+            json!({"name": "s", "secret": {"secretName": "x", "items": [{"key": "t", "path": "dir/tok"}]}}),
+        );
+        let files = volume_files(&sec, &json!({"data": {"t": "c2VjcmV0", "u": "eA=="}})).unwrap();
+        assert_eq!(files, [("dir/tok".into(), b"secret".to_vec())]);
+        let bad = vol(
+            json!({"name": "s", "configMap": {"name": "x", "items": [{"key": "a", "path": "../../etc/x"}]}}),
+        );
+        assert!(volume_files(&bad, &json!({"data": {"a": "1"}})).is_err());
+        let missing = vol(
+            json!({"name": "s", "configMap": {"name": "x", "items": [{"key": "zz", "path": "z"}]}}),
+        );
+        assert!(volume_files(&missing, &json!({"data": {}})).is_err());
     }
 
     #[test]

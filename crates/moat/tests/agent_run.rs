@@ -911,3 +911,69 @@ spec:
     assert_eq!(cs["restartCount"], 0, "readiness never restarts: {cs}");
     delete_and_check_clean(&lab, "probed", &uid);
 }
+
+#[test]
+fn serial_agent_two_containers_share_emptydir_configmap_and_secret() {
+    let mut lab = Lab::new("vol");
+    lab.import_busybox();
+    lab.start(&[]);
+    let manifest = format!(
+        r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: greet}}
+data: {{greeting: "hi-from-cm "}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: creds}}
+data: {{token: c2VjcmV0}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: vols}}
+spec:
+  nodeName: {}
+  terminationGracePeriodSeconds: 1
+  volumes:
+  - {{name: shared, emptyDir: {{}}}}
+  - {{name: cfg, configMap: {{name: greet}}}}
+  - {{name: sec, secret: {{secretName: creds}}}}
+  containers:
+  - name: writer
+    image: localhost/busybox:latest
+    imagePullPolicy: IfNotPresent
+    command: ["sh", "-c", "cat /cfg/greeting /sec/token > /shared/index.html; trap 'exit 0' TERM; sleep 3600 & wait"]
+    volumeMounts: [{{name: shared, mountPath: /shared}}, {{name: cfg, mountPath: /cfg}}, {{name: sec, mountPath: /sec, readOnly: true}}]
+  - name: web
+    image: localhost/busybox:latest
+    imagePullPolicy: IfNotPresent
+    command: ["sh", "-c", "trap 'exit 0' TERM; httpd -f -p 8080 -h /shared & wait"]
+    volumeMounts: [{{name: shared, mountPath: /shared}}]
+"#,
+        lab.node
+    );
+    apply(&lab, &manifest);
+    let (ip, uid) = running_ip(&lab, "vols");
+    let mut body = String::new();
+    lab.wait(
+        "the web container to serve what the writer wrote",
+        20,
+        || {
+            body = fetch(&lab, &ip);
+            !body.is_empty()
+        },
+    );
+    assert_eq!(body, "hi-from-cm secret");
+    let (ok, _, err) = lab.kubectl(
+        &["exec", "vols", "-c", "writer", "--", "touch", "/shared/x"],
+        None,
+    );
+    assert!(ok, "{err}");
+    let (ok, _, _) = lab.kubectl(
+        &["exec", "vols", "-c", "writer", "--", "touch", "/sec/x"],
+        None,
+    );
+    assert!(!ok, "the secret mount is read-only");
+    delete_and_check_clean(&lab, "vols", &uid);
+}
