@@ -10,7 +10,8 @@ use serde_json::Value;
 use crate::{Client, ClientError};
 
 pub(crate) fn endpoints_loop(c: Client, rx: mpsc::Receiver<()>) {
-    while crate::wait(&rx) {
+    let mut pace = crate::Pace::new(std::time::Duration::from_millis(500));
+    while pace.wait(&rx) {
         if let Err(e) = pass(&c) {
             tracing::debug!(error = %e, "endpoints pass");
         }
@@ -29,8 +30,18 @@ fn key(v: &Value) -> (String, String) {
 
 fn pass(c: &Client) -> Result<(), ClientError> {
     let (services, _) = c.list("/api/v1/services")?;
-    let (pods, _) = c.list("/api/v1/pods")?;
     let (endpoints, _) = c.list("/api/v1/endpoints")?;
+    // Nothing to manage or clean up: no need to read every pod.
+    if endpoints.is_empty()
+        && !services.iter().any(|s| {
+            s["spec"]["selector"]
+                .as_object()
+                .is_some_and(|m| !m.is_empty())
+        })
+    {
+        return Ok(());
+    }
+    let (pods, _) = c.list("/api/v1/pods")?;
     let (slices, _) = c.list(&format!(
         "/apis/discovery.k8s.io/v1/endpointslices?labelSelector={MANAGED_BY_LABEL}%3D{MANAGED_BY}"
     ))?;

@@ -2,7 +2,7 @@
 //! applies `moat_controllers::gc` plans through the API.
 
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use moat_api::{RESOURCES, ResourceInfo};
 use moat_controllers::gc::{Action, NAMESPACE_FINALIZER, NamespaceAction, Obj};
@@ -28,14 +28,9 @@ fn item_path(r: &ResourceInfo, v: &Value) -> String {
 
 /// Runs passes on wake-ups, at most one every `MIN_GAP` (a pass lists every kind).
 pub(crate) fn gc_loop(c: Client, rx: mpsc::Receiver<()>) {
-    const MIN_GAP: Duration = Duration::from_millis(500);
-    let mut last = Instant::now() - MIN_GAP;
-    while crate::wait(&rx) {
-        let gap = last.elapsed();
-        if gap < MIN_GAP {
-            std::thread::sleep(MIN_GAP - gap);
-        }
-        last = Instant::now();
+    // A pass lists every kind: at most one every two seconds.
+    let mut pace = crate::Pace::new(Duration::from_secs(2));
+    while pace.wait(&rx) {
         if let Err(e) = pass(&c) {
             tracing::debug!(error = %e, "garbage collection pass");
         }

@@ -133,6 +133,36 @@ fn wait(rx: &mpsc::Receiver<()>) -> bool {
     }
 }
 
+/// Paces a loop: at most one pass per `gap`, wake-ups arriving meanwhile folded into the
+/// next pass. Each pass lists whole collections, so under a stream of events (thousands of
+/// pods being created) unpaced loops would do nothing but re-list, starving the server.
+pub(crate) struct Pace {
+    gap: Duration,
+    last: std::time::Instant,
+}
+
+impl Pace {
+    pub(crate) fn new(gap: Duration) -> Pace {
+        Pace {
+            gap,
+            last: std::time::Instant::now() - gap,
+        }
+    }
+
+    pub(crate) fn wait(&mut self, rx: &mpsc::Receiver<()>) -> bool {
+        if !wait(rx) {
+            return false;
+        }
+        let since = self.last.elapsed();
+        if since < self.gap {
+            std::thread::sleep(self.gap - since);
+            while rx.try_recv().is_ok() {}
+        }
+        self.last = std::time::Instant::now();
+        true
+    }
+}
+
 fn typed<T: serde::de::DeserializeOwned>(v: &[Value]) -> Vec<T> {
     v.iter()
         .filter_map(|x| serde_json::from_value(x.clone()).ok())
@@ -175,7 +205,8 @@ fn scheduler_loop(c: Client, rx: mpsc::Receiver<()>) {
     let (mut start, mut tie) = (0usize, 0u64);
     // Last failure message per pod uid, so events are not repeated every pass.
     let mut reported: HashMap<String, String> = HashMap::new();
-    while wait(&rx) {
+    let mut pace = Pace::new(Duration::from_millis(100));
+    while pace.wait(&rx) {
         let (Ok((nodes, _)), Ok((pods, _))) = (c.list("/api/v1/nodes"), c.list("/api/v1/pods"))
         else {
             continue;
@@ -319,7 +350,8 @@ fn by_ns(items: &[Value]) -> BTreeMap<String, Vec<Value>> {
 }
 
 fn controller_loop(c: Client, rx: mpsc::Receiver<()>) {
-    while wait(&rx) {
+    let mut pace = Pace::new(Duration::from_millis(500));
+    while pace.wait(&rx) {
         let (Ok((deps, _)), Ok((rss, _)), Ok((pods, _))) = (
             c.list("/apis/apps/v1/deployments"),
             c.list("/apis/apps/v1/replicasets"),

@@ -22,7 +22,20 @@ fn pass(c: &Client, cfg: &Config) -> Result<(), ClientError> {
         return Ok(());
     }
     let (leases, _) = c.list("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases")?;
-    let (pods, _) = c.list("/api/v1/pods")?;
+    // Pods matter only for evictions, i.e. once a node carries one of our NoExecute taints.
+    let tainted = nodes.iter().any(|n| {
+        n["spec"]["taints"].as_array().is_some_and(|ts| {
+            ts.iter().any(|t| {
+                t["key"] == moat_controllers::nodes::UNREACHABLE
+                    || t["key"] == moat_controllers::nodes::NOT_READY
+            })
+        })
+    });
+    let pods = if tainted {
+        c.list("/api/v1/pods")?.0
+    } else {
+        Vec::new()
+    };
     let now = chrono::Utc::now().timestamp();
     for a in moat_controllers::nodes::plan(&nodes, &leases, &pods, now, cfg) {
         let r = match &a {
