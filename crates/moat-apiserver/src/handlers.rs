@@ -282,6 +282,18 @@ async fn get(app: &App, t: &Target, name: &str) -> Result<Value, ApiError> {
     decode(&kv)
 }
 
+/// The stored object at `key`, or the NotFound Status for `name`.
+async fn get_kv(
+    app: &App,
+    t: &Target,
+    key: &str,
+    name: &str,
+) -> Result<moat_store::KeyValue, ApiError> {
+    app.store.get(key).await?.ok_or_else(|| {
+        ApiError::not_found(&t.res.group_resource(), name).details(t.res.group, t.res.plural, name)
+    })
+}
+
 async fn namespace_ok(app: &App, ns: &str, creating: bool) -> Result<(), ApiError> {
     let key = format!("/registry/namespaces/{ns}");
     match app.store.get(&key).await? {
@@ -841,13 +853,7 @@ async fn update(
         .cloned()
         .unwrap_or_else(|| "kubectl-scale".to_string());
     for _ in 0..5 {
-        let kv = app.store.get(&key).await?.ok_or_else(|| {
-            ApiError::not_found(&t.res.group_resource(), name).details(
-                t.res.group,
-                t.res.plural,
-                name,
-            )
-        })?;
+        let kv = get_kv(&app, t, &key, name).await?;
         let cur = decode(&kv)?;
         let view = if sub == Some("scale") {
             scale_of(&cur)
@@ -1086,13 +1092,7 @@ async fn delete(
     let opts = crate::delete::parse_options(q, &raw)?;
     let key = store_key(t.res, t.ns.as_deref(), name);
     for _ in 0..5 {
-        let kv = app.store.get(&key).await?.ok_or_else(|| {
-            ApiError::not_found(&t.res.group_resource(), name).details(
-                t.res.group,
-                t.res.plural,
-                name,
-            )
-        })?;
+        let kv = get_kv(&app, t, &key, name).await?;
         match delete_one(&app, t, &kv, &opts).await {
             Err(e) if e.reason == "Conflict" && opts.precondition_rv.is_none() => continue,
             r => return r.map(|(code, o)| json_response(code, &o)),

@@ -10,17 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Server, eventually};
+use common::{Server, eventually, now};
 use serde_json::json;
-
-/// RFC 3339 UTC "now" without pulling a time crate into the test: `date` is everywhere.
-fn now() -> String {
-    let o = std::process::Command::new("date")
-        .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
-        .output()
-        .expect("date");
-    String::from_utf8_lossy(&o.stdout).trim().to_string()
-}
 
 #[test]
 fn silent_node_is_tainted_and_its_pods_move() {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::{Server, eventually};
+use common::{Server, eventually, now};
 use serde_json::json;
 
 fn fake_kubelets(c: moat_manager::Client, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
@@ -49,14 +49,6 @@ fn fake_kubelets(c: moat_manager::Client, stop: Arc<AtomicBool>) -> std::thread:
             std::thread::sleep(Duration::from_millis(300));
         }
     })
-}
-
-fn now() -> String {
-    let o = std::process::Command::new("date")
-        .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
-        .output()
-        .expect("date");
-    String::from_utf8_lossy(&o.stdout).trim().to_string()
 }
 
 #[test]
