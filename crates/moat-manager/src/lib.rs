@@ -6,6 +6,7 @@
 //! a second), lists current state, asks the sans-IO core for a plan (`moat-scheduler`,
 //! `moat-controllers`) and applies it. A failed write is retried on the next pass.
 
+mod cache;
 pub mod client;
 mod endpoints;
 mod gc;
@@ -37,7 +38,9 @@ pub fn spawn_with(kubeconfig: &Path, nodes_cfg: NodeLifecycleConfig) -> Result<(
     let (ctrl_tx, ctrl_rx) = mpsc::channel();
     let (gc_tx, gc_rx) = mpsc::channel();
     let (ep_tx, ep_rx) = mpsc::channel();
-    spawn_watch(
+    // The scheduler reads pods and nodes from watch-fed caches (it runs often, on large
+    // collections); the caches' events wake the other loops too.
+    let pod_cache = cache::spawn(
         c.clone(),
         "/api/v1/pods",
         vec![
@@ -47,7 +50,7 @@ pub fn spawn_with(kubeconfig: &Path, nodes_cfg: NodeLifecycleConfig) -> Result<(
             ep_tx.clone(),
         ],
     );
-    spawn_watch(
+    let node_cache = cache::spawn(
         c.clone(),
         "/api/v1/nodes",
         vec![sched_tx.clone(), ctrl_tx.clone(), gc_tx.clone()],
@@ -86,7 +89,7 @@ pub fn spawn_with(kubeconfig: &Path, nodes_cfg: NodeLifecycleConfig) -> Result<(
     let sc = c.clone();
     std::thread::Builder::new()
         .name("scheduler".into())
-        .spawn(move || scheduler_loop(sc, sched_rx))
+        .spawn(move || scheduler_loop(sc, sched_rx, pod_cache, node_cache))
         .map_err(io_err)?;
     std::thread::Builder::new()
         .name("controllers".into())
@@ -201,16 +204,22 @@ fn active(p: &Value) -> bool {
         && !matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed"))
 }
 
-fn scheduler_loop(c: Client, rx: mpsc::Receiver<()>) {
+fn scheduler_loop(
+    c: Client,
+    rx: mpsc::Receiver<()>,
+    pod_cache: std::sync::Arc<cache::Cache>,
+    node_cache: std::sync::Arc<cache::Cache>,
+) {
     let (mut start, mut tie) = (0usize, 0u64);
     // Last failure message per pod uid, so events are not repeated every pass.
     let mut reported: HashMap<String, String> = HashMap::new();
+    // Pods bound by an earlier pass whose update the cache may not show yet: skipped, and
+    // counted on their node, until it does (or a while has passed).
+    let mut in_flight: HashMap<String, (String, std::time::Instant)> = HashMap::new();
     let mut pace = Pace::new(Duration::from_millis(100));
     while pace.wait(&rx) {
-        let (Ok((nodes, _)), Ok((pods, _))) = (c.list("/api/v1/nodes"), c.list("/api/v1/pods"))
-        else {
-            continue;
-        };
+        let (nodes, pods) = (node_cache.snapshot(), pod_cache.snapshot());
+        in_flight.retain(|_, (_, t)| t.elapsed() < Duration::from_secs(30));
         let mut infos: Vec<moat_scheduler::NodeInfo> = typed::<Node>(&nodes)
             .into_iter()
             .map(moat_scheduler::NodeInfo::new)
@@ -225,11 +234,19 @@ fn scheduler_loop(c: Client, rx: mpsc::Receiver<()>) {
             let Ok(p) = serde_json::from_value::<Pod>(pv.clone()) else {
                 continue;
             };
-            let node = p
+            let uid = p.metadata.uid.clone().unwrap_or_default();
+            let mut node = p
                 .spec
                 .as_ref()
                 .and_then(|s| s.node_name.clone())
                 .unwrap_or_default();
+            if node.is_empty()
+                && let Some((n, _)) = in_flight.get(&uid)
+            {
+                node = n.clone();
+            } else if !node.is_empty() {
+                in_flight.remove(&uid);
+            }
             if node.is_empty() {
                 let ours = p
                     .spec
@@ -260,6 +277,10 @@ fn scheduler_loop(c: Client, rx: mpsc::Receiver<()>) {
                         infos[pl.node].add_pod(&p, &req);
                     }
                     reported.remove(&uid);
+                    in_flight.insert(
+                        uid,
+                        (infos[pl.node].name.clone(), std::time::Instant::now()),
+                    );
                     binds.push((ns, name, infos[pl.node].name.clone(), pv));
                 }
                 Ok(Err(fit)) => {
