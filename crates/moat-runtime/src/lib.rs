@@ -5,10 +5,18 @@
 //! path (QEMU owner process, agent channel, create/start/exec) is not built yet.
 
 pub mod assets;
+pub mod channel;
+pub mod commands;
 pub mod config;
 pub mod cpio;
+pub mod ctl;
+pub mod daemon;
 pub mod features;
 pub mod kvm;
 pub mod modules;
+pub mod net;
+pub mod oci;
+pub mod qemu;
+pub mod sandbox;
 pub mod state;
 pub mod vmlinux;

@@ -1,8 +1,9 @@
-//! `moat-runtime` command line (runc's global flags). Only the commands whose logic exists are
-//! offered; the VM-backed lifecycle commands (create/start/kill/delete/exec/ps) are not built yet.
+//! `moat-runtime` command line: runc's commands and global flags; the logic lives in the
+//! library (`commands`, `daemon`).
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use moat_runtime::commands::{self, Ctx, ExecArgs};
 use moat_runtime::{config, features, kvm, state};
 use std::io::Write;
 use std::path::PathBuf;
@@ -24,6 +25,13 @@ struct Cli {
     log_format: LogFormat,
     #[arg(long, global = true, default_value = config::DEFAULT_CONFIG_PATH)]
     config: PathBuf,
+    /// Accepted for runc compatibility; cgroups are the guest's own.
+    #[arg(long = "systemd-cgroup", global = true)]
+    _systemd_cgroup: bool,
+    #[arg(long, global = true, hide = true)]
+    _debug: bool,
+    #[arg(long, global = true, hide = true)]
+    _rootless: Option<String>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -47,6 +55,82 @@ enum Cmd {
     Assets(AssetsCmd),
     /// Print the OCI state of a container.
     State { id: String },
+    /// Create a container (boots the sandbox VM for a pod's first container).
+    Create {
+        #[arg(short, long, default_value = ".")]
+        bundle: PathBuf,
+        #[arg(long = "pid-file")]
+        pid_file: Option<PathBuf>,
+        #[arg(long = "console-socket")]
+        console_socket: Option<PathBuf>,
+        #[arg(long = "no-pivot", hide = true)]
+        _no_pivot: bool,
+        #[arg(long = "no-new-keyring", hide = true)]
+        _no_new_keyring: bool,
+        #[arg(long = "preserve-fds", hide = true, default_value_t = 0)]
+        _preserve_fds: u32,
+        id: String,
+    },
+    /// Run the user process of a created container.
+    Start { id: String },
+    /// Send a signal (default TERM) to the container.
+    Kill {
+        #[arg(short, long)]
+        all: bool,
+        id: String,
+        #[arg(default_value = "TERM")]
+        signal: String,
+    },
+    /// Delete a container (and its VM with the last one).
+    Delete {
+        #[arg(short, long)]
+        force: bool,
+        id: String,
+    },
+    /// Run another process in a running container.
+    Exec {
+        #[arg(short, long)]
+        process: Option<PathBuf>,
+        #[arg(short, long)]
+        detach: bool,
+        #[arg(long = "pid-file")]
+        pid_file: Option<PathBuf>,
+        #[arg(short, long)]
+        tty: bool,
+        #[arg(long = "console-socket")]
+        console_socket: Option<PathBuf>,
+        #[arg(long)]
+        cwd: Option<String>,
+        #[arg(short, long)]
+        env: Vec<String>,
+        #[arg(long = "preserve-fds", hide = true, default_value_t = 0)]
+        _preserve_fds: u32,
+        id: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Processes of a container (guest pids).
+    Ps {
+        #[arg(short, long, default_value = "table")]
+        format: String,
+        id: String,
+    },
+    /// (internal) The per-sandbox daemon owning the VM.
+    #[command(hide = true)]
+    Daemon {
+        #[arg(long)]
+        bundle: PathBuf,
+        sandbox: String,
+    },
+    /// (internal) Stands for one container process: exits with its status.
+    #[command(hide = true)]
+    Shim {
+        #[arg(long)]
+        sandbox: String,
+        #[arg(long)]
+        exec: Option<String>,
+        id: String,
+    },
     /// List containers.
     List {
         #[arg(short, long, default_value = "table")]
@@ -98,7 +182,84 @@ fn write_log(path: &PathBuf, fmt: LogFormat, msg: &str) {
 
 fn run(cli: &Cli) -> anyhow::Result<()> {
     let store = state::StateStore::new(&cli.root);
+    let ctx = Ctx {
+        root: cli.root.clone(),
+        config: cli.config.clone(),
+    };
     match &cli.cmd {
+        Cmd::Create {
+            bundle,
+            pid_file,
+            console_socket,
+            id,
+            ..
+        } => commands::create(
+            &ctx,
+            id,
+            bundle,
+            pid_file.as_deref(),
+            console_socket.as_deref(),
+        )
+        .with_context(|| format!("create {id}"))?,
+        Cmd::Start { id } => commands::start(&ctx, id).with_context(|| format!("start {id}"))?,
+        Cmd::Kill { all, id, signal } => {
+            commands::kill(&ctx, id, signal, *all).with_context(|| format!("kill {id}"))?
+        }
+        Cmd::Delete { force, id } => {
+            commands::delete(&ctx, id, *force).with_context(|| format!("delete {id}"))?
+        }
+        Cmd::Exec {
+            process,
+            detach,
+            pid_file,
+            tty,
+            console_socket,
+            cwd,
+            env,
+            id,
+            args,
+            ..
+        } => {
+            let code = commands::exec(
+                &ctx,
+                id,
+                &ExecArgs {
+                    process: process.as_deref(),
+                    args,
+                    tty: *tty,
+                    cwd: cwd.as_deref(),
+                    env,
+                    detach: *detach,
+                    pid_file: pid_file.as_deref(),
+                    console_socket: console_socket.as_deref(),
+                },
+            )
+            .with_context(|| format!("exec in {id}"))?;
+            std::process::exit(code);
+        }
+        Cmd::Ps { format, id } => {
+            let ps = commands::ps(&ctx, id).with_context(|| format!("ps {id}"))?;
+            if format == "json" {
+                let pids: Vec<i32> = ps.iter().map(|(p, _)| *p).collect();
+                println!("{}", serde_json::to_string(&pids)?);
+            } else {
+                println!("PID\tCMD");
+                for (p, c) in ps {
+                    println!("{p}\t{c}");
+                }
+            }
+        }
+        Cmd::Daemon { bundle, sandbox } => moat_runtime::daemon::run(
+            &cli.root,
+            &cli.config,
+            sandbox,
+            bundle,
+            commands::ready_fd(),
+        ),
+        Cmd::Shim { sandbox, exec, id } => {
+            let code = commands::wait(&ctx, sandbox, id, exec.as_deref()).unwrap_or(255);
+            std::process::exit(code);
+        }
         Cmd::Check => {
             let cfg = config::Config::load(&cli.config)?;
             let p = kvm::probe_host();
@@ -159,11 +320,16 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         }
         Cmd::Features => println!("{}", serde_json::to_string_pretty(&features::features())?),
         Cmd::State { id } => {
-            let st = store.load(id).with_context(|| format!("state of {id}"))?;
+            let st = ctx.state(id).with_context(|| format!("state of {id}"))?;
             println!("{}", serde_json::to_string_pretty(&st)?);
         }
         Cmd::List { format, quiet } => {
-            let all = store.list().context("listing containers")?;
+            let all: Vec<state::State> = store
+                .list()
+                .context("listing containers")?
+                .into_iter()
+                .map(|s| ctx.state(&s.id).unwrap_or(s))
+                .collect();
             if *quiet {
                 for s in &all {
                     println!("{}", s.id);

@@ -1,0 +1,168 @@
+//! What PID 1 does before it can serve: pseudo filesystems, kernel modules, the channel and
+//! the shared directory.
+
+use crate::sys;
+use std::io;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+pub const SHARED: &str = "/run/shared";
+
+pub fn mount_pseudo_filesystems() -> io::Result<()> {
+    let nodev = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    for d in ["/proc", "/sys", "/dev", "/run", "/tmp"] {
+        sys::mkdir_p(d)?;
+    }
+    sys::mount("proc", "/proc", "proc", nodev, None)?;
+    sys::mount("sysfs", "/sys", "sysfs", nodev, None)?;
+    sys::mount("devtmpfs", "/dev", "devtmpfs", libc::MS_NOSUID, None)?;
+    sys::mkdir_p("/dev/pts")?;
+    sys::mount(
+        "devpts",
+        "/dev/pts",
+        "devpts",
+        libc::MS_NOSUID | libc::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620"),
+    )?;
+    sys::mount("tmpfs", "/run", "tmpfs", libc::MS_NOSUID, Some("mode=755"))?;
+    sys::mount("tmpfs", "/tmp", "tmpfs", libc::MS_NOSUID, None)?;
+    Ok(())
+}
+
+/// The initramfs has no /dev/console, so the kernel started us without stdio; point stdout
+/// and stderr at the console now that devtmpfs is there, so boot errors reach the serial log.
+pub fn console_stdio() {
+    // SAFETY: open/dup2 with a valid path and our own descriptors.
+    unsafe {
+        let fd = libc::open(c"/dev/console".as_ptr(), libc::O_RDWR | libc::O_NOCTTY);
+        if fd >= 0 {
+            libc::dup2(fd, 1);
+            libc::dup2(fd, 2);
+            if fd > 2 {
+                libc::close(fd);
+            }
+        }
+    }
+}
+
+/// `name.param=value` words of the kernel command line meant for module `name`. The kernel
+/// keeps those for modules it has not loaded; modprobe normally passes them, so we do.
+pub fn module_params(cmdline: &str, module: &str) -> String {
+    let want = module.replace('-', "_");
+    cmdline
+        .split_whitespace()
+        .filter_map(|w| {
+            let (m, rest) = w.split_once('.')?;
+            (m.replace('-', "_") == want && rest.contains('=')).then_some(rest)
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Loads `/modules/<name>.ko` in the order of `/modules/order` (the asset build wrote it).
+pub fn load_modules() -> io::Result<()> {
+    let order = match std::fs::read_to_string("/modules/order") {
+        Ok(o) => o,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(sys::ctx("reading", "/modules/order", e)),
+    };
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    for file in order.lines().filter(|l| !l.trim().is_empty()) {
+        let path = format!("/modules/{file}");
+        let image = std::fs::read(&path).map_err(|e| sys::ctx("reading", &path, e))?;
+        let name = file.trim_end_matches(".ko");
+        let params = sys::cstr(&module_params(&cmdline, name))?;
+        // SAFETY: image is a live buffer of the given length; params is NUL-terminated.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_init_module,
+                image.as_ptr(),
+                image.len() as libc::c_ulong,
+                params.as_ptr(),
+            )
+        };
+        if r != 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EEXIST) {
+                return Err(sys::ctx("loading module", &path, e));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The /dev node of the virtio-serial port named `name`, waiting for udev-less devtmpfs to
+/// create it after the module probed.
+pub fn find_port(name: &str, timeout: Duration) -> io::Result<PathBuf> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(rd) = std::fs::read_dir("/sys/class/virtio-ports") {
+            for ent in rd.flatten() {
+                let n = std::fs::read_to_string(ent.path().join("name")).unwrap_or_default();
+                if n.trim() == name {
+                    let dev = PathBuf::from("/dev").join(ent.file_name());
+                    if dev.exists() {
+                        return Ok(dev);
+                    }
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            let seen: Vec<String> = std::fs::read_dir("/sys/class/virtio-ports")
+                .map(|rd| {
+                    rd.flatten()
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            let devs: Vec<String> = std::fs::read_dir("/sys/bus/virtio/devices")
+                .map(|rd| {
+                    rd.flatten()
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!(
+                    "no virtio-serial port named {name} appeared (ports: {seen:?}, virtio devices: {devs:?})"
+                ),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+pub fn mount_share(tag: &str) -> io::Result<()> {
+    sys::mkdir_p(SHARED)?;
+    sys::mount(
+        tag,
+        SHARED,
+        "9p",
+        libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
+        Some("trans=virtio,version=9p2000.L,msize=262144,cache=mmap"),
+    )
+}
+
+/// Halts the VM: QEMU runs with -no-reboot, so the reset that `reboot=t` triggers ends it.
+pub fn power_off() -> ! {
+    // SAFETY: plain syscalls with no pointers.
+    unsafe {
+        libc::sync();
+        libc::reboot(libc::RB_AUTOBOOT);
+        libc::_exit(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn module_params_pick_only_that_module() {
+        let c = "console=ttyS0 virtio_mmio.device=512@0xfeb00e00:12 virtio-mmio.device=512@0xfeb00c00:11 9p.x=1 quiet";
+        assert_eq!(
+            super::module_params(c, "virtio_mmio"),
+            "device=512@0xfeb00e00:12 device=512@0xfeb00c00:11"
+        );
+        assert_eq!(super::module_params(c, "virtio_net"), "");
+    }
+}

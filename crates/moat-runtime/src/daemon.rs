@@ -1,0 +1,698 @@
+//! The sandbox daemon: one per VM. It owns QEMU (which dies with it: PR_SET_PDEATHSIG), the
+//! agent channel, the shared directory's mounts and the network splice, and serves the
+//! control socket that the CLI commands and shims talk to. It exits, after tearing the
+//! sandbox down, when its last container is deleted.
+
+use crate::channel::{AgentConn, Events};
+use crate::config::Config;
+use crate::ctl::{self, Conn, CtlRequest, CtlResponse};
+use crate::{net, oci, qemu, sandbox};
+use moat_vm_proto::{Op, Stdio};
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio as PStdio};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Under TCG on a loaded 2-core machine a boot can take many seconds.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+/// Exit status reported for processes of a VM that died under them.
+pub const VM_DIED_STATUS: i32 = 255;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("{step} {}", path.display())]
+    Io {
+        step: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "guest assets missing: {0} (run `moat-runtime assets build --agent <moat-guest-agent>`)"
+    )]
+    Assets(String),
+    #[error("starting QEMU ({0})")]
+    Qemu(String, #[source] std::io::Error),
+    #[error("the VM did not come up: {why}\n--- guest console (last lines) ---\n{console}")]
+    Boot { why: String, console: String },
+    #[error("wiring the sandbox into its network namespace")]
+    Net(#[from] net::NetError),
+    #[error("control socket")]
+    Ctl(#[from] ctl::CtlError),
+    #[error("reading the bundle")]
+    Bundle(#[source] oci_spec::OciSpecError),
+    #[error(transparent)]
+    Oci(#[from] oci::OciError),
+}
+
+#[derive(Default)]
+struct ProcSt {
+    status: Option<i32>,
+    /// Output sinks still writing.
+    sinks: usize,
+    stdin_stream: Option<u32>,
+}
+
+#[derive(Default)]
+struct CSt {
+    procs: HashMap<Option<String>, ProcSt>,
+    /// Share mount points, in mount order.
+    mounts: Vec<PathBuf>,
+}
+
+#[derive(Default)]
+struct SbState {
+    containers: HashMap<String, CSt>,
+    vm_dead: Option<String>,
+}
+
+pub struct Daemon {
+    dir: PathBuf,
+    st: Mutex<SbState>,
+    cv: Condvar,
+    agent: Mutex<Option<Arc<AgentConn>>>,
+    qemu: Mutex<Option<Child>>,
+    net_veth: Mutex<Option<(PathBuf, String)>>,
+}
+
+struct Ev(Arc<Daemon>);
+
+impl Events for Ev {
+    fn exited(&self, container: &str, exec_id: Option<&str>, status: i32) {
+        let d = &self.0;
+        let stdin = {
+            let mut st = d.lock();
+            let p = st
+                .containers
+                .get_mut(container)
+                .and_then(|c| c.procs.get_mut(&exec_id.map(str::to_string)));
+            p.and_then(|p| {
+                p.status = Some(status);
+                p.stdin_stream
+            })
+        };
+        if let (Some(s), Some(a)) = (stdin, d.agent()) {
+            a.close_input(s);
+        }
+        d.cv.notify_all();
+    }
+
+    fn died(&self, why: &str) {
+        let mut st = self.0.lock();
+        st.vm_dead = Some(why.to_string());
+        for c in st.containers.values_mut() {
+            for p in c.procs.values_mut() {
+                p.status.get_or_insert(VM_DIED_STATUS);
+            }
+        }
+        drop(st);
+        self.0.cv.notify_all();
+    }
+}
+
+fn io(step: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> DaemonError {
+    let path = path.to_path_buf();
+    move |source| DaemonError::Io { step, path, source }
+}
+
+fn console_tail(path: &Path) -> String {
+    let s = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+fn bind(src: &Path, dst: &Path) -> Result<(), DaemonError> {
+    if let Some(p) = dst.parent() {
+        std::fs::create_dir_all(p).map_err(io("creating", p))?;
+    }
+    if src.is_dir() {
+        std::fs::create_dir_all(dst).map_err(io("creating", dst))?;
+    } else {
+        std::fs::File::create(dst).map_err(io("creating", dst))?;
+    }
+    nix::mount::mount(
+        Some(src),
+        dst,
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND | nix::mount::MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(|e| DaemonError::Io {
+        step: "bind-mounting into the share",
+        path: src.to_path_buf(),
+        source: e.into(),
+    })
+}
+
+fn unmount_reverse(mounts: &[PathBuf]) {
+    for m in mounts.iter().rev() {
+        let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+impl Daemon {
+    fn lock(&self) -> MutexGuard<'_, SbState> {
+        self.st.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn agent(&self) -> Option<Arc<AgentConn>> {
+        self.agent.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn agent_or_err(&self) -> Result<Arc<AgentConn>, String> {
+        self.agent()
+            .ok_or_else(|| "the VM is not running".to_string())
+    }
+
+    fn create(
+        self: &Arc<Self>,
+        id: &str,
+        bundle: &Path,
+        fds: Vec<OwnedFd>,
+    ) -> Result<CtlResponse, String> {
+        let agent = self.agent_or_err()?;
+        if self.lock().containers.contains_key(id) {
+            return Err(format!("container {id} already exists in this sandbox"));
+        }
+        let spec = oci_spec::runtime::Spec::load(bundle.join("config.json"))
+            .map_err(|e| format!("reading {}/config.json: {e}", bundle.display()))?;
+        let terminal = spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.terminal())
+            .unwrap_or(false);
+        let streams = agent.alloc_streams(3);
+        let stdio = Stdio {
+            stdin: Some(streams[0]),
+            stdout: Some(streams[1]),
+            stderr: (!terminal).then_some(streams[2]),
+        };
+        let plan = oci::plan(id, bundle, &spec, stdio).map_err(|e| e.to_string())?;
+        let shared = sandbox::shared_dir(&self.dir);
+        let mut mounts = Vec::new();
+        for s in &plan.shares {
+            let dst = shared.join(&s.rel);
+            if let Err(e) = bind(&s.host, &dst) {
+                unmount_reverse(&mounts);
+                return Err(format!(
+                    "{e}: {}",
+                    std::error::Error::source(&e)
+                        .map(|s| s.to_string())
+                        .unwrap_or_default()
+                ));
+            }
+            mounts.push(dst);
+        }
+        self.lock().containers.insert(
+            id.to_string(),
+            CSt {
+                procs: HashMap::new(),
+                mounts: mounts.clone(),
+            },
+        );
+        self.attach(&agent, id, None, stdio, fds);
+        match agent.request(Op::CreateContainer(Box::new(plan.spec)), REQUEST_TIMEOUT) {
+            Ok(r) => Ok(CtlResponse {
+                pid: r.pid,
+                ..Default::default()
+            }),
+            Err(e) => {
+                self.lock().containers.remove(id);
+                agent.close_input(streams[0]);
+                unmount_reverse(&mounts);
+                let _ = std::fs::remove_dir_all(shared.join(id));
+                Err(e.to_string())
+            }
+        }
+    }
+
+    /// Hooks a process's host descriptors to its streams and records it.
+    fn attach(
+        self: &Arc<Self>,
+        agent: &Arc<AgentConn>,
+        id: &str,
+        exec: Option<String>,
+        stdio: Stdio,
+        fds: Vec<OwnedFd>,
+    ) {
+        let mut it = fds.into_iter();
+        let (fin, fout, ferr) = (it.next(), it.next(), it.next());
+        let mut sinks = 0;
+        let outs: Vec<(u32, OwnedFd)> = [(stdio.stdout, fout), (stdio.stderr, ferr)]
+            .into_iter()
+            .filter_map(|(s, f)| Some((s?, f?)))
+            .collect();
+        sinks += outs.len();
+        {
+            let mut st = self.lock();
+            if let Some(c) = st.containers.get_mut(id) {
+                c.procs.insert(
+                    exec.clone(),
+                    ProcSt {
+                        status: None,
+                        sinks,
+                        stdin_stream: stdio.stdin,
+                    },
+                );
+            }
+        }
+        for (s, f) in outs {
+            let d = self.clone();
+            let id = id.to_string();
+            let exec = exec.clone();
+            agent.attach_output(
+                s,
+                f,
+                Box::new(move || {
+                    let mut st = d.lock();
+                    if let Some(p) = st
+                        .containers
+                        .get_mut(&id)
+                        .and_then(|c| c.procs.get_mut(&exec))
+                    {
+                        p.sinks = p.sinks.saturating_sub(1);
+                    }
+                    drop(st);
+                    d.cv.notify_all();
+                }),
+            );
+        }
+        if let (Some(s), Some(f)) = (stdio.stdin, fin) {
+            agent.attach_input(s, f);
+        }
+    }
+
+    fn exec(
+        self: &Arc<Self>,
+        id: &str,
+        exec_id: &str,
+        process: serde_json::Value,
+        fds: Vec<OwnedFd>,
+    ) -> Result<CtlResponse, String> {
+        let agent = self.agent_or_err()?;
+        let p: oci_spec::runtime::Process = serde_json::from_value(process)
+            .map_err(|e| format!("decoding the exec process: {e}"))?;
+        {
+            let st = self.lock();
+            let c = st
+                .containers
+                .get(id)
+                .ok_or(format!("container {id} does not exist"))?;
+            if c.procs.contains_key(&Some(exec_id.to_string())) {
+                return Err(format!("exec id {exec_id} is in use"));
+            }
+        }
+        let terminal = p.terminal().unwrap_or(false);
+        let streams = agent.alloc_streams(3);
+        let stdio = Stdio {
+            stdin: Some(streams[0]),
+            stdout: Some(streams[1]),
+            stderr: (!terminal).then_some(streams[2]),
+        };
+        let process = oci::process(&p, stdio).map_err(|e| e.to_string())?;
+        self.attach(&agent, id, Some(exec_id.to_string()), stdio, fds);
+        match agent.request(
+            Op::Exec {
+                container: id.to_string(),
+                exec_id: exec_id.to_string(),
+                process: Box::new(process),
+            },
+            REQUEST_TIMEOUT,
+        ) {
+            Ok(r) => Ok(CtlResponse {
+                pid: r.pid,
+                ..Default::default()
+            }),
+            Err(e) => {
+                if let Some(c) = self.lock().containers.get_mut(id) {
+                    c.procs.remove(&Some(exec_id.to_string()));
+                }
+                agent.close_input(streams[0]);
+                Err(e.to_string())
+            }
+        }
+    }
+
+    fn wait(&self, id: &str, exec: Option<String>) -> Result<CtlResponse, String> {
+        let mut st = self.lock();
+        loop {
+            let p = st
+                .containers
+                .get(id)
+                .ok_or(format!("container {id} does not exist"))?
+                .procs
+                .get(&exec)
+                .ok_or(format!("no such process in {id}"))?;
+            // Sinks of a dead VM never finish writing; the status is all there is.
+            if let Some(s) = p.status
+                && (p.sinks == 0 || st.vm_dead.is_some())
+            {
+                return Ok(CtlResponse {
+                    status: Some(s),
+                    ..Default::default()
+                });
+            }
+            st = self
+                .cv
+                .wait_timeout(st, Duration::from_millis(500))
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+    }
+
+    /// Deletes a container; returns true when it was the last one and the sandbox is gone.
+    fn delete(&self, id: &str, force: bool) -> Result<bool, String> {
+        let (running, mounts) = {
+            let st = self.lock();
+            let c = st
+                .containers
+                .get(id)
+                .ok_or(format!("container {id} does not exist"))?;
+            (
+                c.procs.get(&None).is_some_and(|p| p.status.is_none()),
+                c.mounts.clone(),
+            )
+        };
+        let _ = force;
+        if running {
+            // The CLI checked started/force; a created-but-never-started init is just killed.
+            if let Some(a) = self.agent() {
+                let _ = a.request(
+                    Op::Signal {
+                        container: id.to_string(),
+                        exec_id: None,
+                        signal: libc::SIGKILL,
+                        all: true,
+                    },
+                    REQUEST_TIMEOUT,
+                );
+            }
+        }
+        if let Some(a) = self.agent()
+            && !a.is_dead()
+        {
+            a.request(Op::RemoveContainer { id: id.to_string() }, REQUEST_TIMEOUT)
+                .map_err(|e| e.to_string())?;
+        }
+        unmount_reverse(&mounts);
+        let _ = std::fs::remove_dir_all(sandbox::shared_dir(&self.dir).join(id));
+        let mut st = self.lock();
+        st.containers.remove(id);
+        Ok(st.containers.is_empty())
+    }
+
+    /// Powers the VM off (bounded), kills QEMU if needed, undoes the network splice, removes
+    /// the sandbox directory.
+    fn teardown(&self) {
+        if let Some(a) = self.agent()
+            && !a.is_dead()
+        {
+            let _ = a.request(Op::Shutdown, Duration::from_secs(5));
+        }
+        if let Some(mut q) = self.qemu.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            for _ in 0..50 {
+                if matches!(q.try_wait(), Ok(Some(_))) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = q.kill();
+            let _ = q.wait();
+        }
+        if let Some((ns, veth)) = self
+            .net_veth
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            let _ = net::teardown_with(&net::Nsenter, &ns, &veth);
+        }
+        sandbox::unmount_all_under(&self.dir);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+
+    fn serve(self: Arc<Self>, c: Conn) {
+        loop {
+            let (req, fds): (CtlRequest, Vec<OwnedFd>) = match c.recv() {
+                Ok(x) => x,
+                Err(_) => return,
+            };
+            let mut exit_after = false;
+            let r = match req {
+                CtlRequest::Ping => Ok(CtlResponse::default()),
+                CtlRequest::Create { id, bundle } => self.create(&id, Path::new(&bundle), fds),
+                CtlRequest::Start { id } => self
+                    .agent_or_err()
+                    .and_then(|a| {
+                        a.request(Op::StartContainer { id }, REQUEST_TIMEOUT)
+                            .map_err(|e| e.to_string())
+                    })
+                    .map(|_| CtlResponse::default()),
+                CtlRequest::Kill {
+                    id,
+                    exec_id,
+                    signal,
+                    all,
+                } => self
+                    .agent_or_err()
+                    .and_then(|a| {
+                        a.request(
+                            Op::Signal {
+                                container: id,
+                                exec_id,
+                                signal,
+                                all,
+                            },
+                            REQUEST_TIMEOUT,
+                        )
+                        .map_err(|e| e.to_string())
+                    })
+                    .map(|_| CtlResponse::default()),
+                CtlRequest::Wait { id, exec_id } => self.wait(&id, exec_id),
+                CtlRequest::Exec {
+                    id,
+                    exec_id,
+                    process,
+                } => self.exec(&id, &exec_id, process, fds),
+                CtlRequest::Ps { id } => self
+                    .agent_or_err()
+                    .and_then(|a| {
+                        a.request(Op::Ps { container: id }, REQUEST_TIMEOUT)
+                            .map_err(|e| e.to_string())
+                    })
+                    .map(|r| CtlResponse {
+                        processes: r.processes,
+                        ..Default::default()
+                    }),
+                CtlRequest::Delete { id, force } => match self.delete(&id, force) {
+                    Ok(last) => {
+                        if last {
+                            self.teardown();
+                            exit_after = true;
+                        }
+                        Ok(CtlResponse::default())
+                    }
+                    Err(e) => Err(e),
+                },
+            };
+            let resp = r.unwrap_or_else(|e| CtlResponse {
+                error: Some(e),
+                ..Default::default()
+            });
+            let _ = c.send(&resp, &[]);
+            if exit_after {
+                std::process::exit(0);
+            }
+        }
+    }
+}
+
+/// Launches QEMU with the agent socket (and tap) at fixed descriptor numbers, bound to die
+/// with this process.
+fn spawn_qemu(
+    cfg: &Config,
+    vm: &qemu::VmSpec,
+    agent: &UnixStream,
+    tap: Option<&OwnedFd>,
+    log: &Path,
+) -> Result<Child, DaemonError> {
+    let args = qemu::args(cfg, vm);
+    let log_file = std::fs::File::create(log).map_err(io("creating", log))?;
+    let agent_fd = agent.as_raw_fd();
+    let tap_fd = tap.map(|t| t.as_raw_fd());
+    let mut cmd = Command::new(&cfg.hypervisor.path);
+    cmd.args(&args)
+        .stdin(PStdio::null())
+        .stdout(log_file.try_clone().map_err(io("duplicating", log))?)
+        .stderr(log_file);
+    // SAFETY: only async-signal-safe calls (dup2, fcntl, prctl, getppid) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let place = |from: i32, to: i32| {
+                if from == to {
+                    let fl = libc::fcntl(to, libc::F_GETFD);
+                    libc::fcntl(to, libc::F_SETFD, fl & !libc::FD_CLOEXEC);
+                } else {
+                    libc::dup2(from, to);
+                }
+            };
+            // Move the tap out of the way first in case it sits on AGENT_FD.
+            let tap_tmp = tap_fd.map(|t| libc::fcntl(t, libc::F_DUPFD_CLOEXEC, 10));
+            place(agent_fd, qemu::AGENT_FD);
+            if let Some(t) = tap_tmp {
+                place(t, qemu::TAP_FD);
+            }
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The daemon may have died between fork and prctl.
+            if libc::getppid() == 1 {
+                return Err(std::io::Error::other("parent exited"));
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
+        .map_err(|e| DaemonError::Qemu(cfg.hypervisor.path.display().to_string(), e))
+}
+
+/// Runs the daemon for `sandbox_id` whose first container's bundle is `bundle`; reports
+/// readiness (or the error) on `ready`, then serves until the last container is deleted.
+pub fn run(root: &Path, config: &Path, sandbox_id: &str, bundle: &Path, ready: OwnedFd) -> ! {
+    let mut ready = std::fs::File::from(ready);
+    let dir = sandbox::dir(root, sandbox_id);
+    let d = Arc::new(Daemon {
+        dir: dir.clone(),
+        st: Mutex::new(SbState::default()),
+        cv: Condvar::new(),
+        agent: Mutex::new(None),
+        qemu: Mutex::new(None),
+        net_veth: Mutex::new(None),
+    });
+    let r = boot(&d, root, config, sandbox_id, bundle);
+    let listener = match r {
+        Ok(l) => {
+            let _ = std::io::Write::write_all(&mut ready, b"ok");
+            l
+        }
+        Err(e) => {
+            let mut msg = e.to_string();
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                msg.push_str(&format!(": {s}"));
+                src = s.source();
+            }
+            let _ = std::io::Write::write_all(&mut ready, msg.as_bytes());
+            d.teardown();
+            std::process::exit(1);
+        }
+    };
+    drop(ready);
+    loop {
+        match ctl::accept(&listener) {
+            Ok(c) => {
+                let d = d.clone();
+                std::thread::spawn(move || d.serve(c));
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+fn boot(
+    d: &Arc<Daemon>,
+    root: &Path,
+    config: &Path,
+    sandbox_id: &str,
+    bundle: &Path,
+) -> Result<OwnedFd, DaemonError> {
+    let dir = &d.dir;
+    std::fs::create_dir_all(sandbox::shared_dir(dir)).map_err(io("creating", dir))?;
+    let _ = root;
+    std::fs::write(dir.join("sandbox-id"), sandbox_id).map_err(io("writing", dir))?;
+    std::fs::write(dir.join("daemon.pid"), std::process::id().to_string())
+        .map_err(io("writing", dir))?;
+    let cfg = Config::load(config).map_err(|e| DaemonError::Assets(e.to_string()))?;
+    let kernel = cfg.assets.dir.join("vmlinux");
+    let initramfs = cfg.assets.dir.join("initramfs.cpio");
+    for p in [&kernel, &initramfs] {
+        if !p.is_file() {
+            return Err(DaemonError::Assets(p.display().to_string()));
+        }
+    }
+    let spec =
+        oci_spec::runtime::Spec::load(bundle.join("config.json")).map_err(DaemonError::Bundle)?;
+    let netns = oci::netns(&spec)?;
+    let mut tap = None;
+    let mut nic = None;
+    let mut guest_net = None;
+    if let Some(ns) = &netns {
+        let (plan, fd) = net::setup(&net::Nsenter, ns)?;
+        std::fs::write(
+            dir.join("netns"),
+            format!("{}\n{}\n", ns.display(), plan.veth),
+        )
+        .map_err(io("writing", dir))?;
+        *d.net_veth.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((ns.clone(), plan.veth.clone()));
+        nic = Some(qemu::Nic {
+            mac: plan.mac.clone(),
+        });
+        guest_net = Some(plan.guest);
+        tap = Some(fd);
+    }
+    let accel = crate::kvm::verdict(&crate::kvm::probe_host(), cfg.hypervisor.accel).accel;
+    let console = dir.join("console.log");
+    let vm = qemu::VmSpec {
+        sandbox_id: sandbox_id.to_string(),
+        accel,
+        kernel,
+        initramfs,
+        shared_dir: sandbox::shared_dir(dir),
+        console_log: console.clone(),
+        nic,
+    };
+    let (host, guest) = UnixStream::pair().map_err(io("socketpair for", dir))?;
+    let child = spawn_qemu(&cfg, &vm, &guest, tap.as_ref(), &dir.join("qemu.log"))?;
+    drop(guest);
+    drop(tap);
+    std::fs::write(dir.join("qemu.pid"), child.id().to_string()).map_err(io("writing", dir))?;
+    *d.qemu.lock().unwrap_or_else(|p| p.into_inner()) = Some(child);
+    let agent = AgentConn::start(host, Arc::new(Ev(d.clone())))
+        .map_err(io("starting the channel on", dir))?;
+    *d.agent.lock().unwrap_or_else(|p| p.into_inner()) = Some(agent.clone());
+    let boot_err = |why: String| DaemonError::Boot {
+        why,
+        console: console_tail(&console),
+    };
+    agent
+        .wait_hello(BOOT_TIMEOUT)
+        .map_err(|e| boot_err(e.to_string()))?;
+    if let Some(cfg) = guest_net {
+        agent
+            .request(Op::ConfigureNetwork(cfg), REQUEST_TIMEOUT)
+            .map_err(|e| boot_err(e.to_string()))?;
+    }
+    // A thread notices QEMU dying on its own (killed, crashed).
+    let d2 = d.clone();
+    std::thread::spawn(move || {
+        loop {
+            std::thread::sleep(Duration::from_millis(200));
+            let mut q = d2.qemu.lock().unwrap_or_else(|p| p.into_inner());
+            match q.as_mut().map(|c| c.try_wait()) {
+                Some(Ok(Some(_))) | None => {
+                    drop(q);
+                    Ev(d2.clone()).died("QEMU exited");
+                    return;
+                }
+                _ => {}
+            }
+        }
+    });
+    Ok(ctl::listen(&sandbox::ctl_socket(dir))?)
+}

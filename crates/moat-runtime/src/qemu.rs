@@ -1,0 +1,134 @@
+//! The QEMU command line for one sandbox (sans-IO) and the launcher behind a trait.
+
+use crate::config::Config;
+use std::path::{Path, PathBuf};
+
+/// Where the daemon puts the pre-connected agent socket in QEMU's descriptor table.
+pub const AGENT_FD: i32 = 3;
+/// Where the tap descriptor goes when the sandbox has a network.
+pub const TAP_FD: i32 = 4;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Nic {
+    pub mac: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmSpec {
+    pub sandbox_id: String,
+    pub accel: &'static str,
+    pub kernel: PathBuf,
+    pub initramfs: PathBuf,
+    pub shared_dir: PathBuf,
+    pub console_log: PathBuf,
+    pub nic: Option<Nic>,
+}
+
+/// Builds QEMU's arguments: a `microvm` with virtio-mmio devices only, the agent channel on a
+/// virtio-serial port (Kata 1.x's `agent.channel.0`), the shared directory on 9p, an optional
+/// tap NIC, the serial console to a file, and QEMU's own seccomp sandbox.
+pub fn args(cfg: &Config, vm: &VmSpec) -> Vec<String> {
+    let h = &cfg.hypervisor;
+    let mut a: Vec<String> = Vec::new();
+    let mut push = |xs: &[&str]| a.extend(xs.iter().map(|s| s.to_string()));
+    push(&["-name", &format!("sandbox-{}", vm.sandbox_id)]);
+    // microvm's PIT/PIC/RTC stay on: turning them off hangs TCG guests here (VM.md).
+    push(&["-M", "microvm,x-option-roms=off,isa-serial=on"]);
+    push(&["-accel", vm.accel]);
+    // `-cpu host` under KVM trips on MSR 0x10a here; `max` works under both.
+    push(&["-cpu", "max"]);
+    push(&["-m", &format!("{}M", h.memory_mib)]);
+    push(&["-smp", &h.vcpus.to_string()]);
+    push(&[
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+    ]);
+    push(&["-kernel", &vm.kernel.to_string_lossy()]);
+    push(&["-initrd", &vm.initramfs.to_string_lossy()]);
+    push(&["-append", &cfg.kernel_cmdline()]);
+    push(&["-chardev", &format!("socket,id=agent,fd={AGENT_FD}")]);
+    push(&["-device", "virtio-serial-device"]);
+    push(&[
+        "-device",
+        &format!(
+            "virtserialport,chardev=agent,name={}",
+            moat_vm_proto::CHANNEL_NAME
+        ),
+    ]);
+    push(&[
+        "-fsdev",
+        &format!(
+            "local,id=share,path={},security_model=passthrough,readonly=on",
+            qemu_escape(&vm.shared_dir)
+        ),
+    ]);
+    push(&[
+        "-device",
+        &format!(
+            "virtio-9p-device,fsdev=share,mount_tag={}",
+            moat_vm_proto::SHARE_TAG
+        ),
+    ]);
+    if let Some(nic) = &vm.nic {
+        push(&["-netdev", &format!("tap,id=net0,fd={TAP_FD},vhost=off")]);
+        push(&[
+            "-device",
+            &format!("virtio-net-device,netdev=net0,mac={}", nic.mac),
+        ]);
+    }
+    push(&[
+        "-chardev",
+        &format!("file,id=console,path={}", qemu_escape(&vm.console_log)),
+    ]);
+    push(&["-serial", "chardev:console"]);
+    push(&[
+        "-sandbox",
+        "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+    ]);
+    a
+}
+
+/// QEMU option values separate with ',' and escape it by doubling.
+fn qemu_escape(p: &Path) -> String {
+    p.to_string_lossy().replace(',', ",,")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vm(nic: bool) -> VmSpec {
+        VmSpec {
+            sandbox_id: "abc".into(),
+            accel: "tcg",
+            kernel: "/a/vmlinux".into(),
+            initramfs: "/a/initramfs.cpio".into(),
+            shared_dir: "/run/x,y/shared".into(),
+            console_log: "/run/c.log".into(),
+            nic: nic.then(|| Nic {
+                mac: "02:00:00:00:00:01".into(),
+            }),
+        }
+    }
+
+    #[test]
+    fn command_line_has_channel_share_and_sandbox() {
+        let a = args(&Config::default(), &vm(false)).join(" ");
+        assert!(a.contains("-name sandbox-abc"), "{a}");
+        assert!(
+            a.contains("virtserialport,chardev=agent,name=agent.channel.0"),
+            "{a}"
+        );
+        assert!(a.contains("path=/run/x,,y/shared"), "{a}");
+        assert!(a.contains("mount_tag=moatShared"), "{a}");
+        assert!(a.contains("-accel tcg"), "{a}");
+        assert!(a.contains("-sandbox on,obsolete=deny"), "{a}");
+        assert!(!a.contains("netdev"), "{a}");
+        let a = args(&Config::default(), &vm(true)).join(" ");
+        assert!(a.contains("tap,id=net0,fd=4,vhost=off"), "{a}");
+        assert!(a.contains("mac=02:00:00:00:00:01"), "{a}");
+    }
+}

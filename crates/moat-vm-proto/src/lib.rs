@@ -1,0 +1,40 @@
+//! The wire protocol between `moat-runtime` (host) and `moat-guest-agent` (guest PID 1).
+//!
+//! Written here because the channel is a raw virtio-serial byte pipe and no crate offers a
+//! multiplexed, flow-controlled framing for one (ttRPC needs a vsock-like transport and brings
+//! protobuf into a static PID 1). The crate is sans-IO: a [`Decoder`] fed arbitrary byte chunks
+//! yields [`Frame`]s, [`Frame::encode`] writes them, and [`Window`] is the per-stream credit
+//! bookkeeping. Both ends wrap it in their own threads and transports.
+//!
+//! # Frame layout
+//! ```text
+//! u32 BE  length of what follows (5 + payload), at most MAX_FRAME
+//! u32 BE  stream id (0 = control)
+//! u8      kind (Kind)
+//! ...     payload
+//! ```
+//! Control frames (`Hello`, `Request`, `Response`, `Event`) carry JSON on stream 0. `Data`,
+//! `Eof` and `Credit` belong to a process stdio stream. Streams are pushed, never polled: a
+//! sender may have at most [`INITIAL_WINDOW`] bytes in flight per stream, and the receiver
+//! returns `Credit(n)` once it has written `n` bytes to their destination. That bounds memory
+//! on both sides and a slow consumer never stalls another stream.
+
+mod frame;
+mod msg;
+mod window;
+
+pub use frame::{DecodeError, Decoder, Frame, Kind, MAX_FRAME, MAX_PAYLOAD};
+pub use msg::*;
+pub use window::Window;
+
+/// Protocol version exchanged in `Hello`. A peer with another major refuses to talk.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Bytes a sender may have unacknowledged on one stream.
+pub const INITIAL_WINDOW: u32 = 256 * 1024;
+
+/// The virtio-serial port name the guest agent looks for (as Kata 1.x named its channel).
+pub const CHANNEL_NAME: &str = "agent.channel.0";
+
+/// The 9p mount tag of the per-sandbox shared directory.
+pub const SHARE_TAG: &str = "moatShared";
