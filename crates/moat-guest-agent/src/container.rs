@@ -526,29 +526,16 @@ pub fn spawn(what: What<'_>) -> io::Result<Spawned> {
         }
         What::Exec { .. } => (None, None),
     };
-    let mut master = -1;
-    let mut slave = -1;
-    let (mut in_r, mut in_w, mut out_r, mut out_w, mut err_r, mut err_w) = (-1, -1, -1, -1, -1, -1);
-    if process.terminal {
-        // SAFETY: out-pointers to two ints; the other arguments may be null.
-        let r = unsafe {
-            libc::openpty(
-                &mut master,
-                &mut slave,
-                std::ptr::null_mut(),
-                std::ptr::null(),
-                std::ptr::null(),
-            )
-        };
-        if r != 0 {
-            return Err(sys::ctx("openpty", "", io::Error::last_os_error()));
-        }
-        // SAFETY: fcntl on descriptors we just opened.
-        unsafe {
-            libc::fcntl(master, libc::F_SETFD, libc::FD_CLOEXEC);
-            libc::fcntl(slave, libc::F_SETFD, libc::FD_CLOEXEC);
-        }
+    // With a terminal the process opens the pty in its own mount namespace (so the slave's
+    // name resolves there) and passes the master back over this socket.
+    let (pty_r, pty_w) = if process.terminal {
+        let (a, b) = sys::socketpair()?;
+        (a, b)
     } else {
+        (-1, -1)
+    };
+    let (mut in_r, mut in_w, mut out_r, mut out_w, mut err_r, mut err_w) = (-1, -1, -1, -1, -1, -1);
+    if !process.terminal {
         if process.stdio.stdin.is_some() {
             (in_r, in_w) = sys::pipe()?;
         }
@@ -581,7 +568,7 @@ pub fn spawn(what: What<'_>) -> io::Result<Spawned> {
         if let Some(w) = start_w {
             sys::close(w);
         }
-        for fd in [master, in_w, out_r, err_r] {
+        for fd in [pty_r, in_w, out_r, err_r] {
             if fd >= 0 {
                 sys::close(fd);
             }
@@ -619,14 +606,14 @@ pub fn spawn(what: What<'_>) -> io::Result<Spawned> {
         if child == 0 {
             sys::close(pid_w);
             let e = run_process(
-                &what, process, &argv, &envp, rep_w, start_r, slave, in_r, out_w, err_w, ns_fds,
+                &what, process, &argv, &envp, rep_w, start_r, pty_w, in_r, out_w, err_w, ns_fds,
             );
             child_fail(rep_w, &e);
         }
         let _ = sys::write_all(pid_w, &child.to_ne_bytes());
         sys::close(pid_w);
         sys::close(rep_w);
-        for fd in [slave, in_r, out_w, err_w, start_r.unwrap_or(-1)] {
+        for fd in [pty_w, in_r, out_w, err_w, start_r.unwrap_or(-1)] {
             if fd >= 0 {
                 sys::close(fd);
             }
@@ -647,7 +634,7 @@ pub fn spawn(what: What<'_>) -> io::Result<Spawned> {
     for fd in [
         pid_w,
         rep_w,
-        slave,
+        pty_w,
         in_r,
         out_w,
         err_w,
@@ -661,6 +648,11 @@ pub fn spawn(what: What<'_>) -> io::Result<Spawned> {
         for fd in fds {
             sys::close(fd);
         }
+    }
+    let mut master = -1;
+    if pty_r >= 0 {
+        master = sys::recv_fd(pty_r).ok().flatten().unwrap_or(-1);
+        sys::close(pty_r);
     }
     let mut pidb = [0u8; 4];
     let n = sys::read_some(pid_r, &mut pidb)?;
@@ -715,7 +707,7 @@ fn run_process(
     envp: &[CString],
     report: i32,
     start: Option<i32>,
-    slave: i32,
+    pty_sock: i32,
     in_r: i32,
     out_w: i32,
     err_w: i32,
@@ -744,6 +736,21 @@ fn run_process(
     let exe = match r {
         Ok(p) => p,
         Err(e) => return e,
+    };
+    let slave = if pty_sock >= 0 {
+        match sys::open_pty() {
+            Ok((m, s)) => {
+                if let Err(e) = sys::send_fd(pty_sock, m) {
+                    return e;
+                }
+                sys::close(m);
+                sys::close(pty_sock);
+                s
+            }
+            Err(e) => return e,
+        }
+    } else {
+        -1
     };
     // SAFETY: descriptor juggling in the forked child before exec.
     unsafe {
