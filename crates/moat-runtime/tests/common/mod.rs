@@ -159,11 +159,11 @@ impl Drop for Env {
         let root = self.root.to_string_lossy().into_owned();
         for ent in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
             let cmd = std::fs::read(ent.path().join("cmdline")).unwrap_or_default();
-            if String::from_utf8_lossy(&cmd).contains(&root) {
-                if let Ok(pid) = ent.file_name().to_string_lossy().parse::<i32>() {
-                    // SAFETY: a process of this test's sandboxes.
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
-                }
+            if String::from_utf8_lossy(&cmd).contains(&root)
+                && let Ok(pid) = ent.file_name().to_string_lossy().parse::<i32>()
+            {
+                // SAFETY: a process of this test's sandboxes.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
             }
         }
         let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
