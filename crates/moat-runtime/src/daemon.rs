@@ -78,6 +78,9 @@ pub struct Daemon {
     agent: Mutex<Option<Arc<AgentConn>>>,
     qemu: Mutex<Option<Child>>,
     net_veth: Mutex<Option<(PathBuf, String)>>,
+    /// Creates and deletes run one at a time, so a delete racing a create (a manager giving
+    /// up on a slow create) sees the container either absent or complete.
+    ops: Mutex<()>,
 }
 
 struct Ev(Arc<Daemon>);
@@ -366,19 +369,22 @@ impl Daemon {
     }
 
     /// Deletes a container; returns true when it was the last one and the sandbox is gone.
-    fn delete(&self, id: &str, force: bool) -> Result<bool, String> {
+    fn delete(&self, id: &str) -> Result<bool, String> {
         let (running, mounts) = {
             let st = self.lock();
-            let c = st
-                .containers
-                .get(id)
-                .ok_or(format!("container {id} does not exist"))?;
+            let Some(c) = st.containers.get(id) else {
+                // A sandbox whose first create never completed (the CLI was killed, or the
+                // create failed) is torn down by deleting that container.
+                if st.containers.is_empty() {
+                    return Ok(true);
+                }
+                return Err(format!("container {id} does not exist"));
+            };
             (
                 c.procs.get(&None).is_some_and(|p| p.status.is_none()),
                 c.mounts.clone(),
             )
         };
-        let _ = force;
         if running {
             // The CLI checked started/force; a created-but-never-started init is just killed.
             if let Some(a) = self.agent() {
@@ -393,11 +399,12 @@ impl Daemon {
                 );
             }
         }
+        // The host side goes whatever the guest says: a guest that lost the container (or
+        // died) must not keep its mounts and the sandbox alive.
         if let Some(a) = self.agent()
             && !a.is_dead()
         {
-            a.request(Op::RemoveContainer { id: id.to_string() }, REQUEST_TIMEOUT)
-                .map_err(|e| e.to_string())?;
+            let _ = a.request(Op::RemoveContainer { id: id.to_string() }, REQUEST_TIMEOUT);
         }
         unmount_reverse(&mounts);
         let _ = std::fs::remove_dir_all(sandbox::shared_dir(&self.dir).join(id));
@@ -445,7 +452,10 @@ impl Daemon {
             let mut exit_after = false;
             let r = match req {
                 CtlRequest::Ping => Ok(CtlResponse::default()),
-                CtlRequest::Create { id, bundle } => self.create(&id, Path::new(&bundle), fds),
+                CtlRequest::Create { id, bundle } => {
+                    let _op = self.ops.lock().unwrap_or_else(|p| p.into_inner());
+                    self.create(&id, Path::new(&bundle), fds)
+                }
                 CtlRequest::Start { id } => self
                     .agent_or_err()
                     .and_then(|a| {
@@ -489,7 +499,10 @@ impl Daemon {
                         processes: r.processes,
                         ..Default::default()
                     }),
-                CtlRequest::Delete { id, force } => match self.delete(&id, force) {
+                CtlRequest::Delete { id, .. } => match {
+                    let _op = self.ops.lock().unwrap_or_else(|p| p.into_inner());
+                    self.delete(&id)
+                } {
                     Ok(last) => {
                         if last {
                             self.teardown();
@@ -573,6 +586,7 @@ pub fn run(root: &Path, config: &Path, sandbox_id: &str, bundle: &Path, ready: O
         agent: Mutex::new(None),
         qemu: Mutex::new(None),
         net_veth: Mutex::new(None),
+        ops: Mutex::new(()),
     });
     let r = boot(&d, root, config, sandbox_id, bundle);
     let listener = match r {
@@ -656,6 +670,9 @@ fn boot(
         shared_dir: sandbox::shared_dir(dir),
         console_log: console.clone(),
         nic,
+        tsc_khz: std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|c| qemu::tsc_khz(&c)),
     };
     let (host, guest) = UnixStream::pair().map_err(io("socketpair for", dir))?;
     let child = spawn_qemu(&cfg, &vm, &guest, tap.as_ref(), &dir.join("qemu.log"))?;

@@ -22,6 +22,31 @@ pub struct VmSpec {
     pub shared_dir: PathBuf,
     pub console_log: PathBuf,
     pub nic: Option<Nic>,
+    /// The host's TSC rate, handed to the guest (see [`tsc_khz`]).
+    pub tsc_khz: Option<u64>,
+}
+
+/// The host TSC rate in kHz from /proc/cpuinfo. Guests read the host's TSC (TCG passes it
+/// through, KVM too), and when a loaded host makes the guest's PIT calibration fail the kernel
+/// marks the TSC unstable and hangs at boot (seen here 2 boots in 12). `tsc_early_khz=` skips
+/// that calibration.
+pub fn tsc_khz(cpuinfo: &str) -> Option<u64> {
+    let flags_ok = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("flags"))
+        .is_some_and(|l| l.split_whitespace().any(|f| f == "constant_tsc"));
+    if !flags_ok {
+        return None;
+    }
+    let mhz: f64 = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("cpu MHz"))?
+        .split(':')
+        .nth(1)?
+        .trim()
+        .parse()
+        .ok()?;
+    (mhz > 0.0).then(|| (mhz * 1000.0).round() as u64)
 }
 
 /// Builds QEMU's arguments: a `microvm` with virtio-mmio devices only, the agent channel on a
@@ -48,7 +73,11 @@ pub fn args(cfg: &Config, vm: &VmSpec) -> Vec<String> {
     ]);
     push(&["-kernel", &vm.kernel.to_string_lossy()]);
     push(&["-initrd", &vm.initramfs.to_string_lossy()]);
-    push(&["-append", &cfg.kernel_cmdline()]);
+    let mut cmdline = cfg.kernel_cmdline();
+    if let Some(k) = vm.tsc_khz {
+        cmdline = format!("{cmdline} tsc_early_khz={k}");
+    }
+    push(&["-append", &cmdline]);
     push(&["-chardev", &format!("socket,id=agent,fd={AGENT_FD}")]);
     push(&["-device", "virtio-serial-device"]);
     push(&[
@@ -100,6 +129,15 @@ fn qemu_escape(p: &Path) -> String {
 mod tests {
     use super::*;
 
+    #[test]
+    fn tsc_rate_from_cpuinfo_only_when_constant() {
+        let c =
+            "processor\t: 0\ncpu MHz\t\t: 2600.000\nflags\t\t: fpu tsc constant_tsc nonstop_tsc\n";
+        assert_eq!(tsc_khz(c), Some(2_600_000));
+        assert_eq!(tsc_khz("cpu MHz\t: 2600.000\nflags\t: fpu tsc\n"), None);
+        assert_eq!(tsc_khz("flags\t: constant_tsc\n"), None);
+    }
+
     fn vm(nic: bool) -> VmSpec {
         VmSpec {
             sandbox_id: "abc".into(),
@@ -111,6 +149,7 @@ mod tests {
             nic: nic.then(|| Nic {
                 mac: "02:00:00:00:00:01".into(),
             }),
+            tsc_khz: Some(2_600_000),
         }
     }
 
@@ -127,6 +166,7 @@ mod tests {
         assert!(a.contains("-accel tcg"), "{a}");
         assert!(a.contains("-sandbox on,obsolete=deny"), "{a}");
         assert!(!a.contains("netdev"), "{a}");
+        assert!(a.contains("tsc_early_khz=2600000"), "{a}");
         let a = args(&Config::default(), &vm(true)).join(" ");
         assert!(a.contains("tap,id=net0,fd=4,vhost=off"), "{a}");
         assert!(a.contains("mac=02:00:00:00:00:01"), "{a}");

@@ -1,0 +1,424 @@
+//! The runc contract driven directly (as containerd's shim and podman's conmon do), on real
+//! VMs under TCG: pods of two containers in one VM, CNI-style veth networking, kill -9 of
+//! every moat-runtime process, a killed QEMU, isolation, bad input.
+
+mod common;
+
+use common::{Env, bundle, edit_config, reap};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// `create` with the container's stdout/stderr in files; returns the shim pid.
+fn create(env: &Env, id: &str, b: &Path) -> (i32, PathBuf) {
+    let out = env.dir.path().join(format!("{id}.out"));
+    let err = env.dir.path().join(format!("{id}.err"));
+    let pid_file = env.dir.path().join(format!("{id}.pid"));
+    let o = env
+        .rt()
+        .args(["create", "--bundle"])
+        .arg(b)
+        .arg("--pid-file")
+        .arg(&pid_file)
+        .arg(id)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .status()
+        .unwrap();
+    // The runtime's own errors and the container's stderr share the file, as with runc.
+    assert!(
+        o.success(),
+        "create {id}: {}",
+        std::fs::read_to_string(&err).unwrap_or_default()
+    );
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    (pid, out)
+}
+
+fn status(env: &Env, id: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(&env.ok(&["state", id])).unwrap();
+    v["status"].as_str().unwrap().to_string()
+}
+
+fn sandbox_file(env: &Env, sandbox: &str, f: &str) -> String {
+    let d = moat_runtime::sandbox::dir(&env.root, sandbox);
+    std::fs::read_to_string(d.join(f))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+fn pod_annotations(b: &Path, ty: &str, sandbox: &str) {
+    edit_config(b, |c| {
+        c["annotations"] = serde_json::json!({
+            "io.kubernetes.cri.container-type": ty,
+            "io.kubernetes.cri.sandbox-id": sandbox,
+        });
+    });
+}
+
+#[test]
+fn serial_vm_pod_containers_share_one_vm_over_localhost() {
+    let env = Env::new();
+    let pod = bundle(
+        env.dir.path(),
+        "pod",
+        &["httpd", "-f", "-p", "8080", "-h", "/var/www"],
+    );
+    pod_annotations(&pod, "sandbox", "pod1");
+    let client = bundle(
+        env.dir.path(),
+        "client",
+        &[
+            "sh",
+            "-c",
+            "for i in 1 2 3 4 5 6 7 8 9 10; do wget -q -O- http://127.0.0.1:8080/ && exit 0; sleep 0.5; done; exit 1",
+        ],
+    );
+    pod_annotations(&client, "container", "pod1");
+    let (_pod_shim, _) = create(&env, "pod1", &pod);
+    env.ok(&["start", "pod1"]);
+    let (shim, out) = create(&env, "web-client", &client);
+    assert_eq!(
+        env.leaks().qemu,
+        1,
+        "the second container joined the pod's VM"
+    );
+    env.ok(&["start", "web-client"]);
+    assert_eq!(reap(shim), 0);
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "hello from pod\n");
+    assert_eq!(status(&env, "web-client"), "stopped");
+    env.ok(&["delete", "web-client"]);
+    assert_eq!(
+        env.leaks().qemu,
+        1,
+        "the VM stays while the pod's sandbox container lives"
+    );
+    assert_eq!(status(&env, "pod1"), "running");
+    // Deleting a running container needs --force, as with runc.
+    let o = env.rt().args(["delete", "pod1"]).output().unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("running"));
+    env.ok(&["kill", "pod1", "KILL"]);
+    env.ok(&["delete", "--force", "pod1"]);
+    env.assert_clean();
+}
+
+/// Two network namespaces of the test's own, joined by a veth: "pod" (as CNI leaves it) and
+/// "peer". No route leads anywhere else. Removed on drop, even when the test fails.
+struct Netns {
+    pod: String,
+    peer: String,
+}
+
+impl Netns {
+    fn new() -> Netns {
+        let n = Netns {
+            pod: format!("mrt-pod-{}", std::process::id()),
+            peer: format!("mrt-peer-{}", std::process::id()),
+        };
+        let sh = |cmd: String| {
+            let o = Command::new("sh").arg("-c").arg(&cmd).output().unwrap();
+            assert!(
+                o.status.success(),
+                "{cmd}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        };
+        sh(format!("ip netns add {}", n.pod));
+        sh(format!("ip netns add {}", n.peer));
+        sh(format!(
+            "ip -n {} link add vp0 type veth peer name eth0 netns {}",
+            n.peer, n.pod
+        ));
+        sh(format!(
+            "ip -n {} addr add 10.42.250.1/24 dev vp0 && ip -n {} link set vp0 up && ip -n {} link set lo up",
+            n.peer, n.peer, n.peer
+        ));
+        sh(format!(
+            "ip -n {} addr add 10.42.250.2/24 dev eth0 && ip -n {} link set eth0 mtu 1400 up && ip -n {} link set lo up && ip -n {} route add default via 10.42.250.1",
+            n.pod, n.pod, n.pod, n.pod
+        ));
+        n
+    }
+
+    fn exec(&self, ns: &str, args: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns]).args(args);
+        c
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for ns in [&self.pod, &self.peer] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+#[test]
+fn serial_vm_network_through_the_pod_veth_both_ways() {
+    let env = Env::new();
+    let ns = Netns::new();
+    let www = env.dir.path().join("peer-www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("index.html"), "from the peer\n").unwrap();
+    let mut peer_httpd = ns
+        .exec(
+            &ns.peer,
+            &["busybox", "httpd", "-f", "-p", "10.42.250.1:8081", "-h"],
+        )
+        .arg(&www)
+        .spawn()
+        .unwrap();
+    let b = bundle(
+        env.dir.path(),
+        "net",
+        &[
+            "sh",
+            "-c",
+            "ip -o -4 addr show eth0; ip link show eth0; \
+          for i in 1 2 3 4 5 6 7 8 9 10; do wget -q -O- http://10.42.250.1:8081/ && break; sleep 0.5; done; \
+          exec httpd -f -p 8080 -h /var/www",
+        ],
+    );
+    edit_config(&b, |c| {
+        for n in c["linux"]["namespaces"].as_array_mut().unwrap() {
+            if n["type"] == "network" {
+                n["path"] = format!("/var/run/netns/{}", ns.pod).into();
+            }
+        }
+    });
+    let pod_mac = String::from_utf8(
+        ns.exec(&ns.pod, &["cat", "/sys/class/net/eth0/address"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let (_shim, out) = create(&env, "net1", &b);
+    env.ok(&["start", "net1"]);
+    // The guest reaches the peer through the veth, and serves the peer. (No `wget -T`: this
+    // busybox build segfaults with it.)
+    let mut got = String::new();
+    for _ in 0..40 {
+        let o = ns
+            .exec(
+                &ns.peer,
+                &["busybox", "wget", "-q", "-O-", "http://10.42.250.2:8080/"],
+            )
+            .output()
+            .unwrap();
+        got = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            if o.status.success() {
+                String::new()
+            } else {
+                String::from_utf8_lossy(&o.stderr).into_owned()
+            }
+        );
+        if o.status.success() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    let log = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(got, "hello from net\n", "container output: {log}");
+    assert!(log.contains("inet 10.42.250.2/24"), "{log}");
+    assert!(
+        log.contains("mtu 1400"),
+        "guest MTU follows the veth: {log}"
+    );
+    assert!(
+        log.contains(pod_mac.trim()),
+        "guest MAC is the veth's: {log}"
+    );
+    assert!(log.contains("from the peer"), "{log}");
+    // The splice is visible in the pod namespace while the VM runs ...
+    let tc = ns
+        .exec(&ns.pod, &["tc", "filter", "show", "dev", "eth0", "ingress"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&tc.stdout).contains("mirred"),
+        "{}",
+        String::from_utf8_lossy(&tc.stdout)
+    );
+    env.ok(&["delete", "--force", "net1"]);
+    // ... and gone after: no tap, no ingress qdisc.
+    let links = ns.exec(&ns.pod, &["ip", "-o", "link"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&links.stdout).contains("tap0_moat"));
+    let q = ns
+        .exec(&ns.pod, &["tc", "qdisc", "show", "dev", "eth0"])
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&q.stdout).contains("ingress"));
+    let _ = peer_httpd.kill();
+    let _ = peer_httpd.wait();
+    env.assert_clean();
+}
+
+#[test]
+fn serial_vm_kill9_of_daemon_or_shim_leaves_nothing_after_delete() {
+    let env = Env::new();
+    let b = bundle(env.dir.path(), "k", &["sleep", "1000"]);
+    // Daemon killed: QEMU dies with it, the container reads as stopped with a failure status.
+    let (shim, _) = create(&env, "k1", &b);
+    env.ok(&["start", "k1"]);
+    let daemon: i32 = sandbox_file(&env, "k1", "daemon.pid").parse().unwrap();
+    // SAFETY: the test's own sandbox daemon.
+    unsafe { libc::kill(daemon, libc::SIGKILL) };
+    assert_ne!(reap(shim), 0);
+    assert_eq!(status(&env, "k1"), "stopped");
+    env.ok(&["delete", "k1"]);
+    env.assert_clean();
+
+    // Shim killed: the container is stopped for its manager, who deletes it.
+    let (shim, _) = create(&env, "k2", &b);
+    env.ok(&["start", "k2"]);
+    // SAFETY: the test's own shim.
+    unsafe { libc::kill(shim, libc::SIGKILL) };
+    assert_eq!(reap(shim), 128 + libc::SIGKILL);
+    assert_eq!(status(&env, "k2"), "stopped");
+    env.ok(&["delete", "k2"]);
+    env.assert_clean();
+
+    // The create command killed after the VM booted: a forced delete tears the sandbox down.
+    let mut c = env
+        .rt()
+        .args(["create", "--bundle"])
+        .arg(&b)
+        .arg("k3")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let sock = moat_runtime::sandbox::ctl_socket(&moat_runtime::sandbox::dir(&env.root, "k3"));
+    for _ in 0..600 {
+        if sock.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = c.kill();
+    let _ = c.wait();
+    env.ok(&["delete", "--force", "k3"]);
+    env.assert_clean();
+}
+
+#[test]
+fn serial_vm_killed_qemu_is_reported_stopped_with_failure() {
+    let env = Env::new();
+    let b = bundle(env.dir.path(), "q", &["sleep", "1000"]);
+    let (shim, _) = create(&env, "q1", &b);
+    env.ok(&["start", "q1"]);
+    let qemu: i32 = sandbox_file(&env, "q1", "qemu.pid").parse().unwrap();
+    // SAFETY: the test's own QEMU.
+    unsafe { libc::kill(qemu, libc::SIGKILL) };
+    assert_eq!(reap(shim), moat_runtime::daemon::VM_DIED_STATUS);
+    assert_eq!(status(&env, "q1"), "stopped");
+    env.ok(&["delete", "q1"]);
+    env.assert_clean();
+}
+
+#[test]
+fn serial_vm_isolation_from_the_host() {
+    let env = Env::new();
+    let secret = env.dir.path().join("host-secret");
+    std::fs::write(&secret, "host only").unwrap();
+    let script = format!(
+        "uname -r; \
+         echo procs=$(ls /proc | grep -c '^[0-9]'); \
+         cat /proc/*/cmdline 2>/dev/null | tr '\\0' ' ' | grep -c '[m]oat-runtime'; \
+         test -e /dev/kvm && echo kvm-visible || echo no-kvm; \
+         cat {} 2>/dev/null || echo no-secret; \
+         ls /run/shared 2>/dev/null || echo no-share; \
+         mount | grep -c ' / ' ",
+        secret.display()
+    );
+    let b = bundle(env.dir.path(), "iso", &["sh", "-c", &script]);
+    let (shim, out) = create(&env, "iso1", &b);
+    env.ok(&["start", "iso1"]);
+    assert_eq!(reap(shim), 0);
+    let o = std::fs::read_to_string(&out).unwrap();
+    let lines: Vec<&str> = o.lines().collect();
+    assert_eq!(lines[0], common::guest_release(), "{o}");
+    assert_ne!(lines[0], common::host_release());
+    let procs: usize = lines[1].trim_start_matches("procs=").parse().unwrap();
+    assert!(
+        procs <= 5,
+        "only the container's own processes are visible: {o}"
+    );
+    assert_eq!(lines[2], "0", "no host process is visible: {o}");
+    assert_eq!(lines[3], "no-kvm", "{o}");
+    assert_eq!(lines[4], "no-secret", "{o}");
+    assert_eq!(lines[5], "no-share", "{o}");
+    env.ok(&["delete", "iso1"]);
+    env.assert_clean();
+}
+
+#[test]
+fn serial_vm_bad_input_is_refused_and_changes_nothing() {
+    let env = Env::new();
+    let missing = env.dir.path().join("nope");
+    std::fs::create_dir_all(&missing).unwrap();
+    let o = env
+        .rt()
+        .args(["create", "--bundle"])
+        .arg(&missing)
+        .arg("x1")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("config.json"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let b = bundle(env.dir.path(), "bad", &["true"]);
+    for bad_id in ["../x", ".hidden", "a/b"] {
+        let o = env
+            .rt()
+            .args(["create", "--bundle"])
+            .arg(&b)
+            .arg(bad_id)
+            .output()
+            .unwrap();
+        assert!(!o.status.success());
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("invalid container id"),
+            "{bad_id}"
+        );
+    }
+    let nocmd = bundle(env.dir.path(), "nocmd", &["/definitely/not/here"]);
+    let o = env
+        .rt()
+        .args(["create", "--bundle"])
+        .arg(&nocmd)
+        .arg("x2")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("/definitely/not/here"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        env.rt()
+            .args(["start", "x2"])
+            .output()
+            .unwrap()
+            .status
+            .code()
+            != Some(0)
+    );
+    let o = env.rt().args(["kill", "x2", "NOPE"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&o.stderr).contains("unknown signal"));
+    env.assert_clean();
+}
