@@ -368,6 +368,11 @@ impl Daemon {
         }
     }
 
+    fn delete_serialized(&self, id: &str) -> Result<bool, String> {
+        let _op = self.ops.lock().unwrap_or_else(|p| p.into_inner());
+        self.delete(id)
+    }
+
     /// Deletes a container; returns true when it was the last one and the sandbox is gone.
     fn delete(&self, id: &str) -> Result<bool, String> {
         let (running, mounts) = {
@@ -499,10 +504,7 @@ impl Daemon {
                         processes: r.processes,
                         ..Default::default()
                     }),
-                CtlRequest::Delete { id, .. } => match {
-                    let _op = self.ops.lock().unwrap_or_else(|p| p.into_inner());
-                    self.delete(&id)
-                } {
+                CtlRequest::Delete { id, .. } => match self.delete_serialized(&id) {
                     Ok(last) => {
                         if last {
                             self.teardown();
