@@ -131,26 +131,29 @@ pub struct Parts {
 
 /// One container slot of a pod, persisted.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct Slot {
+pub(crate) struct Slot {
     /// The runtime container currently existing for this slot.
-    id: Option<String>,
-    restart_count: u32,
-    started_at: Option<String>,
-    image_id: String,
-    last: Option<State>,
+    pub(crate) id: Option<String>,
+    pub(crate) restart_count: u32,
+    pub(crate) started_at: Option<String>,
+    pub(crate) image_id: String,
+    /// The image as the pod spec names it (for `moat ps`).
+    #[serde(default)]
+    pub(crate) image: String,
+    pub(crate) last: Option<State>,
     /// Final state when the policy does not restart it.
-    done: Option<State>,
+    pub(crate) done: Option<State>,
     /// Unix seconds before which it is not started again (CrashLoopBackOff).
-    not_before: Option<i64>,
-    waiting: Option<(String, Option<String>)>,
+    pub(crate) not_before: Option<i64>,
+    pub(crate) waiting: Option<(String, Option<String>)>,
     /// Create/start failures in a row, for their own backoff.
-    errors: u32,
+    pub(crate) errors: u32,
     /// Readiness probe state of the current container.
     #[serde(default)]
-    probe: crate::probe::ProbeState,
+    pub(crate) probe: crate::probe::ProbeState,
     /// Liveness probe state of the current container.
     #[serde(default)]
-    liveness: crate::probe::ProbeState,
+    pub(crate) liveness: crate::probe::ProbeState,
 }
 
 /// A pod's sandbox and containers, persisted as `<run_dir>/pods/<uid>/state.json` so a
@@ -158,18 +161,18 @@ struct Slot {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PodRecord {
     pub uid: String,
-    namespace: String,
-    name: String,
-    handler: Handler2,
-    netns: PathBuf,
-    host_network: bool,
-    ip: Option<String>,
-    start_time: String,
-    containers: BTreeMap<String, Slot>,
+    pub(crate) namespace: String,
+    pub(crate) name: String,
+    pub(crate) handler: Handler2,
+    pub(crate) netns: PathBuf,
+    pub(crate) host_network: bool,
+    pub(crate) ip: Option<String>,
+    pub(crate) start_time: String,
+    pub(crate) containers: BTreeMap<String, Slot>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct Handler2 {
+pub(crate) struct Handler2 {
     name: String,
     binary: PathBuf,
     root: PathBuf,
@@ -219,13 +222,21 @@ impl PodRecord {
     }
 }
 
-/// The persisted record of pod `ns/name` on this node.
-pub fn find_pod(run_dir: &Path, ns: &str, name: &str) -> Option<PodRecord> {
-    std::fs::read_dir(run_dir.join("pods"))
-        .ok()?
-        .flatten()
+/// Every pod record persisted under `<run_dir>/pods/` (unreadable ones are skipped).
+pub fn records(run_dir: &Path) -> Vec<PodRecord> {
+    let Ok(rd) = std::fs::read_dir(run_dir.join("pods")) else {
+        return Vec::new();
+    };
+    rd.flatten()
         .filter_map(|e| std::fs::read(e.path().join("state.json")).ok())
         .filter_map(|b| serde_json::from_slice::<PodRecord>(&b).ok())
+        .collect()
+}
+
+/// The persisted record of pod `ns/name` on this node.
+pub fn find_pod(run_dir: &Path, ns: &str, name: &str) -> Option<PodRecord> {
+    records(run_dir)
+        .into_iter()
         .find(|r| r.namespace == ns && r.name == name)
 }
 
@@ -637,6 +648,7 @@ impl Node {
         slot.id = Some(id.clone());
         slot.restart_count = restart;
         slot.image_id = image_id;
+        slot.image = image.clone();
         slot.started_at = Some(now_rfc3339());
         slot.waiting = None;
         slot.not_before = None;

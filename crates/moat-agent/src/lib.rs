@@ -13,6 +13,7 @@ pub mod exec;
 pub mod handlers;
 pub mod logs;
 pub mod probe;
+pub mod ps;
 pub mod quantity;
 pub mod runtime;
 pub mod sandbox;

@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 mod agent;
 mod image;
 mod netpol;
+mod ps;
 mod server;
 
 #[derive(Parser)]
@@ -29,6 +30,10 @@ enum Cmd {
     Image(image::ImageArgs),
     /// Run the node agent: register this node and run the pods bound to it.
     Agent(agent::AgentCmdArgs),
+    /// List this node's containers with their pod, runtime handler, state and pid.
+    Ps(ps::PsArgs),
+    /// List this node's pod sandboxes with their runtime handler, state and IP.
+    Pods(ps::PsArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -45,6 +50,8 @@ fn main() -> std::process::ExitCode {
         Cmd::Netpol(a) => netpol::run(a),
         Cmd::Image(a) => image::run(a),
         Cmd::Agent(a) => agent::run(a),
+        Cmd::Ps(a) => ps::ps(a),
+        Cmd::Pods(a) => ps::pods(a),
     };
     match res {
         Ok(code) => code,

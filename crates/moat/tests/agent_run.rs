@@ -977,3 +977,95 @@ spec:
     assert!(!ok, "the secret mount is read-only");
     delete_and_check_clean(&lab, "vols", &uid);
 }
+
+/// `moat ps` / `moat pods` against the run dir of a live agent.
+fn moat_ps(lab: &Lab, what: &str) -> Vec<Vec<String>> {
+    let (ok, out, err) = run(Command::new(moat_bin())
+        .arg(what)
+        .arg("--run-dir")
+        .arg(lab.path("run")));
+    assert!(ok, "moat {what}: {err}");
+    let mut lines = out.lines();
+    let head = lines.next().unwrap_or("");
+    assert!(
+        head.starts_with(if what == "ps" {
+            "CONTAINER "
+        } else {
+            "POD ID "
+        }),
+        "{out}"
+    );
+    lines
+        .map(|l| l.split_whitespace().map(String::from).collect())
+        .collect()
+}
+
+#[test]
+fn serial_agent_ps_lists_containers_and_sandboxes_with_handler_state_and_pid() {
+    let mut lab = Lab::new("ps");
+    lab.import_busybox();
+    lab.start(&[]);
+    apply(
+        &lab,
+        &POD.replace("NAME", "listed").replace("NODE", &lab.node),
+    );
+    let (ip, uid) = running_ip(&lab, "listed");
+    let id = container_status(&lab, "listed")["containerID"]
+        .as_str()
+        .unwrap_or("")
+        .trim_start_matches("runc://")
+        .to_string();
+    let (_, out, _) = run(Command::new("runc")
+        .arg("--root")
+        .arg(lab.runtime_root())
+        .args(["state", &id]));
+    let runc_pid = serde_json::from_str::<Value>(&out).unwrap_or(Value::Null)["pid"]
+        .as_i64()
+        .expect("runc knows the container's pid");
+
+    // CONTAINER IMAGE CREATED STATE NAME ATTEMPT PID POD NAMESPACE RUNTIME
+    let rows = moat_ps(&lab, "ps");
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let r = &rows[0];
+    assert_eq!(r[0], id);
+    assert_eq!(r[1], "localhost/busybox:latest");
+    assert_eq!(
+        (r[3].as_str(), r[4].as_str(), r[5].as_str()),
+        ("Running", "web", "0")
+    );
+    assert_eq!(r[6], runc_pid.to_string(), "the pid runc reports");
+    assert!(
+        Path::new(&format!("/proc/{}", r[6])).exists(),
+        "pid {} is alive",
+        r[6]
+    );
+    assert_eq!(
+        (r[7].as_str(), r[8].as_str(), r[9].as_str()),
+        ("listed", "default", "runc")
+    );
+
+    // POD ID CREATED STATE NAME NAMESPACE IP RUNTIME CONTAINERS
+    let rows = moat_ps(&lab, "pods");
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let r = &rows[0];
+    assert_eq!(r[0], uid);
+    assert_eq!(
+        (r[2].as_str(), r[3].as_str(), r[4].as_str()),
+        ("Ready", "listed", "default")
+    );
+    assert_eq!((&r[5], r[6].as_str(), r[7].as_str()), (&ip, "runc", "1"));
+
+    // The container's end shows at once (the shim's exit file), with no pid.
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(runc_pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    lab.wait("moat ps to stop showing it running", 20, || {
+        moat_ps(&lab, "ps")
+            .first()
+            .is_some_and(|r| r[3] != "Running" && r.iter().all(|c| *c != runc_pid.to_string()))
+    });
+    delete_and_check_clean(&lab, "listed", &uid);
+    assert!(moat_ps(&lab, "ps").is_empty());
+    assert!(moat_ps(&lab, "pods").is_empty());
+}
