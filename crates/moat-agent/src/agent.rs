@@ -68,6 +68,10 @@ pub struct AgentConfig {
     pub node_ip: Option<String>,
     /// The agent's HTTPS endpoint (logs, exec) for the API server to proxy to; None: off.
     pub listen: Option<std::net::SocketAddr>,
+    /// Container log rotation (the kubelet's containerLogMaxSize / containerLogMaxFiles).
+    pub log_policy: crate::logrotate::Policy,
+    /// How often running containers' logs are checked for rotation.
+    pub log_monitor_interval: Duration,
 }
 
 /// Image lookup and per-container rootfs.
@@ -589,6 +593,30 @@ impl Node {
             .join(format!("{ns}_{pod}_{uid}"))
             .join(container)
             .join(format!("{restart}.log"))
+    }
+
+    /// Rotates the logs of running containers that reached the policy's size.
+    pub fn rotate_logs(&self) {
+        let logs: Vec<PathBuf> = self
+            .pods_map()
+            .values()
+            .flat_map(|r| {
+                r.containers
+                    .iter()
+                    .filter(|(_, s)| s.id.is_some())
+                    .map(|(c, s)| self.log_path(&r.namespace, &r.name, &r.uid, c, s.restart_count))
+            })
+            .collect();
+        let now = chrono::Utc::now();
+        for log in logs {
+            match crate::logrotate::rotate_if_needed(&log, &self.cfg.log_policy, now) {
+                Ok(true) => tracing::debug!(log = %log.display(), "rotated a container log"),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e}: {}", source_chain(&e)), "log rotation")
+                }
+            }
+        }
     }
 
     fn bundle_dir(&self, uid: &str, id: &str) -> PathBuf {
@@ -1466,6 +1494,7 @@ impl Agent {
             }
         });
         let mut last_hb = Instant::now();
+        let mut last_rotation = Instant::now();
         loop {
             if let Err(e) = self.pass() {
                 tracing::warn!(error = %e, "agent pass");
@@ -1473,6 +1502,10 @@ impl Agent {
             if last_hb.elapsed() >= Duration::from_secs(10) {
                 self.heartbeat();
                 last_hb = Instant::now();
+            }
+            if last_rotation.elapsed() >= self.node.cfg.log_monitor_interval {
+                self.node.rotate_logs();
+                last_rotation = Instant::now();
             }
             let _ = rx.recv_timeout(Duration::from_secs(1));
             while rx.try_recv().is_ok() {}
@@ -1581,6 +1614,8 @@ mod tests {
                 shim: Vec::new(),
                 node_ip: Some("192.0.2.10".into()),
                 listen: None,
+                log_policy: crate::logrotate::Policy::new(16, 3).unwrap(),
+                log_monitor_interval: Duration::from_secs(10),
             };
             let parts = Parts {
                 runtime: self.rt.clone(),
@@ -1701,6 +1736,37 @@ mod tests {
         );
         let last_cni = fx.cni.calls.lock().unwrap().last().unwrap().env["CNI_COMMAND"].clone();
         assert_eq!(last_cni, "DEL");
+    }
+
+    #[test]
+    fn logs_of_running_containers_rotate_past_the_max_size() {
+        let fx = Fx::new();
+        fx.cni_reply();
+        let n = fx.node();
+        let p = pod("Always");
+        let _ = n.sync(&p, Ok(runc(&n)));
+        let log = n.log_path("default", "web", "u-1", "c", 0);
+        std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+        std::fs::write(&log, "T stdout F sm\n").unwrap();
+        n.rotate_logs();
+        let count = || std::fs::read_dir(log.parent().unwrap()).unwrap().count();
+        assert_eq!(count(), 1, "14 bytes are under the 16-byte limit");
+        std::fs::write(&log, "T stdout F larger than that\n").unwrap();
+        n.rotate_logs();
+        let names: Vec<String> = std::fs::read_dir(log.parent().unwrap())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert!(names.iter().any(|n| n.starts_with("0.log.2")), "{names:?}");
+        assert_eq!(std::fs::read(&log).unwrap(), b"");
+        // A stopped container's log is left alone.
+        fx.rt.exit("u-1-c-0", 1);
+        let _ = n.sync(&p, Ok(runc(&n)));
+        std::fs::write(&log, "T stdout F larger than that\n").unwrap();
+        n.rotate_logs();
+        assert_eq!(count(), 2);
     }
 
     #[test]

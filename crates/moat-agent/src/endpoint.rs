@@ -393,6 +393,14 @@ pub fn stream_log(
             }
             continue;
         }
+        // Drained: if the log was rotated meanwhile, go on with the new current file.
+        if let (Ok(now), Ok(open)) = (std::fs::metadata(path), r.get_ref().metadata()) {
+            use std::os::unix::fs::MetadataExt;
+            if (now.dev(), now.ino()) != (open.dev(), open.ino()) {
+                r = BufReader::new(std::fs::File::open(path)?);
+                continue;
+            }
+        }
         if exit_file.is_some_and(Path::exists) {
             drained_after_exit += 1;
             if drained_after_exit > 3 {
@@ -456,5 +464,41 @@ mod tests {
         f.write_all(b"T2 stdout F two\n").unwrap();
         std::fs::write(&exit, "0\n").unwrap();
         assert_eq!(String::from_utf8(h.join().unwrap()).unwrap(), "one\ntwo\n");
+    }
+
+    /// A writer whose bytes the test receives as they are written.
+    struct Chan(std::sync::mpsc::Sender<Vec<u8>>);
+
+    impl Write for Chan {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            let _ = self.0.send(b.to_vec());
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn follow_goes_on_in_the_new_file_after_a_rotation() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("0.log");
+        let exit = d.path().join("exit");
+        std::fs::write(&p, "T1 stdout F one\n").unwrap();
+        let (p2, e2) = (p.clone(), exit.clone());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let h = std::thread::spawn(move || {
+            stream_log(&p2, None, false, true, Some(&e2), &mut Chan(tx)).unwrap();
+        });
+        // The follower has the first file open once it has sent its content.
+        assert_eq!(rx.recv().unwrap(), b"one\n");
+        let mut f = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
+        f.write_all(b"T2 stdout F two\n").unwrap();
+        std::fs::rename(&p, d.path().join("0.log.20260101-000000")).unwrap();
+        std::fs::write(&p, "T3 stdout F three\n").unwrap();
+        std::fs::write(&exit, "0\n").unwrap();
+        h.join().unwrap();
+        let rest: Vec<u8> = rx.iter().flatten().collect();
+        assert_eq!(String::from_utf8(rest).unwrap(), "two\nthree\n");
     }
 }

@@ -11,6 +11,7 @@ pub mod check;
 pub mod endpoint;
 pub mod exec;
 pub mod handlers;
+pub mod logrotate;
 pub mod logs;
 pub mod probe;
 pub mod ps;

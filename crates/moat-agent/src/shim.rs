@@ -79,7 +79,47 @@ fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
 }
 
-fn copy_stream(mut r: File, stream: &'static str, log: Arc<Mutex<File>>) {
+/// The CRI log file, reopened when its path names another file: the agent's log rotation
+/// renames the current file and creates a new one (see [`crate::logrotate`]).
+pub struct LogFile {
+    path: PathBuf,
+    file: File,
+}
+
+fn same_file(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    a.dev() == b.dev() && a.ino() == b.ino()
+}
+
+impl LogFile {
+    pub fn open(path: &std::path::Path) -> std::io::Result<LogFile> {
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        Ok(LogFile {
+            path: path.to_path_buf(),
+            file,
+        })
+    }
+
+    /// Appends `data` to the file the path names now (one stat per write).
+    pub fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
+        let rotated = match (std::fs::metadata(&self.path), self.file.metadata()) {
+            (Ok(now), Ok(open)) => !same_file(&now, &open),
+            (Err(_), _) => true,
+            (Ok(_), Err(_)) => false,
+        };
+        if rotated
+            && let Ok(f) = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)
+        {
+            self.file = f;
+        }
+        self.file.write_all(data)
+    }
+}
+
+fn copy_stream(mut r: File, stream: &'static str, log: Arc<Mutex<LogFile>>) {
     let mut pending = Vec::new();
     let mut buf = vec![0u8; 32 * 1024];
     loop {
@@ -146,11 +186,8 @@ fn run(a: &ShimArgs) -> Result<(), String> {
     if let Some(d) = a.log.parent() {
         std::fs::create_dir_all(d).map_err(|e| format!("creating {}: {e}", d.display()))?;
     }
-    let log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&a.log)
-        .map_err(|e| format!("opening the log {}: {e}", a.log.display()))?;
+    let log =
+        LogFile::open(&a.log).map_err(|e| format!("opening the log {}: {e}", a.log.display()))?;
     let log = Arc::new(Mutex::new(log));
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
@@ -234,5 +271,24 @@ mod tests {
         assert_eq!(ShimArgs::parse(&a.to_args()).unwrap(), a);
         assert!(ShimArgs::parse(&["--id".into()]).is_err());
         assert!(ShimArgs::parse(&["--bogus".into(), "x".into()]).is_err());
+    }
+
+    #[test]
+    fn the_log_follows_its_path_after_a_rotation() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("0.log");
+        let mut log = LogFile::open(&p).unwrap();
+        log.write_all(b"one\n").unwrap();
+        std::fs::rename(&p, d.path().join("0.log.1")).unwrap();
+        std::fs::write(&p, b"").unwrap();
+        log.write_all(b"two\n").unwrap();
+        std::fs::rename(&p, d.path().join("0.log.2")).unwrap();
+        // Nothing at the path (the rotation is half-way): the write creates it.
+        log.write_all(b"three\n").unwrap();
+        let read = |n: &str| std::fs::read_to_string(d.path().join(n)).unwrap();
+        assert_eq!(
+            (read("0.log.1"), read("0.log.2"), read("0.log")),
+            ("one\n".into(), "two\n".into(), "three\n".into())
+        );
     }
 }

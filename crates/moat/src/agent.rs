@@ -40,6 +40,15 @@ pub struct AgentArgs {
     /// The agent's HTTPS endpoint (logs, exec) the API server proxies to; `off` disables it.
     #[arg(long, default_value = "0.0.0.0:10250")]
     pub agent_listen: String,
+    /// Rotate a running container's log once it reaches this size (a quantity: 10Mi, 500Ki).
+    #[arg(long, default_value = "10Mi")]
+    pub container_log_max_size: String,
+    /// Log files kept per container, the current one included (at least 2).
+    #[arg(long, default_value_t = 5)]
+    pub container_log_max_files: usize,
+    /// How often container log sizes are checked.
+    #[arg(long, default_value = "10s", value_parser = crate::server::parse_duration)]
+    pub container_log_monitor_interval: std::time::Duration,
 }
 
 #[derive(clap::Args)]
@@ -75,6 +84,19 @@ pub fn config(a: &AgentArgs) -> anyhow::Result<moat_agent::AgentConfig> {
     let handlers = moat_agent::Handlers::load(a.runtime_config.as_deref(), &a.run_dir)
         .context("loading runtime handlers")?;
     let exe = std::env::current_exe().context("locating the moat binary for the shim")?;
+    let max_size = moat_agent::quantity::bytes(&a.container_log_max_size)
+        .ok()
+        .and_then(|b| u64::try_from(b).ok())
+        .with_context(|| {
+            format!(
+                "--container-log-max-size {:?} is not a size like 10Mi",
+                a.container_log_max_size
+            )
+        })?;
+    let log_policy = moat_agent::logrotate::Policy::new(max_size, a.container_log_max_files)?;
+    if a.container_log_monitor_interval.is_zero() {
+        anyhow::bail!("--container-log-monitor-interval must be more than 0");
+    }
     Ok(moat_agent::AgentConfig {
         node_name,
         kubeconfig: a.kubeconfig.clone(),
@@ -94,6 +116,8 @@ pub fn config(a: &AgentArgs) -> anyhow::Result<moat_agent::AgentConfig> {
                     .with_context(|| format!("--agent-listen {l:?} is not host:port"))?,
             ),
         },
+        log_policy,
+        log_monitor_interval: a.container_log_monitor_interval,
     })
 }
 

@@ -137,7 +137,7 @@ pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Go-style durations as kube-apiserver flags take them: `300ms`, `30s`, `5m`, `1h`, `0`.
-fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let s = s.trim();
     if s == "0" {
         return Ok(std::time::Duration::ZERO);

@@ -1069,3 +1069,93 @@ fn serial_agent_ps_lists_containers_and_sandboxes_with_handler_state_and_pid() {
     assert!(moat_ps(&lab, "ps").is_empty());
     assert!(moat_ps(&lab, "pods").is_empty());
 }
+
+#[test]
+fn serial_agent_rotates_container_logs_and_kubectl_logs_reads_the_current_file() {
+    let mut lab = Lab::new("logrot");
+    lab.import_busybox();
+    lab.start(&[
+        "--container-log-max-size",
+        "2Ki",
+        "--container-log-max-files",
+        "3",
+        "--container-log-monitor-interval",
+        "1s",
+    ]);
+    let manifest = format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: chatty}}
+spec:
+  nodeName: {}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: localhost/busybox:latest
+    imagePullPolicy: IfNotPresent
+    command: ["sh", "-c", "trap 'exit 0' TERM; i=0; while true; do echo line $i padding-padding-padding-padding-padding-padding-padding; i=$((i+1)); usleep 20000; done"]
+"#,
+        lab.node
+    );
+    apply(&lab, &manifest);
+    let (_, uid) = running_ip(&lab, "chatty");
+    let dir = lab
+        .path("logs")
+        .join(format!("default_chatty_{uid}"))
+        .join("c");
+    let files = || -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(&dir)
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    // Rotated as the kubelet names them: 0.log.<YYYYmmdd-HHMMSS>, older ones gzip'd, never
+    // more than --container-log-max-files files.
+    let stamped = |n: &str, ext: &str| {
+        n.strip_prefix("0.log.")
+            .and_then(|s| s.strip_suffix(ext))
+            .is_some_and(|t| {
+                t.len() == 15
+                    && t.as_bytes()[8] == b'-'
+                    && t.bytes().filter(u8::is_ascii_digit).count() == 14
+            })
+    };
+    lab.wait("current, rotated and compressed logs", 40, || {
+        let f = files();
+        assert!(f.len() <= 3, "more files than allowed: {f:?}");
+        f.contains(&"0.log".to_string())
+            && f.iter().any(|n| stamped(n, ".gz"))
+            && f.iter().any(|n| stamped(n, ""))
+    });
+
+    // kubectl logs reads the current file: recent lines only, consecutive, complete.
+    let (ok, out, err) = lab.kubectl(&["logs", "chatty"], None);
+    assert!(ok, "logs: {err}");
+    let nums: Vec<u64> = out
+        .lines()
+        .map(|l| {
+            l.strip_prefix("line ")
+                .and_then(|r| r.split(' ').next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("unexpected log line {l:?}"))
+        })
+        .collect();
+    assert!(!nums.is_empty(), "empty logs after a rotation");
+    assert!(
+        nums[0] > 0,
+        "the rotated-away lines are not in the current file"
+    );
+    assert!(
+        nums.windows(2).all(|w| w[1] == w[0] + 1),
+        "lines missing or repeated: {nums:?}"
+    );
+    let (ok, out, err) = lab.kubectl(&["logs", "chatty", "--tail", "1"], None);
+    assert!(ok && out.starts_with("line "), "{out} {err}");
+    delete_and_check_clean(&lab, "chatty", &uid);
+}
