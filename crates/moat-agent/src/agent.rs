@@ -48,10 +48,32 @@ fn io_err<'a>(
     }
 }
 
+/// How the agent reaches the API server.
+#[derive(Debug, Clone)]
+pub enum Join {
+    /// A kubeconfig file (server URL, CA, token), like `moat server` writes.
+    Kubeconfig(PathBuf),
+    /// `--server URL --token T` with the CA (or no verification) as given.
+    Server {
+        url: String,
+        token: String,
+        trust: moat_manager::ServerTrust,
+    },
+}
+
+impl Join {
+    pub fn client(&self) -> Result<Client, AgentError> {
+        Ok(match self {
+            Join::Kubeconfig(p) => Client::from_kubeconfig(p)?,
+            Join::Server { url, token, trust } => Client::connect(url, token, trust.clone())?,
+        })
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
     pub node_name: String,
-    pub kubeconfig: PathBuf,
+    pub join: Join,
     /// Sandboxes, bundles, netns files, CNI state (tmpfs: gone on reboot, as are the pods).
     pub run_dir: PathBuf,
     /// CRI logs: `<log_dir>/<ns>_<pod>_<uid>/<container>/<restart>.log`.
@@ -1147,16 +1169,6 @@ pub struct Agent {
     endpoint_port: Option<u16>,
 }
 
-fn kubeconfig_token(path: &Path) -> Result<String, AgentError> {
-    let text = std::fs::read_to_string(path).map_err(io_err("reading the kubeconfig", path))?;
-    let v: Value = serde_yaml::from_str(&text)
-        .map_err(|e| AgentError::Other(format!("parsing {}: {e}", path.display())))?;
-    v["users"][0]["user"]["token"]
-        .as_str()
-        .map(String::from)
-        .ok_or_else(|| AgentError::Other(format!("{}: no users[0].user.token", path.display())))
-}
-
 fn host_ipv4() -> Option<String> {
     let addrs = nix::ifaddrs::getifaddrs().ok()?;
     for a in addrs {
@@ -1188,7 +1200,7 @@ impl Agent {
     /// Registers the node (creating it with the configured podCIDR if absent) and re-adopts
     /// pods from earlier runs.
     pub fn new(mut cfg: AgentConfig, parts: Parts) -> Result<Agent, AgentError> {
-        let client = Client::from_kubeconfig(&cfg.kubeconfig)?;
+        let client = cfg.join.client()?;
         if cfg.node_ip.is_none() {
             cfg.node_ip = host_ipv4();
         }
@@ -1217,7 +1229,8 @@ impl Agent {
             .to_string();
         let mut endpoint_port = None;
         if let Some(listen) = cfg.listen {
-            let token = kubeconfig_token(&cfg.kubeconfig)?;
+            // The API server proxies logs/exec with the cluster token, the one we hold.
+            let token = client.token().to_string();
             let mut names = vec![
                 "localhost".to_string(),
                 "127.0.0.1".into(),
@@ -1603,7 +1616,7 @@ mod tests {
             let run = self.dir.path().join("run");
             let cfg = AgentConfig {
                 node_name: "n1".into(),
-                kubeconfig: PathBuf::new(),
+                join: Join::Kubeconfig(PathBuf::new()),
                 run_dir: run.clone(),
                 log_dir: self.dir.path().join("logs"),
                 image_root: PathBuf::new(),

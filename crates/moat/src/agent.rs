@@ -5,11 +5,70 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
+/// How `moat agent` reaches the API server.
 #[derive(clap::Args, Clone)]
-pub struct AgentArgs {
-    /// Kubeconfig of the API server to join (server URL, CA, token).
+pub struct JoinArgs {
+    /// Kubeconfig of the API server to join (server URL, CA, token); not read with --server.
     #[arg(long, default_value = "/var/lib/moat/kubeconfig.yaml")]
     pub kubeconfig: PathBuf,
+    /// The API server to join, `https://HOST:PORT`, instead of a kubeconfig file.
+    #[arg(long)]
+    pub server: Option<String>,
+    /// Bearer token for --server (the server's is in its data dir's `token` file).
+    #[arg(long, env = "MOAT_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Read the --server token from this file instead.
+    #[arg(long, conflicts_with = "token")]
+    pub token_file: Option<PathBuf>,
+    /// CA certificate (PEM) the --server's certificate must chain to.
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
+    /// Do not verify the --server's certificate (the token goes to whoever answers).
+    #[arg(long, conflicts_with = "ca_file")]
+    pub insecure_skip_tls_verify: bool,
+}
+
+impl JoinArgs {
+    pub fn join(&self) -> anyhow::Result<moat_agent::agent::Join> {
+        let Some(server) = &self.server else {
+            if self.token.is_some()
+                || self.token_file.is_some()
+                || self.ca_file.is_some()
+                || self.insecure_skip_tls_verify
+            {
+                anyhow::bail!(
+                    "--token, --token-file, --ca-file and --insecure-skip-tls-verify go with --server"
+                );
+            }
+            return Ok(moat_agent::agent::Join::Kubeconfig(self.kubeconfig.clone()));
+        };
+        let token = match (&self.token, &self.token_file) {
+            (Some(t), _) => t.trim().to_string(),
+            (None, Some(f)) => std::fs::read_to_string(f)
+                .with_context(|| format!("reading the token file {}", f.display()))?
+                .trim()
+                .to_string(),
+            (None, None) => anyhow::bail!("--server needs --token (or --token-file, MOAT_TOKEN)"),
+        };
+        let trust = match (&self.ca_file, self.insecure_skip_tls_verify) {
+            (Some(f), _) => moat_manager::ServerTrust::Ca(
+                std::fs::read(f).with_context(|| format!("reading the CA file {}", f.display()))?,
+            ),
+            (None, true) => moat_manager::ServerTrust::InsecureSkipVerify,
+            (None, false) => anyhow::bail!(
+                "--server needs --ca-file (the server's ca.crt) or --insecure-skip-tls-verify"
+            ),
+        };
+        Ok(moat_agent::agent::Join::Server {
+            url: server.clone(),
+            token,
+            trust,
+        })
+    }
+}
+
+#[derive(clap::Args, Clone)]
+pub struct AgentArgs {
     /// Node name (default: the host name).
     #[arg(long)]
     pub node_name: Option<String>,
@@ -54,6 +113,8 @@ pub struct AgentArgs {
 #[derive(clap::Args)]
 pub struct AgentCmdArgs {
     #[command(flatten)]
+    pub join: JoinArgs,
+    #[command(flatten)]
     pub args: AgentArgs,
     #[command(subcommand)]
     cmd: Option<AgentCmd>,
@@ -72,7 +133,10 @@ enum AgentCmd {
     },
 }
 
-pub fn config(a: &AgentArgs) -> anyhow::Result<moat_agent::AgentConfig> {
+pub fn config(
+    a: &AgentArgs,
+    join: moat_agent::agent::Join,
+) -> anyhow::Result<moat_agent::AgentConfig> {
     let node_name = match &a.node_name {
         Some(n) => n.clone(),
         None => nix::unistd::gethostname()
@@ -99,7 +163,7 @@ pub fn config(a: &AgentArgs) -> anyhow::Result<moat_agent::AgentConfig> {
     }
     Ok(moat_agent::AgentConfig {
         node_name,
-        kubeconfig: a.kubeconfig.clone(),
+        join,
         run_dir: a.run_dir.clone(),
         log_dir: a.log_dir.clone(),
         image_root: a.image_root.clone(),
@@ -123,8 +187,8 @@ pub fn config(a: &AgentArgs) -> anyhow::Result<moat_agent::AgentConfig> {
 
 /// Starts the agent on a background thread (for `moat server`); it keeps trying to join
 /// until the API server it belongs to answers.
-pub fn spawn(a: AgentArgs) -> anyhow::Result<()> {
-    let cfg = config(&a)?;
+pub fn spawn(a: AgentArgs, kubeconfig: PathBuf) -> anyhow::Result<()> {
+    let cfg = config(&a, moat_agent::agent::Join::Kubeconfig(kubeconfig))?;
     std::thread::Builder::new()
         .name("agent".into())
         .spawn(move || {
@@ -163,7 +227,7 @@ pub fn run(a: AgentCmdArgs) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let cfg = config(&a.args)?;
+    let cfg = config(&a.args, a.join.join()?)?;
     let parts = moat_agent::agent::real_parts(&cfg).context("setting up the node")?;
     let agent = moat_agent::Agent::new(cfg, parts).context("registering the node")?;
     agent.run()

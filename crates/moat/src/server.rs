@@ -95,9 +95,7 @@ pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
             let (tx, rx) = tokio::sync::oneshot::channel::<String>();
             let kubeconfig = args.data_dir.join("kubeconfig.yaml");
             if args.agent {
-                let mut a = (*args.agent_args).clone();
-                a.kubeconfig = kubeconfig.clone();
-                crate::agent::spawn(a)?;
+                crate::agent::spawn((*args.agent_args).clone(), kubeconfig.clone())?;
             }
             let cluster_cidr = moat_manager::parse_cidr(&args.cluster_cidr).with_context(|| {
                 format!("--cluster-cidr {:?} is not an IPv4 CIDR", args.cluster_cidr)

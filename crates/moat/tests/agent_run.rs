@@ -16,6 +16,8 @@ struct Lab {
     ns: String,
     dir: tempfile::TempDir,
     server: Option<Child>,
+    /// A `moat agent` of its own (beside a server started without `--agent`).
+    agent: Option<Child>,
     node: String,
 }
 
@@ -42,6 +44,7 @@ impl Lab {
             ns,
             dir: tempfile::tempdir().expect("tempdir"),
             server: None,
+            agent: None,
         };
         let (ok, _, err) = run(lab.in_ns("ip").args(["link", "set", "lo", "up"]));
         assert!(ok, "lo up: {err}");
@@ -73,18 +76,20 @@ impl Lab {
     }
 
     fn start(&mut self, extra: &[&str]) {
-        let _ = std::fs::remove_file(self.path("kubeconfig.yaml"));
-        std::fs::create_dir_all(self.path("cni-conf")).expect("cni dir");
-        let log = std::fs::OpenOptions::new()
+        self.start_server(true, extra);
+    }
+
+    fn log_file(&self, name: &str) -> std::fs::File {
+        std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.path("server.log"))
-            .expect("log");
-        let child = self
-            .in_ns(moat_bin().to_str().expect("utf-8 path"))
-            .args(["server", "--listen", "127.0.0.1:0", "--agent", "--data-dir"])
-            .arg(self.dir.path())
-            .args(["--node-name", &self.node, "--pod-cidr", "10.42.77.0/24"])
+            .open(self.path(name))
+            .expect("log")
+    }
+
+    /// The flags of a node agent in this lab, for `moat server --agent` and `moat agent`.
+    fn agent_flags(&self, c: &mut Command) {
+        c.args(["--node-name", &self.node, "--pod-cidr", "10.42.77.0/24"])
             .args(["--agent-listen", "127.0.0.1:0"])
             .arg("--run-dir")
             .arg(self.path("run"))
@@ -93,27 +98,72 @@ impl Lab {
             .arg("--image-root")
             .arg(self.path("images"))
             .arg("--cni-conf-dir")
-            .arg(self.path("cni-conf"))
+            .arg(self.path("cni-conf"));
+    }
+
+    /// `moat server` (with its in-process agent when `agent`), waiting for its kubeconfig.
+    fn start_server(&mut self, agent: bool, extra: &[&str]) {
+        let _ = std::fs::remove_file(self.path("kubeconfig.yaml"));
+        std::fs::create_dir_all(self.path("cni-conf")).expect("cni dir");
+        let mut c = self.in_ns(moat_bin().to_str().expect("utf-8 path"));
+        c.args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(self.dir.path());
+        if agent {
+            c.arg("--agent");
+            self.agent_flags(&mut c);
+        }
+        let child = c
             .args(extra)
             .env("MOAT_LOG", "info,moat_agent=debug")
             .stdout(Stdio::null())
-            .stderr(log)
+            .stderr(self.log_file("server.log"))
             .spawn()
             .expect("start moat server");
         self.server = Some(child);
         self.wait("kubeconfig", 30, || self.path("kubeconfig.yaml").exists());
     }
 
+    /// The API server's URL, from the kubeconfig it wrote.
+    fn server_url(&self) -> String {
+        std::fs::read_to_string(self.path("kubeconfig.yaml"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("server: ").map(String::from))
+            .expect("server URL in the kubeconfig")
+            .trim_matches('"')
+            .to_string()
+    }
+
+    /// `moat agent` in the lab's namespace with the given join flags.
+    fn start_agent(&mut self, join: &[&str]) {
+        std::fs::create_dir_all(self.path("cni-conf")).expect("cni dir");
+        let mut c = self.in_ns(moat_bin().to_str().expect("utf-8 path"));
+        c.arg("agent").args(join);
+        self.agent_flags(&mut c);
+        let child = c
+            .env("MOAT_LOG", "info,moat_agent=debug")
+            .stdout(Stdio::null())
+            .stderr(self.log_file("agent.log"))
+            .spawn()
+            .expect("start moat agent");
+        self.agent = Some(child);
+    }
+
     /// kill -9 of the server and its in-process agent (the shims and containers live on).
     fn kill9(&mut self) {
-        if let Some(mut c) = self.server.take() {
+        for c in [self.agent.take(), self.server.take()]
+            .into_iter()
+            .flatten()
+        {
+            let mut c = c;
             let _ = c.kill();
             let _ = c.wait();
         }
     }
 
     fn server_log(&self) -> String {
-        std::fs::read_to_string(self.path("server.log")).unwrap_or_default()
+        let read = |f: &str| std::fs::read_to_string(self.path(f)).unwrap_or_default();
+        format!("{}\nagent log:\n{}", read("server.log"), read("agent.log"))
     }
 
     fn wait(&self, what: &str, secs: u64, mut f: impl FnMut() -> bool) {
@@ -1158,4 +1208,93 @@ spec:
     let (ok, out, err) = lab.kubectl(&["logs", "chatty", "--tail", "1"], None);
     assert!(ok && out.starts_with("line "), "{out} {err}");
     delete_and_check_clean(&lab, "chatty", &uid);
+}
+
+#[test]
+fn serial_agent_joins_with_server_and_token_without_a_kubeconfig() {
+    let mut lab = Lab::new("join");
+    lab.import_busybox();
+    lab.start_server(false, &[]);
+    let url = lab.server_url();
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    let token_file = lab.path("token");
+    let ca = lab.path("ca.crt");
+    let agent = |args: &[&str]| {
+        run(lab
+            .in_ns(moat_bin().to_str().expect("utf-8 path"))
+            .arg("agent")
+            .args(args)
+            .args(["--node-name", "never-registered", "--agent-listen", "off"])
+            .arg("--run-dir")
+            .arg(lab.path("run-refused")))
+    };
+    // Misuse is refused before anything is touched, and plainly.
+    let (ok, _, err) = agent(&["--server", &url, "--token", "x"]);
+    assert!(!ok && err.contains("--ca-file"), "{err}");
+    let (ok, _, err) = agent(&["--token", "x"]);
+    assert!(!ok && err.contains("go with --server"), "{err}");
+    // Unverified TLS reaches the server, which refuses a wrong token.
+    let (ok, _, err) = agent(&[
+        "--server",
+        &url,
+        "--token",
+        "wrong",
+        "--insecure-skip-tls-verify",
+    ]);
+    assert!(!ok && err.contains("401"), "{err}");
+    // The server's certificate must chain to the CA given.
+    let (ok, _, err) = agent(&[
+        "--server",
+        &url,
+        "--token",
+        "wrong",
+        "--ca-file",
+        "/etc/ssl/certs/ca-certificates.crt",
+    ]);
+    assert!(!ok && err.contains("certificate"), "{err}");
+    assert!(!lab.path("run-refused/pods").exists());
+
+    lab.start_agent(&[
+        "--server",
+        &url,
+        "--token-file",
+        token_file.to_str().expect("utf-8"),
+        "--ca-file",
+        ca.to_str().expect("utf-8"),
+    ]);
+    lab.wait("the joined node to be Ready", 30, || {
+        let (ok, out, _) = lab.kubectl(
+            &[
+                "get",
+                "node",
+                &lab.node,
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+            ],
+            None,
+        );
+        ok && out == "True"
+    });
+    let (ok, out, _) = lab.kubectl(&["get", "node", &lab.node, "-o", "json"], None);
+    assert!(ok);
+    let node: Value = serde_json::from_str(&out).expect("node json");
+    assert_eq!(node["spec"]["podCIDR"], "10.42.77.0/24");
+    assert_eq!(
+        node["metadata"]["labels"]["kubernetes.io/hostname"],
+        lab.node.as_str()
+    );
+    let (ok, _, err) = lab.kubectl(&["get", "lease", "-n", "kube-node-lease", &lab.node], None);
+    assert!(ok, "lease: {err}");
+
+    // It runs pods, and the API server reaches its endpoint with the token it joined with.
+    apply(
+        &lab,
+        &POD.replace("NAME", "joined").replace("NODE", &lab.node),
+    );
+    let (ip, uid) = running_ip(&lab, "joined");
+    assert!(ip.starts_with("10.42.77."), "{ip}");
+    let (ok, out, err) = lab.kubectl(&["logs", "joined"], None);
+    assert!(ok, "logs: {err}");
+    assert_eq!(out, "serving joined\n");
+    delete_and_check_clean(&lab, "joined", &uid);
 }
