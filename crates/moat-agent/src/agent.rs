@@ -1488,17 +1488,21 @@ impl Agent {
         Ok(())
     }
 
-    /// Runs forever: a pass on every watch event of this node's pods, at least once a second,
-    /// and a heartbeat every 10 s.
-    pub fn run(mut self) -> ! {
+    /// Runs until `stop` is asked: a pass on every watch event of this node's pods, at least
+    /// once a second, a heartbeat every 10 s, log rotation checks. Stopping ends the loop
+    /// after the current pass and leaves every pod running (as the kubelet does): their shims
+    /// keep logs and exit codes, and the next agent re-adopts them from their records.
+    pub fn run(mut self, stop: &Stop) {
         let (tx, rx) = mpsc::channel::<()>();
+        stop.register(tx.clone());
         let wc = self.client.clone();
         let path = format!(
             "/api/v1/pods?fieldSelector=spec.nodeName%3D{}",
             self.node.cfg.node_name
         );
+        let watch_stop = stop.clone();
         std::thread::spawn(move || {
-            loop {
+            while !watch_stop.is_stopped() {
                 let t = tx.clone();
                 let _ = wc.watch(&path, "0", |_| {
                     let _ = t.send(());
@@ -1508,7 +1512,7 @@ impl Agent {
         });
         let mut last_hb = Instant::now();
         let mut last_rotation = Instant::now();
-        loop {
+        while !stop.is_stopped() {
             if let Err(e) = self.pass() {
                 tracing::warn!(error = %e, "agent pass");
             }
@@ -1523,6 +1527,46 @@ impl Agent {
             let _ = rx.recv_timeout(Duration::from_secs(1));
             while rx.try_recv().is_ok() {}
         }
+        tracing::info!(
+            pods = self.node.pod_uids().len(),
+            "node agent stopped; its pods keep running"
+        );
+    }
+}
+
+/// Asks a running [`Agent`] to stop after its current pass; cloneable, usable from a signal
+/// handler's thread.
+#[derive(Clone, Default)]
+pub struct Stop(Arc<StopInner>);
+
+#[derive(Default)]
+struct StopInner {
+    flag: std::sync::atomic::AtomicBool,
+    wake: std::sync::Mutex<Vec<mpsc::Sender<()>>>,
+}
+
+impl Stop {
+    pub fn new() -> Stop {
+        Stop::default()
+    }
+
+    pub fn stop(&self) {
+        self.0.flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        for w in self.0.wake.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            let _ = w.send(());
+        }
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.0.flag.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn register(&self, tx: mpsc::Sender<()>) {
+        self.0
+            .wake
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(tx);
     }
 }
 

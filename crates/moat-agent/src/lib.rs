@@ -21,5 +21,5 @@ pub mod sandbox;
 pub mod shim;
 pub mod status;
 
-pub use agent::{Agent, AgentConfig, AgentError};
+pub use agent::{Agent, AgentConfig, AgentError, Stop};
 pub use handlers::{Handler, Handlers};

@@ -186,25 +186,32 @@ pub fn config(
 }
 
 /// Starts the agent on a background thread (for `moat server`); it keeps trying to join
-/// until the API server it belongs to answers.
-pub fn spawn(a: AgentArgs, kubeconfig: PathBuf) -> anyhow::Result<()> {
+/// until the API server it belongs to answers, and ends when `stop` is asked. The receiver
+/// hears when it has ended.
+pub fn spawn(
+    a: AgentArgs,
+    kubeconfig: PathBuf,
+    stop: moat_agent::Stop,
+) -> anyhow::Result<std::sync::mpsc::Receiver<()>> {
     let cfg = config(&a, moat_agent::agent::Join::Kubeconfig(kubeconfig))?;
+    let (done, ended) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("agent".into())
         .spawn(move || {
             let parts = || moat_agent::agent::real_parts(&cfg);
-            loop {
+            while !stop.is_stopped() {
                 match parts().and_then(|p| moat_agent::Agent::new(cfg.clone(), p)) {
-                    Ok(agent) => agent.run(),
+                    Ok(agent) => agent.run(&stop),
                     Err(e) => {
-                        tracing::warn!(error = %format!("{e:#}"), "node agent not started yet")
+                        tracing::warn!(error = %format!("{e:#}"), "node agent not started yet");
+                        std::thread::sleep(std::time::Duration::from_millis(300));
                     }
                 }
-                std::thread::sleep(std::time::Duration::from_millis(300));
             }
+            let _ = done.send(());
         })
         .context("starting the agent thread")?;
-    Ok(())
+    Ok(ended)
 }
 
 pub fn run(a: AgentCmdArgs) -> anyhow::Result<ExitCode> {
@@ -228,7 +235,11 @@ pub fn run(a: AgentCmdArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let cfg = config(&a.args, a.join.join()?)?;
+    let stop = moat_agent::Stop::new();
+    let s = stop.clone();
+    crate::shutdown::on_signal(move || s.stop())?;
     let parts = moat_agent::agent::real_parts(&cfg).context("setting up the node")?;
     let agent = moat_agent::Agent::new(cfg, parts).context("registering the node")?;
-    agent.run()
+    agent.run(&stop);
+    Ok(ExitCode::SUCCESS)
 }

@@ -8,6 +8,7 @@ mod image;
 mod netpol;
 mod ps;
 mod server;
+mod shutdown;
 
 #[derive(Parser)]
 #[command(

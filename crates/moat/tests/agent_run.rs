@@ -1298,3 +1298,133 @@ fn serial_agent_joins_with_server_and_token_without_a_kubeconfig() {
     assert_eq!(out, "serving joined\n");
     delete_and_check_clean(&lab, "joined", &uid);
 }
+
+/// SIGTERM to a lab process; its exit status once it has ended (within 40 s).
+fn sigterm(lab: &Lab, child: &mut Child) -> std::process::ExitStatus {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let mut status = None;
+    lab.wait("the process to exit after SIGTERM", 40, || {
+        status = child.try_wait().ok().flatten();
+        status.is_some()
+    });
+    status.expect("exit status")
+}
+
+/// The runc id of the pod's first container.
+fn runc_id(lab: &Lab, pod: &str) -> String {
+    container_status(lab, pod)["containerID"]
+        .as_str()
+        .unwrap_or("")
+        .trim_start_matches("runc://")
+        .to_string()
+}
+
+/// The runc state (status, pid) of a container.
+fn runc_state(lab: &Lab, id: &str) -> (String, i64) {
+    let (_, out, _) = run(Command::new("runc")
+        .arg("--root")
+        .arg(lab.runtime_root())
+        .args(["state", id]));
+    let v: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
+    (
+        v["status"].as_str().unwrap_or("").to_string(),
+        v["pid"].as_i64().unwrap_or(0),
+    )
+}
+
+fn lease_renew_time(lab: &Lab) -> String {
+    lab.kubectl(
+        &[
+            "get",
+            "lease",
+            "-n",
+            "kube-node-lease",
+            &lab.node,
+            "-o",
+            "jsonpath={.spec.renewTime}",
+        ],
+        None,
+    )
+    .1
+}
+
+#[test]
+fn serial_agent_sigterm_of_server_stops_cleanly_and_a_restart_readopts_the_pods() {
+    let mut lab = Lab::new("term");
+    lab.import_busybox();
+    lab.start(&[]);
+    apply(
+        &lab,
+        &POD.replace("NAME", "calm").replace("NODE", &lab.node),
+    );
+    let (ip, uid) = running_ip(&lab, "calm");
+    let before = container_status(&lab, "calm");
+    let id = runc_id(&lab, "calm");
+    let (st, pid) = runc_state(&lab, &id);
+    assert_eq!(st, "running");
+
+    let mut server = lab.server.take().expect("server");
+    let status = sigterm(&lab, &mut server);
+    assert!(status.success(), "exit after SIGTERM: {status:?}");
+    let log = lab.server_log();
+    assert!(
+        log.contains("node agent stopped; its pods keep running"),
+        "{log}"
+    );
+    assert!(log.contains("moat server stopped"), "{log}");
+    // The pod was left alone: same process, still serving from its netns.
+    assert_eq!(runc_state(&lab, &id), ("running".into(), pid));
+    assert_eq!(fetch(&lab, &ip), "calm");
+
+    lab.start(&[]);
+    let hb = lease_renew_time(&lab);
+    lab.wait("a lease renewal from the restarted agent", 30, || {
+        lease_renew_time(&lab) != hb
+    });
+    let after = container_status(&lab, "calm");
+    assert_eq!(after["containerID"], before["containerID"]);
+    assert_eq!(after["restartCount"], 0);
+    assert_eq!(runc_state(&lab, &id), ("running".into(), pid));
+    delete_and_check_clean(&lab, "calm", &uid);
+}
+
+#[test]
+fn serial_agent_sigterm_of_moat_agent_leaves_pods_running_for_the_next_one() {
+    let mut lab = Lab::new("aterm");
+    lab.import_busybox();
+    lab.start_server(false, &[]);
+    let kubeconfig = lab.path("kubeconfig.yaml");
+    let join = ["--kubeconfig", kubeconfig.to_str().expect("utf-8")];
+    lab.start_agent(&join);
+    apply(
+        &lab,
+        &POD.replace("NAME", "stays").replace("NODE", &lab.node),
+    );
+    let (ip, uid) = running_ip(&lab, "stays");
+    let before = container_status(&lab, "stays");
+    let id = runc_id(&lab, "stays");
+    let (st, pid) = runc_state(&lab, &id);
+    assert_eq!(st, "running");
+
+    let mut agent = lab.agent.take().expect("agent");
+    let status = sigterm(&lab, &mut agent);
+    assert!(status.success(), "exit after SIGTERM: {status:?}");
+    assert!(lab.server_log().contains("node agent stopped"));
+    assert_eq!(runc_state(&lab, &id), ("running".into(), pid));
+    assert_eq!(fetch(&lab, &ip), "stays");
+
+    lab.start_agent(&join);
+    let hb = lease_renew_time(&lab);
+    lab.wait("a lease renewal from the new agent", 30, || {
+        lease_renew_time(&lab) != hb
+    });
+    let after = container_status(&lab, "stays");
+    assert_eq!(after["containerID"], before["containerID"]);
+    assert_eq!(after["restartCount"], 0);
+    assert_eq!(runc_state(&lab, &id), ("running".into(), pid));
+    // Its loop runs: the deletion is carried out.
+    delete_and_check_clean(&lab, "stays", &uid);
+}
