@@ -283,7 +283,13 @@ pub struct Node {
     pub events: std::sync::Mutex<Vec<Event>>,
     /// Files of a configMap or secret volume (key → content), looked up through the API.
     pub volume_source: Option<Box<VolumeSource>>,
+    /// ConfigMaps and Secrets for container env (`envFrom`, `configMapKeyRef`,
+    /// `secretKeyRef`), looked up through the API.
+    pub object_source: Option<Box<ObjectSource>>,
 }
+
+/// (namespace, `configmaps` | `secrets`, name) → the object; `None` when it does not exist.
+pub type ObjectSource = dyn Fn(&str, &str, &str) -> Result<Option<Value>, String> + Send + Sync;
 
 /// (namespace, volume) → the volume's files; `Err` when it cannot be made.
 pub type VolumeSource = dyn Fn(&str, &k8s_openapi::api::core::v1::Volume) -> Result<Vec<(String, Vec<u8>)>, String>
@@ -400,6 +406,7 @@ impl Node {
             pods: std::sync::Mutex::new(pods),
             events: std::sync::Mutex::new(Vec::new()),
             volume_source: None,
+            object_source: None,
         })
     }
 
@@ -667,7 +674,31 @@ impl Node {
         let rootfs = bdir.join("rootfs");
         let spec_ = pod.spec.clone().unwrap_or_default();
         let sb = self.sandbox_ref(pod, rt);
-        let oci = bundle::spec(&spec_, c, &img, &sb, &format!("/moat/{id}"))
+        let lookup = |kind: &str, name: &str| match &self.object_source {
+            Some(f) => f(&rt.namespace, kind, name),
+            None => Err(format!("{kind}/{name}: no API to read it from")),
+        };
+        let facts = crate::envvars::Facts {
+            pod,
+            pod_ip: rt.ip.as_deref(),
+            host_ip: self.cfg.node_ip.as_deref(),
+            node_cpu_millis: node_cpu_millis(),
+            node_memory_bytes: i64::try_from(mem_kib().saturating_mul(1024)).unwrap_or(i64::MAX),
+        };
+        let env = crate::envvars::resolve(c, &facts, &lookup)
+            .map_err(|e| format!("CreateContainerConfigError: {e}"))?;
+        let mut resolved = crate::envvars::expand_command(c, &env);
+        resolved.env_from = None;
+        resolved.env = Some(
+            env.into_iter()
+                .map(|(name, value)| k8s_openapi::api::core::v1::EnvVar {
+                    name,
+                    value: Some(value),
+                    value_from: None,
+                })
+                .collect(),
+        );
+        let oci = bundle::spec(&spec_, &resolved, &img, &sb, &format!("/moat/{id}"))
             .map_err(|e| format!("CreateContainerConfigError: {e}"))?;
         // Clear leftovers of an attempt that died half-way (same id).
         let _ = self.parts.runtime.delete(&h, &id);
@@ -1185,6 +1216,10 @@ fn host_ipv4() -> Option<String> {
     None
 }
 
+fn node_cpu_millis() -> i64 {
+    std::thread::available_parallelism().map_or(1000, |n| n.get() as i64 * 1000)
+}
+
 fn mem_kib() -> u64 {
     std::fs::read_to_string("/proc/meminfo")
         .ok()
@@ -1286,6 +1321,25 @@ impl Agent {
                 }
             },
         ));
+        let oc = client.clone();
+        node.object_source = Some(Box::new(move |ns: &str, kind: &str, name: &str| {
+            if !matches!(kind, "configmaps" | "secrets") {
+                return Err(format!("cannot read {kind} for a container's env"));
+            }
+            // Object names are DNS subdomains; anything else must not shape the request path.
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+            {
+                return Err(format!("{kind} name {name:?} is not a valid object name"));
+            }
+            match oc.get(&format!("/api/v1/namespaces/{ns}/{kind}/{name}")) {
+                Ok(obj) => Ok(Some(obj)),
+                Err(e) if e.code() == Some(404) => Ok(None),
+                Err(e) => Err(e.to_string()),
+            }
+        }));
         let a = Agent {
             client,
             node,

@@ -91,8 +91,9 @@ pub fn argv(c: &Container, img: &ImageDefaults) -> Result<Vec<String>, BundleErr
     Ok(v)
 }
 
-/// Image env, then the container's `env` (later wins by name). `valueFrom` is not resolved
-/// yet: such variables are left out.
+/// Image env, then the container's `env` (later wins by name), taken literally: the agent
+/// hands in a container whose `env` [`crate::envvars::resolve`] has already resolved
+/// (`envFrom`, `valueFrom`, `$(VAR)`); an unresolved `valueFrom` is left out.
 pub fn env(c: &Container, img: &ImageDefaults) -> Vec<String> {
     fn set(out: &mut Vec<(String, String)>, k: &str, v: &str) {
         if let Some(e) = out.iter_mut().find(|(n, _)| n == k) {

@@ -9,6 +9,7 @@ pub mod agent;
 pub mod bundle;
 pub mod check;
 pub mod endpoint;
+pub mod envvars;
 pub mod exec;
 pub mod handlers;
 pub mod logrotate;

@@ -1428,3 +1428,87 @@ fn serial_agent_sigterm_of_moat_agent_leaves_pods_running_for_the_next_one() {
     // Its loop runs: the deletion is carried out.
     delete_and_check_clean(&lab, "stays", &uid);
 }
+
+#[test]
+fn serial_agent_resolves_env_value_from_and_expands_command_references() {
+    let mut lab = Lab::new("env");
+    lab.import_busybox();
+    lab.start(&[]);
+    let manifest = format!(
+        r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: settings}}
+data: {{mode: fast, LEVEL: "3"}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: creds}}
+data: {{password: czNjcmV0}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: envy, labels: {{app: shop}}}}
+spec:
+  nodeName: {node}
+  terminationGracePeriodSeconds: 1
+  restartPolicy: Never
+  containers:
+  - name: c
+    image: localhost/busybox:latest
+    imagePullPolicy: IfNotPresent
+    envFrom: [{{configMapRef: {{name: settings}}, prefix: CFG_}}]
+    env:
+    - {{name: POD, valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}}}
+    - {{name: NS, valueFrom: {{fieldRef: {{fieldPath: metadata.namespace}}}}}}
+    - {{name: IP, valueFrom: {{fieldRef: {{fieldPath: status.podIP}}}}}}
+    - {{name: NODE, valueFrom: {{fieldRef: {{fieldPath: spec.nodeName}}}}}}
+    - {{name: APP, valueFrom: {{fieldRef: {{fieldPath: "metadata.labels['app']"}}}}}}
+    - {{name: MODE, valueFrom: {{configMapKeyRef: {{name: settings, key: mode}}}}}}
+    - {{name: PASS, valueFrom: {{secretKeyRef: {{name: creds, key: password}}}}}}
+    - {{name: URL, value: "http://$(IP):8080/$(POD)"}}
+    command: ["sh", "-c", "echo arg=$(POD).$(NS); env | grep -E '^(POD|NS|IP|NODE|APP|MODE|PASS|URL|CFG_.*)=' | sort"]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: keyless}}
+spec:
+  nodeName: {node}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: localhost/busybox:latest
+    imagePullPolicy: IfNotPresent
+    env: [{{name: X, valueFrom: {{configMapKeyRef: {{name: settings, key: absent}}}}}}]
+    command: ["true"]
+"#,
+        node = lab.node
+    );
+    apply(&lab, &manifest);
+    let mut pod = Value::Null;
+    lab.wait("envy to complete", 60, || {
+        pod = lab.pod("envy").unwrap_or(Value::Null);
+        pod["status"]["phase"] == "Succeeded"
+    });
+    let uid = pod["metadata"]["uid"].as_str().unwrap_or("").to_string();
+    let _ = std::fs::write(lab.path("uids"), &uid);
+    let ip = pod["status"]["podIP"].as_str().unwrap_or("").to_string();
+    assert!(ip.starts_with("10.42.77."), "{ip}");
+    let (ok, out, err) = lab.kubectl(&["logs", "envy"], None);
+    assert!(ok, "logs: {err}");
+    let want = format!(
+        "arg=envy.default\nAPP=shop\nCFG_LEVEL=3\nCFG_mode=fast\nIP={ip}\nMODE=fast\nNODE={}\nNS=default\nPASS=s3cret\nPOD=envy\nURL=http://{ip}:8080/envy\n",
+        lab.node
+    );
+    assert_eq!(out, want);
+
+    // A missing key is the kubelet's CreateContainerConfigError, with its message.
+    lab.wait("keyless to report the missing key", 30, || {
+        let w = &container_status(&lab, "keyless")["state"]["waiting"];
+        w["reason"] == "CreateContainerConfigError"
+            && w["message"] == "couldn't find key absent in ConfigMap default/settings"
+    });
+    let (ok, _, err) = lab.kubectl(&["delete", "pod", "keyless", "--timeout=60s"], None);
+    assert!(ok, "delete: {err}");
+    delete_and_check_clean(&lab, "envy", &uid);
+}
