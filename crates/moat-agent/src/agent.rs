@@ -712,6 +712,11 @@ impl Node {
             .prepare(&image, &id, &rootfs)
             .map_err(|e| format!("CreateContainerError: preparing the rootfs: {e}"))?;
         let log = self.log_path(&rt.namespace, &rt.name, &rt.uid, &c.name, restart);
+        if let Some(dir) = log.parent()
+            && let Err(e) = crate::logrotate::remove_stale_runs(dir, restart)
+        {
+            tracing::warn!(error = %format!("{e}: {}", source_chain(&e)), "removing old logs");
+        }
         let slot_id = id.clone();
         let undo = |me: &Self| {
             let _ = me.parts.runtime.delete(&h, &slot_id);
@@ -1145,6 +1150,16 @@ impl Node {
             }
         }
         let _ = std::fs::remove_dir_all(self.pod_dir(uid));
+        // Its logs go with it, as the kubelet's container GC removes a deleted pod's logs.
+        let logs = self
+            .cfg
+            .log_dir
+            .join(format!("{}_{}_{}", rt.namespace, rt.name, rt.uid));
+        if let Err(e) = std::fs::remove_dir_all(&logs)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(error = %e, dir = %logs.display(), "removing the pod's logs");
+        }
     }
 }
 
@@ -1833,13 +1848,17 @@ mod tests {
         let _ = n.sync(&p, Ok(runc(&n)));
         assert_eq!(fx.netns.calls.lock().unwrap().len(), 1);
 
-        // Deletion: everything goes.
+        // Deletion: everything goes, its logs too.
+        let logs = fx.dir.path().join("logs/default_web_u-1");
+        std::fs::create_dir_all(logs.join("c")).unwrap();
+        std::fs::write(logs.join("c/0.log"), "T stdout F x\n").unwrap();
         let mut dv = serde_json::to_value(&p).unwrap();
         dv["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
         dv["metadata"]["deletionGracePeriodSeconds"] = json!(0);
         let del: Pod = serde_json::from_value(dv).unwrap();
         assert!(matches!(n.sync(&del, Ok(runc(&n))), Outcome::Removed));
         assert!(!fx.dir.path().join("run/pods/u-1").exists());
+        assert!(!logs.exists());
         let ns_calls = fx.netns.calls.lock().unwrap().clone();
         assert_eq!(
             ns_calls.last().unwrap(),

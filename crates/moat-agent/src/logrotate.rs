@@ -131,6 +131,42 @@ pub fn plan(log: &str, siblings: &[String], policy: &Policy, stamp: &str) -> Pla
     p
 }
 
+/// Log files of runs older than the previous one, when run `current` of a container starts:
+/// the kubelet keeps one dead container per container (for `--previous`) and removes the
+/// older ones with their logs (`<n>.log` and its rotated files).
+pub fn stale_runs(names: &[String], current: u32) -> Vec<String> {
+    names
+        .iter()
+        .filter(|n| {
+            n.split_once(".log")
+                .and_then(|(num, rest)| {
+                    (rest.is_empty() || rest.starts_with('.'))
+                        .then(|| num.parse::<u32>().ok())
+                        .flatten()
+                })
+                .is_some_and(|run| run.saturating_add(1) < current)
+        })
+        .cloned()
+        .collect()
+}
+
+/// Removes the log files of runs older than the previous one from `dir` (see [`stale_runs`]).
+pub fn remove_stale_runs(dir: &Path, current: u32) -> Result<(), RotateError> {
+    let names: Vec<String> = match std::fs::read_dir(dir) {
+        Ok(rd) => rd
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_err("listing", dir)(e)),
+    };
+    for n in stale_runs(&names, current) {
+        let f = dir.join(n);
+        std::fs::remove_file(&f).map_err(io_err("removing", &f))?;
+    }
+    Ok(())
+}
+
 /// Rotates `path` if it has reached the policy's size; whether it did.
 pub fn rotate_if_needed(
     path: &Path,
@@ -265,6 +301,44 @@ mod tests {
         assert_eq!(p.rotate_to, None);
         assert!(Policy::new(10, 1).is_err());
         assert!(Policy::new(0, 5).is_err());
+    }
+
+    #[test]
+    fn only_the_current_and_previous_runs_keep_logs() {
+        let sib = names(&[
+            "0.log",
+            "1.log",
+            "1.log.20260101-000000.gz",
+            "2.log",
+            "2.log.20260101-000001",
+            "3.log",
+            "10.log",
+            "x.log",
+            "4.logs",
+        ]);
+        assert_eq!(
+            stale_runs(&sib, 3),
+            ["0.log", "1.log", "1.log.20260101-000000.gz"]
+        );
+        assert!(stale_runs(&sib, 1).is_empty());
+        assert_eq!(
+            stale_runs(&sib, 12).len(),
+            7,
+            "x.log and 4.logs are not run logs"
+        );
+        let d = tempfile::tempdir().unwrap();
+        for n in ["0.log", "1.log", "2.log"] {
+            std::fs::write(d.path().join(n), n).unwrap();
+        }
+        remove_stale_runs(d.path(), 2).unwrap();
+        remove_stale_runs(&d.path().join("absent"), 2).unwrap();
+        let mut left: Vec<String> = std::fs::read_dir(d.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["1.log", "2.log"]);
     }
 
     #[test]

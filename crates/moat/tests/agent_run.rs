@@ -483,6 +483,8 @@ fn delete_and_check_clean(lab: &Lab, name: &str, uid: &str) {
         "netns, veth, cgroups left"
     );
     assert!(!lab.path(&format!("run/pods/{uid}")).exists());
+    let logs = lab.path(&format!("logs/default_{name}_{uid}"));
+    assert!(!logs.exists(), "{} left", logs.display());
 }
 
 #[test]
