@@ -698,19 +698,30 @@ impl Node {
                 })
                 .collect(),
         );
-        let oci = bundle::spec(&spec_, &resolved, &img, &sb, &format!("/moat/{id}"))
-            .map_err(|e| format!("CreateContainerConfigError: {e}"))?;
         // Clear leftovers of an attempt that died half-way (same id).
         let _ = self.parts.runtime.delete(&h, &id);
         let _ = self.parts.images.release(&id, &rootfs);
         std::fs::create_dir_all(&bdir).map_err(|e| format!("creating {}: {e}", bdir.display()))?;
-        let cfg = serde_json::to_vec_pretty(&oci).map_err(|e| e.to_string())?;
-        std::fs::write(bdir.join("config.json"), cfg)
-            .map_err(|e| format!("writing config.json: {e}"))?;
         self.parts
             .images
             .prepare(&image, &id, &rootfs)
             .map_err(|e| format!("CreateContainerError: preparing the rootfs: {e}"))?;
+        // Named users and their groups come from the image's own files.
+        let mut img = img;
+        img.etc_passwd = image_etc_file(&rootfs, "passwd");
+        img.etc_group = image_etc_file(&rootfs, "group");
+        let written = bundle::spec(&spec_, &resolved, &img, &sb, &format!("/moat/{id}"))
+            .map_err(|e| format!("CreateContainerConfigError: {e}"))
+            .and_then(|oci| serde_json::to_vec_pretty(&oci).map_err(|e| e.to_string()))
+            .and_then(|cfg| {
+                std::fs::write(bdir.join("config.json"), cfg)
+                    .map_err(|e| format!("writing config.json: {e}"))
+            });
+        if let Err(e) = written {
+            let _ = self.parts.images.release(&id, &rootfs);
+            let _ = std::fs::remove_dir_all(&bdir);
+            return Err(e);
+        }
         let log = self.log_path(&rt.namespace, &rt.name, &rt.uid, &c.name, restart);
         if let Some(dir) = log.parent()
             && let Err(e) = crate::logrotate::remove_stale_runs(dir, restart)
@@ -1161,6 +1172,21 @@ impl Node {
             tracing::warn!(error = %e, dir = %logs.display(), "removing the pod's logs");
         }
     }
+}
+
+/// `<rootfs>/etc/<name>` if it is a regular file reached without symlinks (an image must not
+/// point the agent at a host file) and of a sane size.
+fn image_etc_file(rootfs: &Path, name: &str) -> Option<String> {
+    let etc = rootfs.join("etc");
+    if !std::fs::symlink_metadata(&etc).ok()?.is_dir() {
+        return None;
+    }
+    let f = etc.join(name);
+    let m = std::fs::symlink_metadata(&f).ok()?;
+    if !m.is_file() || m.len() > 4 << 20 {
+        return None;
+    }
+    std::fs::read_to_string(f).ok()
 }
 
 /// Runs `cmd` in container `id` through its handler; whether it exited 0.

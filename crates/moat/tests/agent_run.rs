@@ -79,6 +79,39 @@ impl Lab {
         self.start_server(true, extra);
     }
 
+    /// `localhost/busybox:<tag>`: the busybox image with its config's `User` set to `user`
+    /// (a docker-archive rewritten here; the layer, and so /etc/passwd, is unchanged).
+    fn import_busybox_as(&self, user: &str, tag: &str) {
+        let src = self.path("img/busybox.docker.tar");
+        let work = self.path(&format!("img-{tag}"));
+        let script = r#"set -eu
+src=$1; work=$2; user=$3; out=$4
+mkdir -p "$work" && cd "$work" && tar -xf "$src"
+old=$(ls *.json | grep -v '^manifest.json$')
+sed "s/\"WorkingDir\":\"\/\"/\"WorkingDir\":\"\/\",\"User\":\"$user\"/" "$old" > new.json
+grep -q "\"User\":\"$user\"" new.json
+sha=$(sha256sum new.json | cut -d' ' -f1)
+rm "$old" && mv new.json "$sha.json"
+sed -i "s/$old/$sha.json/; s/localhost\/busybox:latest/localhost\/busybox:x/" manifest.json
+tar -cf "$out" manifest.json "$sha.json" $(ls -d */)
+"#;
+        let out = self.path(&format!("busybox-{tag}.tar"));
+        let (ok, _, err) = run(Command::new("sh")
+            .args(["-c", script, "sh"])
+            .arg(&src)
+            .arg(&work)
+            .arg(user)
+            .arg(&out));
+        assert!(ok, "rewriting the image config: {err}");
+        let (ok, _, err) = run(Command::new(moat_bin())
+            .args(["image", "--root"])
+            .arg(self.path("images"))
+            .arg("import")
+            .arg(&out)
+            .args(["--name", &format!("localhost/busybox:{tag}")]));
+        assert!(ok, "image import: {err}");
+    }
+
     fn log_file(&self, name: &str) -> std::fs::File {
         std::fs::OpenOptions::new()
             .create(true)
@@ -476,15 +509,15 @@ fn delete_and_check_clean(lab: &Lab, name: &str, uid: &str) {
     let (ok, _, err) = lab.kubectl(&["delete", "pod", name, "--timeout=60s"], None);
     assert!(ok, "delete: {err}");
     lab.wait("the pod object to go", 30, || lab.pod(name).is_none());
-    let left = lab.leftovers(uid);
-    assert_eq!(
-        (left.0, left.1, left.3),
-        (0, 0, 0),
-        "netns, veth, cgroups left"
-    );
-    assert!(!lab.path(&format!("run/pods/{uid}")).exists());
+    // A running pod's object goes only after its teardown; a finished (Succeeded/Failed)
+    // pod's object is deleted at once by the API server and the agent cleans up after it.
     let logs = lab.path(&format!("logs/default_{name}_{uid}"));
-    assert!(!logs.exists(), "{} left", logs.display());
+    let pod_dir = lab.path(&format!("run/pods/{uid}"));
+    // (netns, veths, cgroups); leftover mounts are counted by the tests that need none.
+    lab.wait("the agent to remove everything of the pod", 20, || {
+        let l = lab.leftovers(uid);
+        (l.0, l.1, l.3) == (0, 0, 0) && !pod_dir.exists() && !logs.exists()
+    });
 }
 
 #[test]
@@ -1513,4 +1546,68 @@ spec:
     let (ok, _, err) = lab.kubectl(&["delete", "pod", "keyless", "--timeout=60s"], None);
     assert!(ok, "delete: {err}");
     delete_and_check_clean(&lab, "envy", &uid);
+}
+
+#[test]
+fn serial_agent_runs_named_image_users_with_their_passwd_groups() {
+    let mut lab = Lab::new("user");
+    lab.import_busybox();
+    lab.import_busybox_as("nobody", "nobody");
+    lab.import_busybox_as("ghost", "ghost");
+    lab.start(&[]);
+    let pod = |name: &str, image: &str, sc: &str| {
+        format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  nodeName: {node}
+  terminationGracePeriodSeconds: 1
+  restartPolicy: Never
+  containers:
+  - name: c
+    image: {image}
+    imagePullPolicy: IfNotPresent
+    command: ["id"]
+    securityContext: {sc}
+"#,
+            node = lab.node
+        )
+    };
+    apply(&lab, &pod("named", "localhost/busybox:nobody", "{}"));
+    // runAsUser without runAsGroup: the group is that uid's passwd entry's.
+    apply(
+        &lab,
+        &pod("byuid", "localhost/busybox:latest", "{runAsUser: 65534}"),
+    );
+    apply(&lab, &pod("ghost", "localhost/busybox:ghost", "{}"));
+    for name in ["named", "byuid"] {
+        lab.wait(&format!("{name} to complete"), 60, || {
+            lab.pod(name)
+                .is_some_and(|p| p["status"]["phase"] == "Succeeded")
+        });
+        let (ok, out, err) = lab.kubectl(&["logs", name], None);
+        assert!(ok, "logs: {err}");
+        assert_eq!(
+            out, "uid=65534(nobody) gid=65534(nobody) groups=65534(nobody)\n",
+            "{name}"
+        );
+    }
+    lab.wait("ghost to say its user does not exist", 30, || {
+        let w = &container_status(&lab, "ghost")["state"]["waiting"];
+        w["reason"] == "CreateContainerConfigError"
+            && w["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("unable to find user ghost"))
+    });
+    for name in ["ghost", "byuid"] {
+        let (ok, _, err) = lab.kubectl(&["delete", "pod", name, "--timeout=60s"], None);
+        assert!(ok, "delete: {err}");
+    }
+    let uid = lab.pod("named").expect("pod")["metadata"]["uid"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    delete_and_check_clean(&lab, "named", &uid);
 }
