@@ -1926,6 +1926,30 @@ mod tests {
     }
 
     #[test]
+    fn image_user_files_are_read_without_following_symlinks() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("rootfs");
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::write(root.join("etc/passwd"), "app:x:7:7::/:/bin/sh\n").unwrap();
+        std::fs::write(d.path().join("host-secret"), "root:secret\n").unwrap();
+        std::os::unix::fs::symlink(d.path().join("host-secret"), root.join("etc/group")).unwrap();
+        assert_eq!(
+            image_etc_file(&root, "passwd").as_deref(),
+            Some("app:x:7:7::/:/bin/sh\n")
+        );
+        assert_eq!(
+            image_etc_file(&root, "group"),
+            None,
+            "a symlink out of the image"
+        );
+        assert_eq!(image_etc_file(&root, "shadow"), None);
+        let linked = d.path().join("linked");
+        std::fs::create_dir_all(&linked).unwrap();
+        std::os::unix::fs::symlink(root.join("etc"), linked.join("etc")).unwrap();
+        assert_eq!(image_etc_file(&linked, "passwd"), None, "a symlinked /etc");
+    }
+
+    #[test]
     fn failing_liveness_probe_kills_and_the_policy_restarts() {
         let fx = Fx::new();
         fx.cni_reply();
