@@ -214,6 +214,35 @@ pub fn spawn(
     Ok(ended)
 }
 
+/// `moat check` (also `moat agent check`).
+#[derive(clap::Args)]
+pub struct CheckArgs {
+    /// Runtime handler TOML (handler → binary + root); defaults: runc, crun.
+    #[arg(long)]
+    pub runtime_config: Option<PathBuf>,
+    /// The agent's run dir (handler roots default under it).
+    #[arg(long, default_value = "/run/moat/agent")]
+    pub run_dir: PathBuf,
+    /// CNI plugin directories.
+    #[arg(long, default_value = "/usr/lib/cni")]
+    pub cni_bin_dir: Vec<PathBuf>,
+}
+
+/// Prints what this node can do, one `ok`/`NO` line per item.
+pub fn check(a: CheckArgs) -> anyhow::Result<ExitCode> {
+    let handlers = moat_agent::Handlers::load(a.runtime_config.as_deref(), &a.run_dir)
+        .context("loading runtime handlers")?;
+    for f in moat_agent::check::check(&handlers, &a.cni_bin_dir) {
+        println!(
+            "{:<3} {}: {}",
+            if f.ok { "ok" } else { "NO" },
+            f.what,
+            f.detail
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn run(a: AgentCmdArgs) -> anyhow::Result<ExitCode> {
     if let Some(AgentCmd::Shim { args }) = a.cmd {
         return Ok(ExitCode::from(
@@ -221,18 +250,11 @@ pub fn run(a: AgentCmdArgs) -> anyhow::Result<ExitCode> {
         ));
     }
     if let Some(AgentCmd::Check) = a.cmd {
-        let handlers =
-            moat_agent::Handlers::load(a.args.runtime_config.as_deref(), &a.args.run_dir)
-                .context("loading runtime handlers")?;
-        for f in moat_agent::check::check(&handlers, &a.args.cni_bin_dir) {
-            println!(
-                "{:<3} {}: {}",
-                if f.ok { "ok" } else { "NO" },
-                f.what,
-                f.detail
-            );
-        }
-        return Ok(ExitCode::SUCCESS);
+        return check(CheckArgs {
+            runtime_config: a.args.runtime_config,
+            run_dir: a.args.run_dir,
+            cni_bin_dir: a.args.cni_bin_dir,
+        });
     }
     let cfg = config(&a.args, a.join.join()?)?;
     let stop = moat_agent::Stop::new();

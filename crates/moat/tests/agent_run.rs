@@ -918,6 +918,9 @@ spec:
 fn agent_check_says_plainly_what_the_node_can_run() {
     let (ok, out, err) = run(Command::new(moat_bin()).args(["agent", "check"]));
     assert!(ok, "agent check: {err}");
+    let (ok, top, err) = run(Command::new(moat_bin()).arg("check"));
+    assert!(ok, "moat check: {err}");
+    assert_eq!(top, out, "moat check is moat agent check");
     let line = |what: &str| {
         out.lines()
             .find(|l| l.contains(what))
