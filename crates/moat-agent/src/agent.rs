@@ -192,6 +192,14 @@ pub struct PodRecord {
     pub(crate) handler: Handler2,
     pub(crate) netns: PathBuf,
     pub(crate) host_network: bool,
+    /// The pod's IPC and UTS namespace files and /dev/shm tmpfs (`None`: the host's, or a
+    /// record from before pods shared them).
+    #[serde(default)]
+    pub(crate) ipc_ns: Option<PathBuf>,
+    #[serde(default)]
+    pub(crate) uts_ns: Option<PathBuf>,
+    #[serde(default)]
+    pub(crate) shm: Option<PathBuf>,
     pub(crate) ip: Option<String>,
     pub(crate) start_time: String,
     pub(crate) containers: BTreeMap<String, Slot>,
@@ -494,11 +502,22 @@ impl Node {
                 self.cfg.run_dir.join("netns").join(&uid)
             },
             host_network,
+            ipc_ns: None,
+            uts_ns: None,
+            shm: None,
             ip: None,
             start_time: now_rfc3339(),
             containers: BTreeMap::new(),
         };
         let dir = self.pod_dir(&uid);
+        let host_ipc = spec.host_ipc.unwrap_or(false);
+        if !host_ipc {
+            rt.ipc_ns = Some(dir.join("ns-ipc"));
+            rt.shm = Some(dir.join("shm"));
+        }
+        if !host_network {
+            rt.uts_ns = Some(dir.join("ns-uts"));
+        }
         std::fs::create_dir_all(&dir).map_err(io_err("creating the pod dir", &dir))?;
         // Persist first: a crash in the middle leaves a record teardown can work from.
         self.save(&rt)?;
@@ -534,6 +553,17 @@ impl Node {
             rt.ip = res.pod_ip().map(String::from);
         } else {
             rt.ip = self.cfg.node_ip.clone();
+        }
+        // Containers of a pod share its IPC (with /dev/shm) and UTS namespaces.
+        self.parts
+            .netns
+            .create_ipc_uts(rt.ipc_ns.as_deref(), rt.uts_ns.as_deref(), &name)
+            .map_err(io_err("creating the pod's IPC/UTS namespaces", &dir))?;
+        if let Some(shm) = &rt.shm {
+            self.parts
+                .netns
+                .mount_shm(shm)
+                .map_err(io_err("mounting the pod's /dev/shm", shm))?;
         }
         let hostname = if host_network {
             nix::unistd::gethostname()
@@ -597,6 +627,9 @@ impl Node {
             }
         }
         SandboxRef {
+            ipc_ns: rt.ipc_ns.clone(),
+            uts_ns: rt.uts_ns.clone(),
+            shm: rt.shm.clone(),
             hostname: std::fs::read_to_string(dir.join("hostname"))
                 .map(|h| h.trim().to_string())
                 .unwrap_or_else(|_| rt.name.clone()),
@@ -1147,6 +1180,11 @@ impl Node {
         }
         for id in &all {
             self.remove_container(&rt, id);
+        }
+        for p in [&rt.shm, &rt.ipc_ns, &rt.uts_ns].into_iter().flatten() {
+            if let Err(e) = self.parts.netns.release(p) {
+                tracing::warn!(error = %e, path = %p.display(), "releasing a pod namespace");
+            }
         }
         if !rt.host_network {
             let att = Self::attachment(&rt);
@@ -1848,12 +1886,11 @@ mod tests {
         )
         .unwrap();
         let netns = fx.dir.path().join("run/netns/u-1");
-        assert!(
-            cfg["linux"]["namespaces"]
-                .as_array()
-                .unwrap()
-                .contains(&json!({"type": "network", "path": netns}))
-        );
+        let pod_ns = |t: &str| fx.dir.path().join(format!("run/pods/u-1/ns-{t}"));
+        let nss = cfg["linux"]["namespaces"].as_array().unwrap();
+        assert!(nss.contains(&json!({"type": "network", "path": netns})));
+        assert!(nss.contains(&json!({"type": "ipc", "path": pod_ns("ipc")})));
+        assert!(nss.contains(&json!({"type": "uts", "path": pod_ns("uts")})));
 
         // Exit 1: CrashLoopBackOff, old container removed, no immediate restart.
         fx.rt.exit("u-1-c-0", 1);
@@ -1872,7 +1909,20 @@ mod tests {
         let n = fx.node();
         assert_eq!(n.pod_uids().len(), 1);
         let _ = n.sync(&p, Ok(runc(&n)));
-        assert_eq!(fx.netns.calls.lock().unwrap().len(), 1);
+        let pod_dir = fx.dir.path().join("run/pods/u-1");
+        assert_eq!(
+            *fx.netns.calls.lock().unwrap(),
+            [
+                format!("create {}", netns.display()),
+                format!(
+                    "ipc-uts {} {} web",
+                    pod_dir.join("ns-ipc").display(),
+                    pod_dir.join("ns-uts").display()
+                ),
+                format!("shm {}", pod_dir.join("shm").display()),
+            ],
+            "one sandbox: network, IPC and UTS namespaces and /dev/shm, made once"
+        );
 
         // Deletion: everything goes, its logs too.
         let logs = fx.dir.path().join("logs/default_web_u-1");
@@ -1887,8 +1937,13 @@ mod tests {
         assert!(!logs.exists());
         let ns_calls = fx.netns.calls.lock().unwrap().clone();
         assert_eq!(
-            ns_calls.last().unwrap(),
-            &format!("remove {}", netns.display())
+            ns_calls[3..],
+            [
+                format!("release {}", pod_dir.join("shm").display()),
+                format!("release {}", pod_dir.join("ns-ipc").display()),
+                format!("release {}", pod_dir.join("ns-uts").display()),
+                format!("remove {}", netns.display()),
+            ]
         );
         let last_cni = fx.cni.calls.lock().unwrap().last().unwrap().env["CNI_COMMAND"].clone();
         assert_eq!(last_cni, "DEL");

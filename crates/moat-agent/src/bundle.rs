@@ -142,6 +142,11 @@ impl ImageDefaults {
 /// Everything about the sandbox a container joins.
 #[derive(Debug, Clone)]
 pub struct SandboxRef {
+    /// The pod's IPC and UTS namespaces to join and its /dev/shm (`None`: new ones per
+    /// container; the pod's `hostIPC` / `hostNetwork` mean the host's instead).
+    pub ipc_ns: Option<PathBuf>,
+    pub uts_ns: Option<PathBuf>,
+    pub shm: Option<PathBuf>,
     pub hostname: String,
     pub netns: PathBuf,
     /// Bind-mounted over the container's /etc/hosts, /etc/resolv.conf, /etc/hostname.
@@ -391,6 +396,17 @@ pub fn spec(
             ]));
         }
     }
+    // The pod's /dev/shm (the host's with hostIPC) instead of one per container.
+    let host_ipc = pod.host_ipc.unwrap_or(false);
+    let shared_shm = if host_ipc {
+        Some(Path::new("/dev/shm"))
+    } else {
+        sb.shm.as_deref()
+    };
+    if let Some(shm) = shared_shm {
+        mounts.retain(|m| m.destination() != Path::new("/dev/shm"));
+        mounts.push(bind("/dev/shm", shm, false).map_err(oci)?);
+    }
     mounts.push(bind("/etc/hosts", &sb.hosts, false).map_err(oci)?);
     mounts.push(bind("/etc/resolv.conf", &sb.resolv_conf, false).map_err(oci)?);
     mounts.push(bind("/etc/hostname", &sb.hostname_file, false).map_err(oci)?);
@@ -454,15 +470,17 @@ pub fn spec(
     }
     let resources = resources.build().map_err(oci)?;
 
+    let host_network = pod.host_network.unwrap_or(false);
     let mut namespaces = vec![
         ns(LinuxNamespaceType::Pid, None)?,
-        ns(LinuxNamespaceType::Network, Some(&sb.netns))?,
-        ns(LinuxNamespaceType::Ipc, None)?,
-        ns(LinuxNamespaceType::Uts, None)?,
         ns(LinuxNamespaceType::Mount, None)?,
     ];
-    if pod.host_network.unwrap_or(false) {
-        namespaces.retain(|n| n.typ() != LinuxNamespaceType::Network);
+    if !host_network {
+        namespaces.push(ns(LinuxNamespaceType::Network, Some(&sb.netns))?);
+        namespaces.push(ns(LinuxNamespaceType::Uts, sb.uts_ns.as_deref())?);
+    }
+    if !host_ipc {
+        namespaces.push(ns(LinuxNamespaceType::Ipc, sb.ipc_ns.as_deref())?);
     }
     let mut linux = LinuxBuilder::default()
         .namespaces(namespaces)
@@ -482,7 +500,8 @@ pub fn spec(
     let mut s = Spec::default();
     s.set_process(Some(process));
     s.set_root(Some(root));
-    s.set_hostname(Some(sb.hostname.clone()));
+    // A host-network pod has the host's UTS namespace, whose name is not the container's to set.
+    s.set_hostname((!host_network).then(|| sb.hostname.clone()));
     s.set_mounts(Some(mounts));
     s.set_linux(Some(linux));
     Ok(s)
@@ -562,6 +581,9 @@ mod tests {
 
     fn sandbox() -> SandboxRef {
         SandboxRef {
+            ipc_ns: Some("/run/p/ns-ipc".into()),
+            uts_ns: Some("/run/p/ns-uts".into()),
+            shm: Some("/run/p/shm".into()),
             hostname: "web-1".into(),
             netns: "/run/moat/netns/p1".into(),
             hosts: "/run/p/hosts".into(),
@@ -624,6 +646,16 @@ mod tests {
         assert_eq!(v["hostname"], "web-1");
         let nss = v["linux"]["namespaces"].as_array().unwrap();
         assert!(nss.contains(&json!({"type": "network", "path": "/run/moat/netns/p1"})));
+        assert!(nss.contains(&json!({"type": "ipc", "path": "/run/p/ns-ipc"})));
+        assert!(nss.contains(&json!({"type": "uts", "path": "/run/p/ns-uts"})));
+        let shm: Vec<_> = v["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["destination"] == "/dev/shm")
+            .collect();
+        assert_eq!(shm.len(), 1);
+        assert_eq!(shm[0]["source"], "/run/p/shm");
         assert_eq!(v["linux"]["cgroupsPath"], "/moat/p1-web-0");
         assert_eq!(v["linux"]["resources"]["memory"]["limit"], 64 << 20);
         assert_eq!(v["linux"]["resources"]["cpu"]["quota"], 50_000);
@@ -717,6 +749,32 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("unable to find user ghost"), "{e}");
+    }
+
+    #[test]
+    fn host_network_and_host_ipc_use_the_hosts_namespaces() {
+        let pod: PodSpec =
+            serde_json::from_value(json!({"containers":[], "hostNetwork": true, "hostIPC": true}))
+                .unwrap();
+        let c = container(json!({"name":"h","command":["sh"]}));
+        let v =
+            serde_json::to_value(spec(&pod, &c, &busybox(), &sandbox(), "/m/x").unwrap()).unwrap();
+        let types: Vec<&str> = v["linux"]["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(types, ["pid", "mount"]);
+        assert!(v.get("hostname").is_none_or(|h| h.is_null()), "{v}");
+        let shm = v["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["destination"] == "/dev/shm")
+            .unwrap()
+            .clone();
+        assert_eq!(shm["source"], "/dev/shm");
     }
 
     #[test]

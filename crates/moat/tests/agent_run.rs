@@ -1063,7 +1063,36 @@ spec:
         None,
     );
     assert!(!ok, "the secret mount is read-only");
+
+    // The containers share the pod's IPC (with /dev/shm) and UTS namespaces, not the host's.
+    let in_c = |c: &str, cmd: &str| {
+        let (ok, out, err) = lab.kubectl(&["exec", "vols", "-c", c, "--", "sh", "-c", cmd], None);
+        assert!(ok, "exec in {c}: {err}");
+        out
+    };
+    let ns = "readlink /proc/self/ns/ipc; readlink /proc/self/ns/uts";
+    let (writer, web) = (in_c("writer", ns), in_c("web", ns));
+    assert_eq!(writer, web);
+    let host = |t: &str| {
+        std::fs::read_link(format!("/proc/self/ns/{t}"))
+            .map(|p| p.display().to_string())
+            .unwrap_or_default()
+    };
+    assert!(
+        !writer.contains(&host("ipc")) && !writer.contains(&host("uts")),
+        "{writer}"
+    );
+    in_c("writer", "echo shared > /dev/shm/note");
+    assert_eq!(in_c("web", "cat /dev/shm/note"), "shared\n");
+    assert_eq!(in_c("web", "hostname"), "vols\n");
+    let before_delete = lab.leftovers(&uid);
     delete_and_check_clean(&lab, "vols", &uid);
+    let after = lab.leftovers(&uid);
+    assert!(
+        before_delete.2 > after.2,
+        "pod mounts are gone: {before_delete:?} {after:?}"
+    );
+    assert_eq!(after.2, 0, "no mount under the lab is left");
 }
 
 /// `moat ps` / `moat pods` against the run dir of a live agent.
