@@ -1358,6 +1358,7 @@ impl Agent {
                     token,
                     run_dir: cfg.run_dir.clone(),
                     log_dir: cfg.log_dir.clone(),
+                    shim: cfg.shim.clone(),
                 },
             )
             .map_err(|e| AgentError::Other(format!("{e}: {}", source_chain(&e))))?;

@@ -46,6 +46,8 @@ pub struct Ctx {
     pub token: String,
     pub run_dir: PathBuf,
     pub log_dir: PathBuf,
+    /// The shim command (its `--reap` mode parents `exec -t` processes).
+    pub shim: Vec<String>,
 }
 
 /// Binds and serves on background threads.

@@ -148,8 +148,26 @@ fn answer(line: &str) {
     let _ = o.flush();
 }
 
-/// Runs the shim; the process exit code.
+/// Runs the shim; the process exit code. `--reap PID_FILE -- CMD...` is the exec reaper
+/// instead (see [`reap`]).
 pub fn main(args: &[String]) -> i32 {
+    if let Some(("--reap", rest)) = args.split_first().map(|(a, r)| (a.as_str(), r)) {
+        return match rest {
+            [pid_file, dashdash, cmd @ ..] if dashdash == "--" && !cmd.is_empty() => {
+                match reap(std::path::Path::new(pid_file), cmd) {
+                    Ok(()) => 0,
+                    Err(e) => {
+                        answer(&format!("error {e}"));
+                        1
+                    }
+                }
+            }
+            _ => {
+                answer("error usage: shim --reap PID_FILE -- CMD...");
+                2
+            }
+        };
+    }
     let a = match ShimArgs::parse(args) {
         Ok(a) => a,
         Err(e) => {
@@ -164,6 +182,55 @@ pub fn main(args: &[String]) -> i32 {
             1
         }
     }
+}
+
+/// For a detached process (`runc exec -d -t`, whose parent exits at once): becomes a
+/// subreaper, runs `cmd` (which writes the process's pid to `pid_file`), answers `ok <pid>`,
+/// then waits for the process and answers `exit <code>` (128+signal when killed).
+pub fn reap(pid_file: &std::path::Path, cmd: &[String]) -> Result<(), String> {
+    // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) takes integer arguments only and changes only
+    // this process's reaping behaviour.
+    let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    if rc != 0 {
+        return Err(format!(
+            "becoming a subreaper: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let (prog, args) = cmd.split_first().ok_or("no command")?;
+    let out = Command::new(prog)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(|e| format!("running {prog}: {e}"))?;
+    if !out.status.success() {
+        let msg = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        return Err(if msg.is_empty() {
+            format!("{prog} failed ({})", out.status)
+        } else {
+            msg
+        });
+    }
+    let pid: i32 = std::fs::read_to_string(pid_file)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .ok_or_else(|| format!("no pid in {}", pid_file.display()))?;
+    answer(&format!("ok {pid}"));
+    let code = loop {
+        match nix::sys::wait::waitpid(None, None) {
+            Ok(nix::sys::wait::WaitStatus::Exited(p, c)) if p.as_raw() == pid => break c,
+            Ok(nix::sys::wait::WaitStatus::Signaled(p, s, _)) if p.as_raw() == pid => {
+                break 128 + s as i32;
+            }
+            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+            // No children left: it was not ours to wait for (e.g. reaped elsewhere).
+            Err(e) => return Err(format!("waiting for {pid}: {e}")),
+        }
+    };
+    answer(&format!("exit {code}"));
+    Ok(())
 }
 
 fn pipe() -> Result<(File, OwnedFd), String> {

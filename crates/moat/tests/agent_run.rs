@@ -475,6 +475,49 @@ fn serial_agent_runs_a_pod_with_runc_and_deletes_it_without_leftovers() {
     let (ok, _, err) = lab.kubectl(&["logs", name, "-c", "nope"], None);
     assert!(!ok && err.contains("nope"), "{err}");
 
+    // exec -it: a terminal of the container's own, sized as kubectl's, exit code kept.
+    // `script` gives kubectl a terminal (33x101) to read its size from.
+    let line = format!(
+        "stty rows 33 cols 101; {KUBECTL} --kubeconfig {} exec -it {name} -- sh -c 'tty; stty size; exit 5'",
+        lab.path("kubeconfig.yaml").display()
+    );
+    let o = lab
+        .in_ns("script")
+        .args(["-q", "-e", "-c", &line, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("script");
+    let text = String::from_utf8_lossy(&o.stdout).replace('\r', "");
+    assert!(
+        text.contains("/dev/pts/"),
+        "{text} {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(text.contains("33 101\n"), "{text}");
+    assert_eq!(o.status.code(), Some(5), "{text}");
+    // Typed input reaches an interactive shell through the terminal.
+    let line = format!(
+        "{KUBECTL} --kubeconfig {} exec -it {name} -- sh",
+        lab.path("kubeconfig.yaml").display()
+    );
+    let mut ch = lab
+        .in_ns("script")
+        .args(["-q", "-e", "-c", &line, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("script");
+    {
+        use std::io::Write;
+        let mut si = ch.stdin.take().expect("stdin");
+        let _ = si.write_all(b"echo typed-$((6*7)); exit 4\n");
+    }
+    let o = ch.wait_with_output().expect("script output");
+    let text = String::from_utf8_lossy(&o.stdout).replace('\r', "");
+    assert!(text.contains("\ntyped-42\n"), "{text}");
+    assert_eq!(o.status.code(), Some(4), "{text}");
+
     let during = lab.leftovers(&uid);
     assert_eq!(during.0, 1, "one pod netns");
     assert_eq!(during.1, 1, "one veth");
