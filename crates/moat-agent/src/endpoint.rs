@@ -112,6 +112,17 @@ impl Request {
             .map(|(_, v)| v.as_str())
     }
 
+    /// Every value of a header, comma-separated lists split (it may be repeated).
+    pub fn header_values(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .flat_map(|(_, v)| v.split(','))
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .collect()
+    }
+
     pub fn q(&self, name: &str) -> Option<&str> {
         self.query
             .iter()

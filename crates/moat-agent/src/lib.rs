@@ -20,6 +20,7 @@ pub mod quantity;
 pub mod runtime;
 pub mod sandbox;
 pub mod shim;
+pub mod spdy;
 pub mod status;
 
 pub use agent::{Agent, AgentConfig, AgentError, Stop};

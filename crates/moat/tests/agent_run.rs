@@ -475,6 +475,72 @@ fn serial_agent_runs_a_pod_with_runc_and_deletes_it_without_leftovers() {
     let (ok, _, err) = lab.kubectl(&["logs", name, "-c", "nope"], None);
     assert!(!ok && err.contains("nope"), "{err}");
 
+    // kubectl 1.27-1.29 exec over SPDY/3.1: streams, stdin, exit codes, a terminal.
+    for old in ["kubectl.1.29", "kubectl.1.27"] {
+        let bin = format!("/usr/lib/google-cloud-sdk/bin/{old}");
+        let kc = lab.path("kubeconfig.yaml");
+        let o = lab
+            .in_ns(&bin)
+            .arg("--kubeconfig")
+            .arg(&kc)
+            .args([
+                "exec",
+                name,
+                "--",
+                "sh",
+                "-c",
+                "hostname; echo to-err >&2; exit 3",
+            ])
+            .output()
+            .expect("old kubectl");
+        let (out, err) = (
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr),
+        );
+        assert_eq!(out, format!("{name}\n"), "{old}: {err}");
+        assert!(err.contains("to-err"), "{old}: {err}");
+        assert_eq!(o.status.code(), Some(3), "{old}: {err}");
+        let mut ch = lab
+            .in_ns(&bin)
+            .arg("--kubeconfig")
+            .arg(&kc)
+            .args(["exec", "-i", name, "--", "cat"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("old kubectl");
+        {
+            use std::io::Write;
+            let mut si = ch.stdin.take().expect("stdin");
+            let _ = si.write_all(b"over spdy\n");
+        }
+        let o = ch.wait_with_output().expect("old kubectl output");
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout),
+            "over spdy\n",
+            "{old}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(o.status.success());
+        let line = format!(
+            "stty rows 21 cols 77; {bin} --kubeconfig {} exec -it {name} -- sh -c 'tty; stty size; exit 6'",
+            kc.display()
+        );
+        let o = lab
+            .in_ns("script")
+            .args(["-q", "-e", "-c", &line, "/dev/null"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("script");
+        let text = String::from_utf8_lossy(&o.stdout).replace('\r', "");
+        assert!(
+            text.contains("/dev/pts/") && text.contains("21 77\n"),
+            "{old}: {text}"
+        );
+        assert_eq!(o.status.code(), Some(6), "{old}: {text}");
+    }
+
     // exec -it: a terminal of the container's own, sized as kubectl's, exit code kept.
     // `script` gives kubectl a terminal (33x101) to read its size from.
     let line = format!(
