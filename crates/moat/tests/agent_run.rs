@@ -475,6 +475,20 @@ fn serial_agent_runs_a_pod_with_runc_and_deletes_it_without_leftovers() {
     let (ok, _, err) = lab.kubectl(&["logs", name, "-c", "nope"], None);
     assert!(!ok && err.contains("nope"), "{err}");
 
+    // kubectl cp streams a tar through exec's stdin and back through its stdout.
+    let blob: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(lab.path("blob"), &blob).expect("blob");
+    let src = lab.path("blob").display().to_string();
+    let (ok, _, err) = lab.kubectl(&["cp", &src, &format!("{name}:/tmp/blob")], None);
+    assert!(ok, "kubectl cp in: {err}");
+    let back = lab.path("blob-back").display().to_string();
+    let (ok, _, err) = lab.kubectl(&["cp", &format!("{name}:/tmp/blob"), &back], None);
+    assert!(ok, "kubectl cp out: {err}");
+    assert!(
+        std::fs::read(&back).ok() == Some(blob),
+        "the copy came back different"
+    );
+
     // kubectl 1.27-1.29 exec over SPDY/3.1: streams, stdin, exit codes, a terminal.
     for old in ["kubectl.1.29", "kubectl.1.27"] {
         let bin = format!("/usr/lib/google-cloud-sdk/bin/{old}");
@@ -539,6 +553,30 @@ fn serial_agent_runs_a_pod_with_runc_and_deletes_it_without_leftovers() {
             "{old}: {text}"
         );
         assert_eq!(o.status.code(), Some(6), "{old}: {text}");
+        // Far more stdin than one SPDY window (64 KiB), both ways.
+        let o = lab
+            .in_ns(&bin)
+            .arg("--kubeconfig")
+            .arg(&kc)
+            .args(["cp", &back, &format!("{name}:/tmp/blob2")])
+            .output()
+            .expect("old kubectl cp");
+        assert!(
+            o.status.success(),
+            "{old} cp: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let o = lab
+            .in_ns(&bin)
+            .arg("--kubeconfig")
+            .arg(&kc)
+            .args(["exec", name, "--", "cat", "/tmp/blob2"])
+            .output()
+            .expect("old kubectl exec");
+        assert!(
+            std::fs::read(&back).ok() == Some(o.stdout),
+            "{old}: the copy came back different"
+        );
     }
 
     // exec -it: a terminal of the container's own, sized as kubectl's, exit code kept.
