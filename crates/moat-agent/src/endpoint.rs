@@ -394,6 +394,11 @@ pub fn stream_log(
         return Ok(());
     }
     let mut drained_after_exit = 0;
+    // After a rotation: the new current file, read once the old one is finished. The shim
+    // moves to the new file at its first write there, so once the new file has data nothing
+    // more comes to the old one: drain the old one again, then switch.
+    let mut next: Option<BufReader<std::fs::File>> = None;
+    let mut switch_when_drained = false;
     loop {
         let mut line = Vec::new();
         let n = r.read_until(b'\n', &mut line)?;
@@ -406,12 +411,29 @@ pub fn stream_log(
             }
             continue;
         }
-        // Drained: if the log was rotated meanwhile, go on with the new current file.
-        if let (Ok(now), Ok(open)) = (std::fs::metadata(path), r.get_ref().metadata()) {
-            use std::os::unix::fs::MetadataExt;
-            if (now.dev(), now.ino()) != (open.dev(), open.ino()) {
-                r = BufReader::new(std::fs::File::open(path)?);
-                continue;
+        if switch_when_drained && let Some(nx) = next.take() {
+            r = nx;
+            switch_when_drained = false;
+            continue;
+        }
+        match &next {
+            Some(nx) => {
+                if nx.get_ref().metadata().is_ok_and(|m| m.len() > 0) {
+                    switch_when_drained = true;
+                    continue;
+                }
+            }
+            None => {
+                use std::os::unix::fs::MetadataExt;
+                if let (Ok(now), Ok(open)) = (std::fs::metadata(path), r.get_ref().metadata())
+                    && (now.dev(), now.ino()) != (open.dev(), open.ino())
+                {
+                    // Missing for a moment mid-rotation: look again on the next round.
+                    if let Ok(f) = std::fs::File::open(path) {
+                        next = Some(BufReader::new(f));
+                        continue;
+                    }
+                }
             }
         }
         if exit_file.is_some_and(Path::exists) {
@@ -508,10 +530,13 @@ mod tests {
         let mut f = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
         f.write_all(b"T2 stdout F two\n").unwrap();
         std::fs::rename(&p, d.path().join("0.log.20260101-000000")).unwrap();
-        std::fs::write(&p, "T3 stdout F three\n").unwrap();
+        std::fs::write(&p, "").unwrap();
+        // A write the shim makes to the old file before it notices the rotation.
+        f.write_all(b"T3 stdout F late\n").unwrap();
+        std::fs::write(&p, "T4 stdout F three\n").unwrap();
         std::fs::write(&exit, "0\n").unwrap();
         h.join().unwrap();
         let rest: Vec<u8> = rx.iter().flatten().collect();
-        assert_eq!(String::from_utf8(rest).unwrap(), "two\nthree\n");
+        assert_eq!(String::from_utf8(rest).unwrap(), "two\nlate\nthree\n");
     }
 }

@@ -1421,6 +1421,32 @@ spec:
     );
     let (ok, out, err) = lab.kubectl(&["logs", "chatty", "--tail", "1"], None);
     assert!(ok && out.starts_with("line "), "{out} {err}");
+
+    // kubectl logs -f goes on from file to file: nothing lost or repeated across rotations.
+    let before = files();
+    let o = lab
+        .in_ns("timeout")
+        .args(["6", KUBECTL, "--kubeconfig"])
+        .arg(lab.path("kubeconfig.yaml"))
+        .args(["logs", "-f", "chatty"])
+        .output()
+        .expect("kubectl logs -f");
+    let text = String::from_utf8_lossy(&o.stdout);
+    let complete = match text.rfind('\n') {
+        Some(i) => &text[..i],
+        None => "",
+    };
+    let nums: Vec<u64> = complete
+        .lines()
+        .filter_map(|l| l.strip_prefix("line ")?.split(' ').next()?.parse().ok())
+        .collect();
+    assert_eq!(nums.len(), complete.lines().count(), "{complete}");
+    assert!(
+        nums.windows(2).all(|w| w[1] == w[0] + 1),
+        "lines missing or repeated while following: {nums:?}"
+    );
+    assert_ne!(files(), before, "no rotation happened while following");
+    assert!(nums.len() > 100, "followed only {} lines", nums.len());
     delete_and_check_clean(&lab, "chatty", &uid);
 }
 
