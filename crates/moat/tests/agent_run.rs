@@ -441,6 +441,17 @@ fn serial_agent_runs_a_pod_with_runc_and_deletes_it_without_leftovers() {
     let (ok, out, err) = lab.kubectl(&["logs", name, "-c", "web", "--timestamps"], None);
     assert!(ok, "logs: {err}");
     assert!(out.ends_with(&format!("Z serving {name}\n")), "{out}");
+    for (args, want) in [
+        (vec!["--limit-bytes=7"], "serving".to_string()),
+        (vec!["--since=1h"], format!("serving {name}\n")),
+        (vec!["--since-time=2999-01-01T00:00:00Z"], String::new()),
+    ] {
+        let mut a = vec!["logs", name];
+        a.extend(args.iter().copied());
+        let (ok, out, err) = lab.kubectl(&a, None);
+        assert!(ok, "logs {args:?}: {err}");
+        assert_eq!(out, want, "logs {args:?}");
+    }
     let (ok, out, err) = lab.kubectl(&["exec", name, "--", "hostname"], None);
     assert!(ok, "exec: {err}");
     assert_eq!(out, format!("{name}\n"));
