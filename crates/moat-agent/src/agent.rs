@@ -48,10 +48,32 @@ fn io_err<'a>(
     }
 }
 
+/// How the agent reaches the API server.
+#[derive(Debug, Clone)]
+pub enum Join {
+    /// A kubeconfig file (server URL, CA, token), like `moat server` writes.
+    Kubeconfig(PathBuf),
+    /// `--server URL --token T` with the CA (or no verification) as given.
+    Server {
+        url: String,
+        token: String,
+        trust: moat_manager::ServerTrust,
+    },
+}
+
+impl Join {
+    pub fn client(&self) -> Result<Client, AgentError> {
+        Ok(match self {
+            Join::Kubeconfig(p) => Client::from_kubeconfig(p)?,
+            Join::Server { url, token, trust } => Client::connect(url, token, trust.clone())?,
+        })
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
     pub node_name: String,
-    pub kubeconfig: PathBuf,
+    pub join: Join,
     /// Sandboxes, bundles, netns files, CNI state (tmpfs: gone on reboot, as are the pods).
     pub run_dir: PathBuf,
     /// CRI logs: `<log_dir>/<ns>_<pod>_<uid>/<container>/<restart>.log`.
@@ -68,6 +90,10 @@ pub struct AgentConfig {
     pub node_ip: Option<String>,
     /// The agent's HTTPS endpoint (logs, exec) for the API server to proxy to; None: off.
     pub listen: Option<std::net::SocketAddr>,
+    /// Container log rotation (the kubelet's containerLogMaxSize / containerLogMaxFiles).
+    pub log_policy: crate::logrotate::Policy,
+    /// How often running containers' logs are checked for rotation.
+    pub log_monitor_interval: Duration,
 }
 
 /// Image lookup and per-container rootfs.
@@ -131,26 +157,29 @@ pub struct Parts {
 
 /// One container slot of a pod, persisted.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct Slot {
+pub(crate) struct Slot {
     /// The runtime container currently existing for this slot.
-    id: Option<String>,
-    restart_count: u32,
-    started_at: Option<String>,
-    image_id: String,
-    last: Option<State>,
+    pub(crate) id: Option<String>,
+    pub(crate) restart_count: u32,
+    pub(crate) started_at: Option<String>,
+    pub(crate) image_id: String,
+    /// The image as the pod spec names it (for `moat ps`).
+    #[serde(default)]
+    pub(crate) image: String,
+    pub(crate) last: Option<State>,
     /// Final state when the policy does not restart it.
-    done: Option<State>,
+    pub(crate) done: Option<State>,
     /// Unix seconds before which it is not started again (CrashLoopBackOff).
-    not_before: Option<i64>,
-    waiting: Option<(String, Option<String>)>,
+    pub(crate) not_before: Option<i64>,
+    pub(crate) waiting: Option<(String, Option<String>)>,
     /// Create/start failures in a row, for their own backoff.
-    errors: u32,
+    pub(crate) errors: u32,
     /// Readiness probe state of the current container.
     #[serde(default)]
-    probe: crate::probe::ProbeState,
+    pub(crate) probe: crate::probe::ProbeState,
     /// Liveness probe state of the current container.
     #[serde(default)]
-    liveness: crate::probe::ProbeState,
+    pub(crate) liveness: crate::probe::ProbeState,
 }
 
 /// A pod's sandbox and containers, persisted as `<run_dir>/pods/<uid>/state.json` so a
@@ -158,18 +187,26 @@ struct Slot {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PodRecord {
     pub uid: String,
-    namespace: String,
-    name: String,
-    handler: Handler2,
-    netns: PathBuf,
-    host_network: bool,
-    ip: Option<String>,
-    start_time: String,
-    containers: BTreeMap<String, Slot>,
+    pub(crate) namespace: String,
+    pub(crate) name: String,
+    pub(crate) handler: Handler2,
+    pub(crate) netns: PathBuf,
+    pub(crate) host_network: bool,
+    /// The pod's IPC and UTS namespace files and /dev/shm tmpfs (`None`: the host's, or a
+    /// record from before pods shared them).
+    #[serde(default)]
+    pub(crate) ipc_ns: Option<PathBuf>,
+    #[serde(default)]
+    pub(crate) uts_ns: Option<PathBuf>,
+    #[serde(default)]
+    pub(crate) shm: Option<PathBuf>,
+    pub(crate) ip: Option<String>,
+    pub(crate) start_time: String,
+    pub(crate) containers: BTreeMap<String, Slot>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct Handler2 {
+pub(crate) struct Handler2 {
     name: String,
     binary: PathBuf,
     root: PathBuf,
@@ -219,13 +256,21 @@ impl PodRecord {
     }
 }
 
-/// The persisted record of pod `ns/name` on this node.
-pub fn find_pod(run_dir: &Path, ns: &str, name: &str) -> Option<PodRecord> {
-    std::fs::read_dir(run_dir.join("pods"))
-        .ok()?
-        .flatten()
+/// Every pod record persisted under `<run_dir>/pods/` (unreadable ones are skipped).
+pub fn records(run_dir: &Path) -> Vec<PodRecord> {
+    let Ok(rd) = std::fs::read_dir(run_dir.join("pods")) else {
+        return Vec::new();
+    };
+    rd.flatten()
         .filter_map(|e| std::fs::read(e.path().join("state.json")).ok())
         .filter_map(|b| serde_json::from_slice::<PodRecord>(&b).ok())
+        .collect()
+}
+
+/// The persisted record of pod `ns/name` on this node.
+pub fn find_pod(run_dir: &Path, ns: &str, name: &str) -> Option<PodRecord> {
+    records(run_dir)
+        .into_iter()
         .find(|r| r.namespace == ns && r.name == name)
 }
 
@@ -246,7 +291,13 @@ pub struct Node {
     pub events: std::sync::Mutex<Vec<Event>>,
     /// Files of a configMap or secret volume (key → content), looked up through the API.
     pub volume_source: Option<Box<VolumeSource>>,
+    /// ConfigMaps and Secrets for container env (`envFrom`, `configMapKeyRef`,
+    /// `secretKeyRef`), looked up through the API.
+    pub object_source: Option<Box<ObjectSource>>,
 }
+
+/// (namespace, `configmaps` | `secrets`, name) → the object; `None` when it does not exist.
+pub type ObjectSource = dyn Fn(&str, &str, &str) -> Result<Option<Value>, String> + Send + Sync;
 
 /// (namespace, volume) → the volume's files; `Err` when it cannot be made.
 pub type VolumeSource = dyn Fn(&str, &k8s_openapi::api::core::v1::Volume) -> Result<Vec<(String, Vec<u8>)>, String>
@@ -363,6 +414,7 @@ impl Node {
             pods: std::sync::Mutex::new(pods),
             events: std::sync::Mutex::new(Vec::new()),
             volume_source: None,
+            object_source: None,
         })
     }
 
@@ -450,11 +502,22 @@ impl Node {
                 self.cfg.run_dir.join("netns").join(&uid)
             },
             host_network,
+            ipc_ns: None,
+            uts_ns: None,
+            shm: None,
             ip: None,
             start_time: now_rfc3339(),
             containers: BTreeMap::new(),
         };
         let dir = self.pod_dir(&uid);
+        let host_ipc = spec.host_ipc.unwrap_or(false);
+        if !host_ipc {
+            rt.ipc_ns = Some(dir.join("ns-ipc"));
+            rt.shm = Some(dir.join("shm"));
+        }
+        if !host_network {
+            rt.uts_ns = Some(dir.join("ns-uts"));
+        }
         std::fs::create_dir_all(&dir).map_err(io_err("creating the pod dir", &dir))?;
         // Persist first: a crash in the middle leaves a record teardown can work from.
         self.save(&rt)?;
@@ -490,6 +553,17 @@ impl Node {
             rt.ip = res.pod_ip().map(String::from);
         } else {
             rt.ip = self.cfg.node_ip.clone();
+        }
+        // Containers of a pod share its IPC (with /dev/shm) and UTS namespaces.
+        self.parts
+            .netns
+            .create_ipc_uts(rt.ipc_ns.as_deref(), rt.uts_ns.as_deref(), &name)
+            .map_err(io_err("creating the pod's IPC/UTS namespaces", &dir))?;
+        if let Some(shm) = &rt.shm {
+            self.parts
+                .netns
+                .mount_shm(shm)
+                .map_err(io_err("mounting the pod's /dev/shm", shm))?;
         }
         let hostname = if host_network {
             nix::unistd::gethostname()
@@ -553,6 +627,9 @@ impl Node {
             }
         }
         SandboxRef {
+            ipc_ns: rt.ipc_ns.clone(),
+            uts_ns: rt.uts_ns.clone(),
+            shm: rt.shm.clone(),
             hostname: std::fs::read_to_string(dir.join("hostname"))
                 .map(|h| h.trim().to_string())
                 .unwrap_or_else(|_| rt.name.clone()),
@@ -578,6 +655,30 @@ impl Node {
             .join(format!("{ns}_{pod}_{uid}"))
             .join(container)
             .join(format!("{restart}.log"))
+    }
+
+    /// Rotates the logs of running containers that reached the policy's size.
+    pub fn rotate_logs(&self) {
+        let logs: Vec<PathBuf> = self
+            .pods_map()
+            .values()
+            .flat_map(|r| {
+                r.containers
+                    .iter()
+                    .filter(|(_, s)| s.id.is_some())
+                    .map(|(c, s)| self.log_path(&r.namespace, &r.name, &r.uid, c, s.restart_count))
+            })
+            .collect();
+        let now = chrono::Utc::now();
+        for log in logs {
+            match crate::logrotate::rotate_if_needed(&log, &self.cfg.log_policy, now) {
+                Ok(true) => tracing::debug!(log = %log.display(), "rotated a container log"),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e}: {}", source_chain(&e)), "log rotation")
+                }
+            }
+        }
     }
 
     fn bundle_dir(&self, uid: &str, id: &str) -> PathBuf {
@@ -606,20 +707,60 @@ impl Node {
         let rootfs = bdir.join("rootfs");
         let spec_ = pod.spec.clone().unwrap_or_default();
         let sb = self.sandbox_ref(pod, rt);
-        let oci = bundle::spec(&spec_, c, &img, &sb, &format!("/moat/{id}"))
+        let lookup = |kind: &str, name: &str| match &self.object_source {
+            Some(f) => f(&rt.namespace, kind, name),
+            None => Err(format!("{kind}/{name}: no API to read it from")),
+        };
+        let facts = crate::envvars::Facts {
+            pod,
+            pod_ip: rt.ip.as_deref(),
+            host_ip: self.cfg.node_ip.as_deref(),
+            node_cpu_millis: node_cpu_millis(),
+            node_memory_bytes: i64::try_from(mem_kib().saturating_mul(1024)).unwrap_or(i64::MAX),
+        };
+        let env = crate::envvars::resolve(c, &facts, &lookup)
             .map_err(|e| format!("CreateContainerConfigError: {e}"))?;
+        let mut resolved = crate::envvars::expand_command(c, &env);
+        resolved.env_from = None;
+        resolved.env = Some(
+            env.into_iter()
+                .map(|(name, value)| k8s_openapi::api::core::v1::EnvVar {
+                    name,
+                    value: Some(value),
+                    value_from: None,
+                })
+                .collect(),
+        );
         // Clear leftovers of an attempt that died half-way (same id).
         let _ = self.parts.runtime.delete(&h, &id);
         let _ = self.parts.images.release(&id, &rootfs);
         std::fs::create_dir_all(&bdir).map_err(|e| format!("creating {}: {e}", bdir.display()))?;
-        let cfg = serde_json::to_vec_pretty(&oci).map_err(|e| e.to_string())?;
-        std::fs::write(bdir.join("config.json"), cfg)
-            .map_err(|e| format!("writing config.json: {e}"))?;
         self.parts
             .images
             .prepare(&image, &id, &rootfs)
             .map_err(|e| format!("CreateContainerError: preparing the rootfs: {e}"))?;
+        // Named users and their groups come from the image's own files.
+        let mut img = img;
+        img.etc_passwd = image_etc_file(&rootfs, "passwd");
+        img.etc_group = image_etc_file(&rootfs, "group");
+        let written = bundle::spec(&spec_, &resolved, &img, &sb, &format!("/moat/{id}"))
+            .map_err(|e| format!("CreateContainerConfigError: {e}"))
+            .and_then(|oci| serde_json::to_vec_pretty(&oci).map_err(|e| e.to_string()))
+            .and_then(|cfg| {
+                std::fs::write(bdir.join("config.json"), cfg)
+                    .map_err(|e| format!("writing config.json: {e}"))
+            });
+        if let Err(e) = written {
+            let _ = self.parts.images.release(&id, &rootfs);
+            let _ = std::fs::remove_dir_all(&bdir);
+            return Err(e);
+        }
         let log = self.log_path(&rt.namespace, &rt.name, &rt.uid, &c.name, restart);
+        if let Some(dir) = log.parent()
+            && let Err(e) = crate::logrotate::remove_stale_runs(dir, restart)
+        {
+            tracing::warn!(error = %format!("{e}: {}", source_chain(&e)), "removing old logs");
+        }
         let slot_id = id.clone();
         let undo = |me: &Self| {
             let _ = me.parts.runtime.delete(&h, &slot_id);
@@ -637,6 +778,7 @@ impl Node {
         slot.id = Some(id.clone());
         slot.restart_count = restart;
         slot.image_id = image_id;
+        slot.image = image.clone();
         slot.started_at = Some(now_rfc3339());
         slot.waiting = None;
         slot.not_before = None;
@@ -1039,6 +1181,11 @@ impl Node {
         for id in &all {
             self.remove_container(&rt, id);
         }
+        for p in [&rt.shm, &rt.ipc_ns, &rt.uts_ns].into_iter().flatten() {
+            if let Err(e) = self.parts.netns.release(p) {
+                tracing::warn!(error = %e, path = %p.display(), "releasing a pod namespace");
+            }
+        }
         if !rt.host_network {
             let att = Self::attachment(&rt);
             let (cni, cache) = self.cni();
@@ -1052,7 +1199,32 @@ impl Node {
             }
         }
         let _ = std::fs::remove_dir_all(self.pod_dir(uid));
+        // Its logs go with it, as the kubelet's container GC removes a deleted pod's logs.
+        let logs = self
+            .cfg
+            .log_dir
+            .join(format!("{}_{}_{}", rt.namespace, rt.name, rt.uid));
+        if let Err(e) = std::fs::remove_dir_all(&logs)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(error = %e, dir = %logs.display(), "removing the pod's logs");
+        }
     }
+}
+
+/// `<rootfs>/etc/<name>` if it is a regular file reached without symlinks (an image must not
+/// point the agent at a host file) and of a sane size.
+fn image_etc_file(rootfs: &Path, name: &str) -> Option<String> {
+    let etc = rootfs.join("etc");
+    if !std::fs::symlink_metadata(&etc).ok()?.is_dir() {
+        return None;
+    }
+    let f = etc.join(name);
+    let m = std::fs::symlink_metadata(&f).ok()?;
+    if !m.is_file() || m.len() > 4 << 20 {
+        return None;
+    }
+    std::fs::read_to_string(f).ok()
 }
 
 /// Runs `cmd` in container `id` through its handler; whether it exited 0.
@@ -1107,16 +1279,6 @@ pub struct Agent {
     endpoint_port: Option<u16>,
 }
 
-fn kubeconfig_token(path: &Path) -> Result<String, AgentError> {
-    let text = std::fs::read_to_string(path).map_err(io_err("reading the kubeconfig", path))?;
-    let v: Value = serde_yaml::from_str(&text)
-        .map_err(|e| AgentError::Other(format!("parsing {}: {e}", path.display())))?;
-    v["users"][0]["user"]["token"]
-        .as_str()
-        .map(String::from)
-        .ok_or_else(|| AgentError::Other(format!("{}: no users[0].user.token", path.display())))
-}
-
 fn host_ipv4() -> Option<String> {
     let addrs = nix::ifaddrs::getifaddrs().ok()?;
     for a in addrs {
@@ -1131,6 +1293,10 @@ fn host_ipv4() -> Option<String> {
         }
     }
     None
+}
+
+fn node_cpu_millis() -> i64 {
+    std::thread::available_parallelism().map_or(1000, |n| n.get() as i64 * 1000)
 }
 
 fn mem_kib() -> u64 {
@@ -1148,7 +1314,7 @@ impl Agent {
     /// Registers the node (creating it with the configured podCIDR if absent) and re-adopts
     /// pods from earlier runs.
     pub fn new(mut cfg: AgentConfig, parts: Parts) -> Result<Agent, AgentError> {
-        let client = Client::from_kubeconfig(&cfg.kubeconfig)?;
+        let client = cfg.join.client()?;
         if cfg.node_ip.is_none() {
             cfg.node_ip = host_ipv4();
         }
@@ -1177,7 +1343,8 @@ impl Agent {
             .to_string();
         let mut endpoint_port = None;
         if let Some(listen) = cfg.listen {
-            let token = kubeconfig_token(&cfg.kubeconfig)?;
+            // The API server proxies logs/exec with the cluster token, the one we hold.
+            let token = client.token().to_string();
             let mut names = vec![
                 "localhost".to_string(),
                 "127.0.0.1".into(),
@@ -1191,6 +1358,7 @@ impl Agent {
                     token,
                     run_dir: cfg.run_dir.clone(),
                     log_dir: cfg.log_dir.clone(),
+                    shim: cfg.shim.clone(),
                 },
             )
             .map_err(|e| AgentError::Other(format!("{e}: {}", source_chain(&e))))?;
@@ -1233,6 +1401,25 @@ impl Agent {
                 }
             },
         ));
+        let oc = client.clone();
+        node.object_source = Some(Box::new(move |ns: &str, kind: &str, name: &str| {
+            if !matches!(kind, "configmaps" | "secrets") {
+                return Err(format!("cannot read {kind} for a container's env"));
+            }
+            // Object names are DNS subdomains; anything else must not shape the request path.
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+            {
+                return Err(format!("{kind} name {name:?} is not a valid object name"));
+            }
+            match oc.get(&format!("/api/v1/namespaces/{ns}/{kind}/{name}")) {
+                Ok(obj) => Ok(Some(obj)),
+                Err(e) if e.code() == Some(404) => Ok(None),
+                Err(e) => Err(e.to_string()),
+            }
+        }));
         let a = Agent {
             client,
             node,
@@ -1435,17 +1622,21 @@ impl Agent {
         Ok(())
     }
 
-    /// Runs forever: a pass on every watch event of this node's pods, at least once a second,
-    /// and a heartbeat every 10 s.
-    pub fn run(mut self) -> ! {
+    /// Runs until `stop` is asked: a pass on every watch event of this node's pods, at least
+    /// once a second, a heartbeat every 10 s, log rotation checks. Stopping ends the loop
+    /// after the current pass and leaves every pod running (as the kubelet does): their shims
+    /// keep logs and exit codes, and the next agent re-adopts them from their records.
+    pub fn run(mut self, stop: &Stop) {
         let (tx, rx) = mpsc::channel::<()>();
+        stop.register(tx.clone());
         let wc = self.client.clone();
         let path = format!(
             "/api/v1/pods?fieldSelector=spec.nodeName%3D{}",
             self.node.cfg.node_name
         );
+        let watch_stop = stop.clone();
         std::thread::spawn(move || {
-            loop {
+            while !watch_stop.is_stopped() {
                 let t = tx.clone();
                 let _ = wc.watch(&path, "0", |_| {
                     let _ = t.send(());
@@ -1454,7 +1645,8 @@ impl Agent {
             }
         });
         let mut last_hb = Instant::now();
-        loop {
+        let mut last_rotation = Instant::now();
+        while !stop.is_stopped() {
             if let Err(e) = self.pass() {
                 tracing::warn!(error = %e, "agent pass");
             }
@@ -1462,9 +1654,53 @@ impl Agent {
                 self.heartbeat();
                 last_hb = Instant::now();
             }
+            if last_rotation.elapsed() >= self.node.cfg.log_monitor_interval {
+                self.node.rotate_logs();
+                last_rotation = Instant::now();
+            }
             let _ = rx.recv_timeout(Duration::from_secs(1));
             while rx.try_recv().is_ok() {}
         }
+        tracing::info!(
+            pods = self.node.pod_uids().len(),
+            "node agent stopped; its pods keep running"
+        );
+    }
+}
+
+/// Asks a running [`Agent`] to stop after its current pass; cloneable, usable from a signal
+/// handler's thread.
+#[derive(Clone, Default)]
+pub struct Stop(Arc<StopInner>);
+
+#[derive(Default)]
+struct StopInner {
+    flag: std::sync::atomic::AtomicBool,
+    wake: std::sync::Mutex<Vec<mpsc::Sender<()>>>,
+}
+
+impl Stop {
+    pub fn new() -> Stop {
+        Stop::default()
+    }
+
+    pub fn stop(&self) {
+        self.0.flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        for w in self.0.wake.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            let _ = w.send(());
+        }
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.0.flag.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn register(&self, tx: mpsc::Sender<()>) {
+        self.0
+            .wake
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(tx);
     }
 }
 
@@ -1558,7 +1794,7 @@ mod tests {
             let run = self.dir.path().join("run");
             let cfg = AgentConfig {
                 node_name: "n1".into(),
-                kubeconfig: PathBuf::new(),
+                join: Join::Kubeconfig(PathBuf::new()),
                 run_dir: run.clone(),
                 log_dir: self.dir.path().join("logs"),
                 image_root: PathBuf::new(),
@@ -1569,6 +1805,8 @@ mod tests {
                 shim: Vec::new(),
                 node_ip: Some("192.0.2.10".into()),
                 listen: None,
+                log_policy: crate::logrotate::Policy::new(16, 3).unwrap(),
+                log_monitor_interval: Duration::from_secs(10),
             };
             let parts = Parts {
                 runtime: self.rt.clone(),
@@ -1649,12 +1887,11 @@ mod tests {
         )
         .unwrap();
         let netns = fx.dir.path().join("run/netns/u-1");
-        assert!(
-            cfg["linux"]["namespaces"]
-                .as_array()
-                .unwrap()
-                .contains(&json!({"type": "network", "path": netns}))
-        );
+        let pod_ns = |t: &str| fx.dir.path().join(format!("run/pods/u-1/ns-{t}"));
+        let nss = cfg["linux"]["namespaces"].as_array().unwrap();
+        assert!(nss.contains(&json!({"type": "network", "path": netns})));
+        assert!(nss.contains(&json!({"type": "ipc", "path": pod_ns("ipc")})));
+        assert!(nss.contains(&json!({"type": "uts", "path": pod_ns("uts")})));
 
         // Exit 1: CrashLoopBackOff, old container removed, no immediate restart.
         fx.rt.exit("u-1-c-0", 1);
@@ -1673,22 +1910,99 @@ mod tests {
         let n = fx.node();
         assert_eq!(n.pod_uids().len(), 1);
         let _ = n.sync(&p, Ok(runc(&n)));
-        assert_eq!(fx.netns.calls.lock().unwrap().len(), 1);
+        let pod_dir = fx.dir.path().join("run/pods/u-1");
+        assert_eq!(
+            *fx.netns.calls.lock().unwrap(),
+            [
+                format!("create {}", netns.display()),
+                format!(
+                    "ipc-uts {} {} web",
+                    pod_dir.join("ns-ipc").display(),
+                    pod_dir.join("ns-uts").display()
+                ),
+                format!("shm {}", pod_dir.join("shm").display()),
+            ],
+            "one sandbox: network, IPC and UTS namespaces and /dev/shm, made once"
+        );
 
-        // Deletion: everything goes.
+        // Deletion: everything goes, its logs too.
+        let logs = fx.dir.path().join("logs/default_web_u-1");
+        std::fs::create_dir_all(logs.join("c")).unwrap();
+        std::fs::write(logs.join("c/0.log"), "T stdout F x\n").unwrap();
         let mut dv = serde_json::to_value(&p).unwrap();
         dv["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
         dv["metadata"]["deletionGracePeriodSeconds"] = json!(0);
         let del: Pod = serde_json::from_value(dv).unwrap();
         assert!(matches!(n.sync(&del, Ok(runc(&n))), Outcome::Removed));
         assert!(!fx.dir.path().join("run/pods/u-1").exists());
+        assert!(!logs.exists());
         let ns_calls = fx.netns.calls.lock().unwrap().clone();
         assert_eq!(
-            ns_calls.last().unwrap(),
-            &format!("remove {}", netns.display())
+            ns_calls[3..],
+            [
+                format!("release {}", pod_dir.join("shm").display()),
+                format!("release {}", pod_dir.join("ns-ipc").display()),
+                format!("release {}", pod_dir.join("ns-uts").display()),
+                format!("remove {}", netns.display()),
+            ]
         );
         let last_cni = fx.cni.calls.lock().unwrap().last().unwrap().env["CNI_COMMAND"].clone();
         assert_eq!(last_cni, "DEL");
+    }
+
+    #[test]
+    fn logs_of_running_containers_rotate_past_the_max_size() {
+        let fx = Fx::new();
+        fx.cni_reply();
+        let n = fx.node();
+        let p = pod("Always");
+        let _ = n.sync(&p, Ok(runc(&n)));
+        let log = n.log_path("default", "web", "u-1", "c", 0);
+        std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+        std::fs::write(&log, "T stdout F sm\n").unwrap();
+        n.rotate_logs();
+        let count = || std::fs::read_dir(log.parent().unwrap()).unwrap().count();
+        assert_eq!(count(), 1, "14 bytes are under the 16-byte limit");
+        std::fs::write(&log, "T stdout F larger than that\n").unwrap();
+        n.rotate_logs();
+        let names: Vec<String> = std::fs::read_dir(log.parent().unwrap())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert!(names.iter().any(|n| n.starts_with("0.log.2")), "{names:?}");
+        assert_eq!(std::fs::read(&log).unwrap(), b"");
+        // A stopped container's log is left alone.
+        fx.rt.exit("u-1-c-0", 1);
+        let _ = n.sync(&p, Ok(runc(&n)));
+        std::fs::write(&log, "T stdout F larger than that\n").unwrap();
+        n.rotate_logs();
+        assert_eq!(count(), 2);
+    }
+
+    #[test]
+    fn image_user_files_are_read_without_following_symlinks() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("rootfs");
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::write(root.join("etc/passwd"), "app:x:7:7::/:/bin/sh\n").unwrap();
+        std::fs::write(d.path().join("host-secret"), "root:secret\n").unwrap();
+        std::os::unix::fs::symlink(d.path().join("host-secret"), root.join("etc/group")).unwrap();
+        assert_eq!(
+            image_etc_file(&root, "passwd").as_deref(),
+            Some("app:x:7:7::/:/bin/sh\n")
+        );
+        assert_eq!(
+            image_etc_file(&root, "group"),
+            None,
+            "a symlink out of the image"
+        );
+        assert_eq!(image_etc_file(&root, "shadow"), None);
+        let linked = d.path().join("linked");
+        std::fs::create_dir_all(&linked).unwrap();
+        std::os::unix::fs::symlink(root.join("etc"), linked.join("etc")).unwrap();
+        assert_eq!(image_etc_file(&linked, "passwd"), None, "a symlinked /etc");
     }
 
     #[test]

@@ -42,6 +42,89 @@ pub struct ImageDefaults {
     pub working_dir: Option<String>,
     #[serde(default)]
     pub user: Option<String>,
+    /// The image's `/etc/passwd` and `/etc/group` (read by the agent from the prepared
+    /// rootfs), for named users and their groups.
+    #[serde(skip)]
+    pub etc_passwd: Option<String>,
+    #[serde(skip)]
+    pub etc_group: Option<String>,
+}
+
+/// (name, uid, gid) of each well-formed `/etc/passwd` line.
+fn passwd_entries(text: &str) -> impl Iterator<Item = (&str, u32, u32)> {
+    text.lines().filter_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        Some((
+            *f.first()?,
+            f.get(2)?.parse().ok()?,
+            f.get(3)?.parse().ok()?,
+        ))
+    })
+}
+
+/// (name, gid, members) of each well-formed `/etc/group` line.
+fn group_entries(text: &str) -> impl Iterator<Item = (&str, u32, Vec<&str>)> {
+    text.lines().filter_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        let members = f
+            .get(3)
+            .map(|m| m.split(',').filter(|m| !m.is_empty()).collect())
+            .unwrap_or_default();
+        Some((*f.first()?, f.get(2)?.parse().ok()?, members))
+    })
+}
+
+/// containerd's `WithUser` for `user[:group]` (names or ids) against the image's
+/// `/etc/passwd` and `/etc/group`: (uid, gid). A uid without a group takes its passwd
+/// entry's group, or 0 when it has none; names must exist.
+pub fn resolve_user(
+    userstr: &str,
+    passwd: Option<&str>,
+    group: Option<&str>,
+) -> Result<(u32, u32), String> {
+    let (u, g) = match userstr.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (userstr, None),
+    };
+    let users = || passwd_entries(passwd.unwrap_or(""));
+    let (uid, primary) = match u.parse::<u32>() {
+        Ok(uid) => (uid, users().find(|e| e.1 == uid).map_or(0, |e| e.2)),
+        Err(_) => users()
+            .find(|e| e.0 == u)
+            .map(|e| (e.1, e.2))
+            .ok_or_else(|| {
+                format!("unable to find user {u}: no matching entries in passwd file")
+            })?,
+    };
+    let gid = match g {
+        None | Some("") => primary,
+        Some(g) => match g.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => group_entries(group.unwrap_or(""))
+                .find(|e| e.0 == g)
+                .map(|e| e.1)
+                .ok_or_else(|| {
+                    format!("unable to find group {g}: no matching entries in group file")
+                })?,
+        },
+    };
+    Ok((uid, gid))
+}
+
+/// containerd CRI's additional gids for user `u` (a name or uid): the groups of
+/// `/etc/group` listing the user as a member (not its own group by name).
+pub fn member_gids(u: &str, passwd: Option<&str>, group: Option<&str>) -> Vec<u32> {
+    let name = match u.parse::<u32>() {
+        Ok(uid) => match passwd_entries(passwd.unwrap_or("")).find(|e| e.1 == uid) {
+            Some(e) => e.0,
+            None => return Vec::new(),
+        },
+        Err(_) => u,
+    };
+    group_entries(group.unwrap_or(""))
+        .filter(|e| e.0 != name && e.2.contains(&name))
+        .map(|e| e.1)
+        .collect()
 }
 
 impl ImageDefaults {
@@ -59,6 +142,11 @@ impl ImageDefaults {
 /// Everything about the sandbox a container joins.
 #[derive(Debug, Clone)]
 pub struct SandboxRef {
+    /// The pod's IPC and UTS namespaces to join and its /dev/shm (`None`: new ones per
+    /// container; the pod's `hostIPC` / `hostNetwork` mean the host's instead).
+    pub ipc_ns: Option<PathBuf>,
+    pub uts_ns: Option<PathBuf>,
+    pub shm: Option<PathBuf>,
     pub hostname: String,
     pub netns: PathBuf,
     /// Bind-mounted over the container's /etc/hosts, /etc/resolv.conf, /etc/hostname.
@@ -91,8 +179,9 @@ pub fn argv(c: &Container, img: &ImageDefaults) -> Result<Vec<String>, BundleErr
     Ok(v)
 }
 
-/// Image env, then the container's `env` (later wins by name). `valueFrom` is not resolved
-/// yet: such variables are left out.
+/// Image env, then the container's `env` (later wins by name), taken literally: the agent
+/// hands in a container whose `env` [`crate::envvars::resolve`] has already resolved
+/// (`envFrom`, `valueFrom`, `$(VAR)`); an unresolved `valueFrom` is left out.
 pub fn env(c: &Container, img: &ImageDefaults) -> Vec<String> {
     fn set(out: &mut Vec<(String, String)>, k: &str, v: &str) {
         if let Some(e) = out.iter_mut().find(|(n, _)| n == k) {
@@ -184,41 +273,39 @@ pub fn spec(
     let pod_sc = pod.security_context.as_ref();
     let sc = c.security_context.as_ref();
     let privileged = sc.and_then(|s| s.privileged).unwrap_or(false);
-    let uid = sc
+    let run_as_user = sc
         .and_then(|s| s.run_as_user)
         .or(pod_sc.and_then(|s| s.run_as_user));
-    let gid = sc
+    let run_as_group = sc
         .and_then(|s| s.run_as_group)
         .or(pod_sc.and_then(|s| s.run_as_group));
-    let (img_uid, img_gid) = match img.user.as_deref().filter(|u| !u.is_empty()) {
-        None => (0, 0),
-        Some(u) => {
-            let (us, gs) = u.split_once(':').unwrap_or((u, ""));
-            // Named users would need the image's /etc/passwd; only numeric ones for now.
-            let uu: u32 = us
-                .parse()
-                .map_err(|_| invalid(format!("image user {u:?} is not numeric")))?;
-            let gg: u32 = if gs.is_empty() {
-                0
-            } else {
-                gs.parse()
-                    .map_err(|_| invalid(format!("image group {u:?} is not numeric")))?
-            };
-            (uu, gg)
-        }
-    };
     let to_u32 = |v: i64, what: &str| {
         u32::try_from(v).map_err(|_| invalid(format!("{what} {v} out of range")))
     };
-    let uid = match uid {
-        Some(u) => to_u32(u, "runAsUser")?,
-        None => img_uid,
+    // containerd CRI: runAsUser[:runAsGroup] when given, else the image's User.
+    let image_user = img.user.clone().filter(|u| !u.is_empty());
+    let userstr = match (run_as_user, run_as_group) {
+        (Some(u), Some(g)) => Some(format!(
+            "{}:{}",
+            to_u32(u, "runAsUser")?,
+            to_u32(g, "runAsGroup")?
+        )),
+        (Some(u), None) => Some(to_u32(u, "runAsUser")?.to_string()),
+        (None, Some(g)) => Some(format!("0:{}", to_u32(g, "runAsGroup")?)),
+        (None, None) => image_user.clone(),
     };
-    let gid = match gid {
-        Some(g) => to_u32(g, "runAsGroup")?,
-        None => img_gid,
+    let (passwd, group) = (img.etc_passwd.as_deref(), img.etc_group.as_deref());
+    let (uid, gid) = match &userstr {
+        Some(u) => resolve_user(u, passwd, group).map_err(&invalid)?,
+        None => (0, 0),
     };
-    let mut additional = Vec::new();
+    let member_of = match (run_as_user, &image_user) {
+        (Some(u), _) => u.to_string(),
+        (None, Some(iu)) => iu.split(':').next().unwrap_or("0").to_string(),
+        (None, None) => "0".into(),
+    };
+    let mut additional = vec![gid];
+    additional.extend(member_gids(&member_of, passwd, group));
     if let Some(g) = pod_sc.and_then(|s| s.fs_group) {
         additional.push(to_u32(g, "fsGroup")?);
     }
@@ -229,6 +316,8 @@ pub fn spec(
     {
         additional.push(to_u32(*g, "supplementalGroups")?);
     }
+    additional.sort_unstable();
+    additional.dedup();
     let user = UserBuilder::default()
         .uid(uid)
         .gid(gid)
@@ -307,6 +396,17 @@ pub fn spec(
             ]));
         }
     }
+    // The pod's /dev/shm (the host's with hostIPC) instead of one per container.
+    let host_ipc = pod.host_ipc.unwrap_or(false);
+    let shared_shm = if host_ipc {
+        Some(Path::new("/dev/shm"))
+    } else {
+        sb.shm.as_deref()
+    };
+    if let Some(shm) = shared_shm {
+        mounts.retain(|m| m.destination() != Path::new("/dev/shm"));
+        mounts.push(bind("/dev/shm", shm, false).map_err(oci)?);
+    }
     mounts.push(bind("/etc/hosts", &sb.hosts, false).map_err(oci)?);
     mounts.push(bind("/etc/resolv.conf", &sb.resolv_conf, false).map_err(oci)?);
     mounts.push(bind("/etc/hostname", &sb.hostname_file, false).map_err(oci)?);
@@ -370,15 +470,17 @@ pub fn spec(
     }
     let resources = resources.build().map_err(oci)?;
 
+    let host_network = pod.host_network.unwrap_or(false);
     let mut namespaces = vec![
         ns(LinuxNamespaceType::Pid, None)?,
-        ns(LinuxNamespaceType::Network, Some(&sb.netns))?,
-        ns(LinuxNamespaceType::Ipc, None)?,
-        ns(LinuxNamespaceType::Uts, None)?,
         ns(LinuxNamespaceType::Mount, None)?,
     ];
-    if pod.host_network.unwrap_or(false) {
-        namespaces.retain(|n| n.typ() != LinuxNamespaceType::Network);
+    if !host_network {
+        namespaces.push(ns(LinuxNamespaceType::Network, Some(&sb.netns))?);
+        namespaces.push(ns(LinuxNamespaceType::Uts, sb.uts_ns.as_deref())?);
+    }
+    if !host_ipc {
+        namespaces.push(ns(LinuxNamespaceType::Ipc, sb.ipc_ns.as_deref())?);
     }
     let mut linux = LinuxBuilder::default()
         .namespaces(namespaces)
@@ -398,7 +500,8 @@ pub fn spec(
     let mut s = Spec::default();
     s.set_process(Some(process));
     s.set_root(Some(root));
-    s.set_hostname(Some(sb.hostname.clone()));
+    // A host-network pod has the host's UTS namespace, whose name is not the container's to set.
+    s.set_hostname((!host_network).then(|| sb.hostname.clone()));
     s.set_mounts(Some(mounts));
     s.set_linux(Some(linux));
     Ok(s)
@@ -478,6 +581,9 @@ mod tests {
 
     fn sandbox() -> SandboxRef {
         SandboxRef {
+            ipc_ns: Some("/run/p/ns-ipc".into()),
+            uts_ns: Some("/run/p/ns-uts".into()),
+            shm: Some("/run/p/shm".into()),
             hostname: "web-1".into(),
             netns: "/run/moat/netns/p1".into(),
             hosts: "/run/p/hosts".into(),
@@ -540,6 +646,16 @@ mod tests {
         assert_eq!(v["hostname"], "web-1");
         let nss = v["linux"]["namespaces"].as_array().unwrap();
         assert!(nss.contains(&json!({"type": "network", "path": "/run/moat/netns/p1"})));
+        assert!(nss.contains(&json!({"type": "ipc", "path": "/run/p/ns-ipc"})));
+        assert!(nss.contains(&json!({"type": "uts", "path": "/run/p/ns-uts"})));
+        let shm: Vec<_> = v["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["destination"] == "/dev/shm")
+            .collect();
+        assert_eq!(shm.len(), 1);
+        assert_eq!(shm[0]["source"], "/run/p/shm");
         assert_eq!(v["linux"]["cgroupsPath"], "/moat/p1-web-0");
         assert_eq!(v["linux"]["resources"]["memory"]["limit"], 64 << 20);
         assert_eq!(v["linux"]["resources"]["cpu"]["quota"], 50_000);
@@ -561,6 +677,104 @@ mod tests {
                 .as_array()
                 .is_some_and(|m| !m.is_empty())
         );
+    }
+
+    #[test]
+    fn users_and_groups_resolve_as_containerd_does() {
+        let passwd = Some(
+            "root:x:0:0:root:/root:/bin/sh\nbad line\nnginx:x:101:101::/:/bin/false\nnobody:x:65534:65534::/:/bin/false\n",
+        );
+        let group = Some("root:x:0:\nnginx:x:101:nginx\nwww:x:33:nginx,other\nlogs:x:4:nobody\n");
+        assert_eq!(resolve_user("nginx", passwd, group), Ok((101, 101)));
+        assert_eq!(resolve_user("nginx:www", passwd, group), Ok((101, 33)));
+        assert_eq!(resolve_user("nginx:7", passwd, group), Ok((101, 7)));
+        assert_eq!(resolve_user("101", passwd, group), Ok((101, 101)));
+        assert_eq!(resolve_user("4242", passwd, group), Ok((4242, 0)));
+        assert_eq!(resolve_user("4242:www", passwd, group), Ok((4242, 33)));
+        assert_eq!(
+            resolve_user("nginx", None, None).unwrap_err(),
+            "unable to find user nginx: no matching entries in passwd file"
+        );
+        assert!(
+            resolve_user("nginx:nogroup", passwd, group)
+                .unwrap_err()
+                .contains("group nogroup")
+        );
+        assert_eq!(member_gids("nginx", passwd, group), [33]);
+        assert_eq!(member_gids("101", passwd, group), [33]);
+        assert_eq!(member_gids("65534", passwd, group), [4]);
+        assert!(member_gids("4242", passwd, group).is_empty());
+
+        let pod: PodSpec = serde_json::from_value(
+            json!({"containers":[], "securityContext": {"supplementalGroups": [5000]}}),
+        )
+        .unwrap();
+        let mut img = busybox();
+        img.user = Some("nginx".into());
+        img.etc_passwd = passwd.map(String::from);
+        img.etc_group = group.map(String::from);
+        let user = |c: serde_json::Value, img: &ImageDefaults| {
+            let v = serde_json::to_value(spec(&pod, &container(c), img, &sandbox(), "/m").unwrap())
+                .unwrap();
+            v["process"]["user"].clone()
+        };
+        assert_eq!(
+            user(json!({"name": "a", "command": ["sh"]}), &img),
+            json!({"uid": 101, "gid": 101, "additionalGids": [33, 101, 5000]})
+        );
+        // runAsUser wins over the image's user; its group comes from passwd.
+        assert_eq!(
+            user(
+                json!({"name": "a", "command": ["sh"], "securityContext": {"runAsUser": 65534}}),
+                &img
+            ),
+            json!({"uid": 65534, "gid": 65534, "additionalGids": [4, 5000, 65534]})
+        );
+        assert_eq!(
+            user(
+                json!({"name": "a", "command": ["sh"], "securityContext": {"runAsGroup": 9}}),
+                &img
+            ),
+            // (containerd takes the image's user for the member groups here)
+            json!({"uid": 0, "gid": 9, "additionalGids": [9, 33, 5000]})
+        );
+        img.user = Some("ghost".into());
+        let e = spec(
+            &pod,
+            &container(json!({"name": "a", "command": ["sh"]})),
+            &img,
+            &sandbox(),
+            "/m",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("unable to find user ghost"), "{e}");
+    }
+
+    #[test]
+    fn host_network_and_host_ipc_use_the_hosts_namespaces() {
+        let pod: PodSpec =
+            serde_json::from_value(json!({"containers":[], "hostNetwork": true, "hostIPC": true}))
+                .unwrap();
+        let c = container(json!({"name":"h","command":["sh"]}));
+        let v =
+            serde_json::to_value(spec(&pod, &c, &busybox(), &sandbox(), "/m/x").unwrap()).unwrap();
+        let types: Vec<&str> = v["linux"]["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(types, ["pid", "mount"]);
+        assert!(v.get("hostname").is_none_or(|h| h.is_null()), "{v}");
+        let shm = v["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["destination"] == "/dev/shm")
+            .unwrap()
+            .clone();
+        assert_eq!(shm["source"], "/dev/shm");
     }
 
     #[test]

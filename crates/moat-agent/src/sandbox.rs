@@ -11,6 +11,26 @@ pub trait NetnsOps: Send + Sync {
     fn create(&self, path: &Path) -> io::Result<()>;
     /// Unmounts and removes; a missing namespace is not an error.
     fn remove(&self, path: &Path) -> io::Result<()>;
+    /// The pod's IPC and/or UTS namespace (hostname set), bind-mounted on `ipc` and `uts` so
+    /// every container of the pod joins the same ones, across agent restarts.
+    fn create_ipc_uts(
+        &self,
+        ipc: Option<&Path>,
+        uts: Option<&Path>,
+        hostname: &str,
+    ) -> io::Result<()>;
+    /// The pod's `/dev/shm`: a 64 MiB tmpfs on directory `path` (containerd's sandbox shm).
+    fn mount_shm(&self, path: &Path) -> io::Result<()>;
+    /// Unmounts (lazily) and removes what [`NetnsOps::create_ipc_uts`] or
+    /// [`NetnsOps::mount_shm`] made; a missing one is not an error.
+    fn release(&self, path: &Path) -> io::Result<()>;
+}
+
+fn umount_lazy(path: &Path) -> io::Result<()> {
+    match nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 pub struct RealNetns;
@@ -59,11 +79,87 @@ impl NetnsOps for RealNetns {
     }
 
     fn remove(&self, path: &Path) -> io::Result<()> {
-        match nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH) {
-            Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
-            Err(e) => return Err(e.into()),
-        }
+        umount_lazy(path)?;
         match std::fs::remove_file(path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    fn create_ipc_uts(
+        &self,
+        ipc: Option<&Path>,
+        uts: Option<&Path>,
+        hostname: &str,
+    ) -> io::Result<()> {
+        use nix::sched::CloneFlags;
+        let mut flags = CloneFlags::empty();
+        let mut targets = Vec::new();
+        for (p, flag, ns) in [
+            (ipc, CloneFlags::CLONE_NEWIPC, "ipc"),
+            (uts, CloneFlags::CLONE_NEWUTS, "uts"),
+        ] {
+            let Some(p) = p else { continue };
+            if let Some(d) = p.parent() {
+                std::fs::create_dir_all(d)?;
+            }
+            std::fs::File::create(p)?;
+            flags |= flag;
+            targets.push((ns, p.to_path_buf()));
+        }
+        if targets.is_empty() {
+            return Ok(());
+        }
+        let host = hostname.to_string();
+        let undo: Vec<std::path::PathBuf> = targets.iter().map(|t| t.1.clone()).collect();
+        // As for the netns: unshare on a throwaway thread, which is all that moves.
+        let res = std::thread::spawn(move || -> io::Result<()> {
+            nix::sched::unshare(flags)?;
+            if flags.contains(CloneFlags::CLONE_NEWUTS) {
+                nix::unistd::sethostname(&host)?;
+            }
+            for (ns, target) in &targets {
+                nix::mount::mount(
+                    Some(Path::new(&format!("/proc/thread-self/ns/{ns}"))),
+                    target.as_path(),
+                    None::<&str>,
+                    nix::mount::MsFlags::MS_BIND,
+                    None::<&str>,
+                )?;
+            }
+            Ok(())
+        })
+        .join()
+        .map_err(|_| io::Error::other("ipc/uts namespace thread panicked"))?;
+        if res.is_err() {
+            for p in &undo {
+                let _ = self.release(p);
+            }
+        }
+        res
+    }
+
+    fn mount_shm(&self, path: &Path) -> io::Result<()> {
+        std::fs::create_dir_all(path)?;
+        use nix::mount::MsFlags;
+        nix::mount::mount(
+            Some("shm"),
+            path,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            Some("mode=1777,size=65536k"),
+        )
+        .map_err(io::Error::from)
+    }
+
+    fn release(&self, path: &Path) -> io::Result<()> {
+        umount_lazy(path)?;
+        let r = if path.is_dir() {
+            std::fs::remove_dir(path)
+        } else {
+            std::fs::remove_file(path)
+        };
+        match r {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }
@@ -90,10 +186,43 @@ impl NetnsOps for FakeNetns {
 
     fn remove(&self, path: &Path) -> io::Result<()> {
         let _ = std::fs::remove_file(path);
+        self.record(format!("remove {}", path.display()))
+    }
+
+    fn create_ipc_uts(
+        &self,
+        ipc: Option<&Path>,
+        uts: Option<&Path>,
+        hostname: &str,
+    ) -> io::Result<()> {
+        let mut names = Vec::new();
+        for p in [ipc, uts].into_iter().flatten() {
+            if let Some(d) = p.parent() {
+                std::fs::create_dir_all(d)?;
+            }
+            std::fs::write(p, b"")?;
+            names.push(p.display().to_string());
+        }
+        self.record(format!("ipc-uts {} {hostname}", names.join(" ")))
+    }
+
+    fn mount_shm(&self, path: &Path) -> io::Result<()> {
+        std::fs::create_dir_all(path)?;
+        self.record(format!("shm {}", path.display()))
+    }
+
+    fn release(&self, path: &Path) -> io::Result<()> {
+        let _ = std::fs::remove_file(path).or_else(|_| std::fs::remove_dir(path));
+        self.record(format!("release {}", path.display()))
+    }
+}
+
+impl FakeNetns {
+    fn record(&self, call: String) -> io::Result<()> {
         self.calls
             .lock()
             .map_err(|_| io::Error::other("poisoned"))?
-            .push(format!("remove {}", path.display()));
+            .push(call);
         Ok(())
     }
 }

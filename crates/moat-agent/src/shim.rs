@@ -79,7 +79,47 @@ fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
 }
 
-fn copy_stream(mut r: File, stream: &'static str, log: Arc<Mutex<File>>) {
+/// The CRI log file, reopened when its path names another file: the agent's log rotation
+/// renames the current file and creates a new one (see [`crate::logrotate`]).
+pub struct LogFile {
+    path: PathBuf,
+    file: File,
+}
+
+fn same_file(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    a.dev() == b.dev() && a.ino() == b.ino()
+}
+
+impl LogFile {
+    pub fn open(path: &std::path::Path) -> std::io::Result<LogFile> {
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        Ok(LogFile {
+            path: path.to_path_buf(),
+            file,
+        })
+    }
+
+    /// Appends `data` to the file the path names now (one stat per write).
+    pub fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
+        let rotated = match (std::fs::metadata(&self.path), self.file.metadata()) {
+            (Ok(now), Ok(open)) => !same_file(&now, &open),
+            (Err(_), _) => true,
+            (Ok(_), Err(_)) => false,
+        };
+        if rotated
+            && let Ok(f) = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)
+        {
+            self.file = f;
+        }
+        self.file.write_all(data)
+    }
+}
+
+fn copy_stream(mut r: File, stream: &'static str, log: Arc<Mutex<LogFile>>) {
     let mut pending = Vec::new();
     let mut buf = vec![0u8; 32 * 1024];
     loop {
@@ -108,8 +148,26 @@ fn answer(line: &str) {
     let _ = o.flush();
 }
 
-/// Runs the shim; the process exit code.
+/// Runs the shim; the process exit code. `--reap PID_FILE -- CMD...` is the exec reaper
+/// instead (see [`reap`]).
 pub fn main(args: &[String]) -> i32 {
+    if let Some(("--reap", rest)) = args.split_first().map(|(a, r)| (a.as_str(), r)) {
+        return match rest {
+            [pid_file, dashdash, cmd @ ..] if dashdash == "--" && !cmd.is_empty() => {
+                match reap(std::path::Path::new(pid_file), cmd) {
+                    Ok(()) => 0,
+                    Err(e) => {
+                        answer(&format!("error {e}"));
+                        1
+                    }
+                }
+            }
+            _ => {
+                answer("error usage: shim --reap PID_FILE -- CMD...");
+                2
+            }
+        };
+    }
     let a = match ShimArgs::parse(args) {
         Ok(a) => a,
         Err(e) => {
@@ -124,6 +182,55 @@ pub fn main(args: &[String]) -> i32 {
             1
         }
     }
+}
+
+/// For a detached process (`runc exec -d -t`, whose parent exits at once): becomes a
+/// subreaper, runs `cmd` (which writes the process's pid to `pid_file`), answers `ok <pid>`,
+/// then waits for the process and answers `exit <code>` (128+signal when killed).
+pub fn reap(pid_file: &std::path::Path, cmd: &[String]) -> Result<(), String> {
+    // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) takes integer arguments only and changes only
+    // this process's reaping behaviour.
+    let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    if rc != 0 {
+        return Err(format!(
+            "becoming a subreaper: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let (prog, args) = cmd.split_first().ok_or("no command")?;
+    let out = Command::new(prog)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(|e| format!("running {prog}: {e}"))?;
+    if !out.status.success() {
+        let msg = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        return Err(if msg.is_empty() {
+            format!("{prog} failed ({})", out.status)
+        } else {
+            msg
+        });
+    }
+    let pid: i32 = std::fs::read_to_string(pid_file)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .ok_or_else(|| format!("no pid in {}", pid_file.display()))?;
+    answer(&format!("ok {pid}"));
+    let code = loop {
+        match nix::sys::wait::waitpid(None, None) {
+            Ok(nix::sys::wait::WaitStatus::Exited(p, c)) if p.as_raw() == pid => break c,
+            Ok(nix::sys::wait::WaitStatus::Signaled(p, s, _)) if p.as_raw() == pid => {
+                break 128 + s as i32;
+            }
+            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+            // No children left: it was not ours to wait for (e.g. reaped elsewhere).
+            Err(e) => return Err(format!("waiting for {pid}: {e}")),
+        }
+    };
+    answer(&format!("exit {code}"));
+    Ok(())
 }
 
 fn pipe() -> Result<(File, OwnedFd), String> {
@@ -146,11 +253,8 @@ fn run(a: &ShimArgs) -> Result<(), String> {
     if let Some(d) = a.log.parent() {
         std::fs::create_dir_all(d).map_err(|e| format!("creating {}: {e}", d.display()))?;
     }
-    let log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&a.log)
-        .map_err(|e| format!("opening the log {}: {e}", a.log.display()))?;
+    let log =
+        LogFile::open(&a.log).map_err(|e| format!("opening the log {}: {e}", a.log.display()))?;
     let log = Arc::new(Mutex::new(log));
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
@@ -234,5 +338,24 @@ mod tests {
         assert_eq!(ShimArgs::parse(&a.to_args()).unwrap(), a);
         assert!(ShimArgs::parse(&["--id".into()]).is_err());
         assert!(ShimArgs::parse(&["--bogus".into(), "x".into()]).is_err());
+    }
+
+    #[test]
+    fn the_log_follows_its_path_after_a_rotation() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("0.log");
+        let mut log = LogFile::open(&p).unwrap();
+        log.write_all(b"one\n").unwrap();
+        std::fs::rename(&p, d.path().join("0.log.1")).unwrap();
+        std::fs::write(&p, b"").unwrap();
+        log.write_all(b"two\n").unwrap();
+        std::fs::rename(&p, d.path().join("0.log.2")).unwrap();
+        // Nothing at the path (the rotation is half-way): the write creates it.
+        log.write_all(b"three\n").unwrap();
+        let read = |n: &str| std::fs::read_to_string(d.path().join(n)).unwrap();
+        assert_eq!(
+            (read("0.log.1"), read("0.log.2"), read("0.log")),
+            ("one\n".into(), "two\n".into(), "three\n".into())
+        );
     }
 }

@@ -5,9 +5,9 @@
 //!
 //! - `GET .../pods/P/log?container=C&follow=&previous=&timestamps=&tailLines=` →
 //!   `GET {endpoint}/containerLogs/{ns}/{P}/{C}?...`, body streamed back.
-//! - `GET|POST .../pods/P/exec?container=C&command=..` with a WebSocket upgrade →
-//!   `GET {endpoint}/exec/{ns}/{P}/{C}?...`; after the agent's 101 the two connections are
-//!   spliced byte for byte (the channel protocol is end to end between kubectl and agent).
+//! - `GET|POST .../pods/P/exec?container=C&command=..` with a WebSocket or SPDY/3.1 upgrade
+//!   → `GET {endpoint}/exec/{ns}/{P}/{C}?...`; after the agent's 101 the two connections are
+//!   spliced byte for byte (the stream protocol is end to end between kubectl and agent).
 
 use std::sync::Arc;
 
@@ -155,15 +155,20 @@ async fn proxy(
     );
     let upgrade = sub == "exec";
     if upgrade {
+        // WebSocket (kubectl 1.30+) or SPDY/3.1 (1.27-1.29, which repeats
+        // X-Stream-Protocol-Version once per protocol it offers).
         for h in [
             "upgrade",
             "connection",
             "sec-websocket-key",
             "sec-websocket-version",
             "sec-websocket-protocol",
+            "x-stream-protocol-version",
         ] {
-            if let Some(v) = parts.headers.get(h).and_then(|v| v.to_str().ok()) {
-                head.push_str(&format!("{h}: {v}\r\n"));
+            for v in parts.headers.get_all(h) {
+                if let Ok(v) = v.to_str() {
+                    head.push_str(&format!("{h}: {v}\r\n"));
+                }
             }
         }
     } else {
@@ -292,7 +297,11 @@ async fn read_head(t: &mut Tls) -> std::io::Result<(u16, Vec<(String, String)>)>
         .filter(|(k, _)| {
             matches!(
                 k.as_str(),
-                "upgrade" | "connection" | "sec-websocket-accept" | "sec-websocket-protocol"
+                "upgrade"
+                    | "connection"
+                    | "sec-websocket-accept"
+                    | "sec-websocket-protocol"
+                    | "x-stream-protocol-version"
             )
         })
         .collect();

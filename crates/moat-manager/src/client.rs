@@ -15,6 +15,8 @@ use serde_json::Value;
 pub enum ClientError {
     #[error("reading the kubeconfig {0}")]
     Kubeconfig(String),
+    #[error("API client for {0}")]
+    Config(String),
     #[error("{method} {path}: {code} {reason}: {message}")]
     Api {
         method: &'static str,
@@ -48,6 +50,66 @@ impl ClientError {
     }
 }
 
+/// How a client trusts the API server's certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerTrust {
+    /// Only certificates issued by this CA (PEM, one or more certificates).
+    Ca(Vec<u8>),
+    /// Any certificate (kubectl's `--insecure-skip-tls-verify`): the connection is encrypted
+    /// but the server is not authenticated, so the token goes to whoever answers.
+    InsecureSkipVerify,
+}
+
+/// Accepts any server certificate; handshake signatures are still checked, so the peer must
+/// hold the key of the certificate it shows.
+#[derive(Debug)]
+struct AnyServerCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyServerCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
 #[derive(Clone)]
 pub struct Client {
     agent: ureq::Agent,
@@ -75,26 +137,60 @@ impl Client {
             .as_str()
             .ok_or_else(|| bad("no users[0].user.token"))?
             .to_string();
-        let mut roots = rustls::RootCertStore::empty();
-        use rustls::pki_types::pem::PemObject;
-        for c in rustls::pki_types::CertificateDer::pem_slice_iter(&ca) {
-            roots
-                .add(c.map_err(|_| bad("CA is not PEM"))?)
-                .map_err(|_| bad("CA not usable"))?;
+        Client::connect(&base, &token, ServerTrust::Ca(ca)).map_err(|e| match e {
+            ClientError::Config(m) => bad(&m),
+            e => e,
+        })
+    }
+
+    /// A client for `server` (`https://host:port`) authenticating with `token`, trusting the
+    /// server's certificate as `trust` says.
+    pub fn connect(server: &str, token: &str, trust: ServerTrust) -> Result<Client, ClientError> {
+        let bad = |m: &str| ClientError::Config(format!("{server}: {m}"));
+        if !server.starts_with("https://") {
+            return Err(bad("the server URL must start with https://"));
         }
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| bad(&e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        if token.is_empty() || token.contains(['\r', '\n']) {
+            return Err(bad("the token must be one non-empty line"));
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| bad(&e.to_string()))?;
+        let tls = match trust {
+            ServerTrust::Ca(ca) => {
+                let mut roots = rustls::RootCertStore::empty();
+                use rustls::pki_types::pem::PemObject;
+                for c in rustls::pki_types::CertificateDer::pem_slice_iter(&ca) {
+                    roots
+                        .add(c.map_err(|_| bad("CA is not PEM"))?)
+                        .map_err(|_| bad("CA not usable"))?;
+                }
+                if roots.is_empty() {
+                    return Err(bad("the CA holds no certificate"));
+                }
+                builder.with_root_certificates(roots).with_no_client_auth()
+            }
+            ServerTrust::InsecureSkipVerify => builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyServerCert(provider)))
+                .with_no_client_auth(),
+        };
         let agent = ureq::AgentBuilder::new()
             .user_agent("moat-controller-manager/v1.33")
             .tls_config(Arc::new(tls))
             .timeout_connect(Duration::from_secs(5))
             .build();
-        Ok(Client { agent, base, token })
+        Ok(Client {
+            agent,
+            base: server.trim_end_matches('/').to_string(),
+            token: token.to_string(),
+        })
+    }
+
+    /// The bearer token this client sends.
+    pub fn token(&self) -> &str {
+        &self.token
     }
 
     fn req(&self, method: &'static str, path: &str) -> ureq::Request {
@@ -233,5 +329,29 @@ impl Client {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_refuses_what_cannot_be_a_secure_api_client() {
+        let err = |server: &str, token: &str, trust: ServerTrust| {
+            Client::connect(server, token, trust)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        assert!(
+            err("http://10.0.0.1:6443", "t", ServerTrust::InsecureSkipVerify).contains("https://")
+        );
+        assert!(err("https://h:6443", "", ServerTrust::InsecureSkipVerify).contains("token"));
+        assert!(err("https://h:6443", "a\nb", ServerTrust::InsecureSkipVerify).contains("token"));
+        assert!(err("https://h:6443", "t", ServerTrust::Ca(b"not pem".to_vec())).contains("CA"));
+        let c = Client::connect("https://h:6443/", "t", ServerTrust::InsecureSkipVerify)
+            .expect("a client");
+        assert_eq!((c.base.as_str(), c.token()), ("https://h:6443", "t"));
     }
 }

@@ -21,7 +21,7 @@ use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use serde_json::{Value, json};
 
-pub use client::{Client, ClientError};
+pub use client::{Client, ClientError, ServerTrust};
 
 pub use moat_controllers::nodes::{Config as NodeLifecycleConfig, parse_cidr};
 

@@ -5,11 +5,70 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
+/// How `moat agent` reaches the API server.
 #[derive(clap::Args, Clone)]
-pub struct AgentArgs {
-    /// Kubeconfig of the API server to join (server URL, CA, token).
+pub struct JoinArgs {
+    /// Kubeconfig of the API server to join (server URL, CA, token); not read with --server.
     #[arg(long, default_value = "/var/lib/moat/kubeconfig.yaml")]
     pub kubeconfig: PathBuf,
+    /// The API server to join, `https://HOST:PORT`, instead of a kubeconfig file.
+    #[arg(long)]
+    pub server: Option<String>,
+    /// Bearer token for --server (the server's is in its data dir's `token` file).
+    #[arg(long, env = "MOAT_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Read the --server token from this file instead.
+    #[arg(long, conflicts_with = "token")]
+    pub token_file: Option<PathBuf>,
+    /// CA certificate (PEM) the --server's certificate must chain to.
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
+    /// Do not verify the --server's certificate (the token goes to whoever answers).
+    #[arg(long, conflicts_with = "ca_file")]
+    pub insecure_skip_tls_verify: bool,
+}
+
+impl JoinArgs {
+    pub fn join(&self) -> anyhow::Result<moat_agent::agent::Join> {
+        let Some(server) = &self.server else {
+            if self.token.is_some()
+                || self.token_file.is_some()
+                || self.ca_file.is_some()
+                || self.insecure_skip_tls_verify
+            {
+                anyhow::bail!(
+                    "--token, --token-file, --ca-file and --insecure-skip-tls-verify go with --server"
+                );
+            }
+            return Ok(moat_agent::agent::Join::Kubeconfig(self.kubeconfig.clone()));
+        };
+        let token = match (&self.token, &self.token_file) {
+            (Some(t), _) => t.trim().to_string(),
+            (None, Some(f)) => std::fs::read_to_string(f)
+                .with_context(|| format!("reading the token file {}", f.display()))?
+                .trim()
+                .to_string(),
+            (None, None) => anyhow::bail!("--server needs --token (or --token-file, MOAT_TOKEN)"),
+        };
+        let trust = match (&self.ca_file, self.insecure_skip_tls_verify) {
+            (Some(f), _) => moat_manager::ServerTrust::Ca(
+                std::fs::read(f).with_context(|| format!("reading the CA file {}", f.display()))?,
+            ),
+            (None, true) => moat_manager::ServerTrust::InsecureSkipVerify,
+            (None, false) => anyhow::bail!(
+                "--server needs --ca-file (the server's ca.crt) or --insecure-skip-tls-verify"
+            ),
+        };
+        Ok(moat_agent::agent::Join::Server {
+            url: server.clone(),
+            token,
+            trust,
+        })
+    }
+}
+
+#[derive(clap::Args, Clone)]
+pub struct AgentArgs {
     /// Node name (default: the host name).
     #[arg(long)]
     pub node_name: Option<String>,
@@ -40,10 +99,21 @@ pub struct AgentArgs {
     /// The agent's HTTPS endpoint (logs, exec) the API server proxies to; `off` disables it.
     #[arg(long, default_value = "0.0.0.0:10250")]
     pub agent_listen: String,
+    /// Rotate a running container's log once it reaches this size (a quantity: 10Mi, 500Ki).
+    #[arg(long, default_value = "10Mi")]
+    pub container_log_max_size: String,
+    /// Log files kept per container, the current one included (at least 2).
+    #[arg(long, default_value_t = 5)]
+    pub container_log_max_files: usize,
+    /// How often container log sizes are checked.
+    #[arg(long, default_value = "10s", value_parser = crate::server::parse_duration)]
+    pub container_log_monitor_interval: std::time::Duration,
 }
 
 #[derive(clap::Args)]
 pub struct AgentCmdArgs {
+    #[command(flatten)]
+    pub join: JoinArgs,
     #[command(flatten)]
     pub args: AgentArgs,
     #[command(subcommand)]
@@ -63,7 +133,10 @@ enum AgentCmd {
     },
 }
 
-pub fn config(a: &AgentArgs) -> anyhow::Result<moat_agent::AgentConfig> {
+pub fn config(
+    a: &AgentArgs,
+    join: moat_agent::agent::Join,
+) -> anyhow::Result<moat_agent::AgentConfig> {
     let node_name = match &a.node_name {
         Some(n) => n.clone(),
         None => nix::unistd::gethostname()
@@ -75,9 +148,22 @@ pub fn config(a: &AgentArgs) -> anyhow::Result<moat_agent::AgentConfig> {
     let handlers = moat_agent::Handlers::load(a.runtime_config.as_deref(), &a.run_dir)
         .context("loading runtime handlers")?;
     let exe = std::env::current_exe().context("locating the moat binary for the shim")?;
+    let max_size = moat_agent::quantity::bytes(&a.container_log_max_size)
+        .ok()
+        .and_then(|b| u64::try_from(b).ok())
+        .with_context(|| {
+            format!(
+                "--container-log-max-size {:?} is not a size like 10Mi",
+                a.container_log_max_size
+            )
+        })?;
+    let log_policy = moat_agent::logrotate::Policy::new(max_size, a.container_log_max_files)?;
+    if a.container_log_monitor_interval.is_zero() {
+        anyhow::bail!("--container-log-monitor-interval must be more than 0");
+    }
     Ok(moat_agent::AgentConfig {
         node_name,
-        kubeconfig: a.kubeconfig.clone(),
+        join,
         run_dir: a.run_dir.clone(),
         log_dir: a.log_dir.clone(),
         image_root: a.image_root.clone(),
@@ -94,29 +180,67 @@ pub fn config(a: &AgentArgs) -> anyhow::Result<moat_agent::AgentConfig> {
                     .with_context(|| format!("--agent-listen {l:?} is not host:port"))?,
             ),
         },
+        log_policy,
+        log_monitor_interval: a.container_log_monitor_interval,
     })
 }
 
 /// Starts the agent on a background thread (for `moat server`); it keeps trying to join
-/// until the API server it belongs to answers.
-pub fn spawn(a: AgentArgs) -> anyhow::Result<()> {
-    let cfg = config(&a)?;
+/// until the API server it belongs to answers, and ends when `stop` is asked. The receiver
+/// hears when it has ended.
+pub fn spawn(
+    a: AgentArgs,
+    kubeconfig: PathBuf,
+    stop: moat_agent::Stop,
+) -> anyhow::Result<std::sync::mpsc::Receiver<()>> {
+    let cfg = config(&a, moat_agent::agent::Join::Kubeconfig(kubeconfig))?;
+    let (done, ended) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("agent".into())
         .spawn(move || {
             let parts = || moat_agent::agent::real_parts(&cfg);
-            loop {
+            while !stop.is_stopped() {
                 match parts().and_then(|p| moat_agent::Agent::new(cfg.clone(), p)) {
-                    Ok(agent) => agent.run(),
+                    Ok(agent) => agent.run(&stop),
                     Err(e) => {
-                        tracing::warn!(error = %format!("{e:#}"), "node agent not started yet")
+                        tracing::warn!(error = %format!("{e:#}"), "node agent not started yet");
+                        std::thread::sleep(std::time::Duration::from_millis(300));
                     }
                 }
-                std::thread::sleep(std::time::Duration::from_millis(300));
             }
+            let _ = done.send(());
         })
         .context("starting the agent thread")?;
-    Ok(())
+    Ok(ended)
+}
+
+/// `moat check` (also `moat agent check`).
+#[derive(clap::Args)]
+pub struct CheckArgs {
+    /// Runtime handler TOML (handler → binary + root); defaults: runc, crun.
+    #[arg(long)]
+    pub runtime_config: Option<PathBuf>,
+    /// The agent's run dir (handler roots default under it).
+    #[arg(long, default_value = "/run/moat/agent")]
+    pub run_dir: PathBuf,
+    /// CNI plugin directories.
+    #[arg(long, default_value = "/usr/lib/cni")]
+    pub cni_bin_dir: Vec<PathBuf>,
+}
+
+/// Prints what this node can do, one `ok`/`NO` line per item.
+pub fn check(a: CheckArgs) -> anyhow::Result<ExitCode> {
+    let handlers = moat_agent::Handlers::load(a.runtime_config.as_deref(), &a.run_dir)
+        .context("loading runtime handlers")?;
+    for f in moat_agent::check::check(&handlers, &a.cni_bin_dir) {
+        println!(
+            "{:<3} {}: {}",
+            if f.ok { "ok" } else { "NO" },
+            f.what,
+            f.detail
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 pub fn run(a: AgentCmdArgs) -> anyhow::Result<ExitCode> {
@@ -126,21 +250,18 @@ pub fn run(a: AgentCmdArgs) -> anyhow::Result<ExitCode> {
         ));
     }
     if let Some(AgentCmd::Check) = a.cmd {
-        let handlers =
-            moat_agent::Handlers::load(a.args.runtime_config.as_deref(), &a.args.run_dir)
-                .context("loading runtime handlers")?;
-        for f in moat_agent::check::check(&handlers, &a.args.cni_bin_dir) {
-            println!(
-                "{:<3} {}: {}",
-                if f.ok { "ok" } else { "NO" },
-                f.what,
-                f.detail
-            );
-        }
-        return Ok(ExitCode::SUCCESS);
+        return check(CheckArgs {
+            runtime_config: a.args.runtime_config,
+            run_dir: a.args.run_dir,
+            cni_bin_dir: a.args.cni_bin_dir,
+        });
     }
-    let cfg = config(&a.args)?;
+    let cfg = config(&a.args, a.join.join()?)?;
+    let stop = moat_agent::Stop::new();
+    let s = stop.clone();
+    crate::shutdown::on_signal(move || s.stop())?;
     let parts = moat_agent::agent::real_parts(&cfg).context("setting up the node")?;
     let agent = moat_agent::Agent::new(cfg, parts).context("registering the node")?;
-    agent.run()
+    agent.run(&stop);
+    Ok(ExitCode::SUCCESS)
 }

@@ -6,7 +6,9 @@ use clap::{Parser, Subcommand};
 mod agent;
 mod image;
 mod netpol;
+mod ps;
 mod server;
+mod shutdown;
 
 #[derive(Parser)]
 #[command(
@@ -29,6 +31,13 @@ enum Cmd {
     Image(image::ImageArgs),
     /// Run the node agent: register this node and run the pods bound to it.
     Agent(agent::AgentCmdArgs),
+    /// Report what this node can do: runtime handlers (and whether their runtime accepts
+    /// this machine's cgroups), CNI plugins, nftables, /dev/kvm (= `moat agent check`).
+    Check(agent::CheckArgs),
+    /// List this node's containers with their pod, runtime handler, state and pid.
+    Ps(ps::PsArgs),
+    /// List this node's pod sandboxes with their runtime handler, state and IP.
+    Pods(ps::PsArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -45,6 +54,9 @@ fn main() -> std::process::ExitCode {
         Cmd::Netpol(a) => netpol::run(a),
         Cmd::Image(a) => image::run(a),
         Cmd::Agent(a) => agent::run(a),
+        Cmd::Check(a) => agent::check(a),
+        Cmd::Ps(a) => ps::ps(a),
+        Cmd::Pods(a) => ps::pods(a),
     };
     match res {
         Ok(code) => code,

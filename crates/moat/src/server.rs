@@ -94,11 +94,37 @@ pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
         None => {
             let (tx, rx) = tokio::sync::oneshot::channel::<String>();
             let kubeconfig = args.data_dir.join("kubeconfig.yaml");
-            if args.agent {
-                let mut a = (*args.agent_args).clone();
-                a.kubeconfig = kubeconfig.clone();
-                crate::agent::spawn(a)?;
-            }
+            let stop = moat_agent::Stop::new();
+            let agent_ended = if args.agent {
+                Some(crate::agent::spawn(
+                    (*args.agent_args).clone(),
+                    kubeconfig.clone(),
+                    stop.clone(),
+                )?)
+            } else {
+                None
+            };
+            // On SIGTERM: the agent finishes its pass and stops (its pods keep running), then
+            // the API server stops; the scheduler and controllers end with the process.
+            let (term_tx, term_rx) = tokio::sync::oneshot::channel::<()>();
+            crate::shutdown::on_signal(move || {
+                stop.stop();
+                let _ = term_tx.send(());
+            })?;
+            let terminated = async move {
+                if term_rx.await.is_err() {
+                    return std::future::pending().await;
+                }
+                if let Some(ended) = agent_ended {
+                    let waited = tokio::task::spawn_blocking(move || {
+                        ended.recv_timeout(std::time::Duration::from_secs(30))
+                    })
+                    .await;
+                    if !matches!(waited, Ok(Ok(()))) {
+                        tracing::warn!("the node agent did not stop within 30s");
+                    }
+                }
+            };
             let cluster_cidr = moat_manager::parse_cidr(&args.cluster_cidr).with_context(|| {
                 format!("--cluster-cidr {:?} is not an IPv4 CIDR", args.cluster_cidr)
             })?;
@@ -119,7 +145,7 @@ pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
                     }
                 });
             }
-            rt.block_on(moat_apiserver::serve(
+            let serve = moat_apiserver::serve(
                 moat_apiserver::Config {
                     listen: args.listen,
                     data_dir: args.data_dir,
@@ -130,14 +156,23 @@ pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
                     max_watch_seconds: args.max_watch_seconds,
                 },
                 Some(tx),
-            ))?
+            );
+            rt.block_on(async {
+                tokio::select! {
+                    r = serve => r,
+                    () = terminated => Ok(()),
+                }
+            })?;
+            // Open connections (watches) are cut; the store closes as the last tasks end.
+            rt.shutdown_timeout(std::time::Duration::from_secs(5));
+            tracing::info!("moat server stopped");
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
 /// Go-style durations as kube-apiserver flags take them: `300ms`, `30s`, `5m`, `1h`, `0`.
-fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let s = s.trim();
     if s == "0" {
         return Ok(std::time::Duration::ZERO);

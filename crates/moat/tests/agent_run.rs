@@ -16,6 +16,8 @@ struct Lab {
     ns: String,
     dir: tempfile::TempDir,
     server: Option<Child>,
+    /// A `moat agent` of its own (beside a server started without `--agent`).
+    agent: Option<Child>,
     node: String,
 }
 
@@ -42,6 +44,7 @@ impl Lab {
             ns,
             dir: tempfile::tempdir().expect("tempdir"),
             server: None,
+            agent: None,
         };
         let (ok, _, err) = run(lab.in_ns("ip").args(["link", "set", "lo", "up"]));
         assert!(ok, "lo up: {err}");
@@ -73,18 +76,53 @@ impl Lab {
     }
 
     fn start(&mut self, extra: &[&str]) {
-        let _ = std::fs::remove_file(self.path("kubeconfig.yaml"));
-        std::fs::create_dir_all(self.path("cni-conf")).expect("cni dir");
-        let log = std::fs::OpenOptions::new()
+        self.start_server(true, extra);
+    }
+
+    /// `localhost/busybox:<tag>`: the busybox image with its config's `User` set to `user`
+    /// (a docker-archive rewritten here; the layer, and so /etc/passwd, is unchanged).
+    fn import_busybox_as(&self, user: &str, tag: &str) {
+        let src = self.path("img/busybox.docker.tar");
+        let work = self.path(&format!("img-{tag}"));
+        let script = r#"set -eu
+src=$1; work=$2; user=$3; out=$4
+mkdir -p "$work" && cd "$work" && tar -xf "$src"
+old=$(ls *.json | grep -v '^manifest.json$')
+sed "s/\"WorkingDir\":\"\/\"/\"WorkingDir\":\"\/\",\"User\":\"$user\"/" "$old" > new.json
+grep -q "\"User\":\"$user\"" new.json
+sha=$(sha256sum new.json | cut -d' ' -f1)
+rm "$old" && mv new.json "$sha.json"
+sed -i "s/$old/$sha.json/; s/localhost\/busybox:latest/localhost\/busybox:x/" manifest.json
+tar -cf "$out" manifest.json "$sha.json" $(ls -d */)
+"#;
+        let out = self.path(&format!("busybox-{tag}.tar"));
+        let (ok, _, err) = run(Command::new("sh")
+            .args(["-c", script, "sh"])
+            .arg(&src)
+            .arg(&work)
+            .arg(user)
+            .arg(&out));
+        assert!(ok, "rewriting the image config: {err}");
+        let (ok, _, err) = run(Command::new(moat_bin())
+            .args(["image", "--root"])
+            .arg(self.path("images"))
+            .arg("import")
+            .arg(&out)
+            .args(["--name", &format!("localhost/busybox:{tag}")]));
+        assert!(ok, "image import: {err}");
+    }
+
+    fn log_file(&self, name: &str) -> std::fs::File {
+        std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.path("server.log"))
-            .expect("log");
-        let child = self
-            .in_ns(moat_bin().to_str().expect("utf-8 path"))
-            .args(["server", "--listen", "127.0.0.1:0", "--agent", "--data-dir"])
-            .arg(self.dir.path())
-            .args(["--node-name", &self.node, "--pod-cidr", "10.42.77.0/24"])
+            .open(self.path(name))
+            .expect("log")
+    }
+
+    /// The flags of a node agent in this lab, for `moat server --agent` and `moat agent`.
+    fn agent_flags(&self, c: &mut Command) {
+        c.args(["--node-name", &self.node, "--pod-cidr", "10.42.77.0/24"])
             .args(["--agent-listen", "127.0.0.1:0"])
             .arg("--run-dir")
             .arg(self.path("run"))
@@ -93,27 +131,72 @@ impl Lab {
             .arg("--image-root")
             .arg(self.path("images"))
             .arg("--cni-conf-dir")
-            .arg(self.path("cni-conf"))
+            .arg(self.path("cni-conf"));
+    }
+
+    /// `moat server` (with its in-process agent when `agent`), waiting for its kubeconfig.
+    fn start_server(&mut self, agent: bool, extra: &[&str]) {
+        let _ = std::fs::remove_file(self.path("kubeconfig.yaml"));
+        std::fs::create_dir_all(self.path("cni-conf")).expect("cni dir");
+        let mut c = self.in_ns(moat_bin().to_str().expect("utf-8 path"));
+        c.args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(self.dir.path());
+        if agent {
+            c.arg("--agent");
+            self.agent_flags(&mut c);
+        }
+        let child = c
             .args(extra)
             .env("MOAT_LOG", "info,moat_agent=debug")
             .stdout(Stdio::null())
-            .stderr(log)
+            .stderr(self.log_file("server.log"))
             .spawn()
             .expect("start moat server");
         self.server = Some(child);
         self.wait("kubeconfig", 30, || self.path("kubeconfig.yaml").exists());
     }
 
+    /// The API server's URL, from the kubeconfig it wrote.
+    fn server_url(&self) -> String {
+        std::fs::read_to_string(self.path("kubeconfig.yaml"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("server: ").map(String::from))
+            .expect("server URL in the kubeconfig")
+            .trim_matches('"')
+            .to_string()
+    }
+
+    /// `moat agent` in the lab's namespace with the given join flags.
+    fn start_agent(&mut self, join: &[&str]) {
+        std::fs::create_dir_all(self.path("cni-conf")).expect("cni dir");
+        let mut c = self.in_ns(moat_bin().to_str().expect("utf-8 path"));
+        c.arg("agent").args(join);
+        self.agent_flags(&mut c);
+        let child = c
+            .env("MOAT_LOG", "info,moat_agent=debug")
+            .stdout(Stdio::null())
+            .stderr(self.log_file("agent.log"))
+            .spawn()
+            .expect("start moat agent");
+        self.agent = Some(child);
+    }
+
     /// kill -9 of the server and its in-process agent (the shims and containers live on).
     fn kill9(&mut self) {
-        if let Some(mut c) = self.server.take() {
+        for c in [self.agent.take(), self.server.take()]
+            .into_iter()
+            .flatten()
+        {
+            let mut c = c;
             let _ = c.kill();
             let _ = c.wait();
         }
     }
 
     fn server_log(&self) -> String {
-        std::fs::read_to_string(self.path("server.log")).unwrap_or_default()
+        let read = |f: &str| std::fs::read_to_string(self.path(f)).unwrap_or_default();
+        format!("{}\nagent log:\n{}", read("server.log"), read("agent.log"))
     }
 
     fn wait(&self, what: &str, secs: u64, mut f: impl FnMut() -> bool) {
@@ -358,6 +441,17 @@ fn serial_agent_runs_a_pod_with_runc_and_deletes_it_without_leftovers() {
     let (ok, out, err) = lab.kubectl(&["logs", name, "-c", "web", "--timestamps"], None);
     assert!(ok, "logs: {err}");
     assert!(out.ends_with(&format!("Z serving {name}\n")), "{out}");
+    for (args, want) in [
+        (vec!["--limit-bytes=7"], "serving".to_string()),
+        (vec!["--since=1h"], format!("serving {name}\n")),
+        (vec!["--since-time=2999-01-01T00:00:00Z"], String::new()),
+    ] {
+        let mut a = vec!["logs", name];
+        a.extend(args.iter().copied());
+        let (ok, out, err) = lab.kubectl(&a, None);
+        assert!(ok, "logs {args:?}: {err}");
+        assert_eq!(out, want, "logs {args:?}");
+    }
     let (ok, out, err) = lab.kubectl(&["exec", name, "--", "hostname"], None);
     assert!(ok, "exec: {err}");
     assert_eq!(out, format!("{name}\n"));
@@ -391,6 +485,153 @@ fn serial_agent_runs_a_pod_with_runc_and_deletes_it_without_leftovers() {
     assert_eq!(out, "through stdin\n");
     let (ok, _, err) = lab.kubectl(&["logs", name, "-c", "nope"], None);
     assert!(!ok && err.contains("nope"), "{err}");
+
+    // kubectl cp streams a tar through exec's stdin and back through its stdout.
+    let blob: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(lab.path("blob"), &blob).expect("blob");
+    let src = lab.path("blob").display().to_string();
+    let (ok, _, err) = lab.kubectl(&["cp", &src, &format!("{name}:/tmp/blob")], None);
+    assert!(ok, "kubectl cp in: {err}");
+    let back = lab.path("blob-back").display().to_string();
+    let (ok, _, err) = lab.kubectl(&["cp", &format!("{name}:/tmp/blob"), &back], None);
+    assert!(ok, "kubectl cp out: {err}");
+    assert!(
+        std::fs::read(&back).ok() == Some(blob),
+        "the copy came back different"
+    );
+
+    // kubectl 1.27-1.29 exec over SPDY/3.1: streams, stdin, exit codes, a terminal.
+    for old in ["kubectl.1.29", "kubectl.1.27"] {
+        let bin = format!("/usr/lib/google-cloud-sdk/bin/{old}");
+        let kc = lab.path("kubeconfig.yaml");
+        let o = lab
+            .in_ns(&bin)
+            .arg("--kubeconfig")
+            .arg(&kc)
+            .args([
+                "exec",
+                name,
+                "--",
+                "sh",
+                "-c",
+                "hostname; echo to-err >&2; exit 3",
+            ])
+            .output()
+            .expect("old kubectl");
+        let (out, err) = (
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr),
+        );
+        assert_eq!(out, format!("{name}\n"), "{old}: {err}");
+        assert!(err.contains("to-err"), "{old}: {err}");
+        assert_eq!(o.status.code(), Some(3), "{old}: {err}");
+        let mut ch = lab
+            .in_ns(&bin)
+            .arg("--kubeconfig")
+            .arg(&kc)
+            .args(["exec", "-i", name, "--", "cat"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("old kubectl");
+        {
+            use std::io::Write;
+            let mut si = ch.stdin.take().expect("stdin");
+            let _ = si.write_all(b"over spdy\n");
+        }
+        let o = ch.wait_with_output().expect("old kubectl output");
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout),
+            "over spdy\n",
+            "{old}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(o.status.success());
+        let line = format!(
+            "stty rows 21 cols 77; {bin} --kubeconfig {} exec -it {name} -- sh -c 'tty; stty size; exit 6'",
+            kc.display()
+        );
+        let o = lab
+            .in_ns("script")
+            .args(["-q", "-e", "-c", &line, "/dev/null"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("script");
+        let text = String::from_utf8_lossy(&o.stdout).replace('\r', "");
+        assert!(
+            text.contains("/dev/pts/") && text.contains("21 77\n"),
+            "{old}: {text}"
+        );
+        assert_eq!(o.status.code(), Some(6), "{old}: {text}");
+        // Far more stdin than one SPDY window (64 KiB), both ways.
+        let o = lab
+            .in_ns(&bin)
+            .arg("--kubeconfig")
+            .arg(&kc)
+            .args(["cp", &back, &format!("{name}:/tmp/blob2")])
+            .output()
+            .expect("old kubectl cp");
+        assert!(
+            o.status.success(),
+            "{old} cp: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let o = lab
+            .in_ns(&bin)
+            .arg("--kubeconfig")
+            .arg(&kc)
+            .args(["exec", name, "--", "cat", "/tmp/blob2"])
+            .output()
+            .expect("old kubectl exec");
+        assert!(
+            std::fs::read(&back).ok() == Some(o.stdout),
+            "{old}: the copy came back different"
+        );
+    }
+
+    // exec -it: a terminal of the container's own, sized as kubectl's, exit code kept.
+    // `script` gives kubectl a terminal (33x101) to read its size from.
+    let line = format!(
+        "stty rows 33 cols 101; {KUBECTL} --kubeconfig {} exec -it {name} -- sh -c 'tty; stty size; exit 5'",
+        lab.path("kubeconfig.yaml").display()
+    );
+    let o = lab
+        .in_ns("script")
+        .args(["-q", "-e", "-c", &line, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("script");
+    let text = String::from_utf8_lossy(&o.stdout).replace('\r', "");
+    assert!(
+        text.contains("/dev/pts/"),
+        "{text} {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(text.contains("33 101\n"), "{text}");
+    assert_eq!(o.status.code(), Some(5), "{text}");
+    // Typed input reaches an interactive shell through the terminal.
+    let line = format!(
+        "{KUBECTL} --kubeconfig {} exec -it {name} -- sh",
+        lab.path("kubeconfig.yaml").display()
+    );
+    let mut ch = lab
+        .in_ns("script")
+        .args(["-q", "-e", "-c", &line, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("script");
+    {
+        use std::io::Write;
+        let mut si = ch.stdin.take().expect("stdin");
+        let _ = si.write_all(b"echo typed-$((6*7)); exit 4\n");
+    }
+    let o = ch.wait_with_output().expect("script output");
+    let text = String::from_utf8_lossy(&o.stdout).replace('\r', "");
+    assert!(text.contains("\ntyped-42\n"), "{text}");
+    assert_eq!(o.status.code(), Some(4), "{text}");
 
     let during = lab.leftovers(&uid);
     assert_eq!(during.0, 1, "one pod netns");
@@ -426,13 +667,15 @@ fn delete_and_check_clean(lab: &Lab, name: &str, uid: &str) {
     let (ok, _, err) = lab.kubectl(&["delete", "pod", name, "--timeout=60s"], None);
     assert!(ok, "delete: {err}");
     lab.wait("the pod object to go", 30, || lab.pod(name).is_none());
-    let left = lab.leftovers(uid);
-    assert_eq!(
-        (left.0, left.1, left.3),
-        (0, 0, 0),
-        "netns, veth, cgroups left"
-    );
-    assert!(!lab.path(&format!("run/pods/{uid}")).exists());
+    // A running pod's object goes only after its teardown; a finished (Succeeded/Failed)
+    // pod's object is deleted at once by the API server and the agent cleans up after it.
+    let logs = lab.path(&format!("logs/default_{name}_{uid}"));
+    let pod_dir = lab.path(&format!("run/pods/{uid}"));
+    // (netns, veths, cgroups); leftover mounts are counted by the tests that need none.
+    lab.wait("the agent to remove everything of the pod", 20, || {
+        let l = lab.leftovers(uid);
+        (l.0, l.1, l.3) == (0, 0, 0) && !pod_dir.exists() && !logs.exists()
+    });
 }
 
 #[test]
@@ -833,6 +1076,9 @@ spec:
 fn agent_check_says_plainly_what_the_node_can_run() {
     let (ok, out, err) = run(Command::new(moat_bin()).args(["agent", "check"]));
     assert!(ok, "agent check: {err}");
+    let (ok, top, err) = run(Command::new(moat_bin()).arg("check"));
+    assert!(ok, "moat check: {err}");
+    assert_eq!(top, out, "moat check is moat agent check");
     let line = |what: &str| {
         out.lines()
             .find(|l| l.contains(what))
@@ -975,5 +1221,609 @@ spec:
         None,
     );
     assert!(!ok, "the secret mount is read-only");
+
+    // The containers share the pod's IPC (with /dev/shm) and UTS namespaces, not the host's.
+    let in_c = |c: &str, cmd: &str| {
+        let (ok, out, err) = lab.kubectl(&["exec", "vols", "-c", c, "--", "sh", "-c", cmd], None);
+        assert!(ok, "exec in {c}: {err}");
+        out
+    };
+    let ns = "readlink /proc/self/ns/ipc; readlink /proc/self/ns/uts";
+    let (writer, web) = (in_c("writer", ns), in_c("web", ns));
+    assert_eq!(writer, web);
+    let host = |t: &str| {
+        std::fs::read_link(format!("/proc/self/ns/{t}"))
+            .map(|p| p.display().to_string())
+            .unwrap_or_default()
+    };
+    assert!(
+        !writer.contains(&host("ipc")) && !writer.contains(&host("uts")),
+        "{writer}"
+    );
+    in_c("writer", "echo shared > /dev/shm/note");
+    assert_eq!(in_c("web", "cat /dev/shm/note"), "shared\n");
+    assert_eq!(in_c("web", "hostname"), "vols\n");
+    let before_delete = lab.leftovers(&uid);
     delete_and_check_clean(&lab, "vols", &uid);
+    let after = lab.leftovers(&uid);
+    assert!(
+        before_delete.2 > after.2,
+        "pod mounts are gone: {before_delete:?} {after:?}"
+    );
+    assert_eq!(after.2, 0, "no mount under the lab is left");
+}
+
+/// `moat ps` / `moat pods` against the run dir of a live agent.
+fn moat_ps(lab: &Lab, what: &str) -> Vec<Vec<String>> {
+    let (ok, out, err) = run(Command::new(moat_bin())
+        .arg(what)
+        .arg("--run-dir")
+        .arg(lab.path("run")));
+    assert!(ok, "moat {what}: {err}");
+    let mut lines = out.lines();
+    let head = lines.next().unwrap_or("");
+    assert!(
+        head.starts_with(if what == "ps" {
+            "CONTAINER "
+        } else {
+            "POD ID "
+        }),
+        "{out}"
+    );
+    lines
+        .map(|l| l.split_whitespace().map(String::from).collect())
+        .collect()
+}
+
+#[test]
+fn serial_agent_ps_lists_containers_and_sandboxes_with_handler_state_and_pid() {
+    let mut lab = Lab::new("ps");
+    lab.import_busybox();
+    lab.start(&[]);
+    apply(
+        &lab,
+        &POD.replace("NAME", "listed").replace("NODE", &lab.node),
+    );
+    let (ip, uid) = running_ip(&lab, "listed");
+    let id = container_status(&lab, "listed")["containerID"]
+        .as_str()
+        .unwrap_or("")
+        .trim_start_matches("runc://")
+        .to_string();
+    let (_, out, _) = run(Command::new("runc")
+        .arg("--root")
+        .arg(lab.runtime_root())
+        .args(["state", &id]));
+    let runc_pid = serde_json::from_str::<Value>(&out).unwrap_or(Value::Null)["pid"]
+        .as_i64()
+        .expect("runc knows the container's pid");
+
+    // CONTAINER IMAGE CREATED STATE NAME ATTEMPT PID POD NAMESPACE RUNTIME
+    let rows = moat_ps(&lab, "ps");
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let r = &rows[0];
+    assert_eq!(r[0], id);
+    assert_eq!(r[1], "localhost/busybox:latest");
+    assert_eq!(
+        (r[3].as_str(), r[4].as_str(), r[5].as_str()),
+        ("Running", "web", "0")
+    );
+    assert_eq!(r[6], runc_pid.to_string(), "the pid runc reports");
+    assert!(
+        Path::new(&format!("/proc/{}", r[6])).exists(),
+        "pid {} is alive",
+        r[6]
+    );
+    assert_eq!(
+        (r[7].as_str(), r[8].as_str(), r[9].as_str()),
+        ("listed", "default", "runc")
+    );
+
+    // POD ID CREATED STATE NAME NAMESPACE IP RUNTIME CONTAINERS
+    let rows = moat_ps(&lab, "pods");
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let r = &rows[0];
+    assert_eq!(r[0], uid);
+    assert_eq!(
+        (r[2].as_str(), r[3].as_str(), r[4].as_str()),
+        ("Ready", "listed", "default")
+    );
+    assert_eq!((&r[5], r[6].as_str(), r[7].as_str()), (&ip, "runc", "1"));
+
+    // The container's end shows at once (the shim's exit file), with no pid.
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(runc_pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    lab.wait("moat ps to stop showing it running", 20, || {
+        moat_ps(&lab, "ps")
+            .first()
+            .is_some_and(|r| r[3] != "Running" && r.iter().all(|c| *c != runc_pid.to_string()))
+    });
+    delete_and_check_clean(&lab, "listed", &uid);
+    assert!(moat_ps(&lab, "ps").is_empty());
+    assert!(moat_ps(&lab, "pods").is_empty());
+}
+
+#[test]
+fn serial_agent_rotates_container_logs_and_kubectl_logs_reads_the_current_file() {
+    let mut lab = Lab::new("logrot");
+    lab.import_busybox();
+    lab.start(&[
+        "--container-log-max-size",
+        "2Ki",
+        "--container-log-max-files",
+        "3",
+        "--container-log-monitor-interval",
+        "1s",
+    ]);
+    let manifest = format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: chatty}}
+spec:
+  nodeName: {}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: localhost/busybox:latest
+    imagePullPolicy: IfNotPresent
+    command: ["sh", "-c", "trap 'exit 0' TERM; i=0; while true; do echo line $i padding-padding-padding-padding-padding-padding-padding; i=$((i+1)); usleep 20000; done"]
+"#,
+        lab.node
+    );
+    apply(&lab, &manifest);
+    let (_, uid) = running_ip(&lab, "chatty");
+    let dir = lab
+        .path("logs")
+        .join(format!("default_chatty_{uid}"))
+        .join("c");
+    let files = || -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(&dir)
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    // Rotated as the kubelet names them: 0.log.<YYYYmmdd-HHMMSS>, older ones gzip'd, never
+    // more than --container-log-max-files files.
+    let stamped = |n: &str, ext: &str| {
+        n.strip_prefix("0.log.")
+            .and_then(|s| s.strip_suffix(ext))
+            .is_some_and(|t| {
+                t.len() == 15
+                    && t.as_bytes()[8] == b'-'
+                    && t.bytes().filter(u8::is_ascii_digit).count() == 14
+            })
+    };
+    lab.wait("current, rotated and compressed logs", 40, || {
+        let f = files();
+        assert!(f.len() <= 3, "more files than allowed: {f:?}");
+        f.contains(&"0.log".to_string())
+            && f.iter().any(|n| stamped(n, ".gz"))
+            && f.iter().any(|n| stamped(n, ""))
+    });
+
+    // kubectl logs reads the current file: recent lines only, consecutive, complete.
+    let (ok, out, err) = lab.kubectl(&["logs", "chatty"], None);
+    assert!(ok, "logs: {err}");
+    let nums: Vec<u64> = out
+        .lines()
+        .map(|l| {
+            l.strip_prefix("line ")
+                .and_then(|r| r.split(' ').next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("unexpected log line {l:?}"))
+        })
+        .collect();
+    assert!(!nums.is_empty(), "empty logs after a rotation");
+    assert!(
+        nums[0] > 0,
+        "the rotated-away lines are not in the current file"
+    );
+    assert!(
+        nums.windows(2).all(|w| w[1] == w[0] + 1),
+        "lines missing or repeated: {nums:?}"
+    );
+    let (ok, out, err) = lab.kubectl(&["logs", "chatty", "--tail", "1"], None);
+    assert!(ok && out.starts_with("line "), "{out} {err}");
+
+    // kubectl logs -f goes on from file to file: nothing lost or repeated across rotations.
+    let before = files();
+    let o = lab
+        .in_ns("timeout")
+        .args(["6", KUBECTL, "--kubeconfig"])
+        .arg(lab.path("kubeconfig.yaml"))
+        .args(["logs", "-f", "chatty"])
+        .output()
+        .expect("kubectl logs -f");
+    let text = String::from_utf8_lossy(&o.stdout);
+    let complete = match text.rfind('\n') {
+        Some(i) => &text[..i],
+        None => "",
+    };
+    let nums: Vec<u64> = complete
+        .lines()
+        .filter_map(|l| l.strip_prefix("line ")?.split(' ').next()?.parse().ok())
+        .collect();
+    assert_eq!(nums.len(), complete.lines().count(), "{complete}");
+    assert!(
+        nums.windows(2).all(|w| w[1] == w[0] + 1),
+        "lines missing or repeated while following: {nums:?}"
+    );
+    assert_ne!(files(), before, "no rotation happened while following");
+    assert!(nums.len() > 100, "followed only {} lines", nums.len());
+    delete_and_check_clean(&lab, "chatty", &uid);
+}
+
+#[test]
+fn serial_agent_joins_with_server_and_token_without_a_kubeconfig() {
+    let mut lab = Lab::new("join");
+    lab.import_busybox();
+    lab.start_server(false, &[]);
+    let url = lab.server_url();
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    let token_file = lab.path("token");
+    let ca = lab.path("ca.crt");
+    let agent = |args: &[&str]| {
+        run(lab
+            .in_ns(moat_bin().to_str().expect("utf-8 path"))
+            .arg("agent")
+            .args(args)
+            .args(["--node-name", "never-registered", "--agent-listen", "off"])
+            .arg("--run-dir")
+            .arg(lab.path("run-refused")))
+    };
+    // Misuse is refused before anything is touched, and plainly.
+    let (ok, _, err) = agent(&["--server", &url, "--token", "x"]);
+    assert!(!ok && err.contains("--ca-file"), "{err}");
+    let (ok, _, err) = agent(&["--token", "x"]);
+    assert!(!ok && err.contains("go with --server"), "{err}");
+    // Unverified TLS reaches the server, which refuses a wrong token.
+    let (ok, _, err) = agent(&[
+        "--server",
+        &url,
+        "--token",
+        "wrong",
+        "--insecure-skip-tls-verify",
+    ]);
+    assert!(!ok && err.contains("401"), "{err}");
+    // The server's certificate must chain to the CA given.
+    let (ok, _, err) = agent(&[
+        "--server",
+        &url,
+        "--token",
+        "wrong",
+        "--ca-file",
+        "/etc/ssl/certs/ca-certificates.crt",
+    ]);
+    assert!(!ok && err.contains("certificate"), "{err}");
+    assert!(!lab.path("run-refused/pods").exists());
+
+    lab.start_agent(&[
+        "--server",
+        &url,
+        "--token-file",
+        token_file.to_str().expect("utf-8"),
+        "--ca-file",
+        ca.to_str().expect("utf-8"),
+    ]);
+    lab.wait("the joined node to be Ready", 30, || {
+        let (ok, out, _) = lab.kubectl(
+            &[
+                "get",
+                "node",
+                &lab.node,
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+            ],
+            None,
+        );
+        ok && out == "True"
+    });
+    let (ok, out, _) = lab.kubectl(&["get", "node", &lab.node, "-o", "json"], None);
+    assert!(ok);
+    let node: Value = serde_json::from_str(&out).expect("node json");
+    assert_eq!(node["spec"]["podCIDR"], "10.42.77.0/24");
+    assert_eq!(
+        node["metadata"]["labels"]["kubernetes.io/hostname"],
+        lab.node.as_str()
+    );
+    let (ok, _, err) = lab.kubectl(&["get", "lease", "-n", "kube-node-lease", &lab.node], None);
+    assert!(ok, "lease: {err}");
+
+    // It runs pods, and the API server reaches its endpoint with the token it joined with.
+    apply(
+        &lab,
+        &POD.replace("NAME", "joined").replace("NODE", &lab.node),
+    );
+    let (ip, uid) = running_ip(&lab, "joined");
+    assert!(ip.starts_with("10.42.77."), "{ip}");
+    let (ok, out, err) = lab.kubectl(&["logs", "joined"], None);
+    assert!(ok, "logs: {err}");
+    assert_eq!(out, "serving joined\n");
+    delete_and_check_clean(&lab, "joined", &uid);
+}
+
+/// SIGTERM to a lab process; its exit status once it has ended (within 40 s).
+fn sigterm(lab: &Lab, child: &mut Child) -> std::process::ExitStatus {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let mut status = None;
+    lab.wait("the process to exit after SIGTERM", 40, || {
+        status = child.try_wait().ok().flatten();
+        status.is_some()
+    });
+    status.expect("exit status")
+}
+
+/// The runc id of the pod's first container.
+fn runc_id(lab: &Lab, pod: &str) -> String {
+    container_status(lab, pod)["containerID"]
+        .as_str()
+        .unwrap_or("")
+        .trim_start_matches("runc://")
+        .to_string()
+}
+
+/// The runc state (status, pid) of a container.
+fn runc_state(lab: &Lab, id: &str) -> (String, i64) {
+    let (_, out, _) = run(Command::new("runc")
+        .arg("--root")
+        .arg(lab.runtime_root())
+        .args(["state", id]));
+    let v: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
+    (
+        v["status"].as_str().unwrap_or("").to_string(),
+        v["pid"].as_i64().unwrap_or(0),
+    )
+}
+
+fn lease_renew_time(lab: &Lab) -> String {
+    lab.kubectl(
+        &[
+            "get",
+            "lease",
+            "-n",
+            "kube-node-lease",
+            &lab.node,
+            "-o",
+            "jsonpath={.spec.renewTime}",
+        ],
+        None,
+    )
+    .1
+}
+
+#[test]
+fn serial_agent_sigterm_of_server_stops_cleanly_and_a_restart_readopts_the_pods() {
+    let mut lab = Lab::new("term");
+    lab.import_busybox();
+    lab.start(&[]);
+    apply(
+        &lab,
+        &POD.replace("NAME", "calm").replace("NODE", &lab.node),
+    );
+    let (ip, uid) = running_ip(&lab, "calm");
+    let before = container_status(&lab, "calm");
+    let id = runc_id(&lab, "calm");
+    let (st, pid) = runc_state(&lab, &id);
+    assert_eq!(st, "running");
+
+    let mut server = lab.server.take().expect("server");
+    let status = sigterm(&lab, &mut server);
+    assert!(status.success(), "exit after SIGTERM: {status:?}");
+    let log = lab.server_log();
+    assert!(
+        log.contains("node agent stopped; its pods keep running"),
+        "{log}"
+    );
+    assert!(log.contains("moat server stopped"), "{log}");
+    // The pod was left alone: same process, still serving from its netns.
+    assert_eq!(runc_state(&lab, &id), ("running".into(), pid));
+    assert_eq!(fetch(&lab, &ip), "calm");
+
+    lab.start(&[]);
+    let hb = lease_renew_time(&lab);
+    lab.wait("a lease renewal from the restarted agent", 30, || {
+        lease_renew_time(&lab) != hb
+    });
+    let after = container_status(&lab, "calm");
+    assert_eq!(after["containerID"], before["containerID"]);
+    assert_eq!(after["restartCount"], 0);
+    assert_eq!(runc_state(&lab, &id), ("running".into(), pid));
+    delete_and_check_clean(&lab, "calm", &uid);
+}
+
+#[test]
+fn serial_agent_sigterm_of_moat_agent_leaves_pods_running_for_the_next_one() {
+    let mut lab = Lab::new("aterm");
+    lab.import_busybox();
+    lab.start_server(false, &[]);
+    let kubeconfig = lab.path("kubeconfig.yaml");
+    let join = ["--kubeconfig", kubeconfig.to_str().expect("utf-8")];
+    lab.start_agent(&join);
+    apply(
+        &lab,
+        &POD.replace("NAME", "stays").replace("NODE", &lab.node),
+    );
+    let (ip, uid) = running_ip(&lab, "stays");
+    let before = container_status(&lab, "stays");
+    let id = runc_id(&lab, "stays");
+    let (st, pid) = runc_state(&lab, &id);
+    assert_eq!(st, "running");
+
+    let mut agent = lab.agent.take().expect("agent");
+    let status = sigterm(&lab, &mut agent);
+    assert!(status.success(), "exit after SIGTERM: {status:?}");
+    assert!(lab.server_log().contains("node agent stopped"));
+    assert_eq!(runc_state(&lab, &id), ("running".into(), pid));
+    assert_eq!(fetch(&lab, &ip), "stays");
+
+    lab.start_agent(&join);
+    let hb = lease_renew_time(&lab);
+    lab.wait("a lease renewal from the new agent", 30, || {
+        lease_renew_time(&lab) != hb
+    });
+    let after = container_status(&lab, "stays");
+    assert_eq!(after["containerID"], before["containerID"]);
+    assert_eq!(after["restartCount"], 0);
+    assert_eq!(runc_state(&lab, &id), ("running".into(), pid));
+    // Its loop runs: the deletion is carried out.
+    delete_and_check_clean(&lab, "stays", &uid);
+}
+
+#[test]
+fn serial_agent_resolves_env_value_from_and_expands_command_references() {
+    let mut lab = Lab::new("env");
+    lab.import_busybox();
+    lab.start(&[]);
+    let manifest = format!(
+        r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: settings}}
+data: {{mode: fast, LEVEL: "3"}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: creds}}
+data: {{password: czNjcmV0}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: envy, labels: {{app: shop}}}}
+spec:
+  nodeName: {node}
+  terminationGracePeriodSeconds: 1
+  restartPolicy: Never
+  containers:
+  - name: c
+    image: localhost/busybox:latest
+    imagePullPolicy: IfNotPresent
+    envFrom: [{{configMapRef: {{name: settings}}, prefix: CFG_}}]
+    env:
+    - {{name: POD, valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}}}
+    - {{name: NS, valueFrom: {{fieldRef: {{fieldPath: metadata.namespace}}}}}}
+    - {{name: IP, valueFrom: {{fieldRef: {{fieldPath: status.podIP}}}}}}
+    - {{name: NODE, valueFrom: {{fieldRef: {{fieldPath: spec.nodeName}}}}}}
+    - {{name: APP, valueFrom: {{fieldRef: {{fieldPath: "metadata.labels['app']"}}}}}}
+    - {{name: MODE, valueFrom: {{configMapKeyRef: {{name: settings, key: mode}}}}}}
+    - {{name: PASS, valueFrom: {{secretKeyRef: {{name: creds, key: password}}}}}}
+    - {{name: URL, value: "http://$(IP):8080/$(POD)"}}
+    command: ["sh", "-c", "echo arg=$(POD).$(NS); env | grep -E '^(POD|NS|IP|NODE|APP|MODE|PASS|URL|CFG_.*)=' | sort"]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: keyless}}
+spec:
+  nodeName: {node}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: localhost/busybox:latest
+    imagePullPolicy: IfNotPresent
+    env: [{{name: X, valueFrom: {{configMapKeyRef: {{name: settings, key: absent}}}}}}]
+    command: ["true"]
+"#,
+        node = lab.node
+    );
+    apply(&lab, &manifest);
+    let mut pod = Value::Null;
+    lab.wait("envy to complete", 60, || {
+        pod = lab.pod("envy").unwrap_or(Value::Null);
+        pod["status"]["phase"] == "Succeeded"
+    });
+    let uid = pod["metadata"]["uid"].as_str().unwrap_or("").to_string();
+    let _ = std::fs::write(lab.path("uids"), &uid);
+    let ip = pod["status"]["podIP"].as_str().unwrap_or("").to_string();
+    assert!(ip.starts_with("10.42.77."), "{ip}");
+    let (ok, out, err) = lab.kubectl(&["logs", "envy"], None);
+    assert!(ok, "logs: {err}");
+    let want = format!(
+        "arg=envy.default\nAPP=shop\nCFG_LEVEL=3\nCFG_mode=fast\nIP={ip}\nMODE=fast\nNODE={}\nNS=default\nPASS=s3cret\nPOD=envy\nURL=http://{ip}:8080/envy\n",
+        lab.node
+    );
+    assert_eq!(out, want);
+
+    // A missing key is the kubelet's CreateContainerConfigError, with its message.
+    lab.wait("keyless to report the missing key", 30, || {
+        let w = &container_status(&lab, "keyless")["state"]["waiting"];
+        w["reason"] == "CreateContainerConfigError"
+            && w["message"] == "couldn't find key absent in ConfigMap default/settings"
+    });
+    let (ok, _, err) = lab.kubectl(&["delete", "pod", "keyless", "--timeout=60s"], None);
+    assert!(ok, "delete: {err}");
+    delete_and_check_clean(&lab, "envy", &uid);
+}
+
+#[test]
+fn serial_agent_runs_named_image_users_with_their_passwd_groups() {
+    let mut lab = Lab::new("user");
+    lab.import_busybox();
+    lab.import_busybox_as("nobody", "nobody");
+    lab.import_busybox_as("ghost", "ghost");
+    lab.start(&[]);
+    let pod = |name: &str, image: &str, sc: &str| {
+        format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  nodeName: {node}
+  terminationGracePeriodSeconds: 1
+  restartPolicy: Never
+  containers:
+  - name: c
+    image: {image}
+    imagePullPolicy: IfNotPresent
+    command: ["id"]
+    securityContext: {sc}
+"#,
+            node = lab.node
+        )
+    };
+    apply(&lab, &pod("named", "localhost/busybox:nobody", "{}"));
+    // runAsUser without runAsGroup: the group is that uid's passwd entry's.
+    apply(
+        &lab,
+        &pod("byuid", "localhost/busybox:latest", "{runAsUser: 65534}"),
+    );
+    apply(&lab, &pod("ghost", "localhost/busybox:ghost", "{}"));
+    for name in ["named", "byuid"] {
+        lab.wait(&format!("{name} to complete"), 60, || {
+            lab.pod(name)
+                .is_some_and(|p| p["status"]["phase"] == "Succeeded")
+        });
+        let (ok, out, err) = lab.kubectl(&["logs", name], None);
+        assert!(ok, "logs: {err}");
+        assert_eq!(
+            out, "uid=65534(nobody) gid=65534(nobody) groups=65534(nobody)\n",
+            "{name}"
+        );
+    }
+    lab.wait("ghost to say its user does not exist", 30, || {
+        let w = &container_status(&lab, "ghost")["state"]["waiting"];
+        w["reason"] == "CreateContainerConfigError"
+            && w["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("unable to find user ghost"))
+    });
+    for name in ["ghost", "byuid"] {
+        let (ok, _, err) = lab.kubectl(&["delete", "pod", name, "--timeout=60s"], None);
+        assert!(ok, "delete: {err}");
+    }
+    let uid = lab.pod("named").expect("pod")["metadata"]["uid"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    delete_and_check_clean(&lab, "named", &uid);
 }
