@@ -28,3 +28,7 @@ systemctl disable --now docker-registry containerd >/dev/null 2>&1 || true
 if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install --locked cargo-nextest
 fi
+# The fuzz targets (fuzz/) run in the test suite for a bounded time.
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  cargo install --locked cargo-fuzz
+fi

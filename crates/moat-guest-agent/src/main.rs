@@ -519,11 +519,13 @@ fn proto_id_ok(id: &str) -> Result<(), String> {
     }
 }
 
-fn serve(a: Shared, mut input: File) -> std::io::Result<()> {
+fn serve(a: Shared, mut input: File, init_ms: u64) -> std::io::Result<()> {
     let hello = Hello {
         version: proto::PROTOCOL_VERSION,
         agent: format!("moat-guest-agent {}", env!("CARGO_PKG_VERSION")),
         kernel_release: sys::kernel_release(),
+        init_ms,
+        ready_ms: sys::boottime_ms(),
     };
     a.send(&proto::control(Kind::Hello, &hello));
     let mut dec = Decoder::new();
@@ -609,6 +611,11 @@ fn serve(a: Shared, mut input: File) -> std::io::Result<()> {
 
 fn boot() -> std::io::Result<File> {
     init::mount_pseudo_filesystems()?;
+    // The benchmark's and `moat-runtime check`'s bare boot: an init that powers off at once.
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    if cmdline.split_whitespace().any(|w| w == "moat.poweroff") {
+        init::power_off();
+    }
     init::console_stdio();
     init::load_modules()?;
     net::loopback_up()?;
@@ -624,6 +631,7 @@ fn boot() -> std::io::Result<File> {
 fn main() {
     // SAFETY: getpid has no preconditions.
     let pid1 = unsafe { libc::getpid() } == 1;
+    let init_ms = sys::boottime_ms();
     if !pid1 {
         eprintln!("moat-guest-agent runs as PID 1 of a moat VM sandbox (the initramfs /init)");
         std::process::exit(2);
@@ -650,7 +658,7 @@ fn main() {
     });
     let a2 = a.clone();
     std::thread::spawn(move || reaper(a2));
-    if let Err(e) = serve(a, port) {
+    if let Err(e) = serve(a, port, init_ms) {
         log(&format!("channel failed: {e}"));
     }
     init::power_off();

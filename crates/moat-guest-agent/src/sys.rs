@@ -219,3 +219,12 @@ pub fn open_pty() -> io::Result<(i32, i32)> {
         Ok((m, s))
     }
 }
+
+/// Milliseconds since the guest kernel started (CLOCK_BOOTTIME).
+pub fn boottime_ms() -> u64 {
+    // SAFETY: timespec is plain old data and clock_gettime fills it.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: valid out pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+}

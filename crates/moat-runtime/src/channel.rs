@@ -181,6 +181,8 @@ impl AgentConn {
                         version: proto::PROTOCOL_VERSION,
                         agent: format!("moat-runtime {}", env!("CARGO_PKG_VERSION")),
                         kernel_release: String::new(),
+                        init_ms: 0,
+                        ready_ms: 0,
                     },
                 ))?;
                 return Ok(h);

@@ -529,7 +529,7 @@ impl Daemon {
 
 /// Launches QEMU with the agent socket (and tap) at fixed descriptor numbers, bound to die
 /// with this process.
-fn spawn_qemu(
+pub(crate) fn spawn_qemu(
     cfg: &Config,
     vm: &qemu::VmSpec,
     agent: &UnixStream,
@@ -627,9 +627,9 @@ fn boot(
     sandbox_id: &str,
     bundle: &Path,
 ) -> Result<OwnedFd, DaemonError> {
+    let started = std::time::Instant::now();
     let dir = &d.dir;
     std::fs::create_dir_all(sandbox::shared_dir(dir)).map_err(io("creating", dir))?;
-    let _ = root;
     std::fs::write(dir.join("sandbox-id"), sandbox_id).map_err(io("writing", dir))?;
     std::fs::write(dir.join("daemon.pid"), std::process::id().to_string())
         .map_err(io("writing", dir))?;
@@ -662,7 +662,8 @@ fn boot(
         guest_net = Some(plan.guest);
         tap = Some(fd);
     }
-    let accel = crate::kvm::verdict(&crate::kvm::probe_host(), cfg.hypervisor.accel).accel;
+    let accel =
+        crate::kvm::verdict(&crate::kvm::probe_with_cache(root), cfg.hypervisor.accel).accel;
     let console = dir.join("console.log");
     let vm = qemu::VmSpec {
         sandbox_id: sandbox_id.to_string(),
@@ -675,8 +676,10 @@ fn boot(
         tsc_khz: std::fs::read_to_string("/proc/cpuinfo")
             .ok()
             .and_then(|c| qemu::tsc_khz(&c)),
+        poweroff: false,
     };
     let (host, guest) = UnixStream::pair().map_err(io("socketpair for", dir))?;
+    let t_spawn = started.elapsed();
     let child = spawn_qemu(&cfg, &vm, &guest, tap.as_ref(), &dir.join("qemu.log"))?;
     drop(guest);
     drop(tap);
@@ -689,9 +692,20 @@ fn boot(
         why,
         console: console_tail(&console),
     };
-    agent
+    let hello = agent
         .wait_hello(BOOT_TIMEOUT)
         .map_err(|e| boot_err(e.to_string()))?;
+    let t_hello = started.elapsed();
+    // Where boot time goes, for `bench/vm.sh`: host-side milliseconds since the daemon
+    // started, and the guest's own clock at kernel-done (init) and agent-ready.
+    let timings = serde_json::json!({
+        "accel": accel,
+        "qemuSpawnMs": t_spawn.as_millis() as u64,
+        "helloMs": t_hello.as_millis() as u64,
+        "guestInitMs": hello.init_ms,
+        "guestReadyMs": hello.ready_ms,
+    });
+    std::fs::write(dir.join("timings.json"), timings.to_string()).map_err(io("writing", dir))?;
     if let Some(cfg) = guest_net {
         agent
             .request(Op::ConfigureNetwork(cfg), REQUEST_TIMEOUT)

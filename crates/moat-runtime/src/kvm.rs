@@ -140,6 +140,17 @@ pub fn probe_host() -> Probe {
     }
 }
 
+/// The probe of this host with the guest-boot result `check` recorded under `root`.
+pub fn probe_with_cache(root: &std::path::Path) -> Probe {
+    let mut p = probe_host();
+    p.guest_boot = match std::fs::read_to_string(crate::probe::cache_path(root)) {
+        Ok(s) if s.trim() == "ok" => Some(true),
+        Ok(s) if s.trim() == "failed" => Some(false),
+        _ => None,
+    };
+    p
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

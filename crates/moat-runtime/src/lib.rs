@@ -16,6 +16,7 @@ pub mod kvm;
 pub mod modules;
 pub mod net;
 pub mod oci;
+pub mod probe;
 pub mod qemu;
 pub mod sandbox;
 pub mod state;

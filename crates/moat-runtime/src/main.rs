@@ -44,8 +44,24 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Probe the host for KVM and print a verdict on the accelerator to use.
-    Check,
+    /// Probe the host for KVM (including a real guest boot under it) and print a verdict on
+    /// the accelerator to use.
+    Check {
+        /// Skip the guest boot under KVM.
+        #[arg(long = "no-boot")]
+        no_boot: bool,
+        /// How long a KVM guest may take to boot and power off.
+        #[arg(long, default_value_t = 20)]
+        boot_timeout: u64,
+    },
+    /// Boot the guest to its agent and power off at once; print milliseconds per boot.
+    #[command(name = "bare-boot")]
+    BareBoot {
+        #[arg(long, default_value = "tcg")]
+        accel: String,
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+    },
     /// Print the configuration and assets the runtime would use, as JSON.
     Env,
     /// Print the OCI features document.
@@ -260,9 +276,27 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             let code = commands::wait(&ctx, sandbox, id, exec.as_deref()).unwrap_or(255);
             std::process::exit(code);
         }
-        Cmd::Check => {
+        Cmd::Check {
+            no_boot,
+            boot_timeout,
+        } => {
             let cfg = config::Config::load(&cli.config)?;
-            let p = kvm::probe_host();
+            let mut p = kvm::probe_host();
+            if !no_boot && p.kvm_create_vm.is_ok() {
+                let booted = moat_runtime::probe::bare_boot(
+                    &cfg,
+                    "kvm",
+                    std::time::Duration::from_secs(*boot_timeout),
+                )
+                .context("booting a guest under KVM")?;
+                p.guest_boot = Some(booted.is_some());
+                std::fs::create_dir_all(&cli.root).ok();
+                std::fs::write(
+                    moat_runtime::probe::cache_path(&cli.root),
+                    if booted.is_some() { "ok" } else { "failed" },
+                )
+                .context("recording the KVM boot probe")?;
+            }
             let v = kvm::verdict(&p, cfg.hypervisor.accel);
             println!(
                 "cpu virtualization flag: {}",
@@ -278,7 +312,8 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
                 "guest boot under KVM: {}",
                 match p.guest_boot {
                     Some(true) => "ok",
-                    Some(false) => "failed",
+                    Some(false) =>
+                        "failed (the guest did not power off in time: it hangs under KVM here)",
                     None => "not probed",
                 }
             );
@@ -286,7 +321,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         }
         Cmd::Env => {
             let cfg = config::Config::load(&cli.config)?;
-            let p = kvm::probe_host();
+            let p = kvm::probe_with_cache(&cli.root);
             let v = kvm::verdict(&p, cfg.hypervisor.accel);
             let out = serde_json::json!({
                 "configPath": cli.config,
@@ -317,6 +352,25 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
                 out.display(),
                 if rebuilt { "built" } else { "up to date" }
             );
+        }
+        Cmd::BareBoot { accel, count } => {
+            let cfg = config::Config::load(&cli.config)?;
+            let accel: &'static str = match accel.as_str() {
+                "kvm" => "kvm",
+                "tcg" => "tcg",
+                other => anyhow::bail!("--accel must be kvm or tcg, not {other:?}"),
+            };
+            let mut ms = Vec::new();
+            for _ in 0..*count {
+                let d =
+                    moat_runtime::probe::bare_boot(&cfg, accel, std::time::Duration::from_secs(60))
+                        .context("bare boot")?
+                        .ok_or_else(|| {
+                            anyhow::anyhow!("the guest did not power off within 60 s")
+                        })?;
+                ms.push(d.as_millis() as u64);
+            }
+            println!("{}", serde_json::json!({"accel": accel, "ms": ms}));
         }
         Cmd::Features => println!("{}", serde_json::to_string_pretty(&features::features())?),
         Cmd::State { id } => {

@@ -24,6 +24,8 @@ pub struct VmSpec {
     pub nic: Option<Nic>,
     /// The host's TSC rate, handed to the guest (see [`tsc_khz`]).
     pub tsc_khz: Option<u64>,
+    /// Boot to the agent and power off at once (the bare-boot probe and benchmark limit).
+    pub poweroff: bool,
 }
 
 /// The host TSC rate in kHz from /proc/cpuinfo. Guests read the host's TSC (TCG passes it
@@ -76,6 +78,9 @@ pub fn args(cfg: &Config, vm: &VmSpec) -> Vec<String> {
     let mut cmdline = cfg.kernel_cmdline();
     if let Some(k) = vm.tsc_khz {
         cmdline = format!("{cmdline} tsc_early_khz={k}");
+    }
+    if vm.poweroff {
+        cmdline.push_str(" moat.poweroff");
     }
     push(&["-append", &cmdline]);
     push(&["-chardev", &format!("socket,id=agent,fd={AGENT_FD}")]);
@@ -150,6 +155,7 @@ mod tests {
                 mac: "02:00:00:00:00:01".into(),
             }),
             tsc_khz: Some(2_600_000),
+            poweroff: false,
         }
     }
 

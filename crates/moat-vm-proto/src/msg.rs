@@ -13,6 +13,12 @@ pub struct Hello {
     /// The guest kernel release (`uname -r`); empty from the host.
     #[serde(default)]
     pub kernel_release: String,
+    /// Guest CLOCK_BOOTTIME (ms) when the agent started as PID 1, i.e. the kernel's boot.
+    #[serde(default)]
+    pub init_ms: u64,
+    /// Guest CLOCK_BOOTTIME (ms) when this greeting was sent (modules, share, channel ready).
+    #[serde(default)]
+    pub ready_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
