@@ -12,7 +12,7 @@ for pre in scripts/pretest.d/*.sh; do
   [ -e "$pre" ] || continue
   echo "== $pre"; bash "$pre"
 done
-cargo nextest run --workspace --profile ci --no-fail-fast
 # Trust boundary fuzzing, bounded: the guest-agent frame decoder. cargo-fuzz wants nightly
 # flags; RUSTC_BOOTSTRAP lets the one stable toolchain here take them.
 (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run vm_frames -- -max_total_time="${FUZZ_SECONDS:-60}")
+cargo nextest run --workspace --profile ci --no-fail-fast
