@@ -155,8 +155,12 @@ pub fn build(out: &Path, agent: &Path) -> Result<bool, AssetsError> {
         let p = x.join(&m.source);
         let data = std::fs::read(&p).map_err(io("reading module", &p))?;
         let file = format!("{}.ko", m.name);
-        w.file(&format!("modules/{file}"), 0o644, &data)
-            .map_err(cpio_err)?;
+        w.file(
+            &format!("modules/{file}"),
+            0o644,
+            modules::strip_signature(&data),
+        )
+        .map_err(cpio_err)?;
         order.push_str(&file);
         order.push('\n');
     }

@@ -20,6 +20,27 @@ pub const GUEST_MODULES: &[&str] = &[
     "overlay",
 ];
 
+const SIG_MAGIC: &[u8] = b"~Module signature appended~\n";
+
+/// The module without its appended signature. The guest kernel does not enforce signatures,
+/// and checking one (hash + RSA) under TCG costs more boot time than anything else the agent
+/// does; an unsigned module only taints the guest kernel's log.
+pub fn strip_signature(m: &[u8]) -> &[u8] {
+    let Some(body) = m.strip_suffix(SIG_MAGIC) else {
+        return m;
+    };
+    // struct module_signature: algo, hash, id_type, signer_len, key_id_len, pad[3], sig_len (BE).
+    let Some(hdr) = body.len().checked_sub(12).map(|i| &body[i..]) else {
+        return m;
+    };
+    let sig_len = u32::from_be_bytes([hdr[8], hdr[9], hdr[10], hdr[11]]) as usize;
+    let extra = hdr[3] as usize + hdr[4] as usize;
+    match body.len().checked_sub(12 + sig_len + extra) {
+        Some(end) => &body[..end],
+        None => m,
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Compression {
     None,
@@ -99,6 +120,22 @@ pub fn plan(files: &[String], builtin: &str, wanted: &[&str]) -> Result<Plan, Pl
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn appended_signatures_are_stripped_and_unsigned_modules_kept() {
+        let mut m = b"\x7fELF module body".to_vec();
+        let body_len = m.len();
+        m.extend_from_slice(&[0xAA; 5]); // the PKCS#7 blob
+        m.extend_from_slice(&[0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 5]);
+        m.extend_from_slice(SIG_MAGIC);
+        assert_eq!(strip_signature(&m), &m[..body_len]);
+        assert_eq!(strip_signature(b"plain"), b"plain");
+        // A bogus length never panics or cuts into nothing.
+        let mut bad = vec![0u8; 3];
+        bad.extend_from_slice(&[0, 0, 2, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]);
+        bad.extend_from_slice(SIG_MAGIC);
+        assert_eq!(strip_signature(&bad), &bad[..]);
+    }
 
     const K: &str = "lib/modules/6.1.0-27-amd64/kernel";
 
