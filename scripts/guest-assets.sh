@@ -11,6 +11,10 @@ target=${CARGO_TARGET_DIR:-target}
 # the flag off build scripts and proc macros.
 RUSTFLAGS="-C target-feature=+crt-static -C strip=symbols" \
   cargo build -q --release -p moat-guest-agent --target x86_64-unknown-linux-gnu
-cargo build -q -p moat-runtime
-"$target/debug/moat-runtime" assets build \
+rt=${MOAT_RUNTIME:-}
+if [ -z "$rt" ]; then
+  cargo build -q -p moat-runtime
+  rt="$target/debug/moat-runtime"
+fi
+"$rt" assets build \
   --agent "$target/x86_64-unknown-linux-gnu/release/moat-guest-agent" --out "$out"

@@ -7,11 +7,9 @@ bash scripts/deps.sh
 cargo build --release --bins
 out="${CARGO_TARGET_DIR:-target}/release"
 install -m 0755 "$out/moat" /usr/local/bin/moat
-if [ -x "$out/moat-runtime" ]; then
-  # The VM runtime's guest assets (`moat-runtime assets build --agent ...`) join setup once
-  # the guest agent exists; nothing boots a VM yet.
-  install -m 0755 "$out/moat-runtime" /usr/local/bin/moat-runtime
-fi
+install -m 0755 "$out/moat-runtime" /usr/local/bin/moat-runtime
+# The VM runtime's guest: Debian's kernel + an initramfs with our static agent as /init.
+MOAT_RUNTIME=/usr/local/bin/moat-runtime bash scripts/guest-assets.sh /var/lib/moat-runtime/assets
 [ "${1:-}" = "--no-run" ] && exit 0
 echo "starting moat server; in another shell: export KUBECONFIG=/var/lib/moat/kubeconfig.yaml; kubectl get ns"
 exec moat server --data-dir /var/lib/moat

@@ -291,13 +291,41 @@ impl AgentConn {
     }
 
     /// Pumps `fd` into a guest input stream until EOF, or until the stream is closed.
-    pub fn attach_input(self: &Arc<Self>, stream: u32, fd: OwnedFd) {
+    ///
+    /// With `tty = Some((container, exec))` the fd is the host end of a terminal whose size
+    /// the manager (conmon, containerd) sets; every size change is forwarded to the guest pty.
+    pub fn attach_input(
+        self: &Arc<Self>,
+        stream: u32,
+        fd: OwnedFd,
+        tty: Option<(String, Option<String>)>,
+    ) {
         self.lock().windows.insert(stream, Window::default());
         let c = self.clone();
         std::thread::spawn(move || {
             let mut file = File::from(fd);
             let mut buf = vec![0u8; 32 * 1024];
+            let mut size = (0u16, 0u16);
             loop {
+                if let Some((container, exec_id)) = &tty {
+                    // SAFETY: winsize is plain old data filled by TIOCGWINSZ on our fd.
+                    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+                    // SAFETY: valid fd and out pointer.
+                    let ok =
+                        unsafe { libc::ioctl(file.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) } == 0;
+                    if ok && ws.ws_row > 0 && (ws.ws_row, ws.ws_col) != size {
+                        size = (ws.ws_row, ws.ws_col);
+                        let _ = c.request(
+                            Op::Resize {
+                                container: container.clone(),
+                                exec_id: exec_id.clone(),
+                                rows: ws.ws_row,
+                                cols: ws.ws_col,
+                            },
+                            Duration::from_secs(10),
+                        );
+                    }
+                }
                 let n = {
                     let mut g = c.lock();
                     loop {

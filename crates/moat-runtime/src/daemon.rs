@@ -286,7 +286,11 @@ impl Daemon {
             );
         }
         if let (Some(s), Some(f)) = (stdio.stdin, fin) {
-            agent.attach_input(s, f);
+            let tty = stdio
+                .stderr
+                .is_none()
+                .then(|| (id.to_string(), exec.clone()));
+            agent.attach_input(s, f, tty);
         }
     }
 

@@ -30,12 +30,22 @@ fn list_and_state_read_the_root() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
     let store = moat_runtime::state::StateStore::new(&root);
+    // A process standing for the container (its command line names the id, as a shim's does).
+    // `read` is a builtin: no child process outlives the kill below.
+    let mut stand_in = std::process::Command::new("sh")
+        .args(["-c", "read x", "c1"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = stand_in.id() as i32;
     store
         .create(&moat_runtime::state::State {
             oci_version: moat_runtime::state::OCI_VERSION.into(),
             id: "c1".into(),
             status: moat_runtime::state::Status::Created,
-            pid: Some(7),
+            pid: Some(pid),
             bundle: "/bundle".into(),
             annotations: Default::default(),
         })
@@ -58,7 +68,18 @@ fn list_and_state_read_the_root() {
     assert!(out.status.success());
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["status"], "created");
-    assert_eq!(v["pid"], 7);
+    assert_eq!(v["pid"], pid);
+    // Once that process is gone the container reads as stopped, as runc reports a dead init.
+    stand_in.kill().unwrap();
+    stand_in.wait().unwrap();
+    let out = bin()
+        .arg("--root")
+        .arg(&root)
+        .args(["state", "c1"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["status"], "stopped");
 }
 
 #[test]

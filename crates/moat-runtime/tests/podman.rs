@@ -245,6 +245,21 @@ fn serial_podman_tty_is_a_terminal_in_the_guest() {
     );
     assert_eq!(o.status.code(), Some(4));
     assert!(text(&o).starts_with("/dev/pts/"), "{}", text(&o));
+    // The terminal size podman's user has reaches the guest pty (conmon sizes the host
+    // terminal; the runtime forwards each change).
+    let inner = format!(
+        "stty rows 33 cols 101; CONTAINERS_CONF={} podman --cgroup-manager cgroupfs --runtime {} \
+         run --rm -it --network none {IMAGE} sh -c 'sleep 1; stty size'",
+        p.conf.path().display(),
+        env.wrapper.display()
+    );
+    let o = Command::new("script")
+        .args(["-qec", &inner, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("33 101"), "{out}");
     env.assert_clean();
 }
 
