@@ -1827,3 +1827,127 @@ spec:
         .to_string();
     delete_and_check_clean(&lab, "named", &uid);
 }
+
+/// The Kata row end to end: a RuntimeClass whose handler is moat-runtime puts the pod in its
+/// own microVM (TCG here) on the CNI network the agent made, while the node keeps serving it
+/// like any other pod: IP in the podCIDR, reachable by that IP, `kubectl logs` and
+/// `kubectl exec` (which runs in the guest), and a delete that leaves no VM behind.
+#[test]
+fn serial_agent_kata_runtime_class_runs_the_pod_in_a_vm() {
+    let assets = std::env::var_os("MOAT_VM_ASSETS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/lib/moat-runtime/assets"));
+    assert!(
+        assets.join("vmlinux").is_file(),
+        "guest assets missing in {}: scripts/guest-assets.sh (scripts/test.sh runs it)",
+        assets.display()
+    );
+    let runtime = moat_bin()
+        .parent()
+        .expect("target dir")
+        .join("moat-runtime");
+    assert!(
+        runtime.is_file(),
+        "build moat-runtime (cargo build --workspace --bins)"
+    );
+    let mut lab = Lab::new("kata");
+    lab.import_busybox();
+    let rt_cfg = lab.path("moat-runtime.toml");
+    std::fs::write(
+        &rt_cfg,
+        format!(
+            "[hypervisor]\naccel = \"tcg\"\n[assets]\ndir = \"{}\"\n",
+            assets.display()
+        ),
+    )
+    .expect("runtime config");
+    let wrapper = lab.path("kata-runtime");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec {} --config {} \"$@\"\n",
+            runtime.display(),
+            rt_cfg.display()
+        ),
+    )
+    .expect("wrapper");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let vm_root = lab.path("kata-root");
+    let cfg = lab.path("runtimes.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[handlers.kata]\nbinary = \"{}\"\nroot = \"{}\"\n",
+            wrapper.display(),
+            vm_root.display()
+        ),
+    )
+    .expect("config");
+    lab.start(&["--runtime-config", cfg.to_str().expect("utf-8")]);
+    apply(
+        &lab,
+        "apiVersion: node.k8s.io/v1\nkind: RuntimeClass\nmetadata: {name: kata}\nhandler: kata\n",
+    );
+    apply(
+        &lab,
+        &POD.replace("NAME", "untrusted")
+            .replace("NODE", &lab.node)
+            .replace("  containers:", "  runtimeClassName: kata\n  containers:"),
+    );
+    apply(
+        &lab,
+        &POD.replace("NAME", "trusted").replace("NODE", &lab.node),
+    );
+    let (ip, uid) = running_ip(&lab, "untrusted");
+    let (trusted_ip, trusted_uid) = running_ip(&lab, "trusted");
+    let mut got = String::new();
+    lab.wait("the VM pod to answer on its pod IP", 60, || {
+        got = fetch(&lab, &ip);
+        got == "untrusted"
+    });
+    assert_eq!(fetch(&lab, &trusted_ip), "trusted");
+    let qemus = || {
+        std::fs::read_dir("/proc")
+            .expect("proc")
+            .flatten()
+            .filter(|e| {
+                let c = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+                let c = String::from_utf8_lossy(&c);
+                c.contains("qemu-system") && c.contains(vm_root.to_str().expect("utf-8"))
+            })
+            .count()
+    };
+    assert_eq!(qemus(), 1, "one VM, for the kata pod only");
+    let guest = std::fs::read_to_string(assets.join("stamp")).expect("stamp");
+    let guest = guest
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim_start_matches("linux-image-")
+        .to_string();
+    let (ok, out, err) = lab.kubectl(&["exec", "untrusted", "--", "uname", "-r"], None);
+    assert!(ok, "exec: {err}");
+    assert_eq!(out.trim(), guest, "kubectl exec runs in the guest");
+    let (ok, out, _) = lab.kubectl(&["exec", "trusted", "--", "uname", "-r"], None);
+    assert!(ok);
+    assert_ne!(out.trim(), guest, "the runc pod shares the host kernel");
+    let (ok, logs, err) = lab.kubectl(&["logs", "untrusted"], None);
+    assert!(ok, "logs: {err}");
+    assert!(logs.contains("serving untrusted"), "{logs}");
+    // The leftover counts are per node: delete both, then nothing may remain.
+    let (ok, _, err) = lab.kubectl(
+        &["delete", "pod", "trusted", "untrusted", "--timeout=90s"],
+        None,
+    );
+    assert!(ok, "delete: {err}");
+    lab.wait("both pods and everything of them to go", 60, || {
+        let l = lab.leftovers(&uid);
+        lab.pod("trusted").is_none()
+            && lab.pod("untrusted").is_none()
+            && (l.0, l.1, l.3) == (0, 0, 0)
+            && !lab.path(&format!("run/pods/{uid}")).exists()
+            && !lab.path(&format!("run/pods/{trusted_uid}")).exists()
+    });
+    lab.wait("the VM to stop with its pod", 30, || qemus() == 0);
+}
