@@ -76,7 +76,9 @@ fn valid_name(n: &str) -> bool {
 }
 
 impl Handlers {
-    /// runc (/usr/sbin/runc, the default) and crun (/usr/bin/crun).
+    /// runc (/usr/sbin/runc, the default), crun (/usr/bin/crun) and kata: moat's VM runtime
+    /// (/usr/local/bin/moat-runtime, installed by scripts/setup.sh), so a RuntimeClass with
+    /// `handler: kata` puts pods in microVMs without any configuration.
     pub fn defaults(run_dir: &Path) -> Handlers {
         let mk = |name: &str, bin: &str| Handler {
             name: name.into(),
@@ -89,6 +91,10 @@ impl Handlers {
             map: [
                 ("runc".to_string(), mk("runc", "/usr/sbin/runc")),
                 ("crun".to_string(), mk("crun", "/usr/bin/crun")),
+                (
+                    "kata".to_string(),
+                    mk("kata", "/usr/local/bin/moat-runtime"),
+                ),
             ]
             .into_iter()
             .collect(),
@@ -207,8 +213,15 @@ root = "/tmp/r"
     #[test]
     fn unknown_handler_names_the_configured_ones() {
         let h = Handlers::defaults(Path::new("/r"));
-        let e = h.get(Some("kata")).unwrap_err().to_string();
-        assert!(e.contains("\"kata\"") && e.contains("crun, runc"), "{e}");
+        let e = h.get(Some("gvisor")).unwrap_err().to_string();
+        assert!(
+            e.contains("\"gvisor\"") && e.contains("crun, kata, runc"),
+            "{e}"
+        );
+        assert_eq!(
+            h.get(Some("kata")).unwrap().binary,
+            Path::new("/usr/local/bin/moat-runtime")
+        );
     }
 
     #[test]
