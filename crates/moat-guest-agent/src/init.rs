@@ -59,7 +59,31 @@ pub fn module_params(cmdline: &str, module: &str) -> String {
         .join(" ")
 }
 
-/// Loads `/modules/<name>.ko` in the order of `/modules/order` (the asset build wrote it).
+fn load_module(file: &str, cmdline: &str) -> io::Result<()> {
+    let path = format!("/modules/{file}");
+    let image = std::fs::read(&path).map_err(|e| sys::ctx("reading", &path, e))?;
+    let name = file.trim_end_matches(".ko");
+    let params = sys::cstr(&module_params(cmdline, name))?;
+    // SAFETY: image is a live buffer of the given length; params is NUL-terminated.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_init_module,
+            image.as_ptr(),
+            image.len() as libc::c_ulong,
+            params.as_ptr(),
+        )
+    };
+    if r != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EEXIST) {
+            return Err(sys::ctx("loading module", &path, e));
+        }
+    }
+    Ok(())
+}
+
+/// Loads `/modules/<name>.ko` as `/modules/order` says (the asset build wrote it): one line
+/// per dependency level, the modules of a line in parallel, since each load mostly waits.
 pub fn load_modules() -> io::Result<()> {
     let order = match std::fs::read_to_string("/modules/order") {
         Ok(o) => o,
@@ -67,25 +91,22 @@ pub fn load_modules() -> io::Result<()> {
         Err(e) => return Err(sys::ctx("reading", "/modules/order", e)),
     };
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-    for file in order.lines().filter(|l| !l.trim().is_empty()) {
-        let path = format!("/modules/{file}");
-        let image = std::fs::read(&path).map_err(|e| sys::ctx("reading", &path, e))?;
-        let name = file.trim_end_matches(".ko");
-        let params = sys::cstr(&module_params(&cmdline, name))?;
-        // SAFETY: image is a live buffer of the given length; params is NUL-terminated.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_init_module,
-                image.as_ptr(),
-                image.len() as libc::c_ulong,
-                params.as_ptr(),
-            )
-        };
-        if r != 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::EEXIST) {
-                return Err(sys::ctx("loading module", &path, e));
-            }
+    for line in order.lines() {
+        let files: Vec<&str> = line.split_whitespace().collect();
+        let results: Vec<io::Result<()>> = std::thread::scope(|s| {
+            let hs: Vec<_> = files
+                .iter()
+                .map(|f| s.spawn(|| load_module(f, &cmdline)))
+                .collect();
+            hs.into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(io::Error::other("module loader panicked")))
+                })
+                .collect()
+        });
+        for r in results {
+            r?;
         }
     }
     Ok(())

@@ -144,7 +144,7 @@ pub fn build(out: &Path, agent: &Path) -> Result<bool, AssetsError> {
     };
     w.file("init", 0o755, &agent_bytes).map_err(cpio_err)?;
     w.dir("modules", 0o755).map_err(cpio_err)?;
-    let mut order = String::new();
+    let mut deps = Vec::new();
     for m in &plan.load {
         if m.compression != Compression::None {
             return Err(AssetsError::Compressed(
@@ -154,6 +154,7 @@ pub fn build(out: &Path, agent: &Path) -> Result<bool, AssetsError> {
         }
         let p = x.join(&m.source);
         let data = std::fs::read(&p).map_err(io("reading module", &p))?;
+        deps.push((m.name.clone(), modules::modinfo_depends(&data)));
         let file = format!("{}.ko", m.name);
         w.file(
             &format!("modules/{file}"),
@@ -161,7 +162,12 @@ pub fn build(out: &Path, agent: &Path) -> Result<bool, AssetsError> {
             modules::strip_signature(&data),
         )
         .map_err(cpio_err)?;
-        order.push_str(&file);
+    }
+    // One line per load level; the agent loads a line's modules in parallel.
+    let mut order = String::new();
+    for level in modules::levels(&deps)? {
+        let files: Vec<String> = level.iter().map(|n| format!("{n}.ko")).collect();
+        order.push_str(&files.join(" "));
         order.push('\n');
     }
     w.file("modules/order", 0o644, order.as_bytes())

@@ -67,6 +67,8 @@ pub struct Plan {
 pub enum PlanError {
     #[error("kernel module {0} is neither in the package nor built in")]
     Missing(String),
+    #[error("kernel module {0} is part of a dependency cycle")]
+    Cycle(String),
 }
 
 /// Kernel module names treat `-` and `_` alike.
@@ -117,9 +119,87 @@ pub fn plan(files: &[String], builtin: &str, wanted: &[&str]) -> Result<Plan, Pl
     Ok(out)
 }
 
+/// The `depends=` list of a module's `.modinfo` (NUL-separated `key=value` strings).
+pub fn modinfo_depends(ko: &[u8]) -> Vec<String> {
+    ko.split(|b| *b == 0)
+        .find_map(|f| f.strip_prefix(b"depends="))
+        .map(|d| {
+            String::from_utf8_lossy(d)
+                .split(',')
+                .filter(|x| !x.is_empty())
+                .map(norm)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Groups modules into load levels: each module's dependencies (among these modules) are in
+/// earlier levels, so the guest loads one level in parallel. That matters under TCG, where
+/// each `init_module` mostly waits (RCU grace periods, device probes) rather than computes.
+/// Keeps the given order within a level; a cycle is an error.
+pub fn levels(mods: &[(String, Vec<String>)]) -> Result<Vec<Vec<String>>, PlanError> {
+    let names: Vec<&str> = mods.iter().map(|(n, _)| n.as_str()).collect();
+    let mut level: Vec<Option<usize>> = vec![None; mods.len()];
+    for _ in 0..=mods.len() {
+        let mut changed = false;
+        for (i, (_, deps)) in mods.iter().enumerate() {
+            if level[i].is_some() {
+                continue;
+            }
+            let mut l = 0;
+            let mut ready = true;
+            for d in deps {
+                if let Some(j) = names.iter().position(|n| n == d) {
+                    match level[j] {
+                        Some(lj) => l = l.max(lj + 1),
+                        None => ready = false,
+                    }
+                }
+            }
+            if ready {
+                level[i] = Some(l);
+                changed = true;
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    let mut out: Vec<Vec<String>> = Vec::new();
+    for (i, l) in level.iter().enumerate() {
+        let l = l.ok_or_else(|| PlanError::Cycle(mods[i].0.clone()))?;
+        if out.len() <= l {
+            out.resize(l + 1, Vec::new());
+        }
+        out[l].push(mods[i].0.clone());
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dependency_levels_load_dependencies_first() {
+        let m = |n: &str, d: &[&str]| (n.to_string(), d.iter().map(|x| x.to_string()).collect());
+        let mods = vec![
+            m("virtio_ring", &[]),
+            m("virtio", &[]),
+            m("virtio_mmio", &["virtio", "virtio_ring"]),
+            m("9pnet", &["fscache_builtin_elsewhere"]),
+            m("9pnet_virtio", &["9pnet", "virtio", "virtio_ring"]),
+            m("overlay", &[]),
+        ];
+        let l = levels(&mods).unwrap();
+        assert_eq!(l[0], ["virtio_ring", "virtio", "9pnet", "overlay"]);
+        assert_eq!(l[1], ["virtio_mmio", "9pnet_virtio"]);
+        let cyc = vec![m("a", &["b"]), m("b", &["a"])];
+        assert!(matches!(levels(&cyc), Err(PlanError::Cycle(_))));
+        let ko = b"\x7fELF...\0license=GPL\0depends=virtio,virtio-ring\0intree=Y\0";
+        assert_eq!(modinfo_depends(ko), ["virtio", "virtio_ring"]);
+        assert!(modinfo_depends(b"\0depends=\0").is_empty());
+    }
 
     #[test]
     fn appended_signatures_are_stripped_and_unsigned_modules_kept() {

@@ -259,6 +259,21 @@ fn serial_vm_network_through_the_pod_veth_both_ways() {
         .output()
         .unwrap();
     assert!(!String::from_utf8_lossy(&q.stdout).contains("ingress"));
+    // A daemon killed with the VM wired in: `delete` removes the splice it left.
+    let (shim, _) = create(&env, "net2", &b);
+    env.ok(&["start", "net2"]);
+    let daemon: i32 = sandbox_file(&env, "net2", "daemon.pid").parse().unwrap();
+    // SAFETY: the test's own sandbox daemon.
+    unsafe { libc::kill(daemon, libc::SIGKILL) };
+    assert_ne!(reap(shim), 0);
+    env.ok(&["delete", "net2"]);
+    let links = ns.exec(&ns.pod, &["ip", "-o", "link"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&links.stdout).contains("tap0_moat"));
+    let q = ns
+        .exec(&ns.pod, &["tc", "qdisc", "show", "dev", "eth0"])
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&q.stdout).contains("ingress"));
     let _ = peer_httpd.kill();
     let _ = peer_httpd.wait();
     env.assert_clean();
