@@ -19,7 +19,7 @@ trap cleanup EXIT
 start_server() { # dir, extra args...
   local dir=$1; shift
   mkdir -p "$dir"
-  "$BIN/moat" server --listen 127.0.0.1:0 --data-dir "$dir" --disable-controllers "$@" 2>"$dir/log" &
+  "$BIN/moat" server --disable-agent --listen 127.0.0.1:0 --data-dir "$dir" --disable-controllers "$@" 2>"$dir/log" &
   SERVER_PID=$!; PIDS+=("$SERVER_PID")
   for _ in $(seq 1 300); do [ -s "$dir/kubeconfig.yaml" ] && return 0; sleep 0.1; done
   echo "server did not start: $(cat "$dir/log")" >&2; exit 1

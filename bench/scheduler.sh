@@ -17,7 +17,7 @@ cleanup() { [ -n "$PID" ] && kill -9 "$PID" 2>/dev/null || true; rm -rf "$WORK";
 trap cleanup EXIT
 # No heartbeats come from these Node objects: give them an hour before the node lifecycle
 # controller would call them unreachable.
-"$BIN/moat" server --listen 127.0.0.1:0 --data-dir "$WORK" --node-monitor-grace-period 1h 2>"$WORK/log" &
+"$BIN/moat" server --disable-agent --listen 127.0.0.1:0 --data-dir "$WORK" --node-monitor-grace-period 1h 2>"$WORK/log" &
 PID=$!
 for _ in $(seq 1 300); do [ -s "$WORK/kubeconfig.yaml" ] && break; sleep 0.1; done
 "$BIN/examples/schedbench" "$WORK/kubeconfig.yaml" "$NODES" "$PODS" "$C"

@@ -27,8 +27,12 @@ pub struct ServerArgs {
     /// Run only the API server: no scheduler, no controllers.
     #[arg(long)]
     disable_controllers: bool,
-    /// Also run a node agent in this process, so pods bound to this host run here.
-    #[arg(long)]
+    /// Do not run the node agent in this process (like k3s `--disable-agent`): an API server
+    /// and control plane only, registering no node and running no pods on this host.
+    #[arg(long = "disable-agent")]
+    disable_agent: bool,
+    /// The in-process node agent is on by default; accepted for older command lines.
+    #[arg(long, hide = true)]
     agent: bool,
     #[command(flatten)]
     agent_args: Box<crate::agent::AgentArgs>,
@@ -95,7 +99,7 @@ pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
             let (tx, rx) = tokio::sync::oneshot::channel::<String>();
             let kubeconfig = args.data_dir.join("kubeconfig.yaml");
             let stop = moat_agent::Stop::new();
-            let agent_ended = if args.agent {
+            let agent_ended = if !args.disable_agent {
                 Some(crate::agent::spawn(
                     (*args.agent_args).clone(),
                     kubeconfig.clone(),

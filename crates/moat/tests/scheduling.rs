@@ -145,7 +145,13 @@ fn runtime_class_pods_land_only_on_the_untrusted_node() {
     let tmp = tempfile::tempdir().expect("tmp");
     let dir = tmp.path();
     let child = Command::new(env!("CARGO_BIN_EXE_moat"))
-        .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "server",
+            "--disable-agent",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(dir)
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -25,6 +25,7 @@ fn start(dir: &Path) -> (Server, Client) {
     let child = Command::new(env!("CARGO_BIN_EXE_moat"))
         .args([
             "server",
+            "--disable-agent",
             "--disable-controllers",
             "--listen",
             "127.0.0.1:0",

@@ -27,7 +27,13 @@ impl Server {
         let _ = std::fs::remove_file(dir.join("kubeconfig.yaml"));
         let log = std::fs::File::create(dir.join("server.log")).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_moat"))
-            .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args([
+                "server",
+                "--disable-agent",
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
             .arg(dir)
             .args(args)
             .stdout(Stdio::null())
