@@ -507,12 +507,7 @@ fn handle(a: &Shared, op: Op) -> Result<Response, String> {
 }
 
 fn proto_id_ok(id: &str) -> Result<(), String> {
-    let ok = !id.is_empty()
-        && !id.starts_with('.')
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
-    if ok {
+    if proto::valid_id(id) {
         Ok(())
     } else {
         Err(format!("invalid container id {id:?}"))

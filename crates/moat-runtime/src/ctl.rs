@@ -95,16 +95,30 @@ fn addr(path: &Path) -> Result<UnixAddr, CtlError> {
     UnixAddr::new(path).map_err(|_| CtlError::PathTooLong(path.display().to_string()))
 }
 
+fn unix_socket(ty: SockType) -> Result<OwnedFd, CtlError> {
+    socket::socket(AddressFamily::Unix, ty, SockFlag::SOCK_CLOEXEC, None).map_err(|source| {
+        CtlError::Io {
+            step: "socket",
+            source,
+        }
+    })
+}
+
+/// A connected unix socket of type `ty` to `path`.
+fn connect_to(path: &Path, ty: SockType) -> Result<OwnedFd, CtlError> {
+    let a = addr(path)?;
+    let fd = unix_socket(ty)?;
+    socket::connect(fd.as_raw_fd(), &a).map_err(|source| CtlError::Connect {
+        path: path.display().to_string(),
+        source,
+    })?;
+    Ok(fd)
+}
+
 pub fn listen(path: &Path) -> Result<OwnedFd, CtlError> {
     let a = addr(path)?;
     let io = |step| move |source| CtlError::Io { step, source };
-    let fd = socket::socket(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )
-    .map_err(io("socket"))?;
+    let fd = unix_socket(SockType::SeqPacket)?;
     let _ = std::fs::remove_file(path);
     socket::bind(fd.as_raw_fd(), &a).map_err(io("bind"))?;
     socket::listen(
@@ -129,22 +143,9 @@ pub fn accept(l: &OwnedFd) -> Result<Conn, CtlError> {
 
 impl Conn {
     pub fn connect(path: &Path) -> Result<Conn, CtlError> {
-        let a = addr(path)?;
-        let fd = socket::socket(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            SockFlag::SOCK_CLOEXEC,
-            None,
-        )
-        .map_err(|source| CtlError::Io {
-            step: "socket",
-            source,
-        })?;
-        socket::connect(fd.as_raw_fd(), &a).map_err(|source| CtlError::Connect {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Ok(Conn { fd })
+        Ok(Conn {
+            fd: connect_to(path, SockType::SeqPacket)?,
+        })
     }
 
     pub fn send<T: Serialize>(&self, msg: &T, fds: &[RawFd]) -> Result<(), CtlError> {
@@ -208,21 +209,7 @@ impl Conn {
 /// Sends a terminal master to a `--console-socket` the way runc does (SCM_RIGHTS on a stream
 /// socket, with the pty name as payload).
 pub fn send_console(socket_path: &Path, master: RawFd) -> Result<(), CtlError> {
-    let a = addr(socket_path)?;
-    let fd = socket::socket(
-        AddressFamily::Unix,
-        SockType::Stream,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )
-    .map_err(|source| CtlError::Io {
-        step: "socket",
-        source,
-    })?;
-    socket::connect(fd.as_raw_fd(), &a).map_err(|source| CtlError::Connect {
-        path: socket_path.display().to_string(),
-        source,
-    })?;
+    let fd = connect_to(socket_path, SockType::Stream)?;
     let name = b"/dev/ptmx";
     let iov = [IoSlice::new(name)];
     let fds = [master];

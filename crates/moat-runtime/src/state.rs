@@ -56,13 +56,7 @@ pub struct State {
 
 /// Ids become directory names, so path separators and `..` must never get through.
 pub fn validate_id(id: &str) -> Result<(), StateError> {
-    let ok = !id.is_empty()
-        && id.len() <= 1024
-        && !id.starts_with('.')
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
-    if ok {
+    if moat_vm_proto::valid_id(id) {
         Ok(())
     } else {
         Err(StateError::InvalidId(id.to_string()))

@@ -38,3 +38,14 @@ pub const CHANNEL_NAME: &str = "agent.channel.0";
 
 /// The 9p mount tag of the per-sandbox shared directory.
 pub const SHARE_TAG: &str = "moatShared";
+
+/// Container and sandbox ids become directory names on both sides, so path separators and
+/// `..` must never get through: 1-1024 of `[A-Za-z0-9_.-]`, not starting with '.'.
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 1024
+        && !id.starts_with('.')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
