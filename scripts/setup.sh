@@ -11,9 +11,11 @@ install -m 0755 "$out/moat-runtime" /usr/local/bin/moat-runtime
 # The VM runtime's guest: Debian's kernel + an initramfs with our static agent as /init.
 MOAT_RUNTIME=/usr/local/bin/moat-runtime bash scripts/guest-assets.sh /var/lib/moat-runtime/assets
 # A busybox image for first pods (nothing can be pulled from the internet on our machines):
-# built from Debian's busybox-static and imported into the node's image store.
+# built from Debian's busybox-static and imported into the node's image store. Tagged
+# `local`, not `latest`: a `:latest` image defaults to imagePullPolicy Always, as in Kubernetes.
 bash scripts/busybox-image.sh /var/lib/moat/busybox-image >/dev/null
-moat image import --root /var/lib/moat/images /var/lib/moat/busybox-image/busybox.oci.tar >/dev/null
+moat image import --root /var/lib/moat/images --name localhost/busybox:local \
+  /var/lib/moat/busybox-image/busybox.oci.tar >/dev/null
 [ "${1:-}" = "--no-run" ] && exit 0
 echo "starting moat server (control plane + this host as a node; runc pods, and RuntimeClass handler kata in VMs)"
 echo "in another shell: export KUBECONFIG=/var/lib/moat/kubeconfig.yaml; kubectl get nodes"

@@ -1874,6 +1874,28 @@ fn serial_agent_kata_runtime_class_runs_the_pod_in_a_vm() {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     let vm_root = lab.path("kata-root");
+    // VMs are not the agent's children: if the test fails half-way, delete them anyway.
+    struct Vms(PathBuf, PathBuf, PathBuf);
+    impl Drop for Vms {
+        fn drop(&mut self) {
+            let ids = Command::new(&self.0)
+                .arg("--root")
+                .arg(&self.1)
+                .args(["list", "-q"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            for id in ids.lines().filter(|l| !l.is_empty()) {
+                let _ = Command::new(&self.0)
+                    .arg("--root")
+                    .arg(&self.1)
+                    .arg("--config")
+                    .arg(&self.2)
+                    .args(["delete", "--force", id])
+                    .output();
+            }
+        }
+    }
     let cfg = lab.path("runtimes.toml");
     std::fs::write(
         &cfg,
@@ -1884,6 +1906,7 @@ fn serial_agent_kata_runtime_class_runs_the_pod_in_a_vm() {
         ),
     )
     .expect("config");
+    let _vms = Vms(runtime.clone(), vm_root.clone(), rt_cfg.clone());
     lab.start(&["--runtime-config", cfg.to_str().expect("utf-8")]);
     apply(
         &lab,
