@@ -638,6 +638,7 @@ impl Node {
             resolv_conf: dir.join("resolv.conf"),
             hostname_file: dir.join("hostname"),
             volumes,
+            sandbox_id: rt.uid.clone(),
         }
     }
 

@@ -155,6 +155,9 @@ pub struct SandboxRef {
     pub hostname_file: PathBuf,
     /// Volume name → host directory (emptyDir dirs under the pod dir, hostPath paths).
     pub volumes: Vec<(String, PathBuf)>,
+    /// The pod's uid: handed to the runtime as CRI's sandbox id, so a VM runtime puts all the
+    /// pod's containers in one VM (runc ignores it).
+    pub sandbox_id: String,
 }
 
 /// Kubernetes' rule: `command` replaces the entrypoint (and drops the image's Cmd), `args`
@@ -504,6 +507,26 @@ pub fn spec(
     s.set_hostname((!host_network).then(|| sb.hostname.clone()));
     s.set_mounts(Some(mounts));
     s.set_linux(Some(linux));
+    // CRI's annotations (containerd's spelling): every container of the pod names the pod as
+    // its sandbox, which is how a VM runtime knows which VM a container joins.
+    s.set_annotations(Some(
+        [
+            (
+                "io.kubernetes.cri.container-type".to_string(),
+                "container".to_string(),
+            ),
+            (
+                "io.kubernetes.cri.sandbox-id".to_string(),
+                sb.sandbox_id.clone(),
+            ),
+            (
+                "io.kubernetes.cri.container-name".to_string(),
+                c.name.clone(),
+            ),
+        ]
+        .into_iter()
+        .collect(),
+    ));
     Ok(s)
 }
 
@@ -590,6 +613,7 @@ mod tests {
             resolv_conf: "/run/p/resolv.conf".into(),
             hostname_file: "/run/p/hostname".into(),
             volumes: vec![("data".into(), "/run/p/volumes/data".into())],
+            sandbox_id: "uid-1".into(),
         }
     }
 

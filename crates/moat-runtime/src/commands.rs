@@ -160,6 +160,53 @@ fn spawn_daemon(ctx: &Ctx, sandbox_id: &str, bundle: &Path) -> Result<(), CmdErr
     }
 }
 
+/// Connects to the sandbox's daemon or, holding the sandbox's lock so concurrent creates of
+/// one pod boot one VM, starts it. Returns whether this call started it.
+fn ensure_sandbox(ctx: &Ctx, sandbox_id: &str, bundle: &Path) -> Result<bool, CmdError> {
+    let dir = sandbox::dir(&ctx.root, sandbox_id);
+    std::fs::create_dir_all(&ctx.root).map_err(ioe("creating the runtime root"))?;
+    let lock_path = sandbox::lock_path(&dir);
+    // The teardown unlinks the lock file: a lock taken on an unlinked inode is no lock.
+    let _lock = loop {
+        let lock = std::fs::File::create(&lock_path)
+            .map_err(ioe(format!("opening {}", lock_path.display())))?;
+        // SAFETY: flock on a descriptor we own; released when `lock` is dropped.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(CmdError::Io {
+                step: format!("locking {}", lock_path.display()),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        use std::os::unix::fs::MetadataExt;
+        let same = match (lock.metadata(), std::fs::metadata(&lock_path)) {
+            (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
+            _ => false,
+        };
+        if same {
+            break lock;
+        }
+    };
+    if ctx.connect(sandbox_id).is_ok() {
+        return Ok(false);
+    }
+    // A directory without a daemon answering is what a dead one left.
+    if dir.exists() {
+        sandbox::cleanup_offline(&dir, sandbox_id);
+    }
+    spawn_daemon(ctx, sandbox_id, bundle)?;
+    Ok(true)
+}
+
+/// Whether a container other than `id` still records `sandbox_id` as its sandbox.
+fn others_in_sandbox(ctx: &Ctx, sandbox_id: &str, id: &str) -> bool {
+    ctx.store()
+        .list()
+        .unwrap_or_default()
+        .iter()
+        .filter(|s| s.id != id)
+        .any(|s| ctx.sandbox_of(&s.id).is_ok_and(|sb| sb == sandbox_id))
+}
+
 fn spawn_shim(
     ctx: &Ctx,
     sandbox_id: &str,
@@ -270,10 +317,9 @@ pub fn create(
     std::fs::write(dir.join("sandbox"), &sandbox_id)
         .map_err(ioe("recording the sandbox"))
         .map_err(undo)?;
-    let new_sandbox = sandbox_id == id;
-    if new_sandbox {
-        spawn_daemon(ctx, &sandbox_id, &bundle).map_err(undo)?;
-    }
+    // The first container of a sandbox to arrive boots its VM (a CRI pod's pause container,
+    // or any container of a pod whose manager names the pod as sandbox, like moat's agent).
+    let new_sandbox = ensure_sandbox(ctx, &sandbox_id, &bundle).map_err(undo)?;
     let r = (|| {
         let (fds, _slave) = stdio_fds(console_socket, terminal)?;
         ctx.call(
@@ -412,13 +458,12 @@ pub fn delete(ctx: &Ctx, id: &str, force: bool) -> Result<(), CmdError> {
             }
         }
         Err(_) => {
-            // The daemon is gone (killed, or the VM died and it exited): clean up after it.
-            if sandbox_id == id {
-                sandbox::cleanup_offline(&sandbox::dir(&ctx.root, &sandbox_id), &sandbox_id);
-            } else {
-                sandbox::unmount_all_under(
-                    &sandbox::shared_dir(&sandbox::dir(&ctx.root, &sandbox_id)).join(id),
-                );
+            // The daemon is gone (killed, or the VM died and it exited): clean up after it,
+            // the whole sandbox once its last container goes.
+            let dir = sandbox::dir(&ctx.root, &sandbox_id);
+            sandbox::unmount_all_under(&sandbox::shared_dir(&dir).join(id));
+            if !others_in_sandbox(ctx, &sandbox_id, id) {
+                sandbox::cleanup_offline(&dir, &sandbox_id);
             }
         }
     }

@@ -450,6 +450,7 @@ impl Daemon {
         }
         sandbox::unmount_all_under(&self.dir);
         let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_file(sandbox::lock_path(&self.dir));
     }
 
     fn serve(self: Arc<Self>, c: Conn) {

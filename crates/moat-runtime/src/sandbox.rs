@@ -12,6 +12,11 @@ pub fn dir(root: &Path, sandbox_id: &str) -> PathBuf {
     root.join(format!(".sb-{h:016x}"))
 }
 
+/// Serializes the boot of one sandbox (`<root>/.sb-<hash>.lock`, beside its directory).
+pub fn lock_path(dir: &Path) -> PathBuf {
+    dir.with_extension("lock")
+}
+
 pub fn ctl_socket(dir: &Path) -> PathBuf {
     dir.join("ctl.sock")
 }
@@ -89,6 +94,7 @@ pub fn cleanup_offline(dir: &Path, sandbox_id: &str) {
     let _ = crate::net::teardown(&dir.join("netns"));
     unmount_all_under(dir);
     let _ = std::fs::remove_dir_all(dir);
+    let _ = std::fs::remove_file(lock_path(dir));
 }
 
 #[cfg(test)]

@@ -1942,6 +1942,42 @@ fn serial_agent_kata_runtime_class_runs_the_pod_in_a_vm() {
             .count()
     };
     assert_eq!(qemus(), 1, "one VM, for the kata pod only");
+    // A pod of two containers: one VM holds both, and they talk over localhost.
+    apply(
+        &lab,
+        &format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: duo}}
+spec:
+  nodeName: {}
+  runtimeClassName: kata
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: web
+    image: localhost/busybox:latest
+    imagePullPolicy: IfNotPresent
+    command: ["sh", "-c", "hostname > /tmp/index.html; exec httpd -f -p 8080 -h /tmp"]
+  - name: client
+    image: localhost/busybox:latest
+    imagePullPolicy: IfNotPresent
+    command: ["sh", "-c", "until wget -q -O- http://127.0.0.1:8080/; do sleep 0.5; done; exec sleep 3600"]
+"#,
+            lab.node
+        ),
+    );
+    let (_, duo_uid) = running_ip(&lab, "duo");
+    lab.wait(
+        "the sidecar to reach its neighbour over localhost",
+        60,
+        || {
+            lab.kubectl(&["logs", "duo", "-c", "client"], None)
+                .1
+                .contains("duo")
+        },
+    );
+    assert_eq!(qemus(), 2, "the two containers of duo share one VM");
     let guest = std::fs::read_to_string(assets.join("stamp")).expect("stamp");
     let guest = guest
         .lines()
@@ -1960,7 +1996,14 @@ fn serial_agent_kata_runtime_class_runs_the_pod_in_a_vm() {
     assert!(logs.contains("serving untrusted"), "{logs}");
     // The leftover counts are per node: delete both, then nothing may remain.
     let (ok, _, err) = lab.kubectl(
-        &["delete", "pod", "trusted", "untrusted", "--timeout=90s"],
+        &[
+            "delete",
+            "pod",
+            "trusted",
+            "untrusted",
+            "duo",
+            "--timeout=90s",
+        ],
         None,
     );
     assert!(ok, "delete: {err}");
@@ -1971,6 +2014,8 @@ fn serial_agent_kata_runtime_class_runs_the_pod_in_a_vm() {
             && (l.0, l.1, l.3) == (0, 0, 0)
             && !lab.path(&format!("run/pods/{uid}")).exists()
             && !lab.path(&format!("run/pods/{trusted_uid}")).exists()
+            && !lab.path(&format!("run/pods/{duo_uid}")).exists()
+            && lab.pod("duo").is_none()
     });
     lab.wait("the VM to stop with its pod", 30, || qemus() == 0);
 }
