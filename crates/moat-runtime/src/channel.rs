@@ -10,6 +10,20 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
+
+/// The byte pipe to the guest agent: virtio-serial through a QEMU chardev socket today; a
+/// vsock connection fits the same two halves where the host has vhost-vsock.
+pub trait Transport: Send {
+    /// Splits into a reader (for the channel's reader thread) and a writer.
+    fn split(self: Box<Self>) -> std::io::Result<(Box<dyn Read + Send>, Box<dyn Write + Send>)>;
+}
+
+impl Transport for UnixStream {
+    fn split(self: Box<Self>) -> std::io::Result<(Box<dyn Read + Send>, Box<dyn Write + Send>)> {
+        let r = self.try_clone()?;
+        Ok((Box::new(r), self))
+    }
+}
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, mpsc};
 use std::time::{Duration, Instant};
 
@@ -46,17 +60,20 @@ struct Inner {
 }
 
 pub struct AgentConn {
-    w: Mutex<UnixStream>,
+    w: Mutex<Box<dyn Write + Send>>,
     inner: Mutex<Inner>,
     cv: Condvar,
 }
 
 impl AgentConn {
     /// Starts the reader thread on `sock` (the host end of QEMU's agent chardev).
-    pub fn start(sock: UnixStream, events: Arc<dyn Events>) -> std::io::Result<Arc<AgentConn>> {
-        let r = sock.try_clone()?;
+    pub fn start(
+        transport: Box<dyn Transport>,
+        events: Arc<dyn Events>,
+    ) -> std::io::Result<Arc<AgentConn>> {
+        let (r, w) = transport.split()?;
         let c = Arc::new(AgentConn {
-            w: Mutex::new(sock),
+            w: Mutex::new(w),
             inner: Mutex::new(Inner {
                 next_stream: 1,
                 ..Default::default()
@@ -79,7 +96,7 @@ impl AgentConn {
             .map_err(|e| ChannelError::Dead(format!("writing: {e}")))
     }
 
-    fn read_loop(&self, mut r: UnixStream, events: Arc<dyn Events>) {
+    fn read_loop(&self, mut r: Box<dyn Read + Send>, events: Arc<dyn Events>) {
         let mut dec = Decoder::new();
         let mut buf = vec![0u8; 64 * 1024];
         let why = loop {
@@ -393,4 +410,164 @@ fn op_name(op: &Op) -> String {
         .ok()
         .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(str::to_string))
         .unwrap_or_else(|| "request".into())
+}
+
+#[cfg(test)]
+mod tests {
+    //! The host end against a scripted guest on a socketpair: no QEMU, no root.
+    use super::*;
+    use moat_vm_proto::{Response, control};
+    use std::os::fd::OwnedFd;
+
+    #[derive(Default)]
+    struct Rec(
+        Mutex<Vec<(String, Option<String>, i32)>>,
+        Mutex<Option<String>>,
+    );
+    impl Events for Rec {
+        fn exited(&self, c: &str, e: Option<&str>, st: i32) {
+            self.0
+                .lock()
+                .unwrap()
+                .push((c.into(), e.map(str::to_string), st));
+        }
+        fn died(&self, why: &str) {
+            *self.1.lock().unwrap() = Some(why.into());
+        }
+    }
+
+    fn read_frame(s: &mut UnixStream, d: &mut Decoder) -> Frame {
+        let mut buf = [0u8; 65536];
+        loop {
+            if let Some(f) = d.next_frame().unwrap() {
+                return f;
+            }
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "host closed");
+            d.feed(&buf[..n]);
+        }
+    }
+
+    #[test]
+    fn requests_streams_credit_and_exit_against_a_scripted_guest() {
+        let (host, mut guest) = UnixStream::pair().unwrap();
+        let ev = Arc::new(Rec::default());
+        let c = AgentConn::start(Box::new(host), ev.clone()).unwrap();
+        let hello = Hello {
+            version: proto::PROTOCOL_VERSION,
+            agent: "fake".into(),
+            kernel_release: "6.1.0-test".into(),
+            init_ms: 5,
+            ready_ms: 9,
+        };
+        guest
+            .write_all(&control(Kind::Hello, &hello).encode())
+            .unwrap();
+        assert_eq!(
+            c.wait_hello(Duration::from_secs(5)).unwrap().kernel_release,
+            "6.1.0-test"
+        );
+        let mut d = Decoder::new();
+        assert_eq!(read_frame(&mut guest, &mut d).kind, Kind::Hello);
+
+        // An output stream: bytes land in the sink and every byte is credited back.
+        let (out_r, out_w) = UnixStream::pair().unwrap();
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let d2 = done.clone();
+        c.attach_output(
+            7,
+            OwnedFd::from(out_w),
+            Box::new(move || d2.store(true, std::sync::atomic::Ordering::SeqCst)),
+        );
+        guest
+            .write_all(&Frame::new(7, Kind::Data, b"hello ".to_vec()).encode())
+            .unwrap();
+        guest
+            .write_all(&Frame::new(7, Kind::Data, b"world".to_vec()).encode())
+            .unwrap();
+        guest.write_all(&Frame::eof(7).encode()).unwrap();
+        let mut got = String::new();
+        let mut out_r = out_r;
+        out_r.read_to_string(&mut got).unwrap();
+        assert_eq!(got, "hello world");
+        let credits: u32 = (0..2)
+            .map(|_| read_frame(&mut guest, &mut d).credit_amount().unwrap())
+            .sum();
+        assert_eq!(credits, 11);
+        for _ in 0..100 {
+            if done.load(std::sync::atomic::Ordering::SeqCst) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(done.load(std::sync::atomic::Ordering::SeqCst));
+
+        // A request answered out of band; an error answer becomes Refused with its text.
+        let c2 = c.clone();
+        let t = std::thread::spawn(move || c2.request(Op::Ping, Duration::from_secs(5)));
+        let f = read_frame(&mut guest, &mut d);
+        let req: Request = proto::parse(&f, Kind::Request).unwrap();
+        let resp = Response {
+            id: req.id,
+            error: Some("no such container".into()),
+            ..Default::default()
+        };
+        guest
+            .write_all(&control(Kind::Response, &resp).encode())
+            .unwrap();
+        match t.join().unwrap() {
+            Err(ChannelError::Refused { why, .. }) => assert_eq!(why, "no such container"),
+            other => panic!("{other:?}"),
+        }
+
+        // Events reach the daemon; a closed channel fails pending and later requests.
+        let exit = Event::Exited {
+            container: "c1".into(),
+            exec_id: None,
+            status: 7,
+        };
+        guest
+            .write_all(&control(Kind::Event, &exit).encode())
+            .unwrap();
+        drop(guest);
+        for _ in 0..100 {
+            if ev.1.lock().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(
+            ev.0.lock().unwrap().as_slice(),
+            [("c1".to_string(), None, 7)]
+        );
+        assert!(ev.1.lock().unwrap().is_some());
+        assert!(matches!(
+            c.request(Op::Ping, Duration::from_secs(1)),
+            Err(ChannelError::Dead(_))
+        ));
+    }
+
+    #[test]
+    fn a_garbage_frame_from_the_guest_ends_the_channel() {
+        let (host, mut guest) = UnixStream::pair().unwrap();
+        let ev = Arc::new(Rec::default());
+        let c = AgentConn::start(Box::new(host), ev.clone()).unwrap();
+        guest
+            .write_all(&[0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 1])
+            .unwrap();
+        for _ in 0..100 {
+            if c.is_dead() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(c.is_dead());
+        assert!(
+            ev.1.lock()
+                .unwrap()
+                .as_deref()
+                .unwrap()
+                .contains("bad frame")
+        );
+    }
 }

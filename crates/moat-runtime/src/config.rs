@@ -47,6 +47,8 @@ pub struct HypervisorConfig {
     pub memory_mib: u32,
     /// Appended after the built-in kernel command line.
     pub kernel_params: String,
+    /// Verbose guest console: the kernel logs at debug level (no `quiet`) into the sandbox's
+    /// `console.log`, next to the agent's own messages. (Not yet an interactive shell.)
     pub debug_console: bool,
 }
 
@@ -131,12 +133,17 @@ impl Config {
 
     /// The full guest kernel command line.
     pub fn kernel_cmdline(&self) -> String {
-        let extra = self.hypervisor.kernel_params.trim();
-        if extra.is_empty() {
-            BASE_KERNEL_CMDLINE.to_string()
-        } else {
-            format!("{BASE_KERNEL_CMDLINE} {extra}")
+        let mut c = BASE_KERNEL_CMDLINE.to_string();
+        if self.hypervisor.debug_console {
+            // Later words win: this undoes `quiet`.
+            c.push_str(" loglevel=7");
         }
+        let extra = self.hypervisor.kernel_params.trim();
+        if !extra.is_empty() {
+            c.push(' ');
+            c.push_str(extra);
+        }
+        c
     }
 }
 
@@ -162,6 +169,8 @@ mod tests {
         assert_eq!(c.hypervisor.memory_mib, 512);
         assert_eq!(c.hypervisor.accel, Accel::Tcg);
         assert!(c.hypervisor.debug_console);
+        assert!(c.kernel_cmdline().contains(" loglevel=7"));
+        assert!(!Config::default().kernel_cmdline().contains("loglevel"));
         assert_eq!(c.assets.dir, PathBuf::from("/tmp/a"));
         assert!(c.kernel_cmdline().ends_with(" loglevel=7"));
     }

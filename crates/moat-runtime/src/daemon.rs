@@ -690,7 +690,7 @@ fn boot(
     drop(tap);
     std::fs::write(dir.join("qemu.pid"), child.id().to_string()).map_err(io("writing", dir))?;
     *d.qemu.lock().unwrap_or_else(|p| p.into_inner()) = Some(child);
-    let agent = AgentConn::start(host, Arc::new(Ev(d.clone())))
+    let agent = AgentConn::start(Box::new(host), Arc::new(Ev(d.clone())))
         .map_err(io("starting the channel on", dir))?;
     *d.agent.lock().unwrap_or_else(|p| p.into_inner()) = Some(agent.clone());
     let boot_err = |why: String| DaemonError::Boot {
