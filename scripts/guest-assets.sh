@@ -16,5 +16,7 @@ if [ -z "$rt" ]; then
   cargo build -q -p moat-runtime
   rt="$target/debug/moat-runtime"
 fi
+# busybox-static is the debug console's shell (initramfs-debug.cpio only).
 "$rt" assets build \
-  --agent "$target/x86_64-unknown-linux-gnu/release/moat-guest-agent" --out "$out"
+  --agent "$target/x86_64-unknown-linux-gnu/release/moat-guest-agent" --out "$out" \
+  --debug-shell /bin/busybox

@@ -370,6 +370,7 @@ fn handle(a: &Shared, op: Op) -> Result<Response, String> {
             container,
             exec_id,
             process,
+            guest,
         } => {
             let init_pid = {
                 let st = a.lock();
@@ -382,7 +383,8 @@ fn handle(a: &Shared, op: Op) -> Result<Response, String> {
                 if find_proc(&st, &container, Some(&exec_id)).is_some() {
                     return Err(format!("exec id {exec_id} is in use"));
                 }
-                p.pid
+                // The debug console joins PID 1's own namespaces: the guest itself.
+                if guest { 1 } else { p.pid }
             };
             let sp = container::spawn(container::What::Exec {
                 init_pid,

@@ -81,24 +81,51 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<(), AssetsErro
 
 /// Builds `vmlinux` and `initramfs.cpio` in `out`; skips work when the stamp matches the
 /// kernel package and agent already built. Returns whether anything was rebuilt.
-pub fn build(out: &Path, agent: &Path) -> Result<bool, AssetsError> {
+/// The initramfs a sandbox boots: the plain one, or the one with a shell for the debug
+/// console (`hypervisor.debug_console = true`).
+pub fn initramfs_name(debug_console: bool) -> &'static str {
+    if debug_console {
+        "initramfs-debug.cpio"
+    } else {
+        "initramfs.cpio"
+    }
+}
+
+fn fnv(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ *b as u64).wrapping_mul(0x100000001b3)
+    })
+}
+
+/// `debug_shell`: a static shell (Debian's busybox-static) for `initramfs-debug.cpio`, the
+/// debug console's image; the plain initramfs never carries one.
+pub fn build(out: &Path, agent: &Path, debug_shell: Option<&Path>) -> Result<bool, AssetsError> {
     let pkg = kernel_package(&run(
         Command::new("apt-cache").args(["depends", "linux-image-amd64"])
     )?)
     .ok_or(AssetsError::NoKernelPackage)?;
     let agent_bytes = std::fs::read(agent).map_err(io("reading agent", agent))?;
-    let stamp = format!(
+    let shell = match debug_shell {
+        Some(p) => Some(std::fs::read(p).map_err(io("reading the debug shell", p))?),
+        None => None,
+    };
+    let mut stamp = format!(
         "{pkg}\nagent {} bytes, {:016x}\n",
         agent_bytes.len(),
-        agent_bytes
-            .iter()
-            .fold(0xcbf29ce484222325u64, |h, b| (h ^ *b as u64)
-                .wrapping_mul(0x100000001b3))
+        fnv(&agent_bytes)
     );
+    if let Some(sh) = &shell {
+        stamp.push_str(&format!(
+            "debug shell {} bytes, {:016x}\n",
+            sh.len(),
+            fnv(sh)
+        ));
+    }
     let stamp_path = out.join("stamp");
     if std::fs::read_to_string(&stamp_path).ok().as_deref() == Some(stamp.as_str())
         && out.join("vmlinux").is_file()
-        && out.join("initramfs.cpio").is_file()
+        && out.join(initramfs_name(false)).is_file()
+        && (shell.is_none() || out.join(initramfs_name(true)).is_file())
     {
         return Ok(false);
     }
@@ -136,14 +163,12 @@ pub fn build(out: &Path, agent: &Path) -> Result<bool, AssetsError> {
         None => String::new(),
     };
     let plan = modules::plan(&files, &builtin, modules::GUEST_MODULES)?;
-    let mut w = NewcWriter::new(Vec::new());
     let cpio_err = |e| AssetsError::Io {
         step: "writing initramfs",
         path: out.join("initramfs.cpio"),
         source: e,
     };
-    w.file("init", 0o755, &agent_bytes).map_err(cpio_err)?;
-    w.dir("modules", 0o755).map_err(cpio_err)?;
+    let mut modules_files: Vec<(String, Vec<u8>)> = Vec::new();
     let mut deps = Vec::new();
     for m in &plan.load {
         if m.compression != Compression::None {
@@ -155,13 +180,10 @@ pub fn build(out: &Path, agent: &Path) -> Result<bool, AssetsError> {
         let p = x.join(&m.source);
         let data = std::fs::read(&p).map_err(io("reading module", &p))?;
         deps.push((m.name.clone(), modules::modinfo_depends(&data)));
-        let file = format!("{}.ko", m.name);
-        w.file(
-            &format!("modules/{file}"),
-            0o644,
-            modules::strip_signature(&data),
-        )
-        .map_err(cpio_err)?;
+        modules_files.push((
+            format!("modules/{}.ko", m.name),
+            modules::strip_signature(&data).to_vec(),
+        ));
     }
     // One line per load level; the agent loads a line's modules in parallel.
     let mut order = String::new();
@@ -170,10 +192,27 @@ pub fn build(out: &Path, agent: &Path) -> Result<bool, AssetsError> {
         order.push_str(&files.join(" "));
         order.push('\n');
     }
-    w.file("modules/order", 0o644, order.as_bytes())
-        .map_err(cpio_err)?;
-    let cpio = w.finish().map_err(cpio_err)?;
-    for (name, data) in [("vmlinux", &elf), ("initramfs.cpio", &cpio)] {
+    let cpio = |with_shell: Option<&[u8]>| -> Result<Vec<u8>, AssetsError> {
+        let mut w = NewcWriter::new(Vec::new());
+        w.file("init", 0o755, &agent_bytes).map_err(cpio_err)?;
+        w.dir("modules", 0o755).map_err(cpio_err)?;
+        for (name, data) in &modules_files {
+            w.file(name, 0o644, data).map_err(cpio_err)?;
+        }
+        w.file("modules/order", 0o644, order.as_bytes())
+            .map_err(cpio_err)?;
+        if let Some(sh) = with_shell {
+            w.dir("bin", 0o755).map_err(cpio_err)?;
+            w.file("bin/busybox", 0o755, sh).map_err(cpio_err)?;
+            w.symlink("bin/sh", "busybox").map_err(cpio_err)?;
+        }
+        w.finish().map_err(cpio_err)
+    };
+    let mut outputs = vec![("vmlinux", elf), (initramfs_name(false), cpio(None)?)];
+    if let Some(sh) = &shell {
+        outputs.push((initramfs_name(true), cpio(Some(sh))?));
+    }
+    for (name, data) in &outputs {
         let part = out.join(format!("{name}.part"));
         std::fs::write(&part, data).map_err(io("writing", &part))?;
         std::fs::rename(&part, out.join(name)).map_err(io("renaming", &part))?;

@@ -394,6 +394,12 @@ impl AgentConn {
         });
     }
 
+    /// Ends an output sink whose process never came to be (a refused create or exec): its
+    /// descriptor closes, so whoever reads it (conmon, a CLI caller) sees EOF.
+    pub fn close_output(&self, stream: u32) {
+        self.lock().sinks.remove(&stream);
+    }
+
     /// Stops the input pump of a finished process.
     pub fn close_input(&self, stream: u32) {
         self.lock().closed_inputs.insert(stream);

@@ -555,6 +555,7 @@ pub fn exec(ctx: &Ctx, id: &str, a: &ExecArgs<'_>) -> Result<i32, CmdError> {
             id: id.into(),
             exec_id: exec_id.clone(),
             process,
+            guest: false,
         },
         &fds,
     )?;
@@ -579,6 +580,69 @@ pub fn exec(ctx: &Ctx, id: &str, a: &ExecArgs<'_>) -> Result<i32, CmdError> {
         }
     }
     wait(ctx, &sandbox_id, id, Some(&exec_id))
+}
+
+/// A shell in the guest itself, outside the container (Kata's debug console): for looking at
+/// the VM's mounts, processes and kernel log. Needs `hypervisor.debug_console = true` when the
+/// sandbox booted (that initramfs carries the shell). Interactive when stdin is a terminal.
+pub fn debug_console(ctx: &Ctx, id: &str) -> Result<i32, CmdError> {
+    let st = ctx.state(id)?;
+    if st.status != Status::Running {
+        return Err(CmdError::WrongState {
+            id: id.into(),
+            status: status_name(st.status),
+            what: "the debug console needs a running container in the sandbox",
+        });
+    }
+    let tty = nix::unistd::isatty(std::io::stdin()).unwrap_or(false);
+    let term = std::env::var("TERM").unwrap_or_else(|_| "xterm".into());
+    let process = serde_json::json!({
+        "terminal": tty,
+        "user": {"uid": 0, "gid": 0},
+        "args": ["/bin/sh"],
+        "env": ["PATH=/bin", format!("TERM={term}"), "PS1=moat-guest# "],
+        "cwd": "/",
+    });
+    let exec_id = format!("debug-{}", std::process::id());
+    let saved = if tty {
+        let t = nix::sys::termios::tcgetattr(std::io::stdin()).ok();
+        if let Some(mut raw) = t.clone() {
+            nix::sys::termios::cfmakeraw(&mut raw);
+            let _ = nix::sys::termios::tcsetattr(
+                std::io::stdin(),
+                nix::sys::termios::SetArg::TCSANOW,
+                &raw,
+            );
+        }
+        t
+    } else {
+        None
+    };
+    let r = ctx
+        .call(
+            id,
+            &CtlRequest::Exec {
+                id: id.into(),
+                exec_id: exec_id.clone(),
+                process,
+                guest: true,
+            },
+            &[0, 1, 2],
+        )
+        .map_err(|e| match e {
+            CmdError::Refused(m) if m.contains("/bin/sh") => CmdError::Refused(format!(
+                "{m}: the sandbox has no shell; set hypervisor.debug_console = true in {} \
+                 (and build the assets with --debug-shell) before the sandbox boots",
+                ctx.config.display()
+            )),
+            e => e,
+        })
+        .and_then(|_| wait(ctx, &ctx.sandbox_of(id)?, id, Some(&exec_id)));
+    if let Some(t) = saved {
+        let _ =
+            nix::sys::termios::tcsetattr(std::io::stdin(), nix::sys::termios::SetArg::TCSANOW, &t);
+    }
+    r
 }
 
 /// Blocks until the process is done; its status, or 255 if the sandbox vanished.

@@ -61,6 +61,9 @@ pub enum CtlRequest {
         id: String,
         exec_id: String,
         process: serde_json::Value,
+        /// The debug console: run in the guest, outside the container.
+        #[serde(default)]
+        guest: bool,
     },
     Delete {
         id: String,

@@ -118,6 +118,15 @@ impl Events for Ev {
     }
 }
 
+/// A process's stdin, to be pumped once the guest has created the process.
+struct PendingInput(u32, OwnedFd, Option<(String, Option<String>)>);
+
+fn start_input(agent: &Arc<AgentConn>, p: Option<PendingInput>) {
+    if let Some(PendingInput(stream, fd, tty)) = p {
+        agent.attach_input(stream, fd, tty);
+    }
+}
+
 fn io(step: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> DaemonError {
     let path = path.to_path_buf();
     move |source| DaemonError::Io { step, path, source }
@@ -218,15 +227,20 @@ impl Daemon {
                 mounts: mounts.clone(),
             },
         );
-        self.attach(&agent, id, None, stdio, fds);
+        let input = self.attach(&agent, id, None, stdio, fds);
         match agent.request(Op::CreateContainer(Box::new(plan.spec)), REQUEST_TIMEOUT) {
-            Ok(r) => Ok(CtlResponse {
-                pid: r.pid,
-                ..Default::default()
-            }),
+            Ok(r) => {
+                start_input(&agent, input);
+                Ok(CtlResponse {
+                    pid: r.pid,
+                    ..Default::default()
+                })
+            }
             Err(e) => {
                 self.lock().containers.remove(id);
-                agent.close_input(streams[0]);
+                for s in &streams[1..] {
+                    agent.close_output(*s);
+                }
                 unmount_reverse(&mounts);
                 let _ = std::fs::remove_dir_all(shared.join(id));
                 Err(e.to_string())
@@ -242,7 +256,7 @@ impl Daemon {
         exec: Option<String>,
         stdio: Stdio,
         fds: Vec<OwnedFd>,
-    ) {
+    ) -> Option<PendingInput> {
         let mut it = fds.into_iter();
         let (fin, fout, ferr) = (it.next(), it.next(), it.next());
         let mut sinks = 0;
@@ -285,13 +299,15 @@ impl Daemon {
                 }),
             );
         }
-        if let (Some(s), Some(f)) = (stdio.stdin, fin) {
+        // stdin starts only once the guest has the process (see `start_input`): data sent
+        // before the guest knows the stream would be dropped there.
+        stdio.stdin.zip(fin).map(|(s, f)| {
             let tty = stdio
                 .stderr
                 .is_none()
                 .then(|| (id.to_string(), exec.clone()));
-            agent.attach_input(s, f, tty);
-        }
+            PendingInput(s, f, tty)
+        })
     }
 
     fn exec(
@@ -299,6 +315,7 @@ impl Daemon {
         id: &str,
         exec_id: &str,
         process: serde_json::Value,
+        guest: bool,
         fds: Vec<OwnedFd>,
     ) -> Result<CtlResponse, String> {
         let agent = self.agent_or_err()?;
@@ -322,24 +339,30 @@ impl Daemon {
             stderr: (!terminal).then_some(streams[2]),
         };
         let process = oci::process(&p, stdio).map_err(|e| e.to_string())?;
-        self.attach(&agent, id, Some(exec_id.to_string()), stdio, fds);
+        let input = self.attach(&agent, id, Some(exec_id.to_string()), stdio, fds);
         match agent.request(
             Op::Exec {
                 container: id.to_string(),
                 exec_id: exec_id.to_string(),
                 process: Box::new(process),
+                guest,
             },
             REQUEST_TIMEOUT,
         ) {
-            Ok(r) => Ok(CtlResponse {
-                pid: r.pid,
-                ..Default::default()
-            }),
+            Ok(r) => {
+                start_input(&agent, input);
+                Ok(CtlResponse {
+                    pid: r.pid,
+                    ..Default::default()
+                })
+            }
             Err(e) => {
                 if let Some(c) = self.lock().containers.get_mut(id) {
                     c.procs.remove(&Some(exec_id.to_string()));
                 }
-                agent.close_input(streams[0]);
+                for s in &streams[1..] {
+                    agent.close_output(*s);
+                }
                 Err(e.to_string())
             }
         }
@@ -498,7 +521,8 @@ impl Daemon {
                     id,
                     exec_id,
                     process,
-                } => self.exec(&id, &exec_id, process, fds),
+                    guest,
+                } => self.exec(&id, &exec_id, process, guest, fds),
                 CtlRequest::Ps { id } => self
                     .agent_or_err()
                     .and_then(|a| {
@@ -640,7 +664,10 @@ fn boot(
         .map_err(io("writing", dir))?;
     let cfg = Config::load(config).map_err(|e| DaemonError::Assets(e.to_string()))?;
     let kernel = cfg.assets.dir.join("vmlinux");
-    let initramfs = cfg.assets.dir.join("initramfs.cpio");
+    let initramfs = cfg
+        .assets
+        .dir
+        .join(crate::assets::initramfs_name(cfg.hypervisor.debug_console));
     for p in [&kernel, &initramfs] {
         if !p.is_file() {
             return Err(DaemonError::Assets(p.display().to_string()));

@@ -131,6 +131,9 @@ enum Cmd {
         format: String,
         id: String,
     },
+    /// A shell in the VM of a running container, outside the container (debug_console = true).
+    #[command(name = "debug-console")]
+    DebugConsole { id: String },
     /// (internal) The per-sandbox daemon owning the VM.
     #[command(hide = true)]
     Daemon {
@@ -167,6 +170,10 @@ enum AssetsCmd {
         /// The static guest agent to install as /init.
         #[arg(long)]
         agent: PathBuf,
+        /// A static shell (e.g. /bin/busybox from busybox-static) for the debug console's
+        /// initramfs (`initramfs-debug.cpio`).
+        #[arg(long = "debug-shell")]
+        debug_shell: Option<PathBuf>,
     },
 }
 
@@ -265,6 +272,11 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
                 }
             }
         }
+        Cmd::DebugConsole { id } => {
+            let code = commands::debug_console(&ctx, id)
+                .with_context(|| format!("debug console of {id}"))?;
+            std::process::exit(code);
+        }
         Cmd::Daemon { bundle, sandbox } => moat_runtime::daemon::run(
             &cli.root,
             &cli.config,
@@ -329,7 +341,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
                 "config": cfg,
                 "kernelCmdline": cfg.kernel_cmdline(),
                 "kernel": cfg.assets.dir.join("vmlinux"),
-                "initramfs": cfg.assets.dir.join("initramfs.cpio"),
+                "initramfs": cfg.assets.dir.join(moat_runtime::assets::initramfs_name(cfg.hypervisor.debug_console)),
                 "accel": v,
                 "probe": p,
             });
@@ -343,10 +355,15 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             std::fs::write(out, &elf).with_context(|| format!("writing {}", out.display()))?;
             println!("{} ({} bytes)", out.display(), elf.len());
         }
-        Cmd::Assets(AssetsCmd::Build { out, agent }) => {
+        Cmd::Assets(AssetsCmd::Build {
+            out,
+            agent,
+            debug_shell,
+        }) => {
             let cfg = config::Config::load(&cli.config)?;
             let out = out.clone().unwrap_or(cfg.assets.dir);
-            let rebuilt = moat_runtime::assets::build(&out, agent).context("assets build")?;
+            let rebuilt = moat_runtime::assets::build(&out, agent, debug_shell.as_deref())
+                .context("assets build")?;
             println!(
                 "{}: {}",
                 out.display(),

@@ -437,3 +437,77 @@ fn serial_vm_bad_input_is_refused_and_changes_nothing() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("unknown signal"));
     env.assert_clean();
 }
+
+#[test]
+fn serial_vm_debug_console_is_a_shell_in_the_guest_not_the_container() {
+    let env = Env::new();
+    let cfg = std::fs::read_to_string(&env.config).unwrap();
+    std::fs::write(
+        &env.config,
+        cfg.replace("[hypervisor]\n", "[hypervisor]\ndebug_console = true\n"),
+    )
+    .unwrap();
+    let b = bundle(env.dir.path(), "dbg", &["sleep", "1000"]);
+    let (_shim, _) = create(&env, "d1", &b);
+    env.ok(&["start", "d1"]);
+    let mut c = env
+        .rt()
+        .args(["debug-console", "d1"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    // Written before the guest has even spawned the shell: regression for stdin pumped ahead
+    // of the process (the guest dropped what arrived for a stream it did not know yet).
+    c.stdin
+        .take()
+        .unwrap()
+        .write_all(b"uname -r; ls /run/shared; readlink /proc/1/exe; exit 3\n")
+        .unwrap();
+    let o = c.wait_with_output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "{out} {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], common::guest_release(), "{out}");
+    // The guest's own view: the share with the container's rootfs, and the agent as PID 1.
+    assert_eq!(lines[1], "d1", "{out}");
+    assert_eq!(lines[2], "/init", "{out}");
+
+    // Plain exec with stdin piped at once takes the same path.
+    let mut c = env
+        .rt()
+        .args(["exec", "d1", "wc", "-c"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.stdin.take().unwrap().write_all(b"12345").unwrap();
+    let o = c.wait_with_output().unwrap();
+    assert!(o.status.success());
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "5");
+
+    // A sandbox booted without it has no shell, and says how to get one.
+    std::fs::write(&env.config, cfg).unwrap();
+    let (_shim, _) = create(&env, "d2", &b);
+    env.ok(&["start", "d2"]);
+    let o = env
+        .rt()
+        .args(["debug-console", "d2"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("debug_console = true"), "{err}");
+    for id in ["d1", "d2"] {
+        env.ok(&["delete", "--force", id]);
+    }
+    env.assert_clean();
+}

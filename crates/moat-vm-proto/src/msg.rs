@@ -42,6 +42,9 @@ pub enum Op {
         container: String,
         exec_id: String,
         process: Box<ProcessSpec>,
+        /// Run in the guest itself (the debug console), not in the container's namespaces.
+        #[serde(default)]
+        guest: bool,
     },
     /// Send a signal to a container's init (exec_id None) or to one exec'd process; `all`
     /// signals every process of the container.
