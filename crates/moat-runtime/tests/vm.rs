@@ -52,6 +52,13 @@ fn sandbox_file(env: &Env, sandbox: &str, f: &str) -> String {
         .to_string()
 }
 
+/// kill -9 of a process the sandbox recorded (its daemon or QEMU).
+fn kill_recorded(env: &Env, sandbox: &str, pid_file: &str) {
+    let pid: i32 = sandbox_file(env, sandbox, pid_file).parse().unwrap();
+    // SAFETY: a process of this test's own sandbox.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+}
+
 fn pod_annotations(b: &Path, ty: &str, sandbox: &str) {
     edit_config(b, |c| {
         c["annotations"] = serde_json::json!({
@@ -262,9 +269,7 @@ fn serial_vm_network_through_the_pod_veth_both_ways() {
     // A daemon killed with the VM wired in: `delete` removes the splice it left.
     let (shim, _) = create(&env, "net2", &b);
     env.ok(&["start", "net2"]);
-    let daemon: i32 = sandbox_file(&env, "net2", "daemon.pid").parse().unwrap();
-    // SAFETY: the test's own sandbox daemon.
-    unsafe { libc::kill(daemon, libc::SIGKILL) };
+    kill_recorded(&env, "net2", "daemon.pid");
     assert_ne!(reap(shim), 0);
     env.ok(&["delete", "net2"]);
     let links = ns.exec(&ns.pod, &["ip", "-o", "link"]).output().unwrap();
@@ -286,9 +291,7 @@ fn serial_vm_kill9_of_daemon_or_shim_leaves_nothing_after_delete() {
     // Daemon killed: QEMU dies with it, the container reads as stopped with a failure status.
     let (shim, _) = create(&env, "k1", &b);
     env.ok(&["start", "k1"]);
-    let daemon: i32 = sandbox_file(&env, "k1", "daemon.pid").parse().unwrap();
-    // SAFETY: the test's own sandbox daemon.
-    unsafe { libc::kill(daemon, libc::SIGKILL) };
+    kill_recorded(&env, "k1", "daemon.pid");
     assert_ne!(reap(shim), 0);
     assert_eq!(status(&env, "k1"), "stopped");
     env.ok(&["delete", "k1"]);
@@ -332,9 +335,7 @@ fn serial_vm_killed_qemu_is_reported_stopped_with_failure() {
     let b = bundle(env.dir.path(), "q", &["sleep", "1000"]);
     let (shim, _) = create(&env, "q1", &b);
     env.ok(&["start", "q1"]);
-    let qemu: i32 = sandbox_file(&env, "q1", "qemu.pid").parse().unwrap();
-    // SAFETY: the test's own QEMU.
-    unsafe { libc::kill(qemu, libc::SIGKILL) };
+    kill_recorded(&env, "q1", "qemu.pid");
     assert_eq!(reap(shim), moat_runtime::daemon::VM_DIED_STATUS);
     assert_eq!(status(&env, "q1"), "stopped");
     env.ok(&["delete", "q1"]);
