@@ -13,7 +13,7 @@ cargo build --release -q -p moat --bin moat --example schedbench
 BIN=$CARGO_TARGET_DIR/release
 WORK=$(mktemp -d)
 PID=
-cleanup() { [ -n "$PID" ] && kill -9 "$PID" 2>/dev/null || true; rm -rf "$WORK"; }
+cleanup() { [ -n "$PID" ] && { kill -9 "$PID" 2>/dev/null; wait "$PID" 2>/dev/null; } || true; rm -rf "$WORK"; }
 trap cleanup EXIT
 # No heartbeats come from these Node objects: give them an hour before the node lifecycle
 # controller would call them unreachable.

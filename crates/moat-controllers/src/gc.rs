@@ -20,6 +20,11 @@ pub const NAMESPACE_FINALIZER: &str = "kubernetes";
 pub struct OwnerRef {
     pub uid: String,
     pub block_owner_deletion: bool,
+    /// The owner's identity (`apiVersion`, `kind`, `name`), so a collector reading from
+    /// caches can confirm with a live read that an owner is really gone before acting.
+    pub api_version: String,
+    pub kind: String,
+    pub name: String,
 }
 
 /// What the collector needs of any object.
@@ -49,6 +54,9 @@ impl Obj {
                         .map(|o| OwnerRef {
                             uid: o["uid"].as_str().unwrap_or("").to_string(),
                             block_owner_deletion: o["blockOwnerDeletion"] == true,
+                            api_version: o["apiVersion"].as_str().unwrap_or("").to_string(),
+                            kind: o["kind"].as_str().unwrap_or("").to_string(),
+                            name: o["name"].as_str().unwrap_or("").to_string(),
                         })
                         .collect()
                 })
@@ -203,6 +211,9 @@ mod tests {
                 .map(|(u, b)| OwnerRef {
                     uid: u.to_string(),
                     block_owner_deletion: *b,
+                    api_version: "v1".into(),
+                    kind: "Thing".into(),
+                    name: u.to_string(),
                 })
                 .collect(),
             deleting: false,

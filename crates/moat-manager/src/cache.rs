@@ -13,7 +13,10 @@ use crate::Client;
 
 #[derive(Default)]
 pub(crate) struct Cache {
-    items: Mutex<BTreeMap<String, Value>>,
+    items: Mutex<BTreeMap<String, Arc<Value>>>,
+    /// Set once the first list has been loaded: before that an empty cache means "not
+    /// known yet", not "none exist" (client-go's HasSynced).
+    synced: std::sync::atomic::AtomicBool,
 }
 
 fn key(v: &Value) -> String {
@@ -25,11 +28,39 @@ fn key(v: &Value) -> String {
 }
 
 impl Cache {
-    pub(crate) fn snapshot(&self) -> Vec<Value> {
+    pub(crate) fn synced(&self) -> bool {
+        self.synced.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The items as they are now. Shared, not copied: a pass over 10,000 pods must not
+    /// start by cloning them all.
+    pub(crate) fn snapshot(&self) -> Vec<Arc<Value>> {
         self.items
             .lock()
             .map(|m| m.values().cloned().collect())
             .unwrap_or_default()
+    }
+}
+
+/// The collections the loops share, each fed by one list+watch.
+#[derive(Clone)]
+pub(crate) struct Caches {
+    pub pods: Arc<Cache>,
+    pub nodes: Arc<Cache>,
+}
+
+impl Caches {
+    pub(crate) fn synced(&self) -> bool {
+        self.pods.synced() && self.nodes.synced()
+    }
+
+    /// The cache that holds the collection at `path` (a cluster-wide list path), if any.
+    pub(crate) fn for_path(&self, path: &str) -> Option<&Arc<Cache>> {
+        match path {
+            "/api/v1/pods" => Some(&self.pods),
+            "/api/v1/nodes" => Some(&self.nodes),
+            _ => None,
+        }
     }
 }
 
@@ -55,8 +86,11 @@ pub(crate) fn spawn(c: Client, path: &'static str, wake: Vec<mpsc::Sender<()>>) 
                     }
                 };
                 if let Ok(mut m) = cache.items.lock() {
-                    *m = items.iter().map(|v| (key(v), v.clone())).collect();
+                    *m = items.into_iter().map(|v| (key(&v), Arc::new(v))).collect();
                 }
+                cache
+                    .synced
+                    .store(true, std::sync::atomic::Ordering::Release);
                 notify();
                 let r = c.watch(path, &rv, |e| {
                     let o = &e["object"];
@@ -65,7 +99,7 @@ pub(crate) fn spawn(c: Client, path: &'static str, wake: Vec<mpsc::Sender<()>>) 
                     };
                     match e["type"].as_str() {
                         Some("ADDED" | "MODIFIED") => {
-                            m.insert(key(o), o.clone());
+                            m.insert(key(o), Arc::new(o.clone()));
                         }
                         Some("DELETED") => {
                             m.remove(&key(o));

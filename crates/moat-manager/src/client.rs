@@ -180,6 +180,10 @@ impl Client {
             .user_agent("moat-controller-manager/v1.33")
             .tls_config(Arc::new(tls))
             .timeout_connect(Duration::from_secs(5))
+            // ureq keeps one idle connection per host by default: with the scheduler's
+            // concurrent binders every request but one paid a new TLS handshake.
+            .max_idle_connections(64)
+            .max_idle_connections_per_host(64)
             .build();
         Ok(Client {
             agent,

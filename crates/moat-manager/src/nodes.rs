@@ -8,16 +8,30 @@ use serde_json::{Value, json};
 
 use crate::{Client, ClientError};
 
-pub(crate) fn nodes_loop(c: Client, rx: mpsc::Receiver<()>, cfg: Config) {
+pub(crate) fn nodes_loop(
+    c: Client,
+    rx: mpsc::Receiver<()>,
+    cfg: Config,
+    node_cache: std::sync::Arc<crate::cache::Cache>,
+) {
     while crate::wait(&rx) {
-        if let Err(e) = pass(&c, &cfg) {
+        if !node_cache.synced() {
+            continue;
+        }
+        if let Err(e) = pass(&c, &cfg, &node_cache) {
             tracing::debug!(error = %e, "node lifecycle pass");
         }
     }
 }
 
-fn pass(c: &Client, cfg: &Config) -> Result<(), ClientError> {
-    let (nodes, _) = c.list("/api/v1/nodes")?;
+fn pass(c: &Client, cfg: &Config, node_cache: &crate::cache::Cache) -> Result<(), ClientError> {
+    // From the watch-fed cache (1,000 nodes listed every second cost more than the loop);
+    // a write based on a stale copy fails its resourceVersion check and is redone.
+    let nodes: Vec<Value> = node_cache
+        .snapshot()
+        .iter()
+        .map(|n| (**n).clone())
+        .collect();
     if nodes.is_empty() {
         return Ok(());
     }
@@ -109,9 +123,12 @@ fn mark_unknown(c: &Client, nodes: &[Value], node: &str) -> Result<(), ClientErr
         Some(c) => *c = unknown(Some(&c.clone())),
         None => conds.push(unknown(None)),
     }
+    // Conditional on the copy the decision was made from: a status the kubelet posted
+    // since then wins, and the next pass decides again.
     c.merge_patch(
         &format!("/api/v1/nodes/{node}/status"),
-        &json!({"status": {"conditions": conds}}),
+        &json!({"metadata": {"resourceVersion": n["metadata"]["resourceVersion"]},
+                "status": {"conditions": conds}}),
     )
     .map(|_| ())
 }

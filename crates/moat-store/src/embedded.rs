@@ -162,9 +162,13 @@ impl MvccStore {
         }
         w.commit().map_err(backend("initialising"))?;
         let state = RedbFile::load(&db)?;
+        let core = Core::new(state);
+        let file = Arc::new(RedbFile { db, path });
+        let committer = crate::mem::Committer::start(core.clone(), file.clone())?;
         Ok(MvccStore {
-            core: Core::new(state),
-            file: Some(Arc::new(RedbFile { db, path })),
+            core,
+            file: Some(file),
+            committer: Some(Arc::new(committer)),
         })
     }
 
@@ -220,30 +224,39 @@ impl RedbFile {
         Ok(st)
     }
 
-    /// Persists one change durably (fsync'd commit).
-    pub(crate) fn persist(&self, c: &Change) -> Result<(), StoreError> {
+    /// Persists a batch of changes durably, in one fsync'd commit (all or none).
+    pub(crate) fn persist<'a>(
+        &self,
+        changes: impl IntoIterator<Item = &'a Change>,
+    ) -> Result<(), StoreError> {
         let op = "committing a write";
         let w = self.db.begin_write().map_err(backend(op))?;
         {
             let mut kv = w.open_table(KV).map_err(backend(op))?;
             let mut hist = w.open_table(HIST).map_err(backend(op))?;
             let mut meta = w.open_table(META).map_err(backend(op))?;
-            let rev = c.event.revision();
-            match &c.event {
-                WatchEvent::Put { kv: new, .. } => {
-                    let mut rec = Vec::with_capacity(new.value.len() + new.key.len() + 24);
-                    enc_kv(&mut rec, new);
-                    kv.insert(new.key.as_str(), rec.as_slice())
-                        .map_err(backend(op))?;
+            let mut last = None;
+            for c in changes {
+                let rev = c.event.revision();
+                last = Some(rev);
+                match &c.event {
+                    WatchEvent::Put { kv: new, .. } => {
+                        let mut rec = Vec::with_capacity(new.value.len() + new.key.len() + 24);
+                        enc_kv(&mut rec, new);
+                        kv.insert(new.key.as_str(), rec.as_slice())
+                            .map_err(backend(op))?;
+                    }
+                    WatchEvent::Delete { prev, .. } => {
+                        kv.remove(prev.key.as_str()).map_err(backend(op))?;
+                    }
+                    WatchEvent::Progress { .. } => {}
                 }
-                WatchEvent::Delete { prev, .. } => {
-                    kv.remove(prev.key.as_str()).map_err(backend(op))?;
-                }
-                WatchEvent::Progress { .. } => {}
+                hist.insert(rev, enc_event(&c.event).as_slice())
+                    .map_err(backend(op))?;
             }
-            hist.insert(rev, enc_event(&c.event).as_slice())
-                .map_err(backend(op))?;
-            meta.insert("rev", rev).map_err(backend(op))?;
+            if let Some(rev) = last {
+                meta.insert("rev", rev).map_err(backend(op))?;
+            }
         }
         w.commit().map_err(backend(op))
     }

@@ -7,7 +7,7 @@ use futures::StreamExt;
 use tokio::sync::{Mutex, broadcast};
 
 use crate::embedded::RedbFile;
-use crate::mvcc::{Change, State, event_key};
+use crate::mvcc::{Change, Op, State, event_key};
 use crate::{
     KeyValue, ListOptions, ListResult, Revision, Store, StoreError, WatchEvent, WatchStream,
 };
@@ -28,17 +28,11 @@ impl Core {
         })
     }
 
-    /// One write: plan it against the current state, make it durable with `persist` (a
-    /// no-op for the in-memory store), then apply it and tell watchers. The state lock is
-    /// held throughout, so revisions are assigned and published in order.
-    pub async fn write(
-        &self,
-        plan: impl FnOnce(&State) -> Result<Change, StoreError>,
-        persist: impl FnOnce(&Change) -> Result<(), StoreError>,
-    ) -> Result<Change, StoreError> {
+    /// One write without a file: plan it against the current state, apply it and tell
+    /// watchers, under the state lock, so revisions are assigned and published in order.
+    pub async fn write(&self, op: Op) -> Result<Change, StoreError> {
         let mut st = self.state.lock().await;
-        let c = plan(&st)?;
-        persist(&c)?;
+        let c = st.plan(op)?;
         st.apply(&c);
         let _ = self.events.send(c.event.clone());
         Ok(c)
@@ -109,6 +103,118 @@ fn tokio_stream_from(
     })
 }
 
+/// A write waiting for the committer, and where its outcome goes.
+struct Pending {
+    op: Op,
+    reply: tokio::sync::oneshot::Sender<Result<Change, StoreError>>,
+}
+
+/// Group commit for the embedded store: one thread takes every write queued while the
+/// previous commit was being fsync'd, plans and applies them in order, makes them durable
+/// in one redb commit, and only then publishes them to watchers and answers the callers.
+/// One fsync per batch instead of per write, and no fsync on the async runtime's threads.
+/// A failed commit undoes the whole batch in memory and fails each of its writes.
+pub(crate) struct Committer {
+    tx: Option<std::sync::mpsc::Sender<Pending>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Writes per commit at most (bounds one commit's size and the callers' wait).
+const MAX_BATCH: usize = 256;
+
+impl Committer {
+    pub(crate) fn start(core: Arc<Core>, file: Arc<RedbFile>) -> Result<Committer, StoreError> {
+        let (tx, rx) = std::sync::mpsc::channel::<Pending>();
+        let thread = std::thread::Builder::new()
+            .name("store-commit".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut batch = vec![first];
+                    while batch.len() < MAX_BATCH {
+                        match rx.try_recv() {
+                            Ok(p) => batch.push(p),
+                            Err(_) => break,
+                        }
+                    }
+                    commit_batch(&core, &file, batch);
+                }
+            })
+            .map_err(|e| StoreError::Backend {
+                op: "starting the commit thread",
+                source: Box::new(e),
+            })?;
+        Ok(Committer {
+            tx: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    async fn write(&self, op: Op) -> Result<Change, StoreError> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.tx
+            .as_ref()
+            .ok_or(StoreError::Closed)?
+            .send(Pending { op, reply })
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+impl Drop for Committer {
+    fn drop(&mut self) {
+        // Closing the queue ends the thread after the batch in hand; waiting for it releases
+        // the redb file before the store counts as closed (a reopen must not find it locked).
+        drop(self.tx.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn commit_batch(core: &Core, file: &RedbFile, batch: Vec<Pending>) {
+    let mut st = core.state.blocking_lock();
+    let mut applied: Vec<(
+        Change,
+        tokio::sync::oneshot::Sender<Result<Change, StoreError>>,
+    )> = Vec::with_capacity(batch.len());
+    for p in batch {
+        match st.plan(p.op) {
+            Ok(c) => {
+                st.apply(&c);
+                applied.push((c, p.reply));
+            }
+            // Refused (conflict, exists, missing): nothing changed, answered at once.
+            Err(e) => {
+                let _ = p.reply.send(Err(e));
+            }
+        }
+    }
+    if applied.is_empty() {
+        return;
+    }
+    match file.persist(applied.iter().map(|(c, _)| c)) {
+        Ok(()) => {
+            for (c, reply) in applied {
+                let _ = core.events.send(c.event.clone());
+                let _ = reply.send(Ok(c));
+            }
+        }
+        Err(e) => {
+            for (c, _) in applied.iter().rev() {
+                st.undo(c);
+            }
+            let msg = e.to_string();
+            let source = std::error::Error::source(&e).map(|s| s.to_string());
+            for (_, reply) in applied {
+                let _ = reply.send(Err(StoreError::Backend {
+                    op: "committing a write",
+                    source: format!("{msg}: {}", source.as_deref().unwrap_or("")).into(),
+                }));
+            }
+        }
+    }
+}
+
 /// The MVCC store: state and history in memory, optionally backed by a redb file that
 /// every change is made durable in before it is applied and announced (the embedded store).
 /// Without a file it is the in-memory store, the fake other crates test against.
@@ -116,6 +222,7 @@ fn tokio_stream_from(
 pub struct MvccStore {
     pub(crate) core: Arc<Core>,
     pub(crate) file: Option<Arc<RedbFile>>,
+    pub(crate) committer: Option<Arc<Committer>>,
 }
 
 /// The in-memory store: [`MvccStore::new`].
@@ -133,13 +240,14 @@ impl MvccStore {
         MvccStore {
             core: Core::new(State::new()),
             file: None,
+            committer: None,
         }
     }
 
-    fn persist(&self, c: &Change) -> Result<(), StoreError> {
-        match &self.file {
-            Some(f) => f.persist(c),
-            None => Ok(()),
+    async fn write(&self, op: Op) -> Result<Change, StoreError> {
+        match &self.committer {
+            Some(c) => c.write(op).await,
+            None => self.core.write(op).await,
         }
     }
 }
@@ -160,8 +268,10 @@ impl Store for MvccStore {
 
     async fn create(&self, key: &str, value: Vec<u8>) -> Result<KeyValue, StoreError> {
         let c = self
-            .core
-            .write(|st| st.plan_create(key, value), |c| self.persist(c))
+            .write(Op::Create {
+                key: key.into(),
+                value,
+            })
             .await?;
         Ok(put_kv(&c))
     }
@@ -173,11 +283,11 @@ impl Store for MvccStore {
         expected: Revision,
     ) -> Result<KeyValue, StoreError> {
         let c = self
-            .core
-            .write(
-                |st| st.plan_update(key, value, expected),
-                |c| self.persist(c),
-            )
+            .write(Op::Update {
+                key: key.into(),
+                value,
+                expected,
+            })
             .await?;
         Ok(put_kv(&c))
     }
@@ -188,8 +298,10 @@ impl Store for MvccStore {
         expected: Option<Revision>,
     ) -> Result<(KeyValue, Revision), StoreError> {
         let c = self
-            .core
-            .write(|st| st.plan_delete(key, expected), |c| self.persist(c))
+            .write(Op::Delete {
+                key: key.into(),
+                expected,
+            })
             .await?;
         Ok(del_kv(&c))
     }

@@ -17,6 +17,24 @@ pub(crate) struct State {
     pub compacted: Revision,
 }
 
+/// A requested write, planned against the state when its turn comes.
+#[derive(Debug, Clone)]
+pub(crate) enum Op {
+    Create {
+        key: String,
+        value: Vec<u8>,
+    },
+    Update {
+        key: String,
+        value: Vec<u8>,
+        expected: Revision,
+    },
+    Delete {
+        key: String,
+        expected: Option<Revision>,
+    },
+}
+
 /// A validated change, ready to persist and then apply.
 #[derive(Debug, Clone)]
 pub(crate) struct Change {
@@ -116,6 +134,40 @@ impl State {
                 revision: self.rev + 1,
             },
         })
+    }
+
+    pub fn plan(&self, op: Op) -> Result<Change, StoreError> {
+        match op {
+            Op::Create { key, value } => self.plan_create(&key, value),
+            Op::Update {
+                key,
+                value,
+                expected,
+            } => self.plan_update(&key, value, expected),
+            Op::Delete { key, expected } => self.plan_delete(&key, expected),
+        }
+    }
+
+    /// Reverts the last applied change `c` (a batch whose commit failed is undone in
+    /// reverse order, so the state is exactly what it was before the batch).
+    pub fn undo(&mut self, c: &Change) {
+        let rev = c.event.revision();
+        match &c.event {
+            WatchEvent::Put { kv, prev } => match prev {
+                Some(p) => {
+                    self.kv.insert(p.key.clone(), p.clone());
+                }
+                None => {
+                    self.kv.remove(&kv.key);
+                }
+            },
+            WatchEvent::Delete { prev, .. } => {
+                self.kv.insert(prev.key.clone(), prev.clone());
+            }
+            WatchEvent::Progress { .. } => return,
+        }
+        self.hist.remove(&rev);
+        self.rev = rev - 1;
     }
 
     /// Applies a planned change (after it was made durable, for durable backends).
@@ -226,5 +278,72 @@ pub(crate) fn event_key(e: &WatchEvent) -> Option<&str> {
         WatchEvent::Put { kv, .. } => Some(&kv.key),
         WatchEvent::Delete { prev, .. } => Some(&prev.key),
         WatchEvent::Progress { .. } => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Snap = (BTreeMap<String, KeyValue>, Vec<Revision>, Revision);
+
+    fn snapshot(s: &State) -> Snap {
+        (s.kv.clone(), s.hist.keys().copied().collect(), s.rev)
+    }
+
+    /// A batch whose commit fails is undone in reverse: the state must be exactly what it
+    /// was, whatever mix of creates, updates and deletes (of keys the batch itself touched).
+    #[test]
+    fn undo_in_reverse_restores_the_state_before_the_batch() {
+        let mut st = State::new();
+        for k in ["a", "b", "c"] {
+            let c = st
+                .plan(Op::Create {
+                    key: k.into(),
+                    value: b"v0".to_vec(),
+                })
+                .expect("create");
+            st.apply(&c);
+        }
+        let before = snapshot(&st);
+        let mut applied = Vec::new();
+        let ops = [
+            Op::Create {
+                key: "d".into(),
+                value: b"new".to_vec(),
+            },
+            Op::Update {
+                key: "a".into(),
+                value: b"v1".to_vec(),
+                expected: 2,
+            },
+            Op::Delete {
+                key: "b".into(),
+                expected: None,
+            },
+            Op::Update {
+                key: "d".into(),
+                value: b"newer".to_vec(),
+                expected: 5,
+            },
+            Op::Delete {
+                key: "d".into(),
+                expected: Some(8),
+            },
+            Op::Create {
+                key: "b".into(),
+                value: b"again".to_vec(),
+            },
+        ];
+        for op in ops {
+            let c = st.plan(op).expect("plan");
+            st.apply(&c);
+            applied.push(c);
+        }
+        assert_ne!(snapshot(&st), before);
+        for c in applied.iter().rev() {
+            st.undo(c);
+        }
+        assert_eq!(snapshot(&st), before);
     }
 }

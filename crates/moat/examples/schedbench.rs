@@ -13,6 +13,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
+// The same allocator as the server, so the clients of the benchmark do not take the CPU
+// the server needs (two cores in all).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn node(i: usize) -> Value {
     json!({"apiVersion": "v1", "kind": "Node",
         "metadata": {"name": format!("node-{i:04}"), "labels": {"kubernetes.io/hostname": format!("node-{i:04}"), "zone": format!("z{}", i % 3)}},

@@ -3,6 +3,11 @@
 
 use clap::{Parser, Subcommand};
 
+// Many small, short-lived allocations (JSON values per object) across threads: glibc's
+// malloc spent about half the server's CPU on them under load (bench/scheduler.sh).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod agent;
 mod image;
 mod netpol;
