@@ -29,6 +29,8 @@ pub enum What<'a> {
     Init {
         spec: &'a ContainerSpec,
         root: &'a str,
+        /// The container's cgroup, joined before the namespaces are made.
+        cgroup: Option<&'a str>,
     },
     Exec {
         init_pid: i32,
@@ -177,9 +179,15 @@ fn do_mount(root: &str, m: &MountSpec) -> io::Result<()> {
         }
         return Ok(());
     }
-    // The guest has its own cgroup hierarchy; the host's cgroup paths mean nothing here.
+    // The guest's own hierarchy, as seen from the container's cgroup namespace (its own
+    // cgroup is the root it sees, with its limits), whatever version the host runs.
     if m.kind == "cgroup" || m.kind == "cgroup2" {
-        return Ok(());
+        if !std::path::Path::new(&format!("{}/cgroup.controllers", crate::cgroup::ROOT)).exists() {
+            return Ok(());
+        }
+        sys::mkdir_p(&dest)?;
+        let keep = flags & (libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC);
+        return sys::mount("cgroup2", &dest, "cgroup2", keep, None);
     }
     sys::mkdir_p(&dest)?;
     let data = (!data.is_empty()).then_some(data.as_str());
@@ -552,8 +560,14 @@ pub fn spawn(what: What<'_>) -> io::Result<Spawned> {
             open_ns(*init_pid, "ipc")?,
             open_ns(*init_pid, "uts")?,
             open_ns(*init_pid, "mnt")?,
+            open_ns(*init_pid, "cgroup")?,
         ]),
         What::Init { .. } => None,
+    };
+    // An exec'd process joins the cgroup of the container's init, like runc's exec.
+    let cgroup_dir: Option<String> = match &what {
+        What::Init { cgroup, .. } => cgroup.map(str::to_string),
+        What::Exec { init_pid, .. } => crate::cgroup::of_pid(*init_pid),
     };
     // SAFETY: fork in a multi-threaded process; the children only use async-signal-safe calls
     // plus malloc, which glibc's fork makes safe, and never touch std's locked handles.
@@ -606,7 +620,18 @@ pub fn spawn(what: What<'_>) -> io::Result<Spawned> {
         if child == 0 {
             sys::close(pid_w);
             let e = run_process(
-                &what, process, &argv, &envp, rep_w, start_r, pty_w, in_r, out_w, err_w, ns_fds,
+                &what,
+                process,
+                &argv,
+                &envp,
+                rep_w,
+                start_r,
+                pty_w,
+                in_r,
+                out_w,
+                err_w,
+                ns_fds,
+                cgroup_dir.as_deref(),
             );
             child_fail(rep_w, &e);
         }
@@ -711,11 +736,32 @@ fn run_process(
     in_r: i32,
     out_w: i32,
     err_w: i32,
-    ns_fds: Option<[i32; 4]>,
+    ns_fds: Option<[i32; 5]>,
+    cgroup_dir: Option<&str>,
 ) -> io::Error {
     let r: io::Result<String> = (|| {
+        // The process itself (not its monitor, which would count against pids.max) joins
+        // the cgroup, then gets a cgroup namespace rooted there: the container sees its own
+        // cgroup, with its limits, as /sys/fs/cgroup.
+        if let Some(d) = cgroup_dir {
+            crate::cgroup::join(d)?;
+        }
+        match (what, ns_fds) {
+            (What::Exec { .. }, Some(fds)) => setns(fds[4], "cgroup")?,
+            // SAFETY: unshare with a flag only.
+            (What::Init { .. }, _) if cgroup_dir.is_some() => unsafe {
+                if libc::unshare(libc::CLONE_NEWCGROUP) != 0 {
+                    return Err(sys::ctx(
+                        "unshare",
+                        "cgroup namespace",
+                        io::Error::last_os_error(),
+                    ));
+                }
+            },
+            _ => {}
+        }
         match what {
-            What::Init { spec, root } => build_root(spec, root)?,
+            What::Init { spec, root, .. } => build_root(spec, root)?,
             What::Exec { .. } => {
                 if let Some(fds) = ns_fds {
                     setns(fds[1], "ipc")?;

@@ -6,6 +6,7 @@
 //! writer thread per input), and a reaper that collects every child (PID 1 must).
 
 mod caps;
+mod cgroup;
 mod container;
 mod init;
 mod net;
@@ -329,12 +330,21 @@ fn handle(a: &Shared, op: Op) -> Result<Response, String> {
                 container::remove_rootfs(&dir);
                 format!("preparing rootfs: {e}")
             })?;
+            let cg = match cgroup::create(&spec.id, &spec.resources) {
+                Ok(cg) => cg,
+                Err(e) => {
+                    container::remove_rootfs(&dir);
+                    return Err(format!("creating the cgroup of container {}: {e}", spec.id));
+                }
+            };
             let sp = match container::spawn(container::What::Init {
                 spec: &spec,
                 root: &root,
+                cgroup: cg.as_deref(),
             }) {
                 Ok(sp) => sp,
                 Err(e) => {
+                    cgroup::remove(&spec.id);
                     container::remove_rootfs(&dir);
                     return Err(format!("creating container {}: {e}", spec.id));
                 }
@@ -497,6 +507,7 @@ fn handle(a: &Shared, op: Op) -> Result<Response, String> {
             }
             st.containers.remove(&id);
             drop(st);
+            cgroup::remove(&id);
             container::remove_rootfs(&dir);
             Ok(Response::default())
         }
@@ -614,6 +625,11 @@ fn boot() -> std::io::Result<File> {
         init::power_off();
     }
     init::console_stdio();
+    // Without it containers with limits are refused (clearly, at create); nothing else
+    // needs it, so the guest still boots.
+    if let Err(e) = cgroup::mount_hierarchy() {
+        log(&format!("no cgroup hierarchy: {e}"));
+    }
     init::load_modules()?;
     net::loopback_up()?;
     init::mount_share(proto::SHARE_TAG)?;

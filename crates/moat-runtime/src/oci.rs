@@ -128,6 +128,24 @@ pub fn netns(spec: &Spec) -> Result<Option<PathBuf>, OciError> {
     }
 }
 
+/// The limits of `linux.resources` the guest applies (cgroup v2 names; non-positive values
+/// mean unlimited, as runc reads them).
+fn resources(r: &oci_spec::runtime::LinuxResources) -> moat_vm_proto::Resources {
+    let positive = |v: Option<i64>| v.filter(|v| *v > 0);
+    let cpu = r.cpu().as_ref();
+    moat_vm_proto::Resources {
+        memory_max: positive(r.memory().as_ref().and_then(|m| m.limit())),
+        pids_max: positive(r.pids().as_ref().map(|p| p.limit())),
+        cpu_quota: positive(cpu.and_then(|c| c.quota())),
+        cpu_period: cpu.and_then(|c| c.period()).filter(|p| *p > 0),
+        // cgroup v1 shares (2–262144) onto v2 weight (1–10000), the mapping runc and crun use.
+        cpu_weight: cpu
+            .and_then(|c| c.shares())
+            .filter(|s| *s > 0)
+            .map(|s| 1 + (s.clamp(2, 262_144) - 2) * 9999 / 262_142),
+    }
+}
+
 pub fn plan(id: &str, bundle: &Path, spec: &Spec, stdio: Stdio) -> Result<Plan, OciError> {
     let netns = netns(spec)?;
     let p = spec.process().as_ref().ok_or(OciError::NoProcess)?;
@@ -187,6 +205,10 @@ pub fn plan(id: &str, bundle: &Path, spec: &Spec, stdio: Stdio) -> Result<Plan, 
         .into_iter()
         .collect();
     sysctl.sort();
+    let resources = linux
+        .and_then(|l| l.resources().as_ref())
+        .map(resources)
+        .unwrap_or_default();
     Ok(Plan {
         spec: ContainerSpec {
             id: id.to_string(),
@@ -202,6 +224,7 @@ pub fn plan(id: &str, bundle: &Path, spec: &Spec, stdio: Stdio) -> Result<Plan, 
                 .and_then(|l| l.readonly_paths().clone())
                 .unwrap_or_default(),
             sysctl,
+            resources,
         },
         shares,
         netns,
@@ -214,6 +237,25 @@ mod tests {
 
     fn spec(json: serde_json::Value) -> Spec {
         serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn resources_map_to_cgroup2_limits_and_unlimited_is_absent() {
+        let r: oci_spec::runtime::LinuxResources = serde_json::from_value(serde_json::json!({
+            "memory": {"limit": 1048576}, "pids": {"limit": 0},
+            "cpu": {"quota": -1, "period": 100000, "shares": 1024}
+        }))
+        .unwrap();
+        let got = resources(&r);
+        assert_eq!(got.memory_max, Some(1 << 20));
+        assert_eq!(got.pids_max, None, "0 is unlimited");
+        assert_eq!(got.cpu_quota, None, "-1 is unlimited");
+        assert_eq!(got.cpu_period, Some(100_000));
+        assert_eq!(
+            got.cpu_weight,
+            Some(39),
+            "runc maps 1024 shares to weight 39"
+        );
     }
 
     fn base() -> serde_json::Value {

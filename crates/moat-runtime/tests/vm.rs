@@ -512,3 +512,68 @@ fn serial_vm_debug_console_is_a_shell_in_the_guest_not_the_container() {
     }
     env.assert_clean();
 }
+
+/// `linux.resources` become a cgroup of the guest's own: the container sees its limits as
+/// its /sys/fs/cgroup (a cgroup namespace rooted there), pids.max is enforced on its forks,
+/// an exec'd process joins the same cgroup, and delete removes it.
+#[test]
+fn serial_vm_resources_become_guest_cgroup_limits() {
+    let env = Env::new();
+    // The forks run in a subshell (a failed fork ends the shell that tried it); after them
+    // only builtins, since with pids.max reached nothing else can start.
+    let script = "read m < /sys/fs/cgroup/memory.max; echo memory=$m; \
+                  read p < /sys/fs/cgroup/pids.max; echo pids=$p; \
+                  read c < /sys/fs/cgroup/cpu.max; echo cpu=$c; \
+                  read w < /sys/fs/cgroup/cpu.weight; echo weight=$w; \
+                  (for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do sleep 600 & done) 2>/dev/null; \
+                  n=0; for x in /proc/[0-9]*; do n=$((n+1)); done; echo procs=$n; \
+                  kill -9 -1; wait; echo ready; \
+                  while :; do sleep 1; done";
+    let b = bundle(env.dir.path(), "cg", &["sh", "-c", script]);
+    edit_config(&b, |c| {
+        c["linux"]["resources"] = serde_json::json!({
+            "memory": {"limit": 64 << 20},
+            "pids": {"limit": 8},
+            "cpu": {"quota": 50000, "period": 100000, "shares": 512}
+        });
+    });
+    let (shim, out) = create(&env, "cg1", &b);
+    env.ok(&["start", "cg1"]);
+    let mut o = String::new();
+    for _ in 0..300 {
+        o = std::fs::read_to_string(&out).unwrap();
+        if o.contains("ready") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let lines: Vec<&str> = o.lines().collect();
+    assert_eq!(lines.first(), Some(&"memory=67108864"), "{o}");
+    assert_eq!(lines.get(1), Some(&"pids=8"), "{o}");
+    assert_eq!(lines.get(2), Some(&"cpu=50000 100000"), "{o}");
+    // runc's shares→weight mapping: 1 + (512 - 2) * 9999 / 262142.
+    assert_eq!(lines.get(3), Some(&"weight=20"), "{o}");
+    let procs: usize = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("procs="))
+        .unwrap_or_else(|| panic!("no procs line: {o}"))
+        .parse()
+        .unwrap();
+    assert!(
+        procs <= 8,
+        "20 forks asked, at most pids.max processes exist: {o}"
+    );
+    // An exec'd process lands in the container's cgroup, seen as the root of its namespace.
+    let e = env.ok(&[
+        "exec",
+        "cg1",
+        "sh",
+        "-c",
+        "cat /proc/self/cgroup; read p < /sys/fs/cgroup/pids.max; echo $p",
+    ]);
+    assert_eq!(e.lines().collect::<Vec<_>>(), ["0::/", "8"], "{e}");
+    env.ok(&["kill", "cg1", "KILL"]);
+    assert_eq!(reap(shim), 137);
+    env.ok(&["delete", "cg1"]);
+    env.assert_clean();
+}

@@ -96,6 +96,30 @@ pub struct ContainerSpec {
     pub readonly_paths: Vec<String>,
     #[serde(default)]
     pub sysctl: Vec<(String, String)>,
+    /// Limits from the OCI config's `linux.resources`, applied with a cgroup of the guest's
+    /// own (the host's cgroup only bounds the whole VM).
+    #[serde(default)]
+    pub resources: Resources,
+}
+
+/// The cgroup v2 limits a container gets in the guest (absent = unlimited).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Resources {
+    /// Bytes (`memory.max`).
+    #[serde(default)]
+    pub memory_max: Option<i64>,
+    /// Tasks (`pids.max`).
+    #[serde(default)]
+    pub pids_max: Option<i64>,
+    /// CPU bandwidth: `quota` µs per `period` µs (`cpu.max`).
+    #[serde(default)]
+    pub cpu_quota: Option<i64>,
+    #[serde(default)]
+    pub cpu_period: Option<u64>,
+    /// Relative share, cgroup v2 units 1–10000 (`cpu.weight`).
+    #[serde(default)]
+    pub cpu_weight: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
