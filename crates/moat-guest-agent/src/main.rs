@@ -61,7 +61,7 @@ type Shared = Arc<Agent>;
 
 /// Logs go to the kernel log (and so the serial console): one write per line, as /dev/kmsg
 /// wants, and it works before and after the console is set up.
-fn log(msg: &str) {
+pub(crate) fn log(msg: &str) {
     // Level 3 (err) so that a `quiet` console still shows it.
     let line = format!("<3>moat-guest-agent: {msg}\n");
     match std::fs::OpenOptions::new().write(true).open("/dev/kmsg") {
@@ -624,16 +624,29 @@ fn boot() -> std::io::Result<File> {
     if cmdline.split_whitespace().any(|w| w == "moat.poweroff") {
         init::power_off();
     }
+    // `moat.trace` on the kernel command line logs when each start-up step ends (guest
+    // clock), to see where a sandbox's start-up goes.
+    let tracing = cmdline.split_whitespace().any(|w| w == "moat.trace");
+    let step = |what: &str| {
+        if tracing {
+            log(&format!("{what} done at {} ms", sys::boottime_ms()));
+        }
+    };
+    step("pseudo filesystems");
     init::console_stdio();
     // Without it containers with limits are refused (clearly, at create); nothing else
     // needs it, so the guest still boots.
     if let Err(e) = cgroup::mount_hierarchy() {
         log(&format!("no cgroup hierarchy: {e}"));
     }
+    step("cgroup hierarchy");
     init::load_modules()?;
+    step("modules");
     net::loopback_up()?;
     init::mount_share(proto::SHARE_TAG)?;
+    step("share");
     let port = init::find_port(proto::CHANNEL_NAME, Duration::from_secs(10))?;
+    step("channel port");
     std::fs::OpenOptions::new()
         .read(true)
         .write(true)
