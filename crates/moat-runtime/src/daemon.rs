@@ -76,7 +76,7 @@ pub struct Daemon {
     st: Mutex<SbState>,
     cv: Condvar,
     agent: Mutex<Option<Arc<AgentConn>>>,
-    qemu: Mutex<Option<Child>>,
+    qemu: Mutex<Option<Box<dyn crate::vmm::Vm>>>,
     net_veth: Mutex<Option<(PathBuf, String)>>,
     /// Creates and deletes run one at a time, so a delete racing a create (a manager giving
     /// up on a slow create) sees the container either absent or complete.
@@ -455,13 +455,12 @@ impl Daemon {
         }
         if let Some(mut q) = self.qemu.lock().unwrap_or_else(|p| p.into_inner()).take() {
             for _ in 0..50 {
-                if matches!(q.try_wait(), Ok(Some(_))) {
+                if matches!(q.exited(), Ok(Some(_))) {
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
-            let _ = q.kill();
-            let _ = q.wait();
+            q.kill();
         }
         if let Some((ns, veth)) = self
             .net_veth
@@ -619,7 +618,7 @@ pub fn run(root: &Path, config: &Path, sandbox_id: &str, bundle: &Path, ready: O
         net_veth: Mutex::new(None),
         ops: Mutex::new(()),
     });
-    let r = boot(&d, root, config, sandbox_id, bundle);
+    let r = boot(&d, &crate::vmm::Qemu, root, config, sandbox_id, bundle);
     let listener = match r {
         Ok(l) => {
             let _ = std::io::Write::write_all(&mut ready, b"ok");
@@ -651,6 +650,7 @@ pub fn run(root: &Path, config: &Path, sandbox_id: &str, bundle: &Path, ready: O
 
 fn boot(
     d: &Arc<Daemon>,
+    hv: &dyn crate::vmm::Hypervisor,
     root: &Path,
     config: &Path,
     sandbox_id: &str,
@@ -712,10 +712,10 @@ fn boot(
     };
     let (host, guest) = UnixStream::pair().map_err(io("socketpair for", dir))?;
     let t_spawn = started.elapsed();
-    let child = spawn_qemu(&cfg, &vm, &guest, tap.as_ref(), &dir.join("qemu.log"))?;
+    let child = hv.launch(&cfg, &vm, &guest, tap.as_ref(), &dir.join("qemu.log"))?;
     drop(guest);
     drop(tap);
-    std::fs::write(dir.join("qemu.pid"), child.id().to_string()).map_err(io("writing", dir))?;
+    std::fs::write(dir.join("qemu.pid"), child.pid().to_string()).map_err(io("writing", dir))?;
     *d.qemu.lock().unwrap_or_else(|p| p.into_inner()) = Some(child);
     let agent = AgentConn::start(Box::new(host), Arc::new(Ev(d.clone())))
         .map_err(io("starting the channel on", dir))?;
@@ -749,7 +749,7 @@ fn boot(
         loop {
             std::thread::sleep(Duration::from_millis(200));
             let mut q = d2.qemu.lock().unwrap_or_else(|p| p.into_inner());
-            match q.as_mut().map(|c| c.try_wait()) {
+            match q.as_mut().map(|c| c.exited()) {
                 Some(Ok(Some(_))) | None => {
                     drop(q);
                     Ev(d2.clone()).died("QEMU exited");
@@ -760,4 +760,154 @@ fn boot(
         }
     });
     Ok(ctl::listen(&sandbox::ctl_socket(dir))?)
+}
+
+#[cfg(test)]
+mod tests {
+    //! The daemon's boot, death detection and teardown against the recording hypervisor
+    //! fake (`vmm::fake`): no QEMU, no root. The real path is `tests/vm.rs`.
+    use super::*;
+    use crate::vmm::fake::{Fake, Script};
+
+    struct Setup {
+        _tmp: tempfile::TempDir,
+        root: PathBuf,
+        config: PathBuf,
+        bundle: PathBuf,
+    }
+
+    fn setup() -> Setup {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        let assets = tmp.path().join("assets");
+        std::fs::create_dir_all(&assets).unwrap();
+        std::fs::write(assets.join("vmlinux"), "kernel").unwrap();
+        std::fs::write(
+            assets.join(crate::assets::initramfs_name(false)),
+            "initramfs",
+        )
+        .unwrap();
+        let config = tmp.path().join("rt.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[hypervisor]\naccel = \"tcg\"\n[assets]\ndir = \"{}\"\n",
+                assets.display()
+            ),
+        )
+        .unwrap();
+        let bundle = tmp.path().join("bundle");
+        std::fs::create_dir_all(bundle.join("rootfs")).unwrap();
+        std::fs::write(
+            bundle.join("config.json"),
+            serde_json::json!({
+                "ociVersion": "1.0.2",
+                "root": {"path": "rootfs"},
+                "process": {"args": ["sh"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
+                "linux": {"namespaces": [{"type": "pid"}, {"type": "network"}]}
+            })
+            .to_string(),
+        )
+        .unwrap();
+        Setup {
+            _tmp: tmp,
+            root,
+            config,
+            bundle,
+        }
+    }
+
+    fn daemon(root: &Path, id: &str) -> Arc<Daemon> {
+        Arc::new(Daemon {
+            dir: sandbox::dir(root, id),
+            st: Mutex::new(SbState::default()),
+            cv: Condvar::new(),
+            agent: Mutex::new(None),
+            qemu: Mutex::new(None),
+            net_veth: Mutex::new(None),
+            ops: Mutex::new(()),
+        })
+    }
+
+    fn eventually(what: &str, f: impl Fn() -> bool) {
+        for _ in 0..300 {
+            if f() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("timed out waiting for {what}");
+    }
+
+    #[test]
+    fn boot_launches_once_records_the_vm_and_teardown_powers_it_off() {
+        let s = setup();
+        let fake = Fake::new(Script::Healthy);
+        let d = daemon(&s.root, "sb1");
+        boot(&d, &fake, &s.root, &s.config, "sb1", &s.bundle).expect("boot");
+        {
+            let r = fake.rec.lock().unwrap();
+            assert_eq!(r.launches.len(), 1);
+            let a = r.launches[0].join(" ");
+            assert!(
+                a.contains("-name sandbox-sb1") && a.contains("-accel tcg"),
+                "{a}"
+            );
+            assert!(!a.contains("netdev"), "no netns path, no NIC: {a}");
+        }
+        assert_eq!(
+            std::fs::read_to_string(d.dir.join("qemu.pid")).unwrap(),
+            "4242"
+        );
+        let t: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(d.dir.join("timings.json")).unwrap())
+                .unwrap();
+        assert_eq!(t["guestReadyMs"], 2);
+        assert!(sandbox::ctl_socket(&d.dir).exists());
+        d.teardown();
+        let r = fake.rec.lock().unwrap();
+        assert_eq!(r.ops, ["Shutdown"], "the guest is asked to power off");
+        assert!(r.killed, "and the VM is reaped");
+        assert!(!d.dir.exists(), "nothing of the sandbox is left");
+    }
+
+    #[test]
+    fn a_guest_that_never_says_hello_fails_the_boot_with_its_console() {
+        let s = setup();
+        let fake = Fake::new(Script::Panics);
+        let d = daemon(&s.root, "sb2");
+        let e = boot(&d, &fake, &s.root, &s.config, "sb2", &s.bundle).expect_err("no hello");
+        let msg = e.to_string();
+        assert!(msg.contains("the VM did not come up"), "{msg}");
+        assert!(
+            msg.contains("kernel panic - not syncing"),
+            "the console tail is shown: {msg}"
+        );
+        d.teardown();
+        assert!(fake.rec.lock().unwrap().killed);
+        assert!(!d.dir.exists());
+    }
+
+    #[test]
+    fn a_vm_that_ends_on_its_own_stops_its_processes_with_the_died_status() {
+        let s = setup();
+        let fake = Fake::new(Script::DiesAfterHello);
+        let d = daemon(&s.root, "sb3");
+        boot(&d, &fake, &s.root, &s.config, "sb3", &s.bundle).expect("boot");
+        d.lock()
+            .containers
+            .entry("c1".into())
+            .or_default()
+            .procs
+            .insert(None, ProcSt::default());
+        eventually("the VM's death to be noticed", || {
+            d.lock().vm_dead.is_some()
+        });
+        assert_eq!(
+            d.lock().containers["c1"].procs[&None].status,
+            Some(VM_DIED_STATUS)
+        );
+        d.teardown();
+        assert!(!d.dir.exists());
+    }
 }

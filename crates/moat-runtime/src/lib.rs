@@ -21,3 +21,4 @@ pub mod qemu;
 pub mod sandbox;
 pub mod state;
 pub mod vmlinux;
+pub mod vmm;

@@ -5,6 +5,7 @@
 
 use crate::config::Config;
 use crate::qemu;
+use crate::vmm::Hypervisor;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -35,6 +36,16 @@ pub fn bare_boot(
     accel: &'static str,
     timeout: Duration,
 ) -> Result<Option<Duration>, ProbeError> {
+    bare_boot_with(&crate::vmm::Qemu, cfg, accel, timeout)
+}
+
+/// [`bare_boot`] on the given hypervisor.
+pub fn bare_boot_with(
+    hv: &dyn Hypervisor,
+    cfg: &Config,
+    accel: &'static str,
+    timeout: Duration,
+) -> Result<Option<Duration>, ProbeError> {
     let kernel = cfg.assets.dir.join("vmlinux");
     let initramfs = cfg.assets.dir.join("initramfs.cpio");
     if !kernel.is_file() || !initramfs.is_file() {
@@ -59,14 +70,14 @@ pub fn bare_boot(
     };
     let (_host, guest) = UnixStream::pair().map_err(io("socketpair"))?;
     let t0 = Instant::now();
-    let mut child = crate::daemon::spawn_qemu(cfg, &vm, &guest, None, &tmp.path().join("qemu.log"))
+    let mut child = hv
+        .launch(cfg, &vm, &guest, None, &tmp.path().join("qemu.log"))
         .map_err(ProbeError::Qemu)?;
     loop {
-        match child.try_wait().map_err(io("waiting for QEMU"))? {
-            Some(st) => return Ok(st.success().then(|| t0.elapsed())),
+        match child.exited().map_err(io("waiting for QEMU"))? {
+            Some(ok) => return Ok(ok.then(|| t0.elapsed())),
             None if t0.elapsed() > timeout => {
-                let _ = child.kill();
-                let _ = child.wait();
+                child.kill();
                 return Ok(None);
             }
             None => std::thread::sleep(Duration::from_millis(5)),
