@@ -28,7 +28,10 @@ accel = "$ACCEL"
 [assets]
 dir = "$ASSETS"
 TOML
-rt() { "$RT" --root "$ROOT" --config "$W/rt.toml" "$@"; }
+cp "$W/rt.toml" "$W/rt-template.toml"
+printf '[factory]\ntemplate = true\n' >>"$W/rt-template.toml"
+CFG=$W/rt.toml
+rt() { "$RT" --root "$ROOT" --config "$CFG" "$@"; }
 
 cleanup() {
     set +e
@@ -92,9 +95,9 @@ run_vm() { # $1 = id, $2 = mode (running|http)
     local tj; tj=$(cat "$ROOT"/.sb-*/timings.json)
     if [ "$2" = running ]; then
         local q; q=$(pgrep -f "sandbox-$id" | head -1)
-        awk '/^Rss:/{r=$2} /^Pss:/{p=$2} END{print r, p}' "/proc/$q/smaps_rollup" >>"$W/mem"
+        awk '/^Rss:/{r=$2} /^Pss:/{p=$2} END{print r, p}' "/proc/$q/smaps_rollup" >>"$W/mem$SUFFIX"
     fi
-    echo "$(ms "$t0" "$t1") $tj" >>"$W/vm-$2"
+    echo "$(ms "$t0" "$t1") $tj" >>"$W/vm$SUFFIX-$2"
     rt kill "$id" KILL >/dev/null 2>&1 || true
     rt delete --force "$id"
 }
@@ -116,12 +119,25 @@ run_runc() {
     runc --root "$W/runc" delete --force "$id"
 }
 
+SUFFIX=
 echo "== create → process running ($N runs each)"
 setargs '["sh","-c","echo started; exec sleep 1000"]' ""
 for i in $(seq "$N"); do run_vm "r$i" running; run_runc "c$i" running; done
 echo "== create → first HTTP response through the pod veth ($N runs each)"
 setargs '["httpd","-f","-p","8080","-h","/var/www"]' "/var/run/netns/$POD"
 for i in $(seq "$N"); do run_vm "h$i" http; run_runc "d$i" http; done
+
+# The VM factory ([factory] template = true): sandboxes restored from a template VM saved
+# once its agent was ready. The first run builds the template and is not counted.
+CFG=$W/rt-template.toml
+SUFFIX=-tpl
+echo "== from the VM template: building it (not measured), then $N runs each"
+setargs '["sh","-c","echo started; exec sleep 1000"]' ""
+run_vm warm running
+: >"$W/vm-tpl-running"; : >"$W/mem-tpl"
+for i in $(seq "$N"); do run_vm "tr$i" running; done
+setargs '["httpd","-f","-p","8080","-h","/var/www"]' "/var/run/netns/$POD"
+for i in $(seq "$N"); do run_vm "th$i" http; done
 
 python3 - "$W" <<'PY'
 import json, os, statistics as st, sys
@@ -150,4 +166,14 @@ for mode in ("running", "http"):
     print(f"  ratio moat-runtime / runc       {tot / runc:5.1f}")
 mem = [l.split() for l in open(os.path.join(w, "mem"))]
 print(f"\nQEMU per sandbox: RSS p50 {st.median(float(m[0]) for m in mem) / 1024:.0f} MiB, PSS p50 {st.median(float(m[1]) for m in mem) / 1024:.0f} MiB")
+print("\nfrom the VM template ([factory] template = true; restored, not booted)")
+for mode in ("running", "http"):
+    rows = vm(f"vm-tpl-{mode}")
+    tot = st.median(r[0] for r in rows)
+    h = st.median(r[1]["helloMs"] for r in rows)
+    runc = st.median(nums(f"runc-{mode}"))
+    print(f"  create → {'process running' if mode == 'running' else 'first HTTP response':19} p50 {tot:6.0f} ms   (restore + resume {h:.0f} + container start {tot - h:.0f})")
+    print(f"    ratio / bare boot {tot / bare:5.2f} ({100 * (tot - bare) / bare:+.0f} %, goal <= +15 %); ratio / runc {tot / runc:5.1f}")
+mem = [l.split() for l in open(os.path.join(w, "mem-tpl"))]
+print(f"  QEMU per sandbox: RSS p50 {st.median(float(m[0]) for m in mem) / 1024:.0f} MiB, PSS p50 {st.median(float(m[1]) for m in mem) / 1024:.0f} MiB (template pages shared)")
 PY

@@ -181,6 +181,49 @@ pub fn mount_share(tag: &str) -> io::Result<()> {
     )
 }
 
+/// A restored template's clock and randomness: the wall clock is the template's, and every
+/// copy would draw the same random numbers, so the host's time is set and its entropy is
+/// credited to the pool and the CRNG reseeded before anything runs.
+pub fn resume(unix_time_ns: u64, entropy: &[u8]) -> io::Result<()> {
+    let ts = libc::timespec {
+        tv_sec: (unix_time_ns / 1_000_000_000) as libc::time_t,
+        tv_nsec: (unix_time_ns % 1_000_000_000) as libc::c_long,
+    };
+    // SAFETY: a valid timespec.
+    if unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) } != 0 {
+        return Err(sys::ctx("setting", "the clock", io::Error::last_os_error()));
+    }
+    if entropy.is_empty() {
+        return Ok(());
+    }
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/random")
+        .map_err(|e| sys::ctx("opening", "/dev/random", e))?;
+    // struct rand_pool_info { int entropy_count; int buf_size; __u32 buf[]; }
+    let mut info = Vec::with_capacity(8 + entropy.len());
+    info.extend_from_slice(&((entropy.len() * 8) as i32).to_ne_bytes());
+    info.extend_from_slice(&(entropy.len() as i32).to_ne_bytes());
+    info.extend_from_slice(entropy);
+    // RNDADDENTROPY = _IOW('R', 0x03, int[2]); RNDRESEEDCRNG = _IO('R', 0x07).
+    const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
+    const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
+    use std::os::fd::AsRawFd;
+    // SAFETY: `info` is a rand_pool_info of the declared size; the fd is open.
+    if unsafe { libc::ioctl(f.as_raw_fd(), RNDADDENTROPY, info.as_ptr()) } != 0 {
+        return Err(sys::ctx("adding", "entropy", io::Error::last_os_error()));
+    }
+    // SAFETY: no argument.
+    if unsafe { libc::ioctl(f.as_raw_fd(), RNDRESEEDCRNG) } != 0 {
+        return Err(sys::ctx(
+            "reseeding",
+            "the CRNG",
+            io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
+
 /// Halts the VM: QEMU runs with -no-reboot, so the reset that `reboot=t` triggers ends it.
 pub fn power_off() -> ! {
     // SAFETY: plain syscalls with no pointers.

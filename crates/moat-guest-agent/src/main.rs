@@ -516,6 +516,14 @@ fn handle(a: &Shared, op: Op) -> Result<Response, String> {
             Ok(Response::default())
         }
         Op::Shutdown => Ok(Response::default()),
+        Op::Resume {
+            unix_time_ns,
+            entropy,
+        } => {
+            init::resume(unix_time_ns, &entropy).map_err(|e| format!("resuming: {e}"))?;
+            init::mount_share(proto::SHARE_TAG).map_err(|e| format!("mounting the share: {e}"))?;
+            Ok(Response::default())
+        }
     }
 }
 
@@ -643,8 +651,12 @@ fn boot() -> std::io::Result<File> {
     init::load_modules()?;
     step("modules");
     net::loopback_up()?;
-    init::mount_share(proto::SHARE_TAG)?;
-    step("share");
+    // A template is saved before anything is mounted from the host (9p cannot migrate while
+    // mounted); each restored copy mounts its own share on `Resume`.
+    if !cmdline.split_whitespace().any(|w| w == "moat.template") {
+        init::mount_share(proto::SHARE_TAG)?;
+        step("share");
+    }
     let port = init::find_port(proto::CHANNEL_NAME, Duration::from_secs(10))?;
     step("channel port");
     std::fs::OpenOptions::new()

@@ -107,8 +107,18 @@ fn by_mac(mac: &str) -> io::Result<String> {
 }
 
 fn configure_interface(s: i32, i: &Interface) -> io::Result<()> {
-    let cur = by_mac(&i.mac)?;
+    let cur = by_mac(i.current_mac.as_deref().unwrap_or(&i.mac))?;
     set_up(s, &cur, false)?;
+    if i.current_mac.as_deref().is_some_and(|m| m != i.mac) {
+        let mut r = ifreq(&cur)?;
+        let mut hw: libc::sockaddr = unsafe_zeroed_sockaddr();
+        hw.sa_family = libc::ARPHRD_ETHER;
+        for (n, b) in parse_mac(&i.mac)?.iter().enumerate() {
+            hw.sa_data[n] = *b as libc::c_char;
+        }
+        r.ifr_ifru.ifru_hwaddr = hw;
+        ioctl(s, libc::SIOCSIFHWADDR, &mut r as *mut _ as *mut _, &i.mac)?;
+    }
     if cur != i.name {
         let mut r = ifreq(&cur)?;
         let new = ifreq(&i.name)?;
@@ -136,6 +146,25 @@ fn configure_interface(s: i32, i: &Interface) -> io::Result<()> {
         ioctl(s, libc::SIOCSIFNETMASK, &mut r as *mut _ as *mut _, cidr)?;
     }
     set_up(s, &i.name, true)
+}
+
+fn unsafe_zeroed_sockaddr() -> libc::sockaddr {
+    // SAFETY: sockaddr is plain old data; all-zero is valid.
+    unsafe { std::mem::zeroed() }
+}
+
+fn parse_mac(m: &str) -> io::Result<[u8; 6]> {
+    let bad = || {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("bad MAC address {m:?}"),
+        )
+    };
+    let parts: Vec<u8> = m
+        .split(':')
+        .map(|p| u8::from_str_radix(p, 16).map_err(|_| bad()))
+        .collect::<Result<_, _>>()?;
+    parts.try_into().map_err(|_| bad())
 }
 
 fn add_route(s: i32, r: &Route) -> io::Result<()> {
@@ -194,6 +223,16 @@ pub fn configure(cfg: &NetworkConfig) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn macs_parse_or_are_refused() {
+        assert_eq!(
+            parse_mac("02:6d:6f:61:74:0a").unwrap(),
+            [2, 0x6d, 0x6f, 0x61, 0x74, 0x0a]
+        );
+        assert!(parse_mac("02:6d:6f:61:74").is_err());
+        assert!(parse_mac("zz:6d:6f:61:74:0a").is_err());
+    }
 
     #[test]
     fn cidrs_and_masks() {

@@ -182,6 +182,21 @@ impl AgentConn {
         }
     }
 
+    /// The host's greeting. A VM restored from a template said its hello to the template's
+    /// builder, so the host greets first and goes straight to `Resume`.
+    pub fn greet(&self) -> Result<(), ChannelError> {
+        self.send(&proto::control(
+            Kind::Hello,
+            &Hello {
+                version: proto::PROTOCOL_VERSION,
+                agent: format!("moat-runtime {}", env!("CARGO_PKG_VERSION")),
+                kernel_release: String::new(),
+                init_ms: 0,
+                ready_ms: 0,
+            },
+        ))
+    }
+
     pub fn wait_hello(&self, timeout: Duration) -> Result<Hello, ChannelError> {
         let deadline = Instant::now() + timeout;
         let mut g = self.lock();
@@ -192,16 +207,7 @@ impl AgentConn {
                 if h.version != proto::PROTOCOL_VERSION {
                     return Err(ChannelError::Version(h.version));
                 }
-                self.send(&proto::control(
-                    Kind::Hello,
-                    &Hello {
-                        version: proto::PROTOCOL_VERSION,
-                        agent: format!("moat-runtime {}", env!("CARGO_PKG_VERSION")),
-                        kernel_release: String::new(),
-                        init_ms: 0,
-                        ready_ms: 0,
-                    },
-                ))?;
+                self.greet()?;
                 return Ok(h);
             }
             if let Some(d) = &g.dead {

@@ -80,11 +80,24 @@ impl Default for AssetsConfig {
     }
 }
 
+/// Kata's VM factory, template flavour: boot one VM to the point where its agent is ready,
+/// save it, and start every sandbox by restoring that copy instead of booting a kernel.
+/// Off by default, as in Kata: every restored VM starts from the same memory image (the same
+/// kernel address layout; memory pages shared copy-on-write with the template), which
+/// weakens the isolation between sandboxes that a fresh boot gives. The guest's clock and
+/// random pool are refreshed from the host on restore.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct FactoryConfig {
+    pub template: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub hypervisor: HypervisorConfig,
     pub assets: AssetsConfig,
+    pub factory: FactoryConfig,
 }
 
 /// Kernel command line measured to boot fastest here (VM.md); `pit/pic/rtc=off` hang TCG guests.
@@ -150,6 +163,19 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn factory_template_is_off_unless_asked_and_typos_are_refused() {
+        let p = Path::new("t.toml");
+        assert!(!Config::parse("", p).unwrap().factory.template);
+        assert!(
+            Config::parse("[factory]\ntemplate = true\n", p)
+                .unwrap()
+                .factory
+                .template
+        );
+        assert!(Config::parse("[factory]\ntemplates = true\n", p).is_err());
+    }
 
     #[test]
     fn empty_file_gives_defaults() {

@@ -46,6 +46,8 @@ pub enum DaemonError {
     Ctl(#[from] ctl::CtlError),
     #[error("reading the bundle")]
     Bundle(#[source] oci_spec::OciSpecError),
+    #[error("VM template: {step}: {why}")]
+    Template { step: &'static str, why: String },
     #[error(transparent)]
     Oci(#[from] oci::OciError),
 }
@@ -568,6 +570,13 @@ pub(crate) fn spawn_qemu(
     let log_file = std::fs::File::create(log).map_err(io("creating", log))?;
     let agent_fd = agent.as_raw_fd();
     let tap_fd = tap.map(|t| t.as_raw_fd());
+    let state = match &vm.template {
+        Some(qemu::Template::Restore { state, .. }) => {
+            Some(std::fs::File::open(state).map_err(io("opening the template state", state))?)
+        }
+        _ => None,
+    };
+    let state_fd = state.as_ref().map(|f| f.as_raw_fd());
     let mut cmd = Command::new(&cfg.hypervisor.path);
     cmd.args(&args)
         .stdin(PStdio::null())
@@ -584,11 +593,15 @@ pub(crate) fn spawn_qemu(
                     libc::dup2(from, to);
                 }
             };
-            // Move the tap out of the way first in case it sits on AGENT_FD.
+            // Move the tap and state out of the way first in case they sit on a target.
             let tap_tmp = tap_fd.map(|t| libc::fcntl(t, libc::F_DUPFD_CLOEXEC, 10));
+            let state_tmp = state_fd.map(|t| libc::fcntl(t, libc::F_DUPFD_CLOEXEC, 10));
             place(agent_fd, qemu::AGENT_FD);
             if let Some(t) = tap_tmp {
                 place(t, qemu::TAP_FD);
+            }
+            if let Some(t) = state_tmp {
+                place(t, qemu::STATE_FD);
             }
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
                 return Err(std::io::Error::last_os_error());
@@ -696,7 +709,23 @@ fn boot(
     }
     let accel =
         crate::kvm::verdict(&crate::kvm::probe_with_cache(root), cfg.hypervisor.accel).accel;
+    let tsc_khz = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| qemu::tsc_khz(&c));
+    let template = if cfg.factory.template {
+        Some(crate::template::ensure(
+            hv,
+            &cfg,
+            root,
+            accel,
+            tsc_khz,
+            BOOT_TIMEOUT,
+        )?)
+    } else {
+        None
+    };
     let console = dir.join("console.log");
+    let qmp = dir.join("qmp.sock");
     let vm = qemu::VmSpec {
         sandbox_id: sandbox_id.to_string(),
         accel,
@@ -705,10 +734,13 @@ fn boot(
         shared_dir: sandbox::shared_dir(dir),
         console_log: console.clone(),
         nic,
-        tsc_khz: std::fs::read_to_string("/proc/cpuinfo")
-            .ok()
-            .and_then(|c| qemu::tsc_khz(&c)),
+        tsc_khz,
         poweroff: false,
+        template: template.as_ref().map(|f| qemu::Template::Restore {
+            memory: f.memory.clone(),
+            state: f.state.clone(),
+            qmp: qmp.clone(),
+        }),
     };
     let (host, guest) = UnixStream::pair().map_err(io("socketpair for", dir))?;
     let t_spawn = started.elapsed();
@@ -724,21 +756,40 @@ fn boot(
         why,
         console: console_tail(&console),
     };
-    let hello = agent
-        .wait_hello(BOOT_TIMEOUT)
-        .map_err(|e| boot_err(e.to_string()))?;
-    let t_hello = started.elapsed();
-    // Where boot time goes, for `bench/vm.sh`: host-side milliseconds since the daemon
-    // started, and the guest's own clock at kernel-done (init) and agent-ready.
-    let timings = serde_json::json!({
-        "accel": accel,
-        "qemuSpawnMs": t_spawn.as_millis() as u64,
-        "helloMs": t_hello.as_millis() as u64,
-        "guestInitMs": hello.init_ms,
-        "guestReadyMs": hello.ready_ms,
-    });
+    let timings = if template.is_some() {
+        crate::template::restore(&qmp, BOOT_TIMEOUT)?;
+        agent.greet().map_err(|e| boot_err(e.to_string()))?;
+        agent
+            .request(crate::template::resume_op(), REQUEST_TIMEOUT)
+            .map_err(|e| boot_err(e.to_string()))?;
+        serde_json::json!({
+            "accel": accel,
+            "template": true,
+            "qemuSpawnMs": t_spawn.as_millis() as u64,
+            "helloMs": started.elapsed().as_millis() as u64,
+        })
+    } else {
+        let hello = agent
+            .wait_hello(BOOT_TIMEOUT)
+            .map_err(|e| boot_err(e.to_string()))?;
+        let t_hello = started.elapsed();
+        // Where boot time goes, for `bench/vm.sh`: host-side milliseconds since the daemon
+        // started, and the guest's own clock at kernel-done (init) and agent-ready.
+        serde_json::json!({
+            "accel": accel,
+            "qemuSpawnMs": t_spawn.as_millis() as u64,
+            "helloMs": t_hello.as_millis() as u64,
+            "guestInitMs": hello.init_ms,
+            "guestReadyMs": hello.ready_ms,
+        })
+    };
     std::fs::write(dir.join("timings.json"), timings.to_string()).map_err(io("writing", dir))?;
-    if let Some(cfg) = guest_net {
+    if let Some(mut cfg) = guest_net {
+        if template.is_some() {
+            for i in &mut cfg.interfaces {
+                i.current_mac = Some(qemu::TEMPLATE_MAC.to_string());
+            }
+        }
         agent
             .request(Op::ConfigureNetwork(cfg), REQUEST_TIMEOUT)
             .map_err(|e| boot_err(e.to_string()))?;

@@ -344,6 +344,11 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
                 "initramfs": cfg.assets.dir.join(moat_runtime::assets::initramfs_name(cfg.hypervisor.debug_console)),
                 "accel": v,
                 "probe": p,
+                // The VM factory's template, if one has been built under this root.
+                "template": cfg.factory.template.then(|| {
+                    let d = moat_runtime::template::dir(&cli.root);
+                    serde_json::json!({"dir": d, "built": d.join("state").is_file()})
+                }),
             });
             println!("{}", serde_json::to_string_pretty(&out)?);
         }

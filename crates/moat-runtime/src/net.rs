@@ -133,6 +133,7 @@ pub fn plan(addrs: &str, routes: &str, netns: &str) -> Result<Plan, NetError> {
         guest: NetworkConfig {
             interfaces: vec![Interface {
                 mac,
+                current_mac: None,
                 name,
                 mtu,
                 addresses,

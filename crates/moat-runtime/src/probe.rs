@@ -67,6 +67,7 @@ pub fn bare_boot_with(
             .ok()
             .and_then(|c| qemu::tsc_khz(&c)),
         poweroff: true,
+        template: None,
     };
     let (_host, guest) = UnixStream::pair().map_err(io("socketpair"))?;
     let t0 = Instant::now();

@@ -7,6 +7,25 @@ use std::path::{Path, PathBuf};
 pub const AGENT_FD: i32 = 3;
 /// Where the tap descriptor goes when the sandbox has a network.
 pub const TAP_FD: i32 = 4;
+/// Where a restored VM reads the template's device state from.
+pub const STATE_FD: i32 = 5;
+/// The NIC's MAC in a template (a restored VM's agent gives it the veth's).
+pub const TEMPLATE_MAC: &str = "02:6d:6f:61:74:01";
+
+/// A VM's part in the VM factory (`[factory] template`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Template {
+    /// Booted to be saved: guest memory in a shared file, QMP to stop and save it. The
+    /// agent stops short of mounting the share (9p cannot migrate while mounted).
+    Build { memory: PathBuf, qmp: PathBuf },
+    /// Restored from `state` (device state, read from [`STATE_FD`]) over a private,
+    /// copy-on-write mapping of the template's `memory`.
+    Restore {
+        memory: PathBuf,
+        state: PathBuf,
+        qmp: PathBuf,
+    },
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Nic {
@@ -26,6 +45,7 @@ pub struct VmSpec {
     pub tsc_khz: Option<u64>,
     /// Boot to the agent and power off at once (the bare-boot probe and benchmark limit).
     pub poweroff: bool,
+    pub template: Option<Template>,
 }
 
 /// The host TSC rate in kHz from /proc/cpuinfo. Guests read the host's TSC (TCG passes it
@@ -60,7 +80,28 @@ pub fn args(cfg: &Config, vm: &VmSpec) -> Vec<String> {
     let mut push = |xs: &[&str]| a.extend(xs.iter().map(|s| s.to_string()));
     push(&["-name", &format!("sandbox-{}", vm.sandbox_id)]);
     // microvm's PIT/PIC/RTC stay on: turning them off hangs TCG guests here (VM.md).
-    push(&["-M", "microvm,x-option-roms=off,isa-serial=on"]);
+    let machine = "microvm,x-option-roms=off,isa-serial=on";
+    match &vm.template {
+        None => push(&["-M", machine]),
+        Some(Template::Build { memory, .. } | Template::Restore { memory, .. }) => {
+            // Built and restored VMs must describe the same machine: the same memory backend
+            // (shared when saving, private when restoring), devices and command line.
+            let share = if matches!(vm.template, Some(Template::Build { .. })) {
+                "on"
+            } else {
+                "off"
+            };
+            push(&["-M", &format!("{machine},memory-backend=ram")]);
+            push(&[
+                "-object",
+                &format!(
+                    "memory-backend-file,id=ram,size={}M,mem-path={},share={share}",
+                    h.memory_mib,
+                    qemu_escape(memory)
+                ),
+            ]);
+        }
+    }
     push(&["-accel", vm.accel]);
     // `-cpu host` under KVM trips on MSR 0x10a here; `max` works under both.
     push(&["-cpu", "max"]);
@@ -82,8 +123,11 @@ pub fn args(cfg: &Config, vm: &VmSpec) -> Vec<String> {
     if vm.poweroff {
         cmdline.push_str(" moat.poweroff");
     }
-    // The guest loads its network driver only when there is a NIC.
-    if vm.nic.is_some() {
+    // The guest loads its network driver only when there is a NIC; a template always has
+    // one (a restored copy may need it) and skips the share.
+    if vm.template.is_some() {
+        cmdline.push_str(" moat.template moat.nic");
+    } else if vm.nic.is_some() {
         cmdline.push_str(" moat.nic");
     }
     push(&["-append", &cmdline]);
@@ -113,22 +157,63 @@ pub fn args(cfg: &Config, vm: &VmSpec) -> Vec<String> {
             moat_vm_proto::SHARE_TAG
         ),
     ]);
-    if let Some(nic) = &vm.nic {
-        push(&["-netdev", &format!("tap,id=net0,fd={TAP_FD},vhost=off")]);
-        push(&[
-            "-device",
-            &format!("virtio-net-device,netdev=net0,mac={}", nic.mac),
-        ]);
+    match (&vm.nic, &vm.template) {
+        (Some(nic), None) => {
+            push(&["-netdev", &format!("tap,id=net0,fd={TAP_FD},vhost=off")]);
+            push(&[
+                "-device",
+                &format!("virtio-net-device,netdev=net0,mac={}", nic.mac),
+            ]);
+        }
+        (nic, Some(_)) => {
+            // A template's NIC: the tap when the restored sandbox has one, otherwise a hub
+            // port leading nowhere (the device must exist either way).
+            if nic.is_some() {
+                push(&["-netdev", &format!("tap,id=net0,fd={TAP_FD},vhost=off")]);
+            } else {
+                push(&["-netdev", "hubport,id=net0,hubid=0"]);
+            }
+            push(&[
+                "-device",
+                &format!("virtio-net-device,netdev=net0,mac={TEMPLATE_MAC}"),
+            ]);
+        }
+        (None, None) => {}
     }
     push(&[
         "-chardev",
         &format!("file,id=console,path={}", qemu_escape(&vm.console_log)),
     ]);
     push(&["-serial", "chardev:console"]);
-    push(&[
-        "-sandbox",
-        "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
-    ]);
+    match &vm.template {
+        Some(Template::Build { qmp, .. }) => {
+            push(&[
+                "-qmp",
+                &format!("unix:{},server=on,wait=off", qemu_escape(qmp)),
+            ]);
+            // Saving runs `cat` (QEMU 7.2 has no file: migration); the template VM runs only
+            // our agent, and never a container.
+            push(&[
+                "-sandbox",
+                "on,obsolete=deny,elevateprivileges=deny,resourcecontrol=deny",
+            ]);
+        }
+        Some(Template::Restore { qmp, .. }) => {
+            push(&[
+                "-qmp",
+                &format!("unix:{},server=on,wait=off", qemu_escape(qmp)),
+            ]);
+            push(&["-incoming", "defer"]);
+            push(&[
+                "-sandbox",
+                "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+            ]);
+        }
+        None => push(&[
+            "-sandbox",
+            "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+        ]),
+    }
     a
 }
 
@@ -163,6 +248,7 @@ mod tests {
             }),
             tsc_khz: Some(2_600_000),
             poweroff: false,
+            template: None,
         }
     }
 

@@ -170,7 +170,17 @@ impl Drop for Netns {
 
 #[test]
 fn serial_vm_network_through_the_pod_veth_both_ways() {
-    let env = Env::new();
+    network_through_the_pod_veth(Env::new());
+}
+
+/// The same from the VM factory's template: the restored guest's NIC has the template's
+/// MAC until the agent gives it the veth's.
+#[test]
+fn serial_vm_template_network_through_the_pod_veth_both_ways() {
+    network_through_the_pod_veth(Env::with_template());
+}
+
+fn network_through_the_pod_veth(env: Env) {
     let ns = Netns::new();
     let www = env.dir.path().join("peer-www");
     std::fs::create_dir_all(&www).unwrap();
@@ -575,5 +585,61 @@ fn serial_vm_resources_become_guest_cgroup_limits() {
     env.ok(&["kill", "cg1", "KILL"]);
     assert_eq!(reap(shim), 137);
     env.ok(&["delete", "cg1"]);
+    env.assert_clean();
+}
+
+/// The VM factory: the first sandbox builds the template, later ones are restored from it
+/// instead of booting. Each copy must still be its own: its own share (rootfs), a random pool
+/// reseeded (without it all three printed the same "random" bytes), the same teardown.
+/// (The clock is set on resume too, but under TCG a restored guest's clock already follows
+/// the host's, so no assertion here could tell it apart.)
+#[test]
+fn serial_vm_template_copies_get_their_own_share_and_entropy() {
+    let env = Env::with_template();
+    let script = "cat /var/www/index.html; head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; \
+                  uname -r";
+    // The first sandbox builds the template.
+    let b = bundle(env.dir.path(), "warm", &["true"]);
+    let (shim, _) = create(&env, "warm", &b);
+    env.ok(&["start", "warm"]);
+    assert_eq!(reap(shim), 0);
+    env.ok(&["delete", "warm"]);
+    let mut outs = Vec::new();
+    for id in ["ta", "tb", "tc"] {
+        let b = bundle(env.dir.path(), id, &["sh", "-c", script]);
+        let (shim, out) = create(&env, id, &b);
+        let timings = sandbox_file(&env, id, "timings.json");
+        assert!(
+            timings.contains("\"template\":true"),
+            "{id} was restored, not booted: {timings}"
+        );
+        env.ok(&["start", id]);
+        assert_eq!(reap(shim), 0);
+        outs.push(std::fs::read_to_string(&out).unwrap());
+        env.ok(&["delete", id]);
+    }
+    let mut randoms = Vec::new();
+    for (o, id) in outs.iter().zip(["ta", "tb", "tc"]) {
+        let l: Vec<&str> = o.lines().collect();
+        assert_eq!(
+            l.first().copied(),
+            Some(format!("hello from {id}").as_str()),
+            "{o}"
+        );
+        randoms.push(l[1].to_string());
+        assert_eq!(l[2], common::guest_release(), "{o}");
+    }
+    randoms.sort();
+    randoms.dedup();
+    assert_eq!(
+        randoms.len(),
+        3,
+        "each copy draws its own random numbers: {outs:?}"
+    );
+    assert!(
+        moat_runtime::template::dir(&env.root)
+            .join("state")
+            .is_file()
+    );
     env.assert_clean();
 }

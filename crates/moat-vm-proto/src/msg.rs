@@ -75,6 +75,13 @@ pub enum Op {
     Ping,
     /// Power the VM off.
     Shutdown,
+    /// First request to a VM restored from a template (booted with `moat.template`, saved
+    /// before it mounted anything): set the wall clock, mix in fresh entropy (every restored
+    /// copy starts with the template's RNG state) and mount the sandbox's share.
+    Resume {
+        unix_time_ns: u64,
+        entropy: Vec<u8>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -213,6 +220,10 @@ pub struct NetworkConfig {
 pub struct Interface {
     /// Matched against the guest NIC's MAC (the host gave the NIC the veth's MAC).
     pub mac: String,
+    /// The NIC's MAC now, when it is not `mac` yet (a VM restored from a template has the
+    /// template's): the guest finds the NIC by it and gives it `mac`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_mac: Option<String>,
     /// Name the interface should take in the guest (the veth's name, e.g. eth0).
     pub name: String,
     pub mtu: u32,

@@ -30,6 +30,15 @@ pub struct Env {
 }
 
 impl Env {
+    /// An environment whose sandboxes start from the VM factory's template.
+    pub fn with_template() -> Env {
+        let env = Env::new();
+        let mut cfg = std::fs::read_to_string(&env.config).unwrap();
+        cfg.push_str("[factory]\ntemplate = true\n");
+        std::fs::write(&env.config, cfg).unwrap();
+        env
+    }
+
     pub fn new() -> Env {
         let a = assets_dir();
         assert!(
@@ -120,8 +129,14 @@ impl Env {
             .lines()
             .filter(|l| l.contains(&root))
             .count();
+        // The VM factory's template is kept on purpose (it outlives sandboxes, like the
+        // assets); anything else in the root is a leak.
         let files = std::fs::read_dir(&self.root)
-            .map(|rd| rd.count())
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| !e.file_name().to_string_lossy().starts_with(".template"))
+                    .count()
+            })
             .unwrap_or(0);
         Leaks {
             qemu,
