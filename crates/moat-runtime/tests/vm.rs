@@ -643,3 +643,37 @@ fn serial_vm_template_copies_get_their_own_share_and_entropy() {
     );
     env.assert_clean();
 }
+
+/// Two first sandboxes at once: the template is built once (under its lock) and both are
+/// restored from it.
+#[test]
+fn serial_vm_template_concurrent_first_sandboxes_share_one_build() {
+    let env = Env::with_template();
+    let bundles: Vec<_> = ["ca", "cb"]
+        .iter()
+        .map(|id| {
+            (
+                *id,
+                bundle(env.dir.path(), id, &["cat", "/var/www/index.html"]),
+            )
+        })
+        .collect();
+    let started: Vec<_> = std::thread::scope(|s| {
+        let hs: Vec<_> = bundles
+            .iter()
+            .map(|(id, b)| s.spawn(|| create(&env, id, b)))
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for ((id, _), (shim, out)) in bundles.iter().zip(started) {
+        assert!(sandbox_file(&env, id, "timings.json").contains("\"template\":true"));
+        env.ok(&["start", id]);
+        assert_eq!(reap(shim), 0);
+        assert_eq!(
+            std::fs::read_to_string(&out).unwrap(),
+            format!("hello from {id}\n")
+        );
+        env.ok(&["delete", id]);
+    }
+    env.assert_clean();
+}
