@@ -35,6 +35,9 @@ pub fn spawn(kubeconfig: &Path) -> Result<(), ClientError> {
 /// [`spawn`] with the node lifecycle timings and cluster CIDR given.
 pub fn spawn_with(kubeconfig: &Path, nodes_cfg: NodeLifecycleConfig) -> Result<(), ClientError> {
     let c = Client::from_kubeconfig(kubeconfig)?;
+    if EVENTS.get().is_none() {
+        start_event_writers(&c)?;
+    }
     let (sched_tx, sched_rx) = mpsc::channel();
     let (ctrl_tx, ctrl_rx) = mpsc::channel();
     let (gc_tx, gc_rx) = mpsc::channel();
@@ -247,9 +250,50 @@ fn event(
         "reason": reason, "message": message, "type": type_, "count": 1,
         "firstTimestamp": now(), "lastTimestamp": now(), "source": {"component": component},
         "reportingComponent": component});
-    if let Err(e) = c.create(&format!("/api/v1/namespaces/{ns}/events"), &ev) {
-        tracing::debug!(error = %e, "recording event");
+    let path = format!("/api/v1/namespaces/{ns}/events");
+    match EVENTS.get() {
+        // Recorded in the background, like client-go's event broadcaster: a loop's write
+        // (a binding, a replica) does not wait for its event, and under a burst beyond the
+        // queue events are dropped, not the work.
+        Some(q) => {
+            if q.try_send((path, ev)).is_err() {
+                tracing::debug!("event queue full: event dropped");
+            }
+        }
+        None => {
+            if let Err(e) = c.create(&path, &ev) {
+                tracing::debug!(error = %e, "recording event");
+            }
+        }
     }
+}
+
+/// Events waiting to be written (client-go queues up to 1,000 per broadcaster).
+static EVENTS: std::sync::OnceLock<mpsc::SyncSender<(String, Value)>> = std::sync::OnceLock::new();
+
+/// Starts the event writers (two, so one slow write does not hold the queue).
+fn start_event_writers(c: &Client) -> Result<(), ClientError> {
+    let (tx, rx) = mpsc::sync_channel::<(String, Value)>(1000);
+    let rx = Arc::new(std::sync::Mutex::new(rx));
+    for i in 0..2 {
+        let (c, rx) = (c.clone(), rx.clone());
+        std::thread::Builder::new()
+            .name(format!("events-{i}"))
+            .spawn(move || {
+                loop {
+                    let next = rx.lock().map(|r| r.recv());
+                    let Ok(Ok((path, ev))) = next else {
+                        return;
+                    };
+                    if let Err(e) = c.create(&path, &ev) {
+                        tracing::debug!(error = %e, "recording event");
+                    }
+                }
+            })
+            .map_err(io_err)?;
+    }
+    let _ = EVENTS.set(tx);
+    Ok(())
 }
 
 fn active(p: &Value) -> bool {
