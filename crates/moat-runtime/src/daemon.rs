@@ -170,6 +170,19 @@ fn unmount_reverse(mounts: &[PathBuf]) {
 }
 
 impl Daemon {
+    /// A daemon for the sandbox directory `dir`, with nothing started yet.
+    fn new(dir: PathBuf) -> Arc<Daemon> {
+        Arc::new(Daemon {
+            dir,
+            st: Mutex::new(SbState::default()),
+            cv: Condvar::new(),
+            agent: Mutex::new(None),
+            qemu: Mutex::new(None),
+            net_veth: Mutex::new(None),
+            ops: Mutex::new(()),
+        })
+    }
+
     fn lock(&self) -> MutexGuard<'_, SbState> {
         self.st.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -622,15 +635,7 @@ pub(crate) fn spawn_qemu(
 pub fn run(root: &Path, config: &Path, sandbox_id: &str, bundle: &Path, ready: OwnedFd) -> ! {
     let mut ready = std::fs::File::from(ready);
     let dir = sandbox::dir(root, sandbox_id);
-    let d = Arc::new(Daemon {
-        dir: dir.clone(),
-        st: Mutex::new(SbState::default()),
-        cv: Condvar::new(),
-        agent: Mutex::new(None),
-        qemu: Mutex::new(None),
-        net_veth: Mutex::new(None),
-        ops: Mutex::new(()),
-    });
+    let d = Daemon::new(dir.clone());
     let r = boot(&d, &crate::vmm::Qemu, root, config, sandbox_id, bundle);
     let listener = match r {
         Ok(l) => {
@@ -869,15 +874,7 @@ mod tests {
     }
 
     fn daemon(root: &Path, id: &str) -> Arc<Daemon> {
-        Arc::new(Daemon {
-            dir: sandbox::dir(root, id),
-            st: Mutex::new(SbState::default()),
-            cv: Condvar::new(),
-            agent: Mutex::new(None),
-            qemu: Mutex::new(None),
-            net_veth: Mutex::new(None),
-            ops: Mutex::new(()),
-        })
+        Daemon::new(sandbox::dir(root, id))
     }
 
     fn eventually(what: &str, f: impl Fn() -> bool) {

@@ -36,6 +36,20 @@ fn err(step: &'static str) -> impl FnOnce(String) -> DaemonError {
     move |why| DaemonError::Template { step, why }
 }
 
+fn qmp_err(step: &'static str) -> impl FnOnce(crate::qmp::QmpError) -> DaemonError {
+    move |e| err(step)(e.to_string())
+}
+
+/// Guest memory stays out of the migration stream on both sides: it is the template's file.
+fn ignore_shared(m: &mut Qmp, step: &'static str) -> Result<(), DaemonError> {
+    m.cmd(
+        "migrate-set-capabilities",
+        json!({"capabilities": [{"capability": "x-ignore-shared", "state": true}]}),
+    )
+    .map(|_| ())
+    .map_err(qmp_err(step))
+}
+
 /// What a template depends on: the hypervisor settings, the accelerator and the assets.
 fn key(cfg: &Config, accel: &str, initramfs: &Path) -> String {
     let stamp = std::fs::read_to_string(cfg.assets.dir.join("stamp")).unwrap_or_default();
@@ -148,27 +162,22 @@ fn build(
                 console: std::fs::read_to_string(d.join("console.log")).unwrap_or_default(),
             })?;
         let mut m = Qmp::connect(&d.join("qmp.sock"), Duration::from_secs(10))
-            .map_err(|e| err("connecting to the template's monitor")(e.to_string()))?;
-        let qmp = |step: &'static str| move |e: crate::qmp::QmpError| err(step)(e.to_string());
-        m.cmd(
-            "migrate-set-capabilities",
-            json!({"capabilities": [{"capability": "x-ignore-shared", "state": true}]}),
-        )
-        .map_err(qmp("keeping memory out of the saved state"))?;
+            .map_err(qmp_err("connecting to the template's monitor"))?;
+        ignore_shared(&mut m, "keeping memory out of the saved state")?;
         m.cmd("stop", json!({}))
-            .map_err(qmp("stopping the template"))?;
+            .map_err(qmp_err("stopping the template"))?;
         let tmp = d.join("state.tmp");
         let uri = format!(
             "exec:cat > '{}'",
             tmp.display().to_string().replace('\'', "'\\''")
         );
         m.cmd("migrate", json!({"uri": uri}))
-            .map_err(qmp("saving the template"))?;
+            .map_err(qmp_err("saving the template"))?;
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let st = m
                 .cmd("query-migrate", json!({}))
-                .map_err(qmp("watching the save"))?;
+                .map_err(qmp_err("watching the save"))?;
             match st["status"].as_str() {
                 Some("completed") => break,
                 Some("failed") | Some("cancelled") => {
@@ -198,28 +207,23 @@ fn build(
 /// Brings a VM launched with [`Template::Restore`] to running: the saved device state is
 /// loaded from its state descriptor over the template memory, then the VM continues.
 pub fn restore(qmp_path: &Path, timeout: Duration) -> Result<(), DaemonError> {
-    let qmp = |step: &'static str| move |e: crate::qmp::QmpError| err(step)(e.to_string());
-    let mut m = Qmp::connect(qmp_path, timeout).map_err(qmp("connecting to the monitor"))?;
-    m.cmd(
-        "migrate-set-capabilities",
-        json!({"capabilities": [{"capability": "x-ignore-shared", "state": true}]}),
-    )
-    .map_err(qmp("mapping the template memory"))?;
+    let mut m = Qmp::connect(qmp_path, timeout).map_err(qmp_err("connecting to the monitor"))?;
+    ignore_shared(&mut m, "mapping the template memory")?;
     m.cmd(
         "migrate-incoming",
         json!({"uri": format!("fd:{}", crate::qemu::STATE_FD)}),
     )
-    .map_err(qmp("loading the template state"))?;
+    .map_err(qmp_err("loading the template state"))?;
     let deadline = Instant::now() + timeout;
     loop {
         let st = m
             .cmd("query-status", json!({}))
-            .map_err(qmp("waiting for the restore"))?;
+            .map_err(qmp_err("waiting for the restore"))?;
         match st["status"].as_str() {
             Some("running") => return Ok(()),
             // The template was stopped when saved, so the copy arrives paused.
             Some("paused") => {
-                m.cmd("cont", json!({})).map_err(qmp("resuming"))?;
+                m.cmd("cont", json!({})).map_err(qmp_err("resuming"))?;
             }
             _ if Instant::now() > deadline => {
                 return Err(err("restoring the template")("timed out".into()));
