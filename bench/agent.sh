@@ -9,6 +9,8 @@
 #
 # Everything runs inside a network namespace made for the run (no route out), with its own
 # containerd (own root, state and socket); all is torn down at exit.
+# Then: one pod's start while 20 pods wait out a 30 s grace period, against the same on the
+# idle node (ratio), and how long the 20 take to go.
 # Usage: bench/agent.sh [N]   (root; needs target/…/moat built, containerd, ctr, python3)
 set -euo pipefail
 N=${1:-50}
@@ -67,7 +69,7 @@ for _ in $(seq 100); do in_ns kubectl --kubeconfig "$W/kubeconfig.yaml" get node
 
 # moat: create→Running per pod, through the API, sequential then parallel.
 in_ns python3 - "$W/kubeconfig.yaml" "$N" >"$W/moat.txt" <<'PY'
-import base64, json, ssl, sys, tempfile, threading, time, urllib.request
+import base64, json, ssl, sys, tempfile, threading, time, urllib.error, urllib.request
 import re
 kc = open(sys.argv[1]).read()
 n = int(sys.argv[2])
@@ -110,6 +112,37 @@ ts = [threading.Thread(target=one, args=(f"par-{i}", par)) for i in range(n)]
 [t.join() for t in ts]
 print("seq", " ".join(f"{x:.4f}" for x in seq))
 print("par", " ".join(f"{x:.4f}" for x in par))
+
+# A pod created while 20 pods wait out a 30 s grace period (their PID 1, `sleep`, ignores
+# SIGTERM), against the same pod's start on the idle node: no pod waits for another.
+def slow(name):
+    p = pod(name)
+    p["metadata"]["labels"] = {"grp": "slow"}
+    p["spec"]["terminationGracePeriodSeconds"] = 30
+    p["spec"]["containers"][0]["command"] = ["sleep", "3600"]
+    return p
+def gone(name):
+    try:
+        call("GET", f"/api/v1/namespaces/default/pods/{name}")
+        return False
+    except urllib.error.HTTPError as e:
+        return e.code == 404
+idle = []
+one("idle-0", idle)
+for i in range(20):
+    call("POST", "/api/v1/namespaces/default/pods", slow(f"slow-{i}"))
+while not all(running(f"slow-{i}") for i in range(20)):
+    time.sleep(0.1)
+t0 = time.monotonic()
+for i in range(20):
+    call("DELETE", f"/api/v1/namespaces/default/pods/slow-{i}")
+busy = []
+one("busy-0", busy)
+while not all(gone(f"slow-{i}") for i in range(20)):
+    time.sleep(0.1)
+print("idle", f"{idle[0]:.4f}")
+print("busy", f"{busy[0]:.4f}")
+print("gone", f"{time.monotonic() - t0:.4f}")
 PY
 
 # Baseline: containerd + runc from Debian, same image, same count, in the same netns.
@@ -156,4 +189,7 @@ print(f"{'mode':<11}{'moat p50':>10}{'moat p99':>10}{'ctr p50':>10}{'ctr p99':>1
 for k, label in (("seq", "sequential"), ("par", "parallel")):
     mp50, mp99, cp50, cp99 = pct(m[k], 50), pct(m[k], 99), pct(c[k], 50), pct(c[k], 99)
     print(f"{label:<11}{mp50:>10.3f}{mp99:>10.3f}{cp50:>10.3f}{cp99:>10.3f}{mp50 / cp50:>10.2f}x{mp99 / cp99:>10.2f}x")
+idle, busy, gone = m["idle"][0], m["busy"][0], m["gone"][0]
+print(f"pod start while 20 pods terminate (grace 30 s, SIGTERM ignored): {busy:.3f} s vs {idle:.3f} s on the idle node: {busy / idle:.2f}x (goal <= 1.2x)")
+print(f"the 20 terminating pods gone after {gone:.1f} s (goal <= 35 s: grace + 5)")
 PY

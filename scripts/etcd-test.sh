@@ -26,7 +26,7 @@ case "${1:-}" in
   test)
     cargo build -p moat --bins
     cargo nextest run -p moat-store --test etcd --no-fail-fast
-    cargo nextest run -p moat --test etcd_server --test server_kubectl --no-fail-fast -E 'test(/etcd/)'
+    cargo nextest run -p moat --test etcd_server --test server_kubectl --test paging --no-fail-fast -E 'test(/etcd/)'
     ;;
   *)
     sed -n '2,7p' "$0" >&2

@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
-# Builds the VM runtime's guest assets: the static guest agent (PID 1 of every sandbox VM),
-# then vmlinux + initramfs from Debian's linux-image package (apt-get download, never
-# installed on the host). Idempotent: the asset build skips work when nothing changed.
+# Builds the VM runtime's guest assets: the static guest agent (PID 1 of every sandbox VM);
+# our guest kernel, compiled from Debian's linux-source-6.1 with the reviewed fragment
+# crates/moat-runtime/kernel/guest.config (once: cached by the hash of fragment and source
+# version under $MOAT_KERNEL_CACHE, default /var/cache/moat); then vmlinux-moat +
+# initramfs-moat.cpio (no modules) beside Debian's vmlinux + initramfs.cpio from its
+# linux-image package (apt-get download, never installed on the host; the fallback,
+# `[assets] kernel = "debian"`). Idempotent. A failed kernel build stops here, naming its
+# step, before the asset directory is touched.
 # Usage: scripts/guest-assets.sh [OUT_DIR]   (default /var/lib/moat-runtime/assets)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,7 +21,9 @@ if [ -z "$rt" ]; then
   cargo build -q -p moat-runtime
   rt="$target/debug/moat-runtime"
 fi
-# busybox-static is the debug console's shell (initramfs-debug.cpio only).
+kernel=$("$rt" assets kernel --fragment crates/moat-runtime/kernel/guest.config \
+  --cache "${MOAT_KERNEL_CACHE:-/var/cache/moat}" --jobs "${MOAT_KERNEL_JOBS:-2}")
+# busybox-static is the debug console's shell (initramfs*-debug.cpio only).
 "$rt" assets build \
   --agent "$target/x86_64-unknown-linux-gnu/release/moat-guest-agent" --out "$out" \
-  --debug-shell /bin/busybox
+  --debug-shell /bin/busybox --kernel "$kernel"

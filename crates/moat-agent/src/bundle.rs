@@ -12,7 +12,7 @@ use oci_spec::runtime::{
 };
 use serde::Deserialize;
 
-use crate::quantity;
+use moat_api::quantity;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
@@ -447,7 +447,7 @@ pub fn spec(
     >,
              k: &str| { m.and_then(|m| m.get(k)).map(|q| q.0.clone()) };
     if let Some(mem) = q(limits, "memory") {
-        let b = quantity::bytes(&mem).map_err(|e| invalid(e.to_string()))?;
+        let b = quantity::value(&mem).map_err(|e| invalid(e.to_string()))?;
         resources = resources.memory(
             LinuxMemoryBuilder::default()
                 .limit(b)
@@ -458,13 +458,13 @@ pub fn spec(
     let mut cpu = LinuxCpuBuilder::default();
     let mut any_cpu = false;
     if let Some(l) = q(limits, "cpu") {
-        let m = quantity::cpu_millis(&l).map_err(|e| invalid(e.to_string()))?;
+        let m = quantity::milli_value(&l).map_err(|e| invalid(e.to_string()))?;
         // CFS quota over a 100 ms period, as the kubelet computes it (minimum 1 ms).
         cpu = cpu.quota((m * 100).max(1000)).period(100_000u64);
         any_cpu = true;
     }
     if let Some(r) = q(requests, "cpu").or(q(limits, "cpu")) {
-        let m = quantity::cpu_millis(&r).map_err(|e| invalid(e.to_string()))?;
+        let m = quantity::milli_value(&r).map_err(|e| invalid(e.to_string()))?;
         cpu = cpu.shares(((m * 1024) / 1000).max(2) as u64);
         any_cpu = true;
     }
@@ -508,26 +508,41 @@ pub fn spec(
     s.set_mounts(Some(mounts));
     s.set_linux(Some(linux));
     // CRI's annotations (containerd's spelling): every container of the pod names the pod as
-    // its sandbox, which is how a VM runtime knows which VM a container joins.
+    // its sandbox, which is how a VM runtime knows which VM a container joins; the pod's
+    // summed limits let it size that VM whichever container boots it.
     s.set_annotations(Some(
-        [
-            (
-                "io.kubernetes.cri.container-type".to_string(),
-                "container".to_string(),
-            ),
-            (
-                "io.kubernetes.cri.sandbox-id".to_string(),
-                sb.sandbox_id.clone(),
-            ),
-            (
-                "io.kubernetes.cri.container-name".to_string(),
-                c.name.clone(),
-            ),
-        ]
-        .into_iter()
-        .collect(),
+        crate::podsize::sandbox_annotations(pod)
+            .into_iter()
+            .chain([
+                (
+                    "io.kubernetes.cri.container-type".to_string(),
+                    "container".to_string(),
+                ),
+                (
+                    "io.kubernetes.cri.sandbox-id".to_string(),
+                    sb.sandbox_id.clone(),
+                ),
+                (
+                    "io.kubernetes.cri.container-name".to_string(),
+                    c.name.clone(),
+                ),
+            ])
+            .chain(stdin_mode(c).map(|m| (STDIN_ANNOTATION.to_string(), m.to_string())))
+            .collect(),
     ));
     Ok(s)
+}
+
+/// Tells the shim to give the container a stdin that `kubectl attach -i` can write to
+/// (`true`), closed after the first attach ends (`once`, the container's `stdinOnce`).
+pub const STDIN_ANNOTATION: &str = "moat.io/stdin";
+
+fn stdin_mode(c: &Container) -> Option<&'static str> {
+    match (c.stdin.unwrap_or(false), c.stdin_once.unwrap_or(false)) {
+        (false, _) => None,
+        (true, false) => Some("true"),
+        (true, true) => Some("once"),
+    }
 }
 
 fn parse_cap(s: &str) -> Option<Capability> {
@@ -654,14 +669,15 @@ mod tests {
 
     #[test]
     fn spec_joins_the_pod_netns_and_mounts_sandbox_files() {
-        let pod: PodSpec = serde_json::from_value(json!({"containers":[]})).unwrap();
-        let c = container(json!({
+        let web = json!({
             "name": "web", "image": "busybox",
             "command": ["httpd", "-f", "-p", "8080"],
             "volumeMounts": [{"name": "data", "mountPath": "/data", "readOnly": true}],
             "resources": {"limits": {"memory": "64Mi", "cpu": "500m"}},
             "securityContext": {"runAsUser": 1000, "readOnlyRootFilesystem": true}
-        }));
+        });
+        let pod: PodSpec = serde_json::from_value(json!({"containers": [web]})).unwrap();
+        let c = container(web);
         let s = spec(&pod, &c, &busybox(), &sandbox(), "/moat/p1-web-0").unwrap();
         let v = serde_json::to_value(&s).unwrap();
         assert_eq!(v["process"]["args"], json!(["httpd", "-f", "-p", "8080"]));
@@ -684,6 +700,14 @@ mod tests {
         assert_eq!(v["linux"]["resources"]["memory"]["limit"], 64 << 20);
         assert_eq!(v["linux"]["resources"]["cpu"]["quota"], 50_000);
         assert_eq!(v["linux"]["resources"]["cpu"]["shares"], 512);
+        // The pod's limits for a VM runtime's sizing (one container here).
+        let a = &v["annotations"];
+        assert_eq!(
+            a["io.kubernetes.cri.sandbox-memory"],
+            (64 << 20).to_string()
+        );
+        assert_eq!(a["io.kubernetes.cri.sandbox-cpu-quota"], "50000");
+        assert_eq!(a["io.kubernetes.cri.sandbox-cpu-period"], "100000");
         let mounts = v["mounts"].as_array().unwrap();
         let data = mounts.iter().find(|m| m["destination"] == "/data").unwrap();
         assert_eq!(data["source"], "/run/p/volumes/data");

@@ -1,6 +1,8 @@
 //! What this node can do (`moat agent check`): runtime handler binaries and whether their
-//! runtime accepts this machine's cgroup layout, CNI plugins, nftables, /dev/kvm. The cgroup
-//! analysis is sans-IO over /proc/self/mountinfo.
+//! runtime accepts this machine's cgroup layout, whether a VM handler (moat-runtime) can boot
+//! sandboxes and how (QEMU, guest assets, KVM or TCG), CNI plugins, nftables, /dev/kvm. The
+//! cgroup analysis is sans-IO over /proc/self/mountinfo, the VM verdict over the runtime's
+//! own `env` report.
 
 use std::path::{Path, PathBuf};
 
@@ -77,6 +79,105 @@ pub fn runtime_verdict(binary: &Path, version: &str, mode: &CgroupMode) -> Resul
     Ok(())
 }
 
+/// Whether a moat-runtime handler can run VM pods, from what `moat-runtime env` reports (the
+/// configuration, asset paths and accelerator verdict the runtime itself would use) and
+/// which of the files it names exist. Missing QEMU or guest assets make the handler
+/// unusable; no usable KVM only makes it slower (TCG), which the detail says.
+pub fn vm_handler_verdict(
+    name: &str,
+    env: &serde_json::Value,
+    is_file: impl Fn(&Path) -> bool,
+) -> Finding {
+    let what = format!("handler {name}: VM sandboxes");
+    let path = |v: &serde_json::Value| v.as_str().map(PathBuf::from);
+    let mut missing = Vec::new();
+    match path(&env["config"]["hypervisor"]["path"]) {
+        Some(q) if is_file(&q) => {}
+        Some(q) => missing.push(format!(
+            "no QEMU at {} (apt-get install qemu-system-x86)",
+            q.display()
+        )),
+        None => missing.push("the runtime names no hypervisor".into()),
+    }
+    let assets: Vec<PathBuf> = ["kernel", "initramfs"]
+        .iter()
+        .filter_map(|k| path(&env[*k]))
+        .collect();
+    let absent: Vec<String> = assets
+        .iter()
+        .filter(|p| !is_file(p))
+        .map(|p| p.display().to_string())
+        .collect();
+    if assets.len() < 2 {
+        missing.push("the runtime names no guest kernel or initramfs".into());
+    } else if !absent.is_empty() {
+        missing.push(format!(
+            "no guest assets: {} missing (run scripts/guest-assets.sh)",
+            absent.join(", ")
+        ));
+    }
+    if !missing.is_empty() {
+        return Finding {
+            ok: false,
+            what,
+            detail: format!("{}; pods sent to this handler fail", missing.join("; ")),
+        };
+    }
+    let accel = env["accel"]["accel"].as_str().unwrap_or("?");
+    let reason = env["accel"]["reason"].as_str().unwrap_or("");
+    let accel = if accel == "kvm" {
+        format!("KVM ({reason})")
+    } else {
+        format!("TCG, emulated and slower: {reason}")
+    };
+    let kernel = match env["kernelKind"].as_str() {
+        Some(k) => format!("{k} kernel"),
+        None => "kernel".into(),
+    };
+    Finding {
+        ok: true,
+        what,
+        detail: format!(
+            "{kernel} {}, {accel}",
+            env["kernel"].as_str().unwrap_or("?")
+        ),
+    }
+}
+
+fn vm_handler(name: &str, h: &crate::handlers::Handler) -> Finding {
+    let out = std::process::Command::new(&h.binary)
+        .args(&h.options)
+        .arg("--root")
+        .arg(&h.root)
+        .arg("env")
+        .output();
+    let what = format!("handler {name}: VM sandboxes");
+    match out {
+        Err(e) => Finding {
+            ok: false,
+            what,
+            detail: format!("cannot run {} env: {e}", h.binary.display()),
+        },
+        Ok(o) if !o.status.success() => Finding {
+            ok: false,
+            what,
+            detail: format!(
+                "{} env failed: {}",
+                h.binary.display(),
+                String::from_utf8_lossy(&o.stderr).trim()
+            ),
+        },
+        Ok(o) => match serde_json::from_slice::<serde_json::Value>(&o.stdout) {
+            Ok(env) => vm_handler_verdict(name, &env, |p| p.is_file()),
+            Err(e) => Finding {
+                ok: false,
+                what,
+                detail: format!("{} env printed no JSON: {e}", h.binary.display()),
+            },
+        },
+    }
+}
+
 pub fn check(handlers: &Handlers, cni_bin_dirs: &[PathBuf]) -> Vec<Finding> {
     let mut out = Vec::new();
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
@@ -116,7 +217,8 @@ pub fn check(handlers: &Handlers, cni_bin_dirs: &[PathBuf]) -> Vec<Finding> {
                     .next()
                     .unwrap_or("")
                     .to_string();
-                match runtime_verdict(&h.binary, &v, &mode) {
+                let is_vm = v.starts_with("moat-runtime");
+                let f = match runtime_verdict(&h.binary, &v, &mode) {
                     Ok(()) => Finding {
                         ok: true,
                         what,
@@ -127,6 +229,12 @@ pub fn check(handlers: &Handlers, cni_bin_dirs: &[PathBuf]) -> Vec<Finding> {
                         what,
                         detail: why,
                     },
+                };
+                if is_vm {
+                    out.push(f);
+                    vm_handler(name, h)
+                } else {
+                    f
                 }
             }
         };
@@ -200,6 +308,42 @@ mod tests {
         assert!(runtime_verdict(Path::new("/usr/sbin/runc"), "runc version 1.1.5", &mode).is_ok());
         // A wrapper that is crun underneath is recognised by its version line.
         assert!(runtime_verdict(Path::new("/opt/wrap"), "crun version 1.8", &mode).is_err());
+    }
+
+    fn env(accel: &str, reason: &str) -> serde_json::Value {
+        serde_json::json!({
+            "config": {"hypervisor": {"path": "/usr/bin/qemu-system-x86_64"}},
+            "kernel": "/a/vmlinux", "initramfs": "/a/initramfs.cpio", "kernelKind": "moat",
+            "accel": {"accel": accel, "reason": reason},
+        })
+    }
+
+    #[test]
+    fn vm_handler_says_why_it_cannot_run_pods() {
+        let all = |_: &Path| true;
+        let f = vm_handler_verdict("kata", &env("tcg", "KVM unusable (no /dev/kvm)"), all);
+        assert!(f.ok, "{f:?}");
+        assert!(
+            f.detail.contains("TCG") && f.detail.contains("no /dev/kvm"),
+            "{f:?}"
+        );
+        assert!(f.detail.contains("moat kernel /a/vmlinux"), "{f:?}");
+        let f = vm_handler_verdict("kata", &env("kvm", "a guest booted"), all);
+        assert!(f.ok && f.detail.contains("KVM (a guest booted)"), "{f:?}");
+
+        let no_qemu = |p: &Path| !p.ends_with("qemu-system-x86_64");
+        let f = vm_handler_verdict("kata", &env("tcg", ""), no_qemu);
+        assert!(!f.ok && f.detail.contains("no QEMU at"), "{f:?}");
+        let no_assets = |p: &Path| !p.starts_with("/a");
+        let f = vm_handler_verdict("kata", &env("tcg", ""), no_assets);
+        assert!(
+            !f.ok
+                && f.detail.contains("/a/vmlinux, /a/initramfs.cpio missing")
+                && f.detail.contains("guest-assets.sh"),
+            "{f:?}"
+        );
+        let f = vm_handler_verdict("kata", &serde_json::json!({}), all);
+        assert!(!f.ok, "{f:?}");
     }
 
     #[test]

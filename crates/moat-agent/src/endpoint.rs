@@ -1,25 +1,32 @@
 //! The agent's own HTTPS endpoint (the kubelet's :10250 role) that the API server proxies
-//! `pods/log` and `pods/exec` to:
+//! `pods/log`, `pods/exec`, `pods/attach` and `pods/portforward` to:
 //!
 //! - `GET /containerLogs/{namespace}/{pod}/{container}?follow=&previous=&timestamps=&tailLines=`
 //!   → `text/plain`, streamed until the container ends when following.
 //! - `GET /exec/{namespace}/{pod}/{container}?command=..&command=..&stdin=&stdout=&stderr=`
 //!   with `Upgrade: websocket` and `Sec-WebSocket-Protocol: v5.channel.k8s.io` (or v4) →
-//!   Kubernetes' channel protocol (see [`crate::exec`]).
+//!   Kubernetes' channel protocol (see [`crate::exec`]);
+//! - `GET /attach/{namespace}/{pod}/{container}?stdin=&stdout=&stderr=`, the same protocols
+//!   (see [`crate::attach`]);
+//! - `GET /portForward/{namespace}/{pod}` with SPDY/3.1 or SPDY tunnelled in WebSocket (see
+//!   [`crate::portforward`]).
 //!
 //! Authentication: `Authorization: Bearer <token>` (the cluster's admin token for now).
 //! A blocking thread per connection: few, long-lived streams, no async runtime needed. The
 //! HTTP/1.1 request head is parsed here (GET only, no bodies), which is all both routes need.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
-use crate::agent::{PodRecord, find_pod};
+use crate::http::read_head;
+pub use crate::http::{
+    Ctx, HttpError, Located, Request, Stream, locate, parse_head, percent_decode, respond,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EndpointError {
@@ -39,15 +46,6 @@ pub struct Endpoint {
     pub addr: SocketAddr,
     /// The self-signed serving certificate (PEM), published on the Node for the proxy.
     pub cert_pem: String,
-}
-
-#[derive(Clone)]
-pub struct Ctx {
-    pub token: String,
-    pub run_dir: PathBuf,
-    pub log_dir: PathBuf,
-    /// The shim command (its `--reap` mode parents `exec -t` processes).
-    pub shim: Vec<String>,
 }
 
 /// Binds and serves on background threads.
@@ -93,136 +91,6 @@ pub fn spawn(listen: SocketAddr, names: Vec<String>, ctx: Ctx) -> Result<Endpoin
     Ok(Endpoint { addr, cert_pem })
 }
 
-pub type Stream = rustls::StreamOwned<rustls::ServerConnection, TcpStream>;
-
-/// A parsed request head.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Request {
-    pub method: String,
-    pub path: String,
-    pub query: Vec<(String, String)>,
-    pub headers: Vec<(String, String)>,
-}
-
-impl Request {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// Every value of a header, comma-separated lists split (it may be repeated).
-    pub fn header_values(&self, name: &str) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
-            .flat_map(|(_, v)| v.split(','))
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
-            .collect()
-    }
-
-    pub fn q(&self, name: &str) -> Option<&str> {
-        self.query
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    pub fn flag(&self, name: &str) -> bool {
-        matches!(self.q(name), Some("true" | "1"))
-    }
-
-    pub fn all(&self, name: &str) -> Vec<String> {
-        self.query
-            .iter()
-            .filter(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
-            .collect()
-    }
-}
-
-pub fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => {
-                let h = std::str::from_utf8(&b[i + 1..i + 3])
-                    .ok()
-                    .and_then(|h| u8::from_str_radix(h, 16).ok());
-                match h {
-                    Some(v) => {
-                        out.push(v);
-                        i += 2;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Parses a request head (`GET /p?q HTTP/1.1` + headers).
-pub fn parse_head(head: &str) -> Option<Request> {
-    let mut lines = head.split("\r\n");
-    let mut first = lines.next()?.split(' ');
-    let method = first.next()?.to_string();
-    let target = first.next()?;
-    let (path, qs) = target.split_once('?').unwrap_or((target, ""));
-    let query = qs
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (percent_decode(k), percent_decode(v))
-        })
-        .collect();
-    let headers = lines
-        .filter(|l| !l.is_empty())
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect();
-    Some(Request {
-        method,
-        path: path.to_string(),
-        query,
-        headers,
-    })
-}
-
-fn read_head(s: &mut Stream) -> std::io::Result<String> {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        if head.len() > 64 * 1024 {
-            return Err(std::io::Error::other("request head too large"));
-        }
-        if s.read(&mut byte)? == 0 {
-            return Err(std::io::Error::other(
-                "connection closed in the request head",
-            ));
-        }
-        head.push(byte[0]);
-    }
-    Ok(String::from_utf8_lossy(&head).into_owned())
-}
-
-pub fn respond(s: &mut impl Write, code: u16, reason: &str, body: &str) -> std::io::Result<()> {
-    write!(
-        s,
-        "HTTP/1.1 {code} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    s.flush()
-}
-
 fn serve(tcp: TcpStream, tls: Arc<rustls::ServerConfig>, ctx: &Ctx) -> std::io::Result<()> {
     tcp.set_nodelay(true)?;
     let conn = rustls::ServerConnection::new(tls).map_err(std::io::Error::other)?;
@@ -251,6 +119,12 @@ fn serve(tcp: TcpStream, tls: Arc<rustls::ServerConfig>, ctx: &Ctx) -> std::io::
         ("GET" | "POST", Some("exec")) if parts.len() == 4 => {
             crate::exec::serve(s, ctx, &req, &parts[1], &parts[2], &parts[3])
         }
+        ("GET" | "POST", Some("attach")) if parts.len() == 4 => {
+            crate::attach::serve(s, ctx, &req, &parts[1], &parts[2], &parts[3])
+        }
+        ("GET" | "POST", Some("portForward")) if parts.len() == 3 => {
+            crate::portforward::serve(s, ctx, &req, &parts[1], &parts[2])
+        }
         _ => respond(&mut s, 404, "Not Found", "not found\n"),
     }
 }
@@ -261,30 +135,6 @@ fn constant_eq(a: &str, b: &str) -> bool {
             .zip(b.bytes())
             .fold(0u8, |acc, (x, y)| acc | (x ^ y))
             == 0
-}
-
-/// A pod's record with one container's (restart count, current id, has a previous run).
-pub type Located = (PodRecord, u32, Option<String>, bool);
-/// An HTTP error to send: (code, reason, body).
-pub type HttpError = (u16, &'static str, String);
-
-/// The pod's record and the named container's slot, or an HTTP error to send.
-pub fn locate(ctx: &Ctx, ns: &str, pod: &str, container: &str) -> Result<Located, HttpError> {
-    let rec = find_pod(&ctx.run_dir, ns, pod).ok_or_else(|| {
-        (
-            404,
-            "Not Found",
-            format!("pod {ns}/{pod} is not on this node\n"),
-        )
-    })?;
-    let slot = rec.container(container).ok_or_else(|| {
-        (
-            400,
-            "Bad Request",
-            format!("container {container} is not valid for pod {pod}\n"),
-        )
-    })?;
-    Ok((rec.clone(), slot.0, slot.1, slot.2))
 }
 
 fn logs(

@@ -21,7 +21,50 @@ pub struct Facts<'a> {
 
 /// (`configmaps` | `secrets`, name) in the pod's namespace → the object, `None` if it does
 /// not exist, `Err` if it could not be read.
-pub type Lookup<'a> = dyn Fn(&str, &str) -> Result<Option<Value>, String> + 'a;
+pub type Lookup<'a> = dyn Fn(&str, &str) -> Result<Option<Value>, LookupError> + 'a;
+
+/// Why a ConfigMap or Secret could not be read (the API's error, or a refused name).
+pub type LookupError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why a container's environment cannot be made; the texts are the kubelet's, as they show
+/// up in `CreateContainerConfigError`.
+#[derive(Debug, thiserror::Error)]
+pub enum EnvError {
+    #[error("unsupported fieldPath: {0}")]
+    FieldPath(String),
+    #[error("resourceFieldRef: no container {0}")]
+    NoContainer(String),
+    #[error("unsupported container resource: {0}")]
+    Resource(String),
+    #[error("resourceFieldRef: divisor {0} must be positive")]
+    Divisor(String),
+    #[error("resourceFieldRef")]
+    Quantity(#[from] moat_api::quantity::QuantityError),
+    #[error("{kind} {name:?} not found")]
+    NotFound { kind: &'static str, name: String },
+    #[error("couldn't find key {key} in {kind} {namespace}/{name}")]
+    NoKey {
+        key: String,
+        kind: &'static str,
+        namespace: String,
+        name: String,
+    },
+    #[error("reading {kind} {name}")]
+    Lookup {
+        kind: &'static str,
+        name: String,
+        #[source]
+        source: LookupError,
+    },
+}
+
+fn singular(kind: &str) -> &'static str {
+    if kind == "secrets" {
+        "secret"
+    } else {
+        "configmap"
+    }
+}
 
 /// Kubernetes' `IsEnvVarName`: `[-._a-zA-Z][-._a-zA-Z0-9]*`.
 pub fn valid_name(n: &str) -> bool {
@@ -74,10 +117,14 @@ fn object<'a>(
     lookup: &Lookup,
     kind: &str,
     name: &str,
-) -> Result<&'a Option<Value>, String> {
+) -> Result<&'a Option<Value>, EnvError> {
     let key = (kind.to_string(), name.to_string());
     if !cache.contains_key(&key) {
-        let v = lookup(kind, name)?;
+        let v = lookup(kind, name).map_err(|source| EnvError::Lookup {
+            kind: singular(kind),
+            name: name.to_string(),
+            source,
+        })?;
         cache.insert(key.clone(), v);
     }
     Ok(&cache[&key])
@@ -111,7 +158,7 @@ fn label(kind: &str) -> &'static str {
     }
 }
 
-fn field_ref(path: &str, f: &Facts) -> Result<String, String> {
+fn field_ref(path: &str, f: &Facts) -> Result<String, EnvError> {
     let m = &f.pod.metadata;
     let spec = f.pod.spec.as_ref();
     let subscript = |prefix: &str| {
@@ -141,7 +188,7 @@ fn field_ref(path: &str, f: &Facts) -> Result<String, String> {
                     .and_then(|a| a.get(k).cloned())
                     .unwrap_or_default()
             } else {
-                return Err(format!("unsupported fieldPath: {path}"));
+                return Err(EnvError::FieldPath(path.to_string()));
             }
         }
     })
@@ -151,7 +198,7 @@ fn resource_field_ref(
     r: &k8s_openapi::api::core::v1::ResourceFieldSelector,
     me: &Container,
     f: &Facts,
-) -> Result<String, String> {
+) -> Result<String, EnvError> {
     let c = match r.container_name.as_deref().filter(|n| !n.is_empty()) {
         None => me,
         Some(n) => f
@@ -164,7 +211,7 @@ fn resource_field_ref(
                     .chain(s.init_containers.iter().flatten())
             })
             .find(|c| c.name == n)
-            .ok_or_else(|| format!("resourceFieldRef: no container {n}"))?,
+            .ok_or_else(|| EnvError::NoContainer(n.to_string()))?,
     };
     let res = c.resources.as_ref();
     let get = |which: &str, name: &str| {
@@ -181,14 +228,12 @@ fn resource_field_ref(
     let (which, name) = r
         .resource
         .split_once('.')
-        .ok_or_else(|| format!("unsupported container resource: {}", r.resource))?;
-    let q = |s: &str| crate::quantity::parse_milli(s).map_err(|e| e.to_string());
+        .ok_or_else(|| EnvError::Resource(r.resource.clone()))?;
+    let q = |s: &str| moat_api::quantity::milli_value(s).map(i128::from);
     let divisor = r.divisor.as_ref().map(|d| d.0.as_str()).unwrap_or("1");
     let div = q(divisor)?;
     if div <= 0 {
-        return Err(format!(
-            "resourceFieldRef: divisor {divisor} must be positive"
-        ));
+        return Err(EnvError::Divisor(divisor.to_string()));
     }
     // Values in millis; unset limits are the node's allocatable, unset requests are 0.
     let value = match (which, name, get(which, name)) {
@@ -196,14 +241,18 @@ fn resource_field_ref(
         ("limits", "cpu", None) => i128::from(f.node_cpu_millis),
         ("limits", "memory", None) => i128::from(f.node_memory_bytes) * 1000,
         ("requests", "cpu" | "memory" | "ephemeral-storage", None) => 0,
-        _ => return Err(format!("unsupported container resource: {}", r.resource)),
+        _ => return Err(EnvError::Resource(r.resource.clone())),
     };
     Ok(((value + div - 1) / div).to_string())
 }
 
 /// The container's environment, in definition order (a later definition of a name replaces
 /// the earlier value in place). Errors read like the kubelet's CreateContainerConfigError.
-pub fn resolve(c: &Container, f: &Facts, lookup: &Lookup) -> Result<Vec<(String, String)>, String> {
+pub fn resolve(
+    c: &Container,
+    f: &Facts,
+    lookup: &Lookup,
+) -> Result<Vec<(String, String)>, EnvError> {
     let mut out: Vec<(String, String)> = Vec::new();
     let set = |out: &mut Vec<(String, String)>, k: String, v: String| {
         if let Some(e) = out.iter_mut().find(|(n, _)| *n == k) {
@@ -224,7 +273,10 @@ pub fn resolve(c: &Container, f: &Facts, lookup: &Lookup) -> Result<Vec<(String,
             if optional {
                 continue;
             }
-            return Err(format!("{} {name:?} not found", &kind[..kind.len() - 1]));
+            return Err(EnvError::NotFound {
+                kind: singular(kind),
+                name,
+            });
         };
         let mut keys: Vec<&String> = obj["data"]
             .as_object()
@@ -271,17 +323,22 @@ pub fn resolve(c: &Container, f: &Facts, lookup: &Lookup) -> Result<Vec<(String,
                     match object(&mut cache, lookup, kind, name)? {
                         None if optional => continue,
                         None => {
-                            return Err(format!("{} {name:?} not found", &kind[..kind.len() - 1]));
+                            return Err(EnvError::NotFound {
+                                kind: singular(kind),
+                                name: name.clone(),
+                            });
                         }
                         Some(obj) => match key_value(kind, obj, key) {
                             Some(v) => v,
                             None if optional => continue,
                             None => {
                                 let ns = f.pod.metadata.namespace.as_deref().unwrap_or("default");
-                                return Err(format!(
-                                    "couldn't find key {key} in {} {ns}/{name}",
-                                    label(kind)
-                                ));
+                                return Err(EnvError::NoKey {
+                                    key: key.clone(),
+                                    kind: label(kind),
+                                    namespace: ns.to_string(),
+                                    name: name.clone(),
+                                });
                             }
                         },
                     }
@@ -353,7 +410,7 @@ mod tests {
         serde_json::from_value(v).unwrap()
     }
 
-    fn lookup(kind: &str, name: &str) -> Result<Option<Value>, String> {
+    fn lookup(kind: &str, name: &str) -> Result<Option<Value>, LookupError> {
         Ok(match (kind, name) {
             ("configmaps", "cfg") => Some(
                 json!({"data": {"mode": "fast", "bad key": "x", "LEVEL": "3"},
@@ -438,7 +495,14 @@ mod tests {
     fn missing_sources_fail_like_the_kubelet() {
         let p = pod();
         let f = facts(&p);
-        let one = |v: Value| resolve(&container(json!({"name": "c", "env": [v]})), &f, &lookup);
+        let one = |v: Value| {
+            resolve(&container(json!({"name": "c", "env": [v]})), &f, &lookup).map_err(|e| {
+                match std::error::Error::source(&e) {
+                    Some(c) => format!("{e}: {c}"),
+                    None => e.to_string(),
+                }
+            })
+        };
         assert_eq!(
             one(
                 json!({"name": "X", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "zz"}}})
@@ -467,7 +531,10 @@ mod tests {
             &f,
             &lookup,
         );
-        assert_eq!(from, Err("configmap \"gone\" not found".into()));
+        assert_eq!(
+            from.map_err(|e| e.to_string()),
+            Err("configmap \"gone\" not found".to_string())
+        );
         assert!(valid_name("_a.b-1") && !valid_name("1a") && !valid_name("a b") && !valid_name(""));
     }
 }

@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 use tungstenite::protocol::Role;
 use tungstenite::{Message, WebSocket};
 
-use crate::endpoint::{Ctx, Request, Stream, locate, respond};
+use crate::http::{Ctx, Request, Stream, locate, respond};
 use crate::spdy::{Codec, Frame};
 
 pub const PROTOCOLS: &[&str] = &["v5.channel.k8s.io", "v4.channel.k8s.io"];
@@ -65,14 +65,16 @@ pub fn parse_resize(b: &[u8]) -> Option<(u16, u16)> {
     ))
 }
 
-enum Out {
+/// What the process side of a session produced.
+#[derive(Debug)]
+pub(crate) enum Out {
     Data(u8, Vec<u8>),
     Exited(i32),
 }
 
 /// What the client sent.
 #[derive(Debug, PartialEq, Eq)]
-enum Event {
+pub(crate) enum Event {
     Stdin(Vec<u8>),
     StdinEof,
     Resize(u16, u16),
@@ -82,7 +84,7 @@ enum Event {
 }
 
 /// The client side of an exec: WebSocket or SPDY.
-trait Transport {
+pub(crate) trait Transport {
     /// The next event, waiting at most about 20 ms.
     fn poll(&mut self) -> Event;
     /// Sends output of channel 1 (stdout) or 2 (stderr); false once the client is gone.
@@ -329,7 +331,7 @@ impl Transport for Spdy {
 }
 
 /// The exec request's stream protocol, after its upgrade answer.
-fn upgrade(mut s: Stream, req: &Request) -> std::io::Result<Option<Box<dyn Transport>>> {
+pub(crate) fn upgrade(mut s: Stream, req: &Request) -> std::io::Result<Option<Box<dyn Transport>>> {
     let upgrade = req.header("upgrade").unwrap_or("");
     let tty = req.flag("tty");
     if upgrade.eq_ignore_ascii_case("websocket") {
@@ -513,7 +515,7 @@ pub fn serve(
 
 /// Moves data between the client and the process until it has exited (its status sent) or
 /// the client is gone.
-fn relay(
+pub(crate) fn relay(
     t: &mut dyn Transport,
     rx: &mpsc::Receiver<Out>,
     mut stdin: Option<Box<dyn Write>>,
@@ -555,7 +557,7 @@ fn relay(
 }
 
 /// Receives the pty master runc sends on the console socket.
-fn recv_master(conn: &std::os::unix::net::UnixStream) -> std::io::Result<std::fs::File> {
+pub(crate) fn recv_master(conn: &std::os::unix::net::UnixStream) -> std::io::Result<std::fs::File> {
     use std::os::fd::{AsRawFd, FromRawFd, RawFd};
     let mut buf = [0u8; 4096];
     let mut iov = [std::io::IoSliceMut::new(&mut buf)];
@@ -578,7 +580,7 @@ fn recv_master(conn: &std::os::unix::net::UnixStream) -> std::io::Result<std::fs
     Err(std::io::Error::other("no console fd from the runtime"))
 }
 
-fn set_winsize(master: &std::fs::File, cols: u16, rows: u16) {
+pub(crate) fn set_winsize(master: &std::fs::File, cols: u16, rows: u16) {
     use std::os::fd::AsRawFd;
     let ws = libc::winsize {
         ws_row: rows,

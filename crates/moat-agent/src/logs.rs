@@ -86,6 +86,21 @@ pub fn to_plain(file: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Where a container run's CRI log lives: `<log_dir>/<ns>_<pod>_<uid>/<container>/<restart>.log`.
+pub fn log_path(
+    log_dir: &std::path::Path,
+    ns: &str,
+    pod: &str,
+    uid: &str,
+    container: &str,
+    restart: u32,
+) -> std::path::PathBuf {
+    log_dir
+        .join(format!("{ns}_{pod}_{uid}"))
+        .join(container)
+        .join(format!("{restart}.log"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

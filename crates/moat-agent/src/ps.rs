@@ -5,8 +5,8 @@
 
 use std::path::Path;
 
-use crate::agent::PodRecord;
 use crate::handlers::Handler;
+use crate::podstate::PodRecord;
 use crate::runtime::{ContainerState, Runtime, Status};
 use crate::status::State;
 
@@ -273,7 +273,7 @@ pub fn format_containers(rows: &[ContainerRow], now: &str) -> String {
 
 /// Sandboxes of the agent with run dir `run_dir`.
 pub fn sandboxes(run_dir: &Path) -> Vec<SandboxRow> {
-    sandbox_rows(&crate::agent::records(run_dir), &|r| {
+    sandbox_rows(&crate::podstate::records(run_dir), &|r| {
         r.host_network || r.netns.exists()
     })
 }
@@ -282,7 +282,7 @@ pub fn sandboxes(run_dir: &Path) -> Vec<SandboxRow> {
 /// runtime (the shim's files first, as the agent does).
 pub fn containers(run_dir: &Path) -> Vec<ContainerRow> {
     let rt = crate::runtime::OciRuntime { shim: Vec::new() };
-    container_rows(&crate::agent::records(run_dir), run_dir, &|h, id, b| {
+    container_rows(&crate::podstate::records(run_dir), run_dir, &|h, id, b| {
         rt.state(h, id, b).ok().flatten()
     })
 }

@@ -67,10 +67,11 @@ pub trait Runtime: Send + Sync {
     fn kill(&self, h: &Handler, id: &str, signal: &str) -> Result<(), RuntimeError>;
     /// Removes the container's runtime state (forcefully); unknown ids are not an error.
     fn delete(&self, h: &Handler, id: &str) -> Result<(), RuntimeError>;
+    /// Runs `cmd` in the container (an exec probe); whether it exited 0.
+    fn exec_ok(&self, h: &Handler, id: &str, cmd: &[String]) -> bool;
 }
 
-/// Name of the file in the bundle where the shim records the exit code.
-pub const EXIT_FILE: &str = "exit";
+pub use crate::shim::EXIT_FILE;
 
 pub struct OciRuntime {
     /// The shim command (e.g. `[/usr/bin/moat, agent, shim]`).
@@ -267,6 +268,17 @@ impl Runtime for OciRuntime {
             Err(Self::failed(h, "delete", id, err))
         }
     }
+
+    fn exec_ok(&self, h: &Handler, id: &str, cmd: &[String]) -> bool {
+        Self::cmd(h)
+            .arg("exec")
+            .arg(id)
+            .args(cmd)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|st| st.success())
+    }
 }
 
 /// What the shim's files say: stopped with a code, or running (init pid alive and still the
@@ -324,6 +336,10 @@ pub struct RecordingRuntime {
     pub states: Mutex<BTreeMap<String, ContainerState>>,
     /// Handler name → create error message (e.g. to act like crun on hybrid cgroups).
     pub fail_create: Mutex<BTreeMap<String, String>>,
+    /// Containers whose process ignores SIGTERM (only SIGKILL stops them).
+    pub ignore_term: Mutex<std::collections::BTreeSet<String>>,
+    /// Container ids whose exec probes succeed.
+    pub exec_ok: Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl RecordingRuntime {
@@ -406,8 +422,10 @@ impl Runtime for RecordingRuntime {
 
     fn kill(&self, h: &Handler, id: &str, signal: &str) -> Result<(), RuntimeError> {
         self.record(format!("{} kill {id} {signal}", h.name));
-        let code = if signal == "SIGKILL" { 137 } else { 143 };
-        self.exit(id, code);
+        let ignored = signal != "SIGKILL" && self.ignore_term.lock().is_ok_and(|s| s.contains(id));
+        if !ignored {
+            self.exit(id, if signal == "SIGKILL" { 137 } else { 143 });
+        }
         Ok(())
     }
 
@@ -417,6 +435,11 @@ impl Runtime for RecordingRuntime {
             s.remove(id);
         }
         Ok(())
+    }
+
+    fn exec_ok(&self, h: &Handler, id: &str, cmd: &[String]) -> bool {
+        self.record(format!("{} exec {id} {}", h.name, cmd.join(" ")));
+        self.exec_ok.lock().is_ok_and(|s| s.contains(id))
     }
 }
 

@@ -11,6 +11,9 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
+/// Name of the file in the bundle where the shim records the exit code.
+pub const EXIT_FILE: &str = "exit";
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShimArgs {
     pub runtime: PathBuf,
@@ -168,6 +171,9 @@ pub fn main(args: &[String]) -> i32 {
             }
         };
     }
+    // The container's shim lives as long as the container (the exec reaper only as long
+    // as its process).
+    close_inherited_fds();
     let a = match ShimArgs::parse(args) {
         Ok(a) => a,
         Err(e) => {
@@ -180,6 +186,31 @@ pub fn main(args: &[String]) -> i32 {
         Err(e) => {
             answer(&format!("error {e}"));
             1
+        }
+    }
+}
+
+/// Closes every descriptor but stdio. A shim outlives whoever started it (the agent, a
+/// server, a test harness); a descriptor it inherited by accident, such as a lock file
+/// held open by a parent, would stay held for the container's lifetime.
+fn close_inherited_fds() {
+    // SAFETY: close_range only closes descriptors of this process; at this point (the
+    // start of the shim's main, before any thread or file is opened) nothing in it owns
+    // a descriptor above 2.
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    if rc != 0
+        && let Ok(rd) = std::fs::read_dir("/proc/self/fd")
+    {
+        // Kernels before 5.9: close them one by one.
+        let fds: Vec<i32> = rd
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .filter(|&fd| fd > 2)
+            .collect();
+        for fd in fds {
+            // SAFETY: as above; the read_dir's own descriptor is closed already or
+            // closing it fails harmlessly (EBADF).
+            unsafe { libc::close(fd) };
         }
     }
 }
@@ -258,19 +289,40 @@ fn run(a: &ShimArgs) -> Result<(), String> {
     let log = Arc::new(Mutex::new(log));
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
+    let stdin_mode = stdin_mode(&a.bundle);
+    let terminal = terminal(&a.bundle);
+    // With stdin asked for, the container reads a pipe whose write end stays here and
+    // is fed by `kubectl attach -i` sessions through the bundle's attach socket (a
+    // terminal container reads its terminal instead).
+    let (stdin_for_runtime, stdin_keep) = match stdin_mode {
+        Some(_) if !terminal => {
+            let (r, w) = pipe()?;
+            (Stdio::from(r), Some(File::from(w)))
+        }
+        _ => (Stdio::null(), None),
+    };
+    // A container with a terminal gets it from the runtime through a console socket (as
+    // containerd's shim does): the master comes back here, its output goes to the log.
+    let console = if terminal {
+        Some(console_listener(&a.bundle)?)
+    } else {
+        None
+    };
     let pid_file = a.bundle.join("init.pid");
     let status = {
         let mut c = Command::new(&a.runtime);
-        c.args(&a.options)
-            .arg("--root")
-            .arg(&a.root)
-            .arg("create")
-            .arg("--bundle")
+        c.args(&a.options).arg("--root").arg(&a.root).arg("create");
+        if console.is_some() {
+            // Relative to the bundle, so the address fits a unix socket whatever its path.
+            c.current_dir(&a.bundle)
+                .args(["--console-socket", CONSOLE_SOCKET]);
+        }
+        c.arg("--bundle")
             .arg(&a.bundle)
             .arg("--pid-file")
             .arg(&pid_file)
             .arg(&a.id)
-            .stdin(Stdio::null())
+            .stdin(stdin_for_runtime)
             .stdout(Stdio::from(out_w))
             .stderr(Stdio::from(err_w));
         // `c` (holding our copies of the write ends) is dropped at the end of this block.
@@ -294,11 +346,37 @@ fn run(a: &ShimArgs) -> Result<(), String> {
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .ok_or_else(|| format!("no pid in {}", pid_file.display()))?;
+    let master = match console {
+        Some(rx) => Some(
+            rx.recv_timeout(std::time::Duration::from_secs(10))
+                .map_err(|_| "the runtime sent no terminal".to_string())?
+                .map_err(|e| format!("receiving the terminal: {e}"))?,
+        ),
+        None => None,
+    };
+    let _ = std::fs::remove_file(a.bundle.join(CONSOLE_SOCKET));
     answer(&format!("ok {pid}"));
     // From here on nobody reads stdout: point it at /dev/null so a late write cannot fail.
     if let Ok(null) = File::options().write(true).open("/dev/null") {
         let _ = nix::unistd::dup2_stdout(&null);
     }
+    if let Some(w) = stdin_keep {
+        let once = stdin_mode == Some(StdinMode::Once);
+        let bundle = a.bundle.clone();
+        std::thread::spawn(move || serve_stdin(&bundle, w, once));
+    }
+    let tty_copy = match master {
+        Some(m) => {
+            let out = m
+                .try_clone()
+                .map_err(|e| format!("the container's terminal: {e}"))?;
+            let bundle = a.bundle.clone();
+            std::thread::spawn(move || serve_terminal(&bundle, &m));
+            let l = log.clone();
+            Some(std::thread::spawn(move || copy_stream(out, "stdout", l)))
+        }
+        None => None,
+    };
     let (l1, l2) = (log.clone(), log);
     let t1 = std::thread::spawn(move || copy_stream(out_r, "stdout", l1));
     let t2 = std::thread::spawn(move || copy_stream(err_r, "stderr", l2));
@@ -313,12 +391,128 @@ fn run(a: &ShimArgs) -> Result<(), String> {
             Err(e) => return Err(format!("waiting for the container: {e}")),
         }
     };
-    let tmp = a.bundle.join(format!("{}.tmp", crate::runtime::EXIT_FILE));
+    let tmp = a.bundle.join(format!("{}.tmp", EXIT_FILE));
     let _ = std::fs::write(&tmp, format!("{code}\n"))
-        .and_then(|()| std::fs::rename(&tmp, a.bundle.join(crate::runtime::EXIT_FILE)));
+        .and_then(|()| std::fs::rename(&tmp, a.bundle.join(EXIT_FILE)));
+    let _ = std::fs::remove_file(a.bundle.join(ATTACH_SOCKET));
     let _ = t1.join();
     let _ = t2.join();
+    if let Some(t) = tty_copy {
+        let _ = t.join();
+    }
     Ok(())
+}
+
+/// The console socket the runtime sends a terminal container's pty master to (in the
+/// bundle; the runtime runs there and is given the relative name).
+pub const CONSOLE_SOCKET: &str = "console.sock";
+
+/// Whether the bundle's process asks for a terminal.
+pub fn terminal(bundle: &std::path::Path) -> bool {
+    std::fs::read(bundle.join("config.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .is_some_and(|v| v["process"]["terminal"] == true)
+}
+
+/// Listens on the bundle's console socket; the master arrives on the channel.
+fn console_listener(
+    bundle: &std::path::Path,
+) -> Result<std::sync::mpsc::Receiver<std::io::Result<File>>, String> {
+    let dir = File::open(bundle).map_err(|e| format!("opening {}: {e}", bundle.display()))?;
+    let path = short_socket_path(&dir, CONSOLE_SOCKET);
+    let _ = std::fs::remove_file(&path);
+    let l = std::os::unix::net::UnixListener::bind(&path)
+        .map_err(|e| format!("binding the console socket: {e}"))?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let r = l
+            .accept()
+            .and_then(|(conn, _)| crate::exec::recv_master(&conn));
+        let _ = tx.send(r);
+    });
+    Ok(rx)
+}
+
+/// For a terminal container, the attach socket hands each session a copy of the pty
+/// master (SCM_RIGHTS): the session writes its input there and sets the window size,
+/// while the output keeps going to the log, read by nobody else.
+fn serve_terminal(bundle: &std::path::Path, master: &File) {
+    use std::os::fd::AsRawFd;
+    let Ok(dir) = File::open(bundle) else {
+        return;
+    };
+    let path = short_socket_path(&dir, ATTACH_SOCKET);
+    let _ = std::fs::remove_file(&path);
+    let Ok(listener) = std::os::unix::net::UnixListener::bind(&path) else {
+        return;
+    };
+    for conn in listener.incoming() {
+        let Ok(conn) = conn else { continue };
+        let fds = [master.as_raw_fd()];
+        let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&fds)];
+        let iov = [std::io::IoSlice::new(b"t")];
+        let _ = nix::sys::socket::sendmsg::<()>(
+            conn.as_raw_fd(),
+            &iov,
+            &cmsg,
+            nix::sys::socket::MsgFlags::empty(),
+            None,
+        );
+    }
+}
+
+/// The unix socket in a bundle through which attach sessions write the container's stdin.
+pub const ATTACH_SOCKET: &str = "attach.sock";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StdinMode {
+    /// Open for every attach session, for the container's lifetime.
+    Open,
+    /// Closed (EOF to the container) once the first attach session ends.
+    Once,
+}
+
+/// What the bundle's annotation asks for (see [`crate::bundle::STDIN_ANNOTATION`]).
+pub fn stdin_mode(bundle: &std::path::Path) -> Option<StdinMode> {
+    let config = std::fs::read(bundle.join("config.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&config).ok()?;
+    match v["annotations"][crate::bundle::STDIN_ANNOTATION].as_str()? {
+        "true" => Some(StdinMode::Open),
+        "once" => Some(StdinMode::Once),
+        _ => None,
+    }
+}
+
+/// A path to `name` in `dir` short enough for a unix socket address (108 bytes), whatever
+/// the length of `dir`'s own path: through the open directory's `/proc/self/fd` entry.
+pub fn short_socket_path(dir: &File, name: &str) -> PathBuf {
+    use std::os::fd::AsRawFd;
+    PathBuf::from(format!("/proc/self/fd/{}/{name}", dir.as_raw_fd()))
+}
+
+/// Copies each attach session's bytes (one session at a time, in order) into the
+/// container's stdin; with `once`, the first session's end closes it.
+fn serve_stdin(bundle: &std::path::Path, mut stdin: File, once: bool) {
+    let Ok(dir) = File::open(bundle) else {
+        return;
+    };
+    let path = short_socket_path(&dir, ATTACH_SOCKET);
+    let _ = std::fs::remove_file(&path);
+    let Ok(listener) = std::os::unix::net::UnixListener::bind(&path) else {
+        return;
+    };
+    for conn in listener.incoming() {
+        let Ok(mut conn) = conn else { continue };
+        if std::io::copy(&mut conn, &mut stdin).is_err() {
+            // The container closed its stdin (or ended): nobody reads any more.
+            break;
+        }
+        if once {
+            break;
+        }
+    }
+    let _ = std::fs::remove_file(&path);
 }
 
 #[cfg(test)]

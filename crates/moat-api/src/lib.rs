@@ -2,6 +2,9 @@
 //! resources exist (the registry), how they are named, and the field-cause type used in
 //! `Status` errors. No IO, no async, no HTTP here.
 
+pub mod quantity;
+pub mod time;
+
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -237,6 +240,28 @@ pub static RESOURCES: &[ResourceInfo] = &[
     ResourceInfo {
         group: "apps",
         version: "v1",
+        kind: "ControllerRevision",
+        plural: "controllerrevisions",
+        singular: "controllerrevision",
+        namespaced: true,
+        short_names: &[],
+        categories: &[],
+        subresources: &[],
+    },
+    ResourceInfo {
+        group: "apps",
+        version: "v1",
+        kind: "DaemonSet",
+        plural: "daemonsets",
+        singular: "daemonset",
+        namespaced: true,
+        short_names: &["ds"],
+        categories: ALL,
+        subresources: &[Status],
+    },
+    ResourceInfo {
+        group: "apps",
+        version: "v1",
         kind: "ReplicaSet",
         plural: "replicasets",
         singular: "replicaset",
@@ -244,6 +269,28 @@ pub static RESOURCES: &[ResourceInfo] = &[
         short_names: &["rs"],
         categories: ALL,
         subresources: &[Status, Scale],
+    },
+    ResourceInfo {
+        group: "batch",
+        version: "v1",
+        kind: "CronJob",
+        plural: "cronjobs",
+        singular: "cronjob",
+        namespaced: true,
+        short_names: &["cj"],
+        categories: ALL,
+        subresources: &[Status],
+    },
+    ResourceInfo {
+        group: "batch",
+        version: "v1",
+        kind: "Job",
+        plural: "jobs",
+        singular: "job",
+        namespaced: true,
+        short_names: &[],
+        categories: ALL,
+        subresources: &[Status],
     },
     ResourceInfo {
         group: "coordination.k8s.io",
@@ -362,6 +409,6 @@ mod tests {
         let gvs = group_versions();
         assert_eq!(gvs[0], ("", "v1"));
         assert!(gvs.contains(&("networking.k8s.io", "v1")));
-        assert_eq!(gvs.len(), 6);
+        assert_eq!(gvs.len(), 7);
     }
 }

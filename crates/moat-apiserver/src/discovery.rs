@@ -175,6 +175,23 @@ pub fn api_groups() -> Value {
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
+/// `GET /apis/<g>` (with or without the trailing slash): the group's APIGroup, as client
+/// libraries ask for it (the Python client's `AppsApi().get_api_group()`).
+pub fn api_group(path: &str) -> Option<Value> {
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let ["apis", g] = segs.as_slice() else {
+        return None;
+    };
+    let versions: Vec<Value> = moat_api::group_versions()
+        .into_iter()
+        .filter(|(gg, _)| gg == g)
+        .map(|(_, v)| json!({"groupVersion": format!("{g}/{v}"), "version": v}))
+        .collect();
+    let preferred = versions.first()?.clone();
+    Some(json!({"kind": "APIGroup", "apiVersion": "v1", "name": g,
+        "versions": versions, "preferredVersion": preferred}))
+}
+
 /// `GET /api/v1` or `GET /apis/<g>/<v>`: the APIResourceList.
 pub fn resource_list(path: &str) -> Option<Value> {
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
@@ -267,5 +284,16 @@ mod tests {
             json!({"group": "autoscaling", "version": "v1", "kind": "Scale"})
         );
         assert_eq!(d["shortNames"], json!(["deploy"]));
+    }
+
+    #[test]
+    fn group_documents_are_served_with_or_without_the_slash() {
+        for p in ["/apis/apps", "/apis/apps/"] {
+            let g = api_group(p).expect("apps");
+            assert_eq!(g["kind"], "APIGroup");
+            assert_eq!(g["preferredVersion"]["groupVersion"], "apps/v1");
+        }
+        assert_eq!(api_group("/apis/nope"), None);
+        assert_eq!(api_group("/apis/apps/v1"), None);
     }
 }

@@ -15,11 +15,10 @@ use moat_store::{ListOptions, StoreError, WatchEvent};
 use serde_json::{Value, json};
 
 use crate::App;
+use crate::body::{apply_patch, parse_json, read_body, read_object_body};
 use crate::select::{fields_match, labels_match, parse_fields, parse_labels};
 use crate::status::ApiError;
 use crate::table::table;
-
-pub const MAX_BODY: usize = 3 * 1024 * 1024;
 
 /// Silence after which a watch that allows bookmarks gets one.
 const BOOKMARK_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
@@ -34,6 +33,11 @@ struct Target {
     name: Option<String>,
     sub: Option<String>,
 }
+
+mod collection;
+mod deletion;
+use collection::{list, selectors, watch};
+use deletion::{delete, delete_collection, remove};
 
 fn parse_path(path: &str) -> Option<Target> {
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
@@ -126,6 +130,18 @@ fn gen_suffix() -> String {
 
 // ---------- handlers ----------
 
+/// Subresources some resource has; the match in [`handle`] decides which verbs each takes.
+const SUBRESOURCES: &[&str] = &[
+    "status",
+    "scale",
+    "binding",
+    "finalize",
+    "log",
+    "exec",
+    "attach",
+    "portforward",
+];
+
 pub async fn handle(
     app: Arc<App>,
     method: Method,
@@ -145,6 +161,9 @@ pub async fn handle(
     if let Some(list) = crate::discovery::resource_list(path) {
         return Ok(json_response(StatusCode::OK, &list));
     }
+    if let Some(group) = crate::discovery::api_group(path) {
+        return Ok(json_response(StatusCode::OK, &group));
+    }
     let t = parse_path(path).ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -152,6 +171,19 @@ pub async fn handle(
             format!("the server could not find the requested resource ({path})"),
         )
     })?;
+    // A path with an unknown subresource names no resource at all (kube-apiserver: 404);
+    // `/namespaces/default/nothings` parses as one, so answering 405 would mislead.
+    // (Pods' ephemeralcontainers is answered below with a Status kubectl debug can read.)
+    if t.sub.as_deref().is_some_and(|s| {
+        let debug = s == "ephemeralcontainers" && t.res.kind == "Pod";
+        !(SUBRESOURCES.contains(&s) || debug)
+    }) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("the server could not find the requested resource ({path})"),
+        ));
+    }
     let watching = q.get("watch").is_some_and(|w| w == "true" || w == "1");
     match (&method, &t.name, t.sub.as_deref()) {
         (&Method::GET, None, None) if watching => watch(app, &t, &q, &headers).await,
@@ -185,8 +217,22 @@ pub async fn handle(
         )),
         (&Method::POST, None, None) => create(app, &t, &q, &headers, body).await,
         (&Method::POST, Some(name), Some("binding")) => binding(app, &t, name, body).await,
+        // kubectl debug reads `details.name` of a NotFound answer without checking for
+        // details (a nil dereference in 1.27-1.33): answer with a full Status that is not a
+        // NotFound, naming the pod, until the node agent can run ephemeral containers.
+        (_, Some(name), Some("ephemeralcontainers")) if t.res.kind == "Pod" => {
+            get(&app, &t, name).await?;
+            Err(ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                format!(
+                    "ephemeral containers are not supported by moat yet: the node agent cannot start them in pod {name:?}; use `kubectl debug {name} --copy-to=NAME` or `kubectl exec`"
+                ),
+            )
+            .details(t.res.group, t.res.plural, name))
+        }
         (&Method::PUT, Some(name), sub) => {
-            let body = read_body(&headers, body).await?;
+            let body = read_object_body(&headers, body).await?;
             let manager = write_manager(&q, &headers)?;
             let kind = t.res.kind;
             update(app, &t, name, sub, &q, |cur| {
@@ -215,24 +261,26 @@ pub async fn handle(
             } else {
                 t.res.kind
             };
+            let pinned = patch_pins_resource_version(&patch);
             update(app, &t, name, sub, &q, move |cur| {
                 let out = apply_patch(kind, &ct, cur, &patch)?;
-                if sub.is_some() {
-                    return Ok(out);
-                }
                 let mut n = parse_json(&out)?;
-                crate::ssa::track_update(kind, Some(cur), &mut n, &manager);
+                // The patched object carries the resourceVersion it was applied to; unless
+                // the patch itself named one, the write is not conditional on it and a
+                // concurrent writer means re-applying to the new object (as upstream),
+                // not a 409.
+                if !pinned && let Some(m) = n["metadata"].as_object_mut() {
+                    m.remove("resourceVersion");
+                }
+                if sub.is_none() {
+                    crate::ssa::track_update(kind, Some(cur), &mut n, &manager);
+                }
                 Ok(Bytes::from(serde_json::to_vec(&n).unwrap_or_default()))
             })
             .await
         }
         (&Method::DELETE, Some(name), None) => delete(app, &t, name, &q, &headers, body).await,
         (&Method::DELETE, None, None) => delete_collection(app, &t, &q, &headers, body).await,
-        (_, Some(_), Some("log" | "exec" | "attach" | "portforward")) => Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "ServiceUnavailable",
-            "no node agent serves this pod yet: logs and exec arrive with the node agent",
-        )),
         _ => Err(ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "MethodNotAllowed",
@@ -241,34 +289,20 @@ pub async fn handle(
     }
 }
 
-async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
-    let ct = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let raw = axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "RequestEntityTooLarge",
-            format!("the request body is larger than the limit of {MAX_BODY} bytes"),
-        )
-    })?;
-    if ct.starts_with("application/vnd.kubernetes.protobuf") {
-        let v = crate::protobuf::to_json(&raw)?;
-        return Ok(Bytes::from(serde_json::to_vec(&v).unwrap_or_default()));
+/// Whether a patch body sets `metadata.resourceVersion` (a merge or strategic patch naming
+/// it, or a JSON patch touching `/metadata/resourceVersion`), making the write conditional.
+fn patch_pins_resource_version(patch: &[u8]) -> bool {
+    match serde_json::from_slice::<Value>(patch) {
+        Ok(Value::Object(o)) => o
+            .get("metadata")
+            .and_then(|m| m.get("resourceVersion"))
+            .and_then(Value::as_str)
+            .is_some_and(|rv| !rv.is_empty()),
+        Ok(Value::Array(ops)) => ops
+            .iter()
+            .any(|op| op["path"] == "/metadata/resourceVersion"),
+        _ => false,
     }
-    Ok(raw)
-}
-
-fn parse_json(b: &[u8]) -> Result<Value, ApiError> {
-    let v: Value = serde_json::from_slice(b)
-        .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))?;
-    if !v.is_object() {
-        return Err(ApiError::bad_request(
-            "the request body must be a JSON object",
-        ));
-    }
-    Ok(v)
 }
 
 async fn get(app: &App, t: &Target, name: &str) -> Result<Value, ApiError> {
@@ -315,213 +349,6 @@ async fn namespace_ok(app: &App, ns: &str, creating: bool) -> Result<(), ApiErro
         }
         Some(_) => Ok(()),
     }
-}
-
-fn selectors(q: &Q) -> Result<(Vec<crate::select::Req>, Vec<crate::select::Req>), ApiError> {
-    let l = parse_labels(q.get("labelSelector").map(String::as_str).unwrap_or(""))
-        .map_err(ApiError::bad_request)?;
-    let f = parse_fields(q.get("fieldSelector").map(String::as_str).unwrap_or(""))
-        .map_err(ApiError::bad_request)?;
-    Ok((l, f))
-}
-
-async fn list(app: Arc<App>, t: &Target, q: &Q, headers: &HeaderMap) -> Result<Response, ApiError> {
-    let (ls, fs) = selectors(q)?;
-    let limit: usize = q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(0);
-    let (mut at, mut start_after) = (0i64, None::<String>);
-    if let Some(c) = q.get("continue").filter(|c| !c.is_empty()) {
-        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(c)
-            .map_err(|_| ApiError::bad_request("invalid continue token"))?;
-        let tok: Value = serde_json::from_slice(&raw)
-            .map_err(|_| ApiError::bad_request("invalid continue token"))?;
-        at = tok["rv"]
-            .as_i64()
-            .ok_or_else(|| ApiError::bad_request("invalid continue token"))?;
-        start_after = tok["start"].as_str().map(String::from);
-    } else if let Some(rv) = q.get("resourceVersion").and_then(|r| r.parse::<i64>().ok())
-        && q.get("resourceVersionMatch").is_some_and(|m| m == "Exact")
-    {
-        at = rv;
-    }
-    let res = app.store.list(&store_prefix(t.res, t.ns.as_deref()), ListOptions { at, start_after, limit: 0 }).await.map_err(|e| match e {
-        StoreError::Compacted { .. } => ApiError::new(StatusCode::GONE, "Expired", "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter."),
-        e => e.into(),
-    })?;
-    let mut items = Vec::new();
-    let mut cont = None;
-    for kv in &res.items {
-        let obj = decode(kv)?;
-        if labels_match(&ls, &obj) && fields_match(&fs, &obj) {
-            if limit > 0 && items.len() == limit {
-                let last = items
-                    .last()
-                    .map(|(k, _): &(String, Value)| k.clone())
-                    .unwrap_or_default();
-                let tok = json!({"rv": res.revision, "start": last}).to_string();
-                cont = Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(tok));
-                break;
-            }
-            items.push((kv.key.clone(), obj));
-        }
-    }
-    let objs: Vec<Value> = items.into_iter().map(|(_, o)| o).collect();
-    let rv = res.revision.to_string();
-    if wants_table(headers) {
-        let mut t = table(
-            t.res.kind,
-            &objs,
-            &rv,
-            q.get("includeObject").map(String::as_str).unwrap_or(""),
-            true,
-        );
-        if let Some(c) = cont {
-            t["metadata"]["continue"] = json!(c);
-        }
-        return Ok(json_response(StatusCode::OK, &t));
-    }
-    let mut meta = json!({"resourceVersion": rv});
-    if let Some(c) = cont {
-        meta["continue"] = json!(c);
-    }
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({"kind": format!("{}List", t.res.kind), "apiVersion": t.res.api_version(), "metadata": meta, "items": objs}),
-    ))
-}
-
-async fn watch(
-    app: Arc<App>,
-    t: &Target,
-    q: &Q,
-    headers: &HeaderMap,
-) -> Result<Response, ApiError> {
-    let (ls, fs) = selectors(q)?;
-    let as_table = wants_table(headers);
-    let kind = t.res.kind;
-    let prefix = store_prefix(t.res, t.ns.as_deref());
-    let rv: i64 = q
-        .get("resourceVersion")
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(0);
-    let mut timeout = q
-        .get("timeoutSeconds")
-        .and_then(|s| s.parse::<u64>().ok())
-        .unwrap_or(1800);
-    // A server may end any watch early; clients resume from their last resourceVersion.
-    if let Some(max) = app.max_watch_seconds {
-        timeout = timeout.min(max);
-    }
-    let api_version = t.res.api_version();
-    let mut last_sent = std::time::Instant::now();
-    let bookmarks = q.get("allowWatchBookmarks").is_some_and(|b| b == "true");
-    let encode_obj = move |o: &Value, first: bool| -> Value {
-        if as_table {
-            let rv = o["metadata"]["resourceVersion"]
-                .as_str()
-                .unwrap_or("")
-                .to_string();
-            table(kind, std::slice::from_ref(o), &rv, "", first)
-        } else {
-            o.clone()
-        }
-    };
-    // Initial state: synthetic ADDED events when no resourceVersion (or 0) was given.
-    let mut initial = Vec::new();
-    let from = if rv == 0 {
-        let res = app.store.list(&prefix, ListOptions::default()).await?;
-        for kv in &res.items {
-            let o = decode(kv)?;
-            if labels_match(&ls, &o) && fields_match(&fs, &o) {
-                initial
-                    .push(json!({"type": "ADDED", "object": encode_obj(&o, initial.is_empty())}));
-            }
-        }
-        res.revision
-    } else {
-        rv
-    };
-    let stream = match app.store.watch(&prefix, from).await {
-        Ok(s) => s,
-        Err(StoreError::Compacted { .. }) => {
-            // As kube-apiserver: 200, then one ERROR event carrying a 410 Expired Status.
-            let e = ApiError::new(
-                StatusCode::GONE,
-                "Expired",
-                format!("too old resource version: {rv}"),
-            );
-            let line = json!({"type": "ERROR", "object": e.body()}).to_string() + "\n";
-            return Ok(([(header::CONTENT_TYPE, "application/json")], line).into_response());
-        }
-        Err(e) => return Err(e.into()),
-    };
-    let mut sent_first = !initial.is_empty();
-    let events = stream.filter_map(move |ev| {
-        let out = match ev {
-            Ok(WatchEvent::Put { kv, prev }) => decode(&kv).ok().and_then(|o| {
-                let now_match = labels_match(&ls, &o) && fields_match(&fs, &o);
-                let was = prev
-                    .as_ref()
-                    .and_then(|p| decode(p).ok())
-                    .map(|p| labels_match(&ls, &p) && fields_match(&fs, &p));
-                let ty = match (was, now_match) {
-                    // New, or newly matching the selectors: the watcher has not seen it yet.
-                    (None | Some(false), true) => "ADDED",
-                    (Some(true), true) => "MODIFIED",
-                    (Some(true), false) => "DELETED",
-                    _ => return None,
-                };
-                let first = !sent_first;
-                sent_first = true;
-                last_sent = std::time::Instant::now();
-                Some(json!({"type": ty, "object": encode_obj(&o, first)}))
-            }),
-            Ok(WatchEvent::Delete { prev, revision }) => decode(&prev)
-                .ok()
-                .filter(|o| labels_match(&ls, o) && fields_match(&fs, o))
-                .map(|mut o| {
-                    o["metadata"]["resourceVersion"] = json!(revision.to_string());
-                    let first = !sent_first;
-                    sent_first = true;
-                    last_sent = std::time::Instant::now();
-                    json!({"type": "DELETED", "object": encode_obj(&o, first)})
-                }),
-            // Bookmarks at most every BOOKMARK_EVERY of silence, like kube-apiserver's
-            // roughly once a minute, so a resumed watch starts from a recent revision.
-            Ok(WatchEvent::Progress { revision })
-                if bookmarks && last_sent.elapsed() >= BOOKMARK_EVERY =>
-            {
-                last_sent = std::time::Instant::now();
-                Some(
-                    json!({"type": "BOOKMARK", "object": {"kind": kind, "apiVersion": api_version,
-                    "metadata": {"resourceVersion": revision.to_string()}}}),
-                )
-            }
-            Ok(WatchEvent::Progress { .. }) => None,
-            Err(e) => {
-                let ae: ApiError = e.into();
-                Some(json!({"type": "ERROR", "object": ae.body()}))
-            }
-        };
-        futures::future::ready(
-            out.map(|v| Ok::<_, std::convert::Infallible>(Bytes::from(v.to_string() + "\n"))),
-        )
-    });
-    let initial = futures::stream::iter(
-        initial
-            .into_iter()
-            .map(|v| Ok::<_, std::convert::Infallible>(Bytes::from(v.to_string() + "\n"))),
-    );
-    let deadline = tokio::time::sleep(std::time::Duration::from_secs(timeout));
-    let body = initial.chain(events).take_until(deadline);
-    Ok((
-        [
-            (header::CONTENT_TYPE, "application/json"),
-            (header::TRANSFER_ENCODING, "chunked"),
-        ],
-        Body::from_stream(body),
-    )
-        .into_response())
 }
 
 /// The field manager of a non-apply write.
@@ -619,7 +446,7 @@ async fn create(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let raw = read_body(headers, body).await?;
+    let raw = read_object_body(headers, body).await?;
     let obj = parse_json(&raw)?;
     let manager = write_manager(q, headers)?;
     create_value(app, t, q, obj, Some(&manager)).await
@@ -701,6 +528,9 @@ async fn create_value(
         obj["metadata"]["name"] = json!(format!("{base}{}", gen_suffix()));
     }
     let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
+    // The uid is known before defaulting: a Job's generated selector names it.
+    let uid = uuid::Uuid::new_v4().to_string();
+    obj["metadata"]["uid"] = json!(uid);
     crate::validate::default_object(t.res, &mut obj);
     let causes = crate::validate::validate(t.res, &obj);
     if !causes.is_empty() {
@@ -716,7 +546,7 @@ async fn create_value(
     let meta = obj["metadata"]
         .as_object_mut()
         .ok_or_else(|| ApiError::bad_request("metadata must be an object"))?;
-    meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
+    meta.insert("uid".into(), json!(uid));
     meta.insert("creationTimestamp".into(), json!(now()));
     meta.remove("resourceVersion");
     meta.remove("deletionTimestamp");
@@ -778,46 +608,6 @@ async fn admit_pod(app: &App, obj: &mut Value) -> Result<(), ApiError> {
     let admitted = serde_json::to_value(&pod).map_err(|e| ApiError::internal(e.to_string()))?;
     obj["spec"] = admitted["spec"].clone();
     Ok(())
-}
-
-fn apply_patch(kind: &str, ct: &str, cur: &Value, patch: &[u8]) -> Result<Bytes, ApiError> {
-    let p: Value = serde_json::from_slice(patch)
-        .map_err(|e| ApiError::bad_request(format!("the patch is not valid JSON: {e}")))?;
-    let mut out = cur.clone();
-    let ct = ct.split(';').next().unwrap_or("").trim();
-    match ct {
-        "application/merge-patch+json" => json_patch::merge(&mut out, &p),
-        "application/strategic-merge-patch+json" => {
-            out = moat_patch::strategic_merge(kind, cur, &p).map_err(|e| {
-                ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "Invalid",
-                    format!("the strategic merge patch could not be applied: {e}"),
-                )
-            })?;
-        }
-        "application/json-patch+json" => {
-            let ops: json_patch::Patch = serde_json::from_value(p)
-                .map_err(|e| ApiError::bad_request(format!("the JSON patch is malformed: {e}")))?;
-            json_patch::patch(&mut out, &ops).map_err(|e| {
-                ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "Invalid",
-                    format!("the JSON patch could not be applied: {e}"),
-                )
-            })?;
-        }
-        other => {
-            return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "UnsupportedMediaType",
-                format!(
-                    "patch type {other:?} is not supported yet by moat (use --type merge or --type json)"
-                ),
-            ));
-        }
-    }
-    Ok(Bytes::from(serde_json::to_vec(&out).unwrap_or_default()))
 }
 
 fn scale_of(o: &Value) -> Value {
@@ -900,11 +690,13 @@ async fn update(
                 n
             }
             Some(other) => {
+                // With details: kubectl reads `details.name` of NotFound answers.
                 return Err(ApiError::new(
                     StatusCode::NOT_FOUND,
                     "NotFound",
                     format!("subresource {other:?} not found"),
-                ));
+                )
+                .details(t.res.group, t.res.plural, name));
             }
         };
         if next["metadata"]["name"].as_str() != Some(name) {
@@ -953,7 +745,8 @@ async fn update(
         next["apiVersion"] = json!(t.res.api_version());
         let warnings = crate::schema::check(t.res.kind, &t.res.api_version(), &mut next, mode)?;
         crate::validate::default_object(t.res, &mut next);
-        let causes = crate::validate::validate(t.res, &next);
+        let mut causes = crate::validate::validate(t.res, &next);
+        causes.extend(crate::validate::validate_update(t.res, &cur, &next));
         if !causes.is_empty() {
             return Err(ApiError::invalid(t.res.kind, name, causes));
         }
@@ -1031,7 +824,7 @@ async fn update(
 
 async fn binding(app: Arc<App>, t: &Target, name: &str, body: Body) -> Result<Response, ApiError> {
     let b = parse_json(
-        &axum::body::to_bytes(body, MAX_BODY)
+        &axum::body::to_bytes(body, crate::body::MAX_BODY)
             .await
             .map_err(|_| ApiError::bad_request("body too large"))?,
     )?;
@@ -1080,112 +873,24 @@ async fn binding(app: Arc<App>, t: &Target, name: &str, body: Body) -> Result<Re
     ))
 }
 
-async fn delete(
-    app: Arc<App>,
-    t: &Target,
-    name: &str,
-    q: &Q,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    let raw = read_body(headers, body).await?;
-    let opts = crate::delete::parse_options(q, &raw)?;
-    let key = store_key(t.res, t.ns.as_deref(), name);
-    for _ in 0..5 {
-        let kv = get_kv(&app, t, &key, name).await?;
-        match delete_one(&app, t, &kv, &opts).await {
-            Err(e) if e.reason == "Conflict" && opts.precondition_rv.is_none() => continue,
-            r => return r.map(|(code, o)| json_response(code, &o)),
-        }
-    }
-    Err(ApiError::new(
-        StatusCode::CONFLICT,
-        "Conflict",
-        "too many concurrent writers; try again",
-    ))
-}
-
-/// Applies the delete plan to one stored object: removes it (200 with the last state) or
-/// stores it marked (202 with the marked object).
-async fn delete_one(
-    app: &App,
-    t: &Target,
-    kv: &moat_store::KeyValue,
-    opts: &crate::delete::DeleteOptions,
-) -> Result<(StatusCode, Value), ApiError> {
-    let cur = decode(kv)?;
-    match crate::delete::plan(t.res.kind, &cur, opts, chrono::Utc::now())? {
-        _ if opts.dry_run => Ok((StatusCode::OK, cur)),
-        crate::delete::Plan::DeleteNow => {
-            let o = remove(app, t.res.kind, &kv.key, &cur, kv.mod_revision).await?;
-            Ok((StatusCode::OK, o))
-        }
-        crate::delete::Plan::Mark(next) => {
-            let kv = app
-                .store
-                .update(&kv.key, encode(&next), kv.mod_revision)
-                .await?;
-            Ok((StatusCode::ACCEPTED, decode(&kv)?))
-        }
-        crate::delete::Plan::Unchanged => Ok((StatusCode::ACCEPTED, cur)),
-    }
-}
-
-/// Removes an object from the store (compare-and-swap on `expected`) and releases what it
-/// held (a Service's ClusterIP and NodePorts).
-async fn remove(
-    app: &App,
-    kind: &str,
-    key: &str,
-    obj: &Value,
-    expected: moat_store::Revision,
-) -> Result<Value, ApiError> {
-    let (prev, rev) = app.store.delete(key, Some(expected)).await?;
-    if kind == "Service" {
-        crate::alloc::release(&*app.store, obj).await;
-    }
-    let mut o = decode(&prev)?;
-    o["metadata"]["resourceVersion"] = json!(rev.to_string());
-    Ok(o)
-}
-
-async fn delete_collection(
-    app: Arc<App>,
-    t: &Target,
-    q: &Q,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    let raw = read_body(headers, body).await?;
-    let opts = crate::delete::parse_options(q, &raw)?;
-    let (ls, fs) = selectors(q)?;
-    let res = app
-        .store
-        .list(
-            &store_prefix(t.res, t.ns.as_deref()),
-            ListOptions::default(),
-        )
-        .await?;
-    let mut gone = Vec::new();
-    for kv in &res.items {
-        let o = decode(kv)?;
-        if labels_match(&ls, &o) && fields_match(&fs, &o) {
-            // An object changed or deleted concurrently is skipped, as upstream does.
-            if let Ok((_, o)) = delete_one(&app, t, kv, &opts).await {
-                gone.push(o);
-            }
-        }
-    }
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({"kind": format!("{}List", t.res.kind), "apiVersion": t.res.api_version(),
-        "metadata": {"resourceVersion": app.store.current_revision().await?.to_string()}, "items": gone}),
-    ))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_patches_naming_a_resource_version_are_conditional() {
+        assert!(patch_pins_resource_version(
+            br#"{"metadata":{"resourceVersion":"7"},"spec":{}}"#
+        ));
+        assert!(patch_pins_resource_version(
+            br#"[{"op":"test","path":"/metadata/resourceVersion","value":"7"}]"#
+        ));
+        assert!(!patch_pins_resource_version(br#"{"spec":{"template":{}}}"#));
+        assert!(!patch_pins_resource_version(
+            br#"{"metadata":{"labels":{"a":"b"}}}"#
+        ));
+        assert!(!patch_pins_resource_version(b"not json"));
+    }
 
     #[test]
     fn paths_map_to_resources() {

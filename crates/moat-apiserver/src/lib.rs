@@ -5,17 +5,20 @@
 //! JSON, `resourceVersion` is the store revision, updates are compare-and-swap, watches
 //! stream store events. This crate is the only one that touches the store.
 //!
-//! Served today: discovery (legacy form), CRUD + list + watch with label/field selectors
-//! and limit/continue, status and scale subresources, pods/binding, merge and JSON
-//! patches, finalizers, server-side Tables, Kubernetes `Status` errors, RuntimeClass and
-//! CRI-O admission for pods. Not yet: OpenAPI, strategic-merge and server-side-apply
-//! patches, protobuf bodies, aggregated discovery (see STATUS.md).
+//! Served: legacy and aggregated discovery, OpenAPI v2/v3, CRUD + list + watch with
+//! label/field selectors and limit/continue, status/scale/binding/finalize subresources,
+//! merge, JSON, strategic-merge and server-side-apply patches, protobuf bodies, finalizers
+//! and graceful deletion, server-side Tables, Kubernetes `Status` errors, admission; and
+//! `pods/log|exec|attach|portforward` proxied to the node agents (see STATUS.md).
 
 // `ApiError` carries a Kubernetes Status (message, details, causes); it is built once per
 // failed request, on a cold path, so boxing it would buy nothing but noise.
 #![allow(clippy::result_large_err)]
 
 pub mod alloc;
+pub mod body;
+pub mod bootstrap;
+pub mod compaction;
 pub mod delete;
 pub mod discovery;
 pub mod handlers;
@@ -25,6 +28,7 @@ pub mod protobuf;
 pub mod proxy;
 pub mod schema;
 pub mod select;
+pub mod snapshot;
 pub mod ssa;
 pub mod status;
 pub mod table;
@@ -56,6 +60,8 @@ pub enum ServeError {
     Etcd(String, #[source] moat_store::StoreError),
     #[error("creating bootstrap namespace {0}")]
     Bootstrap(String, #[source] moat_store::StoreError),
+    #[error("bootstrapping the cluster")]
+    DefaultRuntimeClass(#[from] bootstrap::BootstrapError),
     #[error("loading the TLS certificate")]
     Tls(#[source] rustls::Error),
     #[error("parsing {0}")]
@@ -77,8 +83,8 @@ pub struct Config {
     pub untrusted_runtime_class: String,
     /// Service ClusterIP range, e.g. 10.43.0.0/16.
     pub service_cidr: String,
-    /// Every interval, history older than the previous tick is compacted (as
-    /// kube-apiserver's --etcd-compaction-interval); None disables it.
+    /// Every interval, history before the revision seen at the previous tick is compacted
+    /// (as kube-apiserver's --etcd-compaction-interval); None disables it.
     pub compaction_interval: Option<std::time::Duration>,
     /// Upper bound on a watch's duration (clients resume from their last resourceVersion).
     pub max_watch_seconds: Option<u64>,
@@ -91,29 +97,6 @@ pub struct App {
     pub advertise: String,
     pub service_cidr: alloc::ServiceCidr,
     pub max_watch_seconds: Option<u64>,
-}
-
-/// Compacts, at each tick, up to the revision seen at the previous tick: history stays
-/// readable for at least one interval, then watches from older revisions get 410.
-async fn compaction_loop(store: Arc<dyn Store>, every: std::time::Duration) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
-    let (mut previous, mut done): (moat_store::Revision, moat_store::Revision) = (0, 0);
-    loop {
-        tick.tick().await;
-        if previous > done {
-            done = previous;
-            match store.compact(previous).await {
-                Ok(()) => tracing::debug!(revision = previous, "compacted the store history"),
-                Err(e) => tracing::warn!(error = %e, revision = previous, "compaction failed"),
-            }
-        }
-        match store.current_revision().await {
-            Ok(r) => previous = r,
-            Err(e) => tracing::warn!(error = %e, "reading the revision for compaction"),
-        }
-    }
 }
 
 async fn bootstrap(store: &dyn Store) -> Result<(), ServeError> {
@@ -152,7 +135,9 @@ async fn route(
     let path = parts.uri.path().to_string();
     match path.as_str() {
         "/healthz" | "/livez" | "/readyz" => return (StatusCode::OK, "ok").into_response(),
-        "/version" => {
+        // Served with and without the trailing slash, as kube-apiserver does (the Python
+        // client asks for `/version/`).
+        "/version" | "/version/" => {
             return (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], json!({
                 "major": "1", "minor": "33", "gitVersion": "v1.33.0-moat", "gitCommit": "", "gitTreeState": "clean",
                 "buildDate": "", "goVersion": "", "compiler": "rustc", "platform": "linux/amd64"}).to_string()).into_response();
@@ -229,6 +214,13 @@ pub async fn serve(
         None => Arc::new(EmbeddedStore::open(&cfg.data_dir.join("db")).map_err(ServeError::Store)?),
     };
     bootstrap(&*store).await?;
+    let kata = bootstrap::default_runtime_class(
+        &*store,
+        &uuid::Uuid::new_v4().to_string(),
+        &chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    )
+    .await?;
+    tracing::debug!(?kata, "default RuntimeClass");
 
     let certs: Vec<CertificateDer<'static>> =
         CertificateDer::pem_slice_iter(creds.cert_pem.as_bytes())
@@ -280,7 +272,7 @@ pub async fn serve(
         max_watch_seconds: cfg.max_watch_seconds,
     });
     if let Some(every) = cfg.compaction_interval {
-        tokio::spawn(compaction_loop(app.store.clone(), every));
+        tokio::spawn(compaction::run(app.store.clone(), every));
     }
     openapi::warm_up();
     let svc = router(app);

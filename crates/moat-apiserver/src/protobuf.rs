@@ -1,5 +1,6 @@
 //! Protobuf request bodies (`application/vnd.kubernetes.protobuf`), which `kubectl create
-//! configmap|secret|namespace|serviceaccount|service|deployment` send with no JSON fallback.
+//! configmap|secret|namespace|serviceaccount|service|deployment|job|cronjob` send with no JSON
+//! fallback.
 //!
 //! The envelope is the 4-byte magic `k8s\0` followed by a `runtime.Unknown` whose `raw` is
 //! the object in Kubernetes' protobuf encoding. The message types come from the `k8s-pb`
@@ -19,6 +20,8 @@ use prost::Message;
 use serde_json::{Map, Value, json};
 
 use crate::status::ApiError;
+
+mod batch;
 
 const MAGIC: &[u8] = b"k8s\0";
 
@@ -159,6 +162,8 @@ pub fn to_json(body: &[u8]) -> Result<Value, ProtoError> {
         ("v1", "ServiceAccount") => service_account(decode(&raw, "ServiceAccount")?)?,
         ("v1", "Service") => service(decode(&raw, "Service")?)?,
         ("apps/v1", "Deployment") => deployment(decode(&raw, "Deployment")?)?,
+        ("batch/v1", "Job") => batch::job(decode(&raw, "Job")?)?,
+        ("batch/v1", "CronJob") => batch::cron_job(decode(&raw, "CronJob")?)?,
         _ => return Err(ProtoError::Kind(format!("{api_version} {kind}"))),
     };
     obj.insert("apiVersion".into(), json!(api_version));
@@ -207,6 +212,23 @@ fn object_meta(m: Option<meta::ObjectMeta>, at: &str) -> Result<Value, ProtoErro
         strings(std::mem::take(&mut m.finalizers)),
     );
     put(&mut o, "resourceVersion", json!(m.resource_version.take()));
+    let mut owners = Vec::new();
+    for mut r in std::mem::take(&mut m.owner_references) {
+        let mut rm = Map::new();
+        put(&mut rm, "apiVersion", json!(r.api_version.take()));
+        put(&mut rm, "kind", json!(r.kind.take()));
+        put(&mut rm, "name", json!(r.name.take()));
+        put(&mut rm, "uid", json!(r.uid.take()));
+        put(&mut rm, "controller", json!(r.controller.take()));
+        put(
+            &mut rm,
+            "blockOwnerDeletion",
+            json!(r.block_owner_deletion.take()),
+        );
+        rest(&r, &format!("{at}.metadata.ownerReferences"))?;
+        owners.push(Value::Object(rm));
+    }
+    put(&mut o, "ownerReferences", json!(owners));
     // Server-owned fields: Go always encodes creationTimestamp (as the zero time); the
     // server sets these itself, so they are dropped like their JSON forms are.
     m.creation_timestamp = None;
@@ -593,7 +615,7 @@ fn deployment(mut d: apps::Deployment) -> Result<Map<String, Value>, ProtoError>
 mod tests {
     use super::*;
 
-    fn envelope(api_version: &str, kind: &str, raw: Vec<u8>) -> Vec<u8> {
+    pub(super) fn envelope(api_version: &str, kind: &str, raw: Vec<u8>) -> Vec<u8> {
         let u = k8s_pb::apimachinery::pkg::runtime::Unknown {
             type_meta: Some(k8s_pb::apimachinery::pkg::runtime::TypeMeta {
                 api_version: Some(api_version.into()),
@@ -608,7 +630,7 @@ mod tests {
         b
     }
 
-    fn meta(name: &str) -> Option<meta::ObjectMeta> {
+    pub(super) fn meta(name: &str) -> Option<meta::ObjectMeta> {
         Some(meta::ObjectMeta {
             name: Some(name.into()),
             // What Go sends for a zero creationTimestamp.

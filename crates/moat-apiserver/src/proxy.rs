@@ -1,5 +1,5 @@
-//! `pods/log` and `pods/exec`, proxied to the node agent's own HTTPS endpoint (the kubelet's
-//! :10250 role). The agent publishes its URL and self-signed certificate on its Node as the
+//! `pods/log`, `pods/exec`, `pods/attach` and `pods/portforward`, proxied to the node
+//! agent's own HTTPS endpoint (the kubelet's :10250 role). The agent publishes its URL and self-signed certificate on its Node as the
 //! annotations `moat.io/agent-endpoint` and `moat.io/agent-cert`; the proxy pins that
 //! certificate and authenticates with the cluster token.
 //!
@@ -8,6 +8,10 @@
 //! - `GET|POST .../pods/P/exec?container=C&command=..` with a WebSocket or SPDY/3.1 upgrade
 //!   → `GET {endpoint}/exec/{ns}/{P}/{C}?...`; after the agent's 101 the two connections are
 //!   spliced byte for byte (the stream protocol is end to end between kubectl and agent).
+//! - `pods/P/attach?container=C&stdin=..` the same way → `{endpoint}/attach/{ns}/{P}/{C}`.
+//! - `pods/P/portforward` with SPDY/3.1 (`portforward.k8s.io`) or WebSocket
+//!   (`SPDY/3.1+portforward.k8s.io`, SPDY tunnelled in binary messages) →
+//!   `{endpoint}/portForward/{ns}/{P}`; the ports travel in the stream headers.
 
 use std::sync::Arc;
 
@@ -24,7 +28,7 @@ use crate::status::ApiError;
 
 type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
 
-/// `(namespace, pod, "log"|"exec")` if `path` is one of the proxied subresources.
+/// `(namespace, pod, subresource)` if `path` is one of the proxied subresources.
 pub fn match_path(path: &str) -> Option<(&str, &str, &str)> {
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     match segs.as_slice() {
@@ -35,7 +39,7 @@ pub fn match_path(path: &str) -> Option<(&str, &str, &str)> {
             ns,
             "pods",
             name,
-            sub @ ("log" | "exec"),
+            sub @ ("log" | "exec" | "attach" | "portforward"),
         ] => Some((ns, name, sub)),
         _ => None,
     }
@@ -50,7 +54,8 @@ async fn load(app: &App, key: &str) -> Option<Value> {
     serde_json::from_slice(&kv.value).ok()
 }
 
-/// Handles the request if it is pods/log or pods/exec; `None` lets the normal handlers run.
+/// Handles the request if it is a proxied pod subresource; `None` lets the normal handlers
+/// run.
 pub async fn intercept(
     app: &Arc<App>,
     path: &str,
@@ -83,6 +88,8 @@ async fn proxy(
         })?;
     let mut query: Vec<(String, String)> = form_pairs(raw_query);
     let container = match query.iter().position(|(k, _)| k == "container") {
+        // Port forwarding is to the pod's network, not to a container.
+        _ if sub == "portforward" => String::new(),
         Some(i) => query.remove(i).1,
         None => {
             let names: Vec<&str> = pod["spec"]["containers"]
@@ -125,16 +132,18 @@ async fn proxy(
             format!("node {node_name} publishes no agent endpoint"),
         ));
     };
+    let route = match sub {
+        "log" => format!(
+            "/containerLogs/{}/{}/{}",
+            enc(ns),
+            enc(name),
+            enc(&container)
+        ),
+        "portforward" => format!("/portForward/{}/{}", enc(ns), enc(name)),
+        other => format!("/{other}/{}/{}/{}", enc(ns), enc(name), enc(&container)),
+    };
     let target = format!(
-        "/{}/{}/{}/{}?{}",
-        if sub == "log" {
-            "containerLogs"
-        } else {
-            "exec"
-        },
-        enc(ns),
-        enc(name),
-        enc(&container),
+        "{route}?{}",
         query
             .iter()
             .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
@@ -153,7 +162,7 @@ async fn proxy(
         "GET {target} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {}\r\n",
         app.token
     );
-    let upgrade = sub == "exec";
+    let upgrade = sub != "log";
     if upgrade {
         // WebSocket (kubectl 1.30+) or SPDY/3.1 (1.27-1.29, which repeats
         // X-Stream-Protocol-Version once per protocol it offers).
@@ -192,7 +201,7 @@ async fn proxy(
                 err(
                     StatusCode::BAD_REQUEST,
                     "BadRequest",
-                    "exec needs an HTTP/1.1 connection that can be upgraded",
+                    format!("{sub} needs an HTTP/1.1 connection that can be upgraded"),
                 )
             })?;
         tokio::spawn(async move {
@@ -318,42 +327,22 @@ fn form_pairs(q: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// A form-encoded query component (`+` is a space).
 fn dec(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => {
-                match std::str::from_utf8(&b[i + 1..i + 3])
-                    .ok()
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                {
-                    Some(v) => {
-                        out.push(v);
-                        i += 2;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_encoding::percent_decode_str(&s.replace('+', " "))
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
+/// Everything but RFC 3986's unreserved characters is escaped.
+const COMPONENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
 fn enc(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(s, COMPONENT).to_string()
 }
 
 #[cfg(test)]
@@ -361,7 +350,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_log_and_exec_of_pods_are_proxied() {
+    fn only_streaming_subresources_of_pods_are_proxied() {
         assert_eq!(
             match_path("/api/v1/namespaces/default/pods/web/log"),
             Some(("default", "web", "log"))
@@ -369,6 +358,14 @@ mod tests {
         assert_eq!(
             match_path("/api/v1/namespaces/d/pods/w/exec"),
             Some(("d", "w", "exec"))
+        );
+        assert_eq!(
+            match_path("/api/v1/namespaces/d/pods/w/portforward"),
+            Some(("d", "w", "portforward"))
+        );
+        assert_eq!(
+            match_path("/api/v1/namespaces/d/pods/w/attach"),
+            Some(("d", "w", "attach"))
         );
         assert_eq!(match_path("/api/v1/namespaces/d/pods/w/status"), None);
         assert_eq!(match_path("/api/v1/namespaces/d/pods/w"), None);

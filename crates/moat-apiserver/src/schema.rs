@@ -38,7 +38,7 @@ fn roundtrip<T: DeserializeOwned + Serialize>(v: &Value) -> Result<Value, String
 
 /// The object as its typed form sees it; None for kinds without a typed form here.
 fn typed(kind: &str, v: &Value) -> Option<Result<Value, String>> {
-    use k8s_openapi::api::{apps, coordination, core, discovery, networking, node};
+    use k8s_openapi::api::{apps, batch, coordination, core, discovery, networking, node};
     Some(match kind {
         "Namespace" => roundtrip::<core::v1::Namespace>(v),
         "Node" => roundtrip::<core::v1::Node>(v),
@@ -51,6 +51,10 @@ fn typed(kind: &str, v: &Value) -> Option<Result<Value, String>> {
         "Event" => roundtrip::<core::v1::Event>(v),
         "Deployment" => roundtrip::<apps::v1::Deployment>(v),
         "ReplicaSet" => roundtrip::<apps::v1::ReplicaSet>(v),
+        "DaemonSet" => roundtrip::<apps::v1::DaemonSet>(v),
+        "ControllerRevision" => roundtrip::<apps::v1::ControllerRevision>(v),
+        "Job" => roundtrip::<batch::v1::Job>(v),
+        "CronJob" => roundtrip::<batch::v1::CronJob>(v),
         "Lease" => roundtrip::<coordination::v1::Lease>(v),
         "EndpointSlice" => roundtrip::<discovery::v1::EndpointSlice>(v),
         "NetworkPolicy" => roundtrip::<networking::v1::NetworkPolicy>(v),

@@ -156,6 +156,72 @@ fn columns(kind: &str) -> Vec<Value> {
             col("Images", "string", 1, "Images."),
             col("Selector", "string", 1, "Selector."),
         ],
+        "ControllerRevision" => vec![
+            name,
+            col("Controller", "string", 0, "Controller of the object."),
+            col(
+                "Revision",
+                "integer",
+                0,
+                "Revision of the ControllerRevision.",
+            ),
+            age,
+        ],
+        "DaemonSet" => vec![
+            name,
+            col("Desired", "integer", 0, "Desired."),
+            col("Current", "integer", 0, "Current."),
+            col("Ready", "integer", 0, "Ready."),
+            col("Up-to-date", "integer", 0, "Up-to-date."),
+            col("Available", "integer", 0, "Available."),
+            col("Node Selector", "string", 0, "Node selector."),
+            age,
+            col("Containers", "string", 1, "Containers."),
+            col("Images", "string", 1, "Images."),
+            col("Selector", "string", 1, "Selector."),
+        ],
+        "Job" => vec![
+            name,
+            col("Status", "string", 0, "Status of the job."),
+            col(
+                "Completions",
+                "string",
+                0,
+                "The completion status of the job.",
+            ),
+            col(
+                "Duration",
+                "string",
+                0,
+                "Time required to complete the job.",
+            ),
+            age,
+            col("Containers", "string", 1, "Containers."),
+            col("Images", "string", 1, "Images."),
+            col("Selector", "string", 1, "Selector."),
+        ],
+        "CronJob" => vec![
+            name,
+            col("Schedule", "string", 0, "The schedule in Cron format."),
+            col("Timezone", "string", 0, "The time zone of the schedule."),
+            col(
+                "Suspend",
+                "boolean",
+                0,
+                "Whether the schedule is suspended.",
+            ),
+            col("Active", "integer", 0, "Number of running jobs."),
+            col(
+                "Last Schedule",
+                "string",
+                0,
+                "When the job was last scheduled.",
+            ),
+            age,
+            col("Containers", "string", 1, "Containers."),
+            col("Images", "string", 1, "Images."),
+            col("Selector", "string", 1, "Selector."),
+        ],
         "ConfigMap" => vec![name, col("Data", "integer", 0, "Number of data keys."), age],
         "Secret" => vec![
             name,
@@ -376,6 +442,89 @@ fn cells(kind: &str, o: &Value, now: chrono::DateTime<chrono::Utc>) -> Vec<Value
                 ]
             }
         }
+        "ControllerRevision" => {
+            let owner = o["metadata"]["ownerReferences"]
+                .as_array()
+                .and_then(|rs| rs.iter().find(|r| r["controller"] == true))
+                .map(|r| {
+                    let group = s(&r["apiVersion"])
+                        .split_once('/')
+                        .map(|(g, _)| format!(".{g}"))
+                        .unwrap_or_default();
+                    format!("{}{group}/{}", s(&r["kind"]).to_lowercase(), s(&r["name"]))
+                })
+                .unwrap_or_else(|| "<none>".into());
+            vec![
+                name,
+                json!(owner),
+                json!(o["revision"].as_i64().unwrap_or(0)),
+                a,
+            ]
+        }
+        "DaemonSet" => {
+            let (names, images) = containers_and_images(&spec["template"]["spec"]);
+            let n = |k: &str| st[k].as_i64().unwrap_or(0);
+            let ns = spec["template"]["spec"]["nodeSelector"]
+                .as_object()
+                .filter(|m| !m.is_empty())
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| format!("{k}={}", s(v)))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .unwrap_or_else(|| "<none>".into());
+            vec![
+                name,
+                json!(n("desiredNumberScheduled")),
+                json!(n("currentNumberScheduled")),
+                json!(n("numberReady")),
+                json!(n("updatedNumberScheduled")),
+                json!(n("numberAvailable")),
+                json!(ns),
+                a,
+                json!(names),
+                json!(images),
+                json!(selector_str(&spec["selector"])),
+            ]
+        }
+        "Job" => {
+            let (names, images) = containers_and_images(&spec["template"]["spec"]);
+            vec![
+                name,
+                json!(job_status(o)),
+                json!(job_completions(o)),
+                json!(job_duration(o, now)),
+                a,
+                json!(names),
+                json!(images),
+                json!(selector_str(&spec["selector"])),
+            ]
+        }
+        "CronJob" => {
+            let js = &spec["jobTemplate"]["spec"];
+            let (names, images) = containers_and_images(&js["template"]["spec"]);
+            let last = match st["lastScheduleTime"].as_str() {
+                Some(t) => age(t, now),
+                None => "<none>".into(),
+            };
+            vec![
+                name,
+                json!(s(&spec["schedule"])),
+                json!(if spec["timeZone"].is_null() {
+                    "<none>".into()
+                } else {
+                    s(&spec["timeZone"])
+                }),
+                json!(spec["suspend"] == true),
+                json!(st["active"].as_array().map_or(0, Vec::len)),
+                json!(last),
+                a,
+                json!(names),
+                json!(images),
+                json!(selector_str(&js["selector"])),
+            ]
+        }
         "ConfigMap" => vec![name, json!(count(&o["data"]) + count(&o["binaryData"])), a],
         "Secret" => vec![
             name,
@@ -437,6 +586,68 @@ fn cells(kind: &str, o: &Value, now: chrono::DateTime<chrono::Utc>) -> Vec<Value
     }
 }
 
+/// Container names and images of a pod spec, comma-joined (the wide columns).
+fn containers_and_images(pod_spec: &Value) -> (String, String) {
+    let cs = pod_spec["containers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let join = |k: &str| cs.iter().map(|c| s(&c[k])).collect::<Vec<_>>().join(",");
+    (join("name"), join("image"))
+}
+
+fn has_condition(o: &Value, ty: &str) -> bool {
+    o["status"]["conditions"]
+        .as_array()
+        .is_some_and(|cs| cs.iter().any(|c| c["type"] == ty && c["status"] == "True"))
+}
+
+/// Upstream's Job STATUS column: the first true terminal (or pending-terminal) condition,
+/// then Suspended, Terminating, Running.
+fn job_status(o: &Value) -> &'static str {
+    for (ty, shown) in [
+        ("Complete", "Complete"),
+        ("Failed", "Failed"),
+        ("SuccessCriteriaMet", "SuccessCriteriaMet"),
+        ("FailureTarget", "FailureTarget"),
+        ("Suspended", "Suspended"),
+    ] {
+        if has_condition(o, ty) {
+            return shown;
+        }
+    }
+    if o["metadata"]["deletionTimestamp"].is_string() {
+        "Terminating"
+    } else {
+        "Running"
+    }
+}
+
+fn job_completions(o: &Value) -> String {
+    let done = o["status"]["succeeded"].as_i64().unwrap_or(0);
+    match o["spec"]["completions"].as_i64() {
+        Some(c) => format!("{done}/{c}"),
+        None => match o["spec"]["parallelism"].as_i64().unwrap_or(0) {
+            p if p > 1 => format!("{done}/1 of {p}"),
+            _ => format!("{done}/1"),
+        },
+    }
+}
+
+/// Start to completion, or start to now while running; empty before the Job started.
+fn job_duration(o: &Value, now: chrono::DateTime<chrono::Utc>) -> String {
+    let Some(start) = o["status"]["startTime"].as_str() else {
+        return String::new();
+    };
+    match o["status"]["completionTime"]
+        .as_str()
+        .and_then(|c| chrono::DateTime::parse_from_rfc3339(c).ok())
+    {
+        Some(end) => age(start, end.with_timezone(&chrono::Utc)),
+        None => age(start, now),
+    }
+}
+
 fn partial(o: &Value) -> Value {
     json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o["metadata"]})
 }
@@ -484,6 +695,40 @@ mod tests {
         assert_eq!(age("2026-01-01T23:00:00Z", now), "60m");
         assert_eq!(age("2025-12-31T00:00:00Z", now), "2d0h");
         assert_eq!(age("garbage", now), "<unknown>");
+    }
+
+    #[test]
+    fn job_rows_like_upstream() {
+        let now = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:10:00Z")
+            .expect("t")
+            .with_timezone(&chrono::Utc);
+        let j = json!({"metadata": {"name": "j", "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "spec": {"completions": 5, "parallelism": 2, "selector": {"matchLabels": {"a": "b"}},
+                     "template": {"spec": {"containers": [{"name": "c", "image": "busybox"}]}}},
+            "status": {"succeeded": 5, "startTime": "2026-01-01T00:00:00Z", "completionTime": "2026-01-01T00:00:42Z",
+                       "conditions": [{"type": "Complete", "status": "True"}]}});
+        let names: Vec<String> = columns("Job").iter().map(|c| s(&c["name"])).collect();
+        assert_eq!(
+            &names[..5],
+            ["Name", "Status", "Completions", "Duration", "Age"]
+        );
+        let c = cells("Job", &j, now);
+        assert_eq!(
+            (&c[1], &c[2], &c[3], &c[4]),
+            (
+                &json!("Complete"),
+                &json!("5/5"),
+                &json!("42s"),
+                &json!("10m")
+            )
+        );
+        let running = json!({"metadata": {"name": "w"}, "spec": {"parallelism": 3},
+            "status": {"startTime": "2026-01-01T00:09:00Z"}});
+        let c = cells("Job", &running, now);
+        assert_eq!(
+            (&c[1], &c[2], &c[3]),
+            (&json!("Running"), &json!("0/1 of 3"), &json!("60s"))
+        );
     }
 
     #[test]

@@ -5,6 +5,10 @@
 use moat_api::{Cause, ResourceInfo};
 use serde_json::{Value, json};
 
+pub mod batch;
+mod daemonset;
+mod resources;
+
 fn dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
@@ -153,7 +157,15 @@ pub fn default_object(res: &ResourceInfo, obj: &mut Value) {
                 spec["progressDeadlineSeconds"] = json!(600);
             }
         }
-        "Secret" if obj["type"].is_null() => obj["type"] = json!("Opaque"),
+        "Job" => batch::default_job(obj),
+        "DaemonSet" => daemonset::default_daemon_set(obj),
+        "CronJob" => batch::default_cron_job(obj),
+        "Secret" => {
+            if obj["type"].is_null() {
+                obj["type"] = json!("Opaque");
+            }
+            merge_string_data(obj);
+        }
         "NetworkPolicy" => {
             let spec = &mut obj["spec"];
             if spec["policyTypes"].as_array().is_none_or(|a| a.is_empty()) {
@@ -165,6 +177,35 @@ pub fn default_object(res: &ResourceInfo, obj: &mut Value) {
             }
         }
         _ => {}
+    }
+}
+
+/// `stringData` is write-only, as upstream: its values go into `data` (base64), winning
+/// over `data` for the same key, and it is never stored. Every write path (create, update,
+/// patch, server-side apply) defaults the object through here before validation.
+fn merge_string_data(obj: &mut Value) {
+    use base64::Engine;
+    let Some(m) = obj.as_object_mut() else {
+        return;
+    };
+    let Some(Value::Object(sd)) = m.remove("stringData") else {
+        return;
+    };
+    if sd.is_empty() {
+        return;
+    }
+    if !m.get("data").is_some_and(Value::is_object) {
+        m.insert("data".into(), json!({}));
+    }
+    if let Some(Value::Object(data)) = m.get_mut("data") {
+        for (k, v) in sd {
+            // Non-strings never get here: typed decoding rejects them first.
+            let raw = v.as_str().unwrap_or_default();
+            data.insert(
+                k,
+                json!(base64::engine::general_purpose::STANDARD.encode(raw.as_bytes())),
+            );
+        }
     }
 }
 
@@ -340,6 +381,7 @@ fn validate_containers(causes: &mut Vec<Cause>, spec: &Value, path: &str, list: 
                 required(causes, &format!("{at}.env[{j}].name"));
             }
         }
+        resources::validate_resources(causes, &c["resources"], &format!("{at}.resources"));
     }
 }
 
@@ -426,7 +468,12 @@ fn validate_workload(causes: &mut Vec<Cause>, kind: &str, obj: &Value) {
             causes,
             "spec.selector",
             sel,
-            "empty selector is invalid for deployment",
+            // (Upstream's ReplicaSet validation says "deployment" too.)
+            if kind == "DaemonSet" {
+                "empty selector is invalid for daemonset"
+            } else {
+                "empty selector is invalid for deployment"
+            },
         );
     } else if !selector_matches(sel, &spec["template"]["metadata"]["labels"]) {
         invalid(
@@ -574,6 +621,18 @@ pub fn validate(res: &ResourceInfo, obj: &Value) -> Vec<Cause> {
     match res.kind {
         "Pod" => validate_pod_spec(&mut causes, &obj["spec"], "spec", false),
         "Deployment" | "ReplicaSet" => validate_workload(&mut causes, res.kind, obj),
+        "Job" => batch::validate_job(&mut causes, obj),
+        "ControllerRevision" if obj["revision"].as_i64().is_some_and(|r| r < 0) => invalid(
+            &mut causes,
+            "revision",
+            &obj["revision"],
+            "must be greater than or equal to 0",
+        ),
+        "DaemonSet" => {
+            validate_workload(&mut causes, res.kind, obj);
+            daemonset::validate_daemon_set(&mut causes, obj);
+        }
+        "CronJob" => batch::validate_cron_job(&mut causes, obj),
         "Service" => validate_service(&mut causes, &obj["spec"]),
         "ConfigMap" => {
             data_keys(&mut causes, obj, "data");
@@ -582,6 +641,22 @@ pub fn validate(res: &ResourceInfo, obj: &Value) -> Vec<Cause> {
         "Secret" => {
             data_keys(&mut causes, obj, "data");
             data_keys(&mut causes, obj, "stringData");
+            let total: usize = obj["data"]
+                .as_object()
+                .map(|d| {
+                    d.values()
+                        .filter_map(Value::as_str)
+                        .map(|v| v.len() / 4 * 3)
+                        .sum()
+                })
+                .unwrap_or(0);
+            if total > 1024 * 1024 {
+                causes.push(Cause::new(
+                    "FieldValueTooLong",
+                    "data",
+                    "Too long: must have at most 1048576 bytes",
+                ));
+            }
         }
         "RuntimeClass" => match obj["handler"].as_str() {
             None | Some("") => required(&mut causes, "handler"),
@@ -620,6 +695,24 @@ pub fn validate(res: &ResourceInfo, obj: &Value) -> Vec<Cause> {
     causes
 }
 
+/// Rules about what an update may change (immutable fields), given the stored object.
+pub fn validate_update(res: &ResourceInfo, old: &Value, new: &Value) -> Vec<Cause> {
+    let mut causes = Vec::new();
+    match res.kind {
+        "Job" => batch::validate_job_update(&mut causes, old, new),
+        "DaemonSet" if old["spec"]["selector"] != new["spec"]["selector"] => {
+            invalid(
+                &mut causes,
+                "spec.selector",
+                &new["spec"]["selector"],
+                "field is immutable",
+            );
+        }
+        _ => {}
+    }
+    causes
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -631,7 +724,7 @@ mod tests {
             .expect("kind")
     }
 
-    fn fields(kind: &str, mut obj: Value) -> Vec<String> {
+    pub(super) fn fields(kind: &str, mut obj: Value) -> Vec<String> {
         default_object(res(kind), &mut obj);
         validate(res(kind), &obj)
             .into_iter()
@@ -665,6 +758,25 @@ mod tests {
                 json!({"metadata": {"name": "p"}, "spec": {"restartPolicy": "Sometimes", "containers": [{"name": "a", "image": "x"}]}})
             ) == ["spec.restartPolicy"]
         );
+    }
+
+    #[test]
+    fn secret_string_data_goes_into_data_and_wins_over_it() {
+        let mut s = json!({"metadata": {"name": "s"},
+            "data": {"a": "b2xk", "keep": "eA=="},
+            "stringData": {"a": "new", "b": "two words"}});
+        default_object(res("Secret"), &mut s);
+        assert_eq!(s.get("stringData"), None);
+        assert_eq!(
+            s["data"],
+            json!({"a": "bmV3", "keep": "eA==", "b": "dHdvIHdvcmRz"})
+        );
+        assert_eq!(s["type"], "Opaque");
+        let mut only = json!({"metadata": {"name": "s"}, "stringData": {"k": "v"}});
+        default_object(res("Secret"), &mut only);
+        assert_eq!(only["data"], json!({"k": "dg=="}));
+        let bad = json!({"metadata": {"name": "s"}, "stringData": {"bad key": "v"}});
+        assert_eq!(fields("Secret", bad), ["data[bad key]"]);
     }
 
     #[test]

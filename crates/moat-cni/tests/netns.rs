@@ -1,5 +1,6 @@
 //! Real plugins (Debian's bridge + host-local + portmap) in namespaces this test creates: a
 //! "node" netns with no route out and a pod netns. Needs root.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

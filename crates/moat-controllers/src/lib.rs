@@ -4,10 +4,14 @@
 //! without a server; the loops that watch the API, apply plans and requeue with backoff sit
 //! at the edge and talk only to the Kubernetes API (never the store).
 
+pub mod cronjob;
+pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
 pub mod gc;
+pub mod job;
 pub mod nodes;
 pub mod pods;
 pub mod replicaset;
+pub mod rootca;
 pub mod selector;

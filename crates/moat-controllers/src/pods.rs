@@ -11,6 +11,11 @@ pub fn is_active(p: &Pod) -> bool {
     p.metadata.deletion_timestamp.is_none() && !matches!(phase, Some("Succeeded" | "Failed"))
 }
 
+/// The pod's phase is `phase`.
+pub fn phase_is(p: &Pod, phase: &str) -> bool {
+    p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some(phase)
+}
+
 /// The Ready condition is True.
 pub fn is_ready(p: &Pod) -> bool {
     p.status

@@ -166,7 +166,12 @@ fn do_mount(root: &str, m: &MountSpec) -> io::Result<()> {
     let (flags, data) = parse_options(&m.options);
     let is_bind = m.kind == "bind" || flags & libc::MS_BIND != 0;
     if is_bind {
-        let src = under(crate::init::SHARED, &m.source)?;
+        let share = if m.writable {
+            crate::init::SHARED_RW
+        } else {
+            crate::init::SHARED
+        };
+        let src = under(share, &m.source)?;
         if std::path::Path::new(&src).is_dir() {
             sys::mkdir_p(&dest)?;
         } else {

@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 pub const SHARED: &str = "/run/shared";
+/// Where the writable share is mounted.
+pub const SHARED_RW: &str = "/run/shared-rw";
 
 pub fn mount_pseudo_filesystems() -> io::Result<()> {
     let nodev = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
@@ -170,6 +172,8 @@ pub fn find_port(name: &str, timeout: Duration) -> io::Result<PathBuf> {
     }
 }
 
+/// Mounts the read-only share and the writable one (the host maps whatever the guest creates
+/// in the latter into xattrs; nosuid/nodev keep the guest from using what it plants there).
 pub fn mount_share(tag: &str) -> io::Result<()> {
     sys::mkdir_p(SHARED)?;
     sys::mount(
@@ -178,7 +182,21 @@ pub fn mount_share(tag: &str) -> io::Result<()> {
         "9p",
         libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
         Some("trans=virtio,version=9p2000.L,msize=262144,cache=mmap"),
-    )
+    )?;
+    sys::mkdir_p(SHARED_RW)?;
+    let rw = sys::mount(
+        moat_vm_proto::SHARE_RW_TAG,
+        SHARED_RW,
+        "9p",
+        libc::MS_NOSUID | libc::MS_NODEV,
+        Some("trans=virtio,version=9p2000.L,msize=262144,cache=mmap"),
+    );
+    // A host without the writable share (an older runtime) still boots; a container that
+    // asks for a writable bind then fails on its own mount, naming it.
+    if let Err(e) = rw {
+        eprintln!("moat-guest-agent: no writable share: {e}");
+    }
+    Ok(())
 }
 
 /// A restored template's clock and randomness: the wall clock is the template's, and every

@@ -1,4 +1,5 @@
 //! `moat image` through the real binary (built next to the test executable by the test suite).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

@@ -1,6 +1,7 @@
 //! Registry round trips against Debian's docker-registry on a free loopback port (anonymous
 //! and htpasswd basic auth), and against an in-test registry that demands bearer tokens and can
 //! serve a corrupted layer.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};

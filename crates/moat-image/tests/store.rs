@@ -1,5 +1,6 @@
 //! Store integration: real archives from scripts/busybox-image.sh, real overlayfs, real runc.
 //! Runs as root (the test suite runs as root).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 use std::fs;
 use std::path::{Path, PathBuf};

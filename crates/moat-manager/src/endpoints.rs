@@ -7,9 +7,9 @@ use std::sync::mpsc;
 use moat_controllers::endpoints::{MANAGED_BY, MANAGED_BY_LABEL, desired, same};
 use serde_json::Value;
 
-use crate::{Client, ClientError};
+use crate::{Api, ClientError};
 
-pub(crate) fn endpoints_loop(c: Client, rx: mpsc::Receiver<()>) {
+pub(crate) fn endpoints_loop(c: Api, rx: mpsc::Receiver<()>) {
     let mut pace = crate::Pace::new(std::time::Duration::from_millis(500));
     while pace.wait(&rx) {
         if let Err(e) = pass(&c) {
@@ -28,7 +28,7 @@ fn key(v: &Value) -> (String, String) {
     )
 }
 
-fn pass(c: &Client) -> Result<(), ClientError> {
+fn pass(c: &Api) -> Result<(), ClientError> {
     let (services, _) = c.list("/api/v1/services")?;
     let (endpoints, _) = c.list("/api/v1/endpoints")?;
     // Nothing to manage or clean up: no need to read every pod.
@@ -112,7 +112,7 @@ fn pass(c: &Client) -> Result<(), ClientError> {
 
 /// Creates `want` or replaces `have` with it (keeping its resourceVersion, so a concurrent
 /// writer wins and the next pass recomputes).
-fn write(c: &Client, base: &str, plural: &str, want: &Value, have: Option<&Value>, kind: &str) {
+fn write(c: &Api, base: &str, plural: &str, want: &Value, have: Option<&Value>, kind: &str) {
     let (ns, name) = key(want);
     let r = match have {
         None => c

@@ -8,7 +8,7 @@ use moat_api::{RESOURCES, ResourceInfo};
 use moat_controllers::gc::{Action, NAMESPACE_FINALIZER, NamespaceAction, Obj};
 use serde_json::{Value, json};
 
-use crate::{Client, ClientError};
+use crate::{Api, ClientError};
 
 fn base(r: &ResourceInfo) -> String {
     if r.group.is_empty() {
@@ -27,7 +27,7 @@ fn item_path(r: &ResourceInfo, v: &Value) -> String {
 }
 
 /// Runs passes on wake-ups, at most one every `MIN_GAP` (a pass lists every kind).
-pub(crate) fn gc_loop(c: Client, rx: mpsc::Receiver<()>, caches: crate::cache::Caches) {
+pub(crate) fn gc_loop(c: Api, rx: mpsc::Receiver<()>, caches: crate::cache::Caches) {
     // A pass lists every kind: at most one every two seconds.
     let mut pace = crate::Pace::new(Duration::from_secs(2));
     while pace.wait(&rx) {
@@ -37,7 +37,7 @@ pub(crate) fn gc_loop(c: Client, rx: mpsc::Receiver<()>, caches: crate::cache::C
     }
 }
 
-fn pass(c: &Client, caches: &crate::cache::Caches) -> Result<(), ClientError> {
+fn pass(c: &Api, caches: &crate::cache::Caches) -> Result<(), ClientError> {
     let (namespaces, _) = c.list("/api/v1/namespaces")?;
     let terminating: Vec<String> = namespaces
         .iter()
@@ -152,7 +152,7 @@ fn pass(c: &Client, caches: &crate::cache::Caches) -> Result<(), ClientError> {
 /// Every object that can own or be owned, read from `caches` where they hold the kind and
 /// listed otherwise (events only when a namespace is being deleted: they own nothing).
 fn collect(
-    c: &Client,
+    c: &Api,
     caches: Option<&crate::cache::Caches>,
     with_events: bool,
 ) -> Result<Vec<Obj>, ClientError> {
@@ -182,7 +182,7 @@ fn collect(
 
 /// Whether the owner `r` of `dependent` exists right now (a live GET; same uid). Unknown
 /// kinds and failed reads count as existing: acting on a guess could delete live objects.
-fn owner_exists(c: &Client, dependent: &Obj, r: &moat_controllers::gc::OwnerRef) -> bool {
+fn owner_exists(c: &Api, dependent: &Obj, r: &moat_controllers::gc::OwnerRef) -> bool {
     let (group, version) = match r.api_version.split_once('/') {
         Some((g, v)) => (g, v),
         None => ("", r.api_version.as_str()),
@@ -207,14 +207,14 @@ fn owner_exists(c: &Client, dependent: &Obj, r: &moat_controllers::gc::OwnerRef)
 
 /// Merge-patches `path` with what `change` computes from the current object, conditional
 /// on its resourceVersion (a concurrent writer makes the patch fail; the next pass redoes it).
-fn edit(c: &Client, path: &str, change: impl Fn(&Value) -> Value) -> Result<(), ClientError> {
+fn edit(c: &Api, path: &str, change: impl Fn(&Value) -> Value) -> Result<(), ClientError> {
     let cur = c.get(path)?;
     let mut patch = change(&cur);
     patch["metadata"]["resourceVersion"] = cur["metadata"]["resourceVersion"].clone();
     c.merge_patch(path, &patch).map(|_| ())
 }
 
-fn finalize(c: &Client, ns: &str) -> Result<(), ClientError> {
+fn finalize(c: &Api, ns: &str) -> Result<(), ClientError> {
     let path = format!("/api/v1/namespaces/{ns}");
     let mut cur = c.get(&path)?;
     let keep: Vec<Value> = cur["spec"]["finalizers"]

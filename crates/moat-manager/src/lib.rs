@@ -7,10 +7,12 @@
 //! `moat-controllers`) and applies it. A failed write is retried on the next pass.
 
 mod cache;
-pub mod client;
+mod daemonsets;
 mod endpoints;
 mod gc;
+mod jobs;
 mod nodes;
+mod rootca;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -22,7 +24,8 @@ use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use serde_json::{Value, json};
 
-pub use client::{Client, ClientError, ServerTrust};
+pub use moat_client::{Client, ClientError, ServerTrust};
+use moat_client::{EventRecorder, ObjectRef};
 
 pub use moat_controllers::nodes::{Config as NodeLifecycleConfig, parse_cidr};
 
@@ -34,14 +37,15 @@ pub fn spawn(kubeconfig: &Path) -> Result<(), ClientError> {
 
 /// [`spawn`] with the node lifecycle timings and cluster CIDR given.
 pub fn spawn_with(kubeconfig: &Path, nodes_cfg: NodeLifecycleConfig) -> Result<(), ClientError> {
-    let c = Client::from_kubeconfig(kubeconfig)?;
-    if EVENTS.get().is_none() {
-        start_event_writers(&c)?;
-    }
+    let client = Client::from_kubeconfig(kubeconfig)?;
+    let events = EventRecorder::spawn(Arc::new(client.clone()), "moat-controller-manager", None);
+    let c = Api { client, events };
     let (sched_tx, sched_rx) = mpsc::channel();
     let (ctrl_tx, ctrl_rx) = mpsc::channel();
     let (gc_tx, gc_rx) = mpsc::channel();
     let (ep_tx, ep_rx) = mpsc::channel();
+    let (job_tx, job_rx) = mpsc::channel();
+    let (ds_tx, ds_rx) = mpsc::channel();
     // The scheduler reads pods and nodes from watch-fed caches (it runs often, on large
     // collections); the caches' events wake the other loops too.
     let pod_cache = cache::spawn(
@@ -52,12 +56,19 @@ pub fn spawn_with(kubeconfig: &Path, nodes_cfg: NodeLifecycleConfig) -> Result<(
             ctrl_tx.clone(),
             gc_tx.clone(),
             ep_tx.clone(),
+            job_tx.clone(),
+            ds_tx.clone(),
         ],
     );
     let node_cache = cache::spawn(
         c.clone(),
         "/api/v1/nodes",
-        vec![sched_tx.clone(), ctrl_tx.clone(), gc_tx.clone()],
+        vec![
+            sched_tx.clone(),
+            ctrl_tx.clone(),
+            gc_tx.clone(),
+            ds_tx.clone(),
+        ],
     );
     for path in ["/apis/apps/v1/deployments", "/apis/apps/v1/replicasets"] {
         spawn_watch(c.clone(), path, vec![ctrl_tx.clone(), gc_tx.clone()]);
@@ -74,9 +85,43 @@ pub fn spawn_with(kubeconfig: &Path, nodes_cfg: NodeLifecycleConfig) -> Result<(
         "/api/v1/services",
         vec![gc_tx.clone(), ep_tx.clone()],
     );
-    for path in ["/api/v1/namespaces", "/api/v1/configmaps"] {
-        spawn_watch(c.clone(), path, vec![gc_tx.clone()]);
+    let (ca_tx, ca_rx) = mpsc::channel();
+    spawn_watch(
+        c.clone(),
+        "/api/v1/namespaces",
+        vec![gc_tx.clone(), ca_tx.clone()],
+    );
+    spawn_watch(c.clone(), "/api/v1/configmaps", vec![gc_tx.clone()]);
+    spawn_watch(c.clone(), rootca::WATCH_PATH, vec![ca_tx]);
+    for path in ["/apis/batch/v1/jobs", "/apis/batch/v1/cronjobs"] {
+        spawn_watch(c.clone(), path, vec![job_tx.clone(), gc_tx.clone()]);
     }
+    let jc = c.clone();
+    std::thread::Builder::new()
+        .name("job-controller".into())
+        .spawn(move || {
+            let _keep = job_tx;
+            jobs::jobs_loop(jc, job_rx, moat_controllers::job::Config::default())
+        })
+        .map_err(io_err)?;
+    spawn_watch(
+        c.clone(),
+        "/apis/apps/v1/daemonsets",
+        vec![ds_tx.clone(), gc_tx.clone()],
+    );
+    let dc = c.clone();
+    std::thread::Builder::new()
+        .name("daemonset-controller".into())
+        .spawn(move || {
+            let _keep = ds_tx;
+            daemonsets::daemonsets_loop(dc, ds_rx)
+        })
+        .map_err(io_err)?;
+    let (cac, kc) = (c.clone(), kubeconfig.to_path_buf());
+    std::thread::Builder::new()
+        .name("root-ca-publisher".into())
+        .spawn(move || rootca::rootca_loop(cac, ca_rx, kc))
+        .map_err(io_err)?;
     let (node_tx, node_rx) = mpsc::channel::<()>();
     // The node loop runs on its one-second resync (heartbeats age without any event).
     let (nc, ncache) = (c.clone(), caches.nodes.clone());
@@ -121,7 +166,7 @@ fn io_err(source: std::io::Error) -> ClientError {
 }
 
 /// Turns watch events into wake-ups; re-watches forever.
-fn spawn_watch(c: Client, path: &'static str, wake: Vec<mpsc::Sender<()>>) {
+fn spawn_watch(c: Api, path: &'static str, wake: Vec<mpsc::Sender<()>>) {
     let _ = std::thread::Builder::new()
         .name(format!("watch{path}"))
         .spawn(move || {
@@ -232,8 +277,25 @@ fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
+/// A loop's API client with the manager's event recorder (one per manager, no global).
+#[derive(Clone)]
+pub(crate) struct Api {
+    pub(crate) client: Client,
+    events: EventRecorder,
+}
+
+impl std::ops::Deref for Api {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
+/// Records an event about `obj` in the background (client-go's broadcaster: a loop's write,
+/// a binding or a replica, never waits for its event; a burst beyond the queue drops events,
+/// never the work).
 fn event(
-    c: &Client,
+    c: &Api,
     ns: &str,
     obj: &Value,
     type_: &str,
@@ -241,59 +303,11 @@ fn event(
     message: &str,
     component: &str,
 ) {
-    let name = obj["metadata"]["name"].as_str().unwrap_or("");
-    let kind = obj["kind"].as_str().unwrap_or("");
-    let ev = json!({"apiVersion": "v1", "kind": "Event",
-        "metadata": {"generateName": format!("{name}."), "namespace": ns},
-        "involvedObject": {"kind": kind, "name": name, "namespace": ns, "uid": obj["metadata"]["uid"],
-                           "apiVersion": obj["apiVersion"], "resourceVersion": obj["metadata"]["resourceVersion"]},
-        "reason": reason, "message": message, "type": type_, "count": 1,
-        "firstTimestamp": now(), "lastTimestamp": now(), "source": {"component": component},
-        "reportingComponent": component});
-    let path = format!("/api/v1/namespaces/{ns}/events");
-    match EVENTS.get() {
-        // Recorded in the background, like client-go's event broadcaster: a loop's write
-        // (a binding, a replica) does not wait for its event, and under a burst beyond the
-        // queue events are dropped, not the work.
-        Some(q) => {
-            if q.try_send((path, ev)).is_err() {
-                tracing::debug!("event queue full: event dropped");
-            }
-        }
-        None => {
-            if let Err(e) = c.create(&path, &ev) {
-                tracing::debug!(error = %e, "recording event");
-            }
-        }
-    }
-}
-
-/// Events waiting to be written (client-go queues up to 1,000 per broadcaster).
-static EVENTS: std::sync::OnceLock<mpsc::SyncSender<(String, Value)>> = std::sync::OnceLock::new();
-
-/// Starts the event writers (two, so one slow write does not hold the queue).
-fn start_event_writers(c: &Client) -> Result<(), ClientError> {
-    let (tx, rx) = mpsc::sync_channel::<(String, Value)>(1000);
-    let rx = Arc::new(std::sync::Mutex::new(rx));
-    for i in 0..2 {
-        let (c, rx) = (c.clone(), rx.clone());
-        std::thread::Builder::new()
-            .name(format!("events-{i}"))
-            .spawn(move || {
-                loop {
-                    let next = rx.lock().map(|r| r.recv());
-                    let Ok(Ok((path, ev))) = next else {
-                        return;
-                    };
-                    if let Err(e) = c.create(&path, &ev) {
-                        tracing::debug!(error = %e, "recording event");
-                    }
-                }
-            })
-            .map_err(io_err)?;
-    }
-    let _ = EVENTS.set(tx);
-    Ok(())
+    let mut r = ObjectRef::of(obj);
+    r.namespace = ns.to_string();
+    c.events
+        .with_component(component)
+        .record(&r, type_, reason, message);
 }
 
 fn active(p: &Value) -> bool {
@@ -302,7 +316,7 @@ fn active(p: &Value) -> bool {
 }
 
 fn scheduler_loop(
-    c: Client,
+    c: Api,
     rx: mpsc::Receiver<()>,
     pod_cache: std::sync::Arc<cache::Cache>,
     node_cache: std::sync::Arc<cache::Cache>,
@@ -423,7 +437,7 @@ fn scheduler_loop(
 
 /// Writes a pass's bindings with a few concurrent requests (the API server sets the
 /// PodScheduled condition as part of the binding), then records the Scheduled events.
-fn bind_all(c: &Client, binds: &[(String, String, String, Arc<Value>)]) {
+fn bind_all(c: &Api, binds: &[(String, String, String, Arc<Value>)]) {
     const WORKERS: usize = 8;
     let next = std::sync::atomic::AtomicUsize::new(0);
     std::thread::scope(|s| {
@@ -469,7 +483,7 @@ fn by_ns(items: &[Value]) -> BTreeMap<String, Vec<Value>> {
     m
 }
 
-fn controller_loop(c: Client, rx: mpsc::Receiver<()>) {
+fn controller_loop(c: Api, rx: mpsc::Receiver<()>) {
     let mut pace = Pace::new(Duration::from_millis(500));
     while pace.wait(&rx) {
         let (Ok((deps, _)), Ok((rss, _))) = (
@@ -525,7 +539,7 @@ fn controller_loop(c: Client, rx: mpsc::Receiver<()>) {
 }
 
 fn sync_deployment(
-    c: &Client,
+    c: &Api,
     ns: &str,
     dv: &Value,
     rss: &[Value],
@@ -665,7 +679,7 @@ fn stamp_conditions(v: &mut Value) {
 }
 
 fn sync_replicaset(
-    c: &Client,
+    c: &Api,
     ns: &str,
     rv: &Value,
     pods: &[Value],

@@ -6,10 +6,10 @@ use std::sync::mpsc;
 use moat_controllers::nodes::{Config, NodeAction};
 use serde_json::{Value, json};
 
-use crate::{Client, ClientError};
+use crate::{Api, ClientError};
 
 pub(crate) fn nodes_loop(
-    c: Client,
+    c: Api,
     rx: mpsc::Receiver<()>,
     cfg: Config,
     node_cache: std::sync::Arc<crate::cache::Cache>,
@@ -24,7 +24,7 @@ pub(crate) fn nodes_loop(
     }
 }
 
-fn pass(c: &Client, cfg: &Config, node_cache: &crate::cache::Cache) -> Result<(), ClientError> {
+fn pass(c: &Api, cfg: &Config, node_cache: &crate::cache::Cache) -> Result<(), ClientError> {
     // From the watch-fed cache (1,000 nodes listed every second cost more than the loop);
     // a write based on a stale copy fails its resourceVersion check and is redone.
     let nodes: Vec<Value> = node_cache
@@ -104,7 +104,7 @@ fn pass(c: &Client, cfg: &Config, node_cache: &crate::cache::Cache) -> Result<()
     Ok(())
 }
 
-fn mark_unknown(c: &Client, nodes: &[Value], node: &str) -> Result<(), ClientError> {
+fn mark_unknown(c: &Api, nodes: &[Value], node: &str) -> Result<(), ClientError> {
     let Some(n) = nodes.iter().find(|n| n["metadata"]["name"] == node) else {
         return Ok(());
     };

@@ -5,6 +5,7 @@
 //! set-element counts; TCP throughput (iperf3) and connect latency between two lab pods
 //! with 0 and with 1,000 policies in force, as ratios against the unfiltered run measured
 //! in the same process.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 use std::process::Command;
 use std::time::{Duration, Instant};

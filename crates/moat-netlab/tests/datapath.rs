@@ -1,5 +1,6 @@
 //! Datapath properties beyond the truth tables: Service DNAT happens before policy, and a
 //! transaction nft rejects leaves the previous ruleset in force.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 use moat_netlab::{Lab, LabPod, ProbeOpts, unique_prefix};
 use moat_netpol::{Engine, NftApply, Options, Proto, Snapshot, render};

@@ -2,6 +2,7 @@
 //! scenarios. One lab per topology; its policy state moves from case to case through the
 //! engine's incremental diffs, and after the last case the kernel's ruleset must equal a
 //! fresh full compile of the same state applied in a new namespace.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

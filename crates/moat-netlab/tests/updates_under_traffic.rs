@@ -2,6 +2,7 @@
 //! be one that a ruleset in force during that probe gives (no leak window: nft applies each
 //! update as one atomic transaction), and the final kernel ruleset must equal a fresh full
 //! compile of the final state.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};

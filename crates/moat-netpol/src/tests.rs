@@ -1,3 +1,5 @@
+//! The compiler and engine against the reference semantics and the nft-free evaluator.
+
 use std::net::Ipv4Addr;
 
 use k8s_openapi::api::core::v1::{Namespace, Pod};

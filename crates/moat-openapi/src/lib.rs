@@ -58,7 +58,7 @@ fn hash(b: &[u8]) -> String {
 /// Definitions of every served kind and what they reference, keyed by upstream name
 /// (`io.k8s.api.core.v1.Pod`), with `$ref`s pointing at `#/components/schemas/`.
 fn definitions() -> Result<Map<String, Value>, OpenApiError> {
-    use k8s_openapi::api::{apps, coordination, core, discovery, networking, node};
+    use k8s_openapi::api::{apps, batch, coordination, core, discovery, networking, node};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1 as meta;
     let mut g = schemars::generate::SchemaSettings::openapi3().into_generator();
     g.subschema_for::<core::v1::Namespace>();
@@ -72,6 +72,10 @@ fn definitions() -> Result<Map<String, Value>, OpenApiError> {
     g.subschema_for::<core::v1::Event>();
     g.subschema_for::<apps::v1::Deployment>();
     g.subschema_for::<apps::v1::ReplicaSet>();
+    g.subschema_for::<apps::v1::DaemonSet>();
+    g.subschema_for::<apps::v1::ControllerRevision>();
+    g.subschema_for::<batch::v1::Job>();
+    g.subschema_for::<batch::v1::CronJob>();
     g.subschema_for::<coordination::v1::Lease>();
     g.subschema_for::<discovery::v1::EndpointSlice>();
     g.subschema_for::<networking::v1::NetworkPolicy>();

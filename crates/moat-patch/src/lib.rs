@@ -37,6 +37,7 @@ fn pod_spec_depth(kind: &str) -> &'static [&'static str] {
         "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" | "Job" | "PodTemplate" => {
             &["spec", "template", "spec"]
         }
+        "CronJob" => &["spec", "jobTemplate", "spec", "template", "spec"],
         _ => &[],
     }
 }

@@ -1,3 +1,5 @@
+//! Strategic merge patch cases, from the upstream behaviour they follow.
+
 use serde_json::json;
 
 use super::*;

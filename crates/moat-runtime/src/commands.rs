@@ -462,6 +462,7 @@ pub fn delete(ctx: &Ctx, id: &str, force: bool) -> Result<(), CmdError> {
             // the whole sandbox once its last container goes.
             let dir = sandbox::dir(&ctx.root, &sandbox_id);
             sandbox::unmount_all_under(&sandbox::shared_dir(&dir).join(id));
+            sandbox::unmount_all_under(&sandbox::shared_rw_dir(&dir).join(id));
             if !others_in_sandbox(ctx, &sandbox_id, id) {
                 sandbox::cleanup_offline(&dir, &sandbox_id);
             }

@@ -43,8 +43,13 @@ pub enum Accel {
 pub struct HypervisorConfig {
     pub path: PathBuf,
     pub accel: Accel,
+    /// A sandbox's vCPUs and memory before its pod's limits are added (Kata's default_vcpus,
+    /// default_memory): a VM gets these plus the sum of its containers' limits.
     pub vcpus: u32,
     pub memory_mib: u32,
+    /// The most vCPUs one VM may get (Kata's default_maxvcpus; our guest kernel supports 64).
+    /// Host CPUs may be overcommitted, as processes do; memory may not exceed the host's.
+    pub max_vcpus: u32,
     /// Appended after the built-in kernel command line.
     pub kernel_params: String,
     /// Verbose guest console: the kernel logs at debug level (no `quiet`) into the sandbox's
@@ -59,8 +64,33 @@ impl Default for HypervisorConfig {
             accel: Accel::Auto,
             vcpus: 1,
             memory_mib: 256,
+            max_vcpus: 64,
             kernel_params: String::new(),
             debug_console: false,
+        }
+    }
+}
+
+/// Which guest kernel sandboxes boot. Both are built by `scripts/guest-assets.sh` into the
+/// same asset directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum KernelKind {
+    /// Ours: built from Debian's `linux-source-6.1` with the reviewed fragment in
+    /// `crates/moat-runtime/kernel/guest.config`; every driver built in, so its initramfs loads
+    /// no modules.
+    #[default]
+    Moat,
+    /// Debian's distribution kernel (`linux-image-amd64`); its initramfs loads the virtio, 9p
+    /// and overlay modules. The fallback.
+    Debian,
+}
+
+impl KernelKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KernelKind::Moat => "moat",
+            KernelKind::Debian => "debian",
         }
     }
 }
@@ -68,15 +98,31 @@ impl Default for HypervisorConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AssetsConfig {
-    /// Directory holding `vmlinux` and `initramfs.cpio`.
+    /// Directory holding the kernels and initramfs images (`assets build` writes them).
     pub dir: PathBuf,
+    /// `"moat"` (default) or `"debian"`.
+    pub kernel: KernelKind,
 }
 
 impl Default for AssetsConfig {
     fn default() -> Self {
         AssetsConfig {
             dir: PathBuf::from("/var/lib/moat-runtime/assets"),
+            kernel: KernelKind::default(),
         }
+    }
+}
+
+impl AssetsConfig {
+    /// The vmlinux sandboxes boot.
+    pub fn kernel_path(&self) -> PathBuf {
+        self.dir.join(kernel_name(self.kernel))
+    }
+
+    /// The initramfs that goes with [`Self::kernel_path`]; `debug_console` picks the one
+    /// carrying a shell.
+    pub fn initramfs_path(&self, debug_console: bool) -> PathBuf {
+        self.dir.join(initramfs_name(self.kernel, debug_console))
     }
 }
 
@@ -128,10 +174,16 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         let h = &self.hypervisor;
-        if h.vcpus == 0 || h.vcpus > 64 {
+        if h.max_vcpus == 0 || h.max_vcpus > 64 {
             return Err(ConfigError::Invalid(format!(
-                "hypervisor.vcpus must be 1..=64, got {}",
-                h.vcpus
+                "hypervisor.max_vcpus must be 1..=64, got {}",
+                h.max_vcpus
+            )));
+        }
+        if h.vcpus == 0 || h.vcpus > h.max_vcpus {
+            return Err(ConfigError::Invalid(format!(
+                "hypervisor.vcpus must be 1..={} (max_vcpus), got {}",
+                h.max_vcpus, h.vcpus
             )));
         }
         // Below ~64 MiB the Debian kernel plus the initramfs does not fit.
@@ -157,6 +209,26 @@ impl Config {
             c.push_str(extra);
         }
         c
+    }
+}
+
+/// The vmlinux file of a kernel in the asset directory (Debian's keeps the historical name).
+pub fn kernel_name(kind: KernelKind) -> &'static str {
+    match kind {
+        KernelKind::Debian => "vmlinux",
+        KernelKind::Moat => "vmlinux-moat",
+    }
+}
+
+/// The initramfs a sandbox boots with `kind`'s kernel: the plain one, or the one with a
+/// shell for the debug console (`hypervisor.debug_console = true`). Debian's carries the
+/// modules; ours carries none.
+pub fn initramfs_name(kind: KernelKind, debug_console: bool) -> &'static str {
+    match (kind, debug_console) {
+        (KernelKind::Debian, false) => "initramfs.cpio",
+        (KernelKind::Debian, true) => "initramfs-debug.cpio",
+        (KernelKind::Moat, false) => "initramfs-moat.cpio",
+        (KernelKind::Moat, true) => "initramfs-moat-debug.cpio",
     }
 }
 
@@ -199,6 +271,25 @@ mod tests {
         assert!(!Config::default().kernel_cmdline().contains("loglevel"));
         assert_eq!(c.assets.dir, PathBuf::from("/tmp/a"));
         assert!(c.kernel_cmdline().ends_with(" loglevel=7"));
+    }
+
+    #[test]
+    fn our_kernel_by_default_debians_on_request() {
+        let p = Path::new("x.toml");
+        let c = Config::parse("[assets]\ndir = \"/a\"\n", p).unwrap();
+        assert_eq!(c.assets.kernel, KernelKind::Moat);
+        assert_eq!(c.assets.kernel_path(), PathBuf::from("/a/vmlinux-moat"));
+        assert_eq!(
+            c.assets.initramfs_path(false),
+            PathBuf::from("/a/initramfs-moat.cpio")
+        );
+        let c = Config::parse("[assets]\ndir = \"/a\"\nkernel = \"debian\"\n", p).unwrap();
+        assert_eq!(c.assets.kernel_path(), PathBuf::from("/a/vmlinux"));
+        assert_eq!(
+            c.assets.initramfs_path(true),
+            PathBuf::from("/a/initramfs-debug.cpio")
+        );
+        assert!(Config::parse("[assets]\nkernel = \"mine\"\n", p).is_err());
     }
 
     #[test]

@@ -139,9 +139,8 @@ pub fn accept(l: &OwnedFd) -> Result<Conn, CtlError> {
             source,
         })?;
     // SAFETY: accept4 returned a fresh descriptor that nothing else owns.
-    Ok(Conn {
-        fd: unsafe { OwnedFd::from_raw_fd(fd) },
-    })
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    Ok(Conn { fd })
 }
 
 impl Conn {

@@ -9,11 +9,9 @@ use crate::ctl::{self, Conn, CtlRequest, CtlResponse};
 use crate::{net, oci, qemu, sandbox};
 use moat_vm_proto::{Op, Stdio};
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio as PStdio};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -23,33 +21,27 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 /// Exit status reported for processes of a VM that died under them.
 pub const VM_DIED_STATUS: i32 = 255;
 
-#[derive(Debug, thiserror::Error)]
-pub enum DaemonError {
-    #[error("{step} {}", path.display())]
-    Io {
-        step: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error(
-        "guest assets missing: {0} (run `moat-runtime assets build --agent <moat-guest-agent>`)"
-    )]
-    Assets(String),
-    #[error("starting QEMU ({0})")]
-    Qemu(String, #[source] std::io::Error),
-    #[error("the VM did not come up: {why}\n--- guest console (last lines) ---\n{console}")]
-    Boot { why: String, console: String },
-    #[error("wiring the sandbox into its network namespace")]
-    Net(#[from] net::NetError),
-    #[error("control socket")]
-    Ctl(#[from] ctl::CtlError),
-    #[error("reading the bundle")]
-    Bundle(#[source] oci_spec::OciSpecError),
-    #[error("VM template: {step}: {why}")]
-    Template { step: &'static str, why: String },
-    #[error(transparent)]
-    Oci(#[from] oci::OciError),
+pub use crate::error::DaemonError;
+
+/// The sandbox VM's size: configured defaults plus the pod's limits, within what this host
+/// can give (its MemTotal; `max_vcpus`).
+fn sandbox_size(
+    cfg: &Config,
+    spec: &oci_spec::runtime::Spec,
+) -> Result<crate::sizing::Size, DaemonError> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo")
+        .map_err(io("reading", Path::new("/proc/meminfo")))?;
+    let host = crate::sizing::HostLimits {
+        max_vcpus: cfg.hypervisor.max_vcpus,
+        memory_mib: crate::sizing::mem_total_mib(&meminfo).unwrap_or(u64::MAX),
+    };
+    let w = crate::sizing::workload(spec)?;
+    Ok(crate::sizing::size(
+        cfg.hypervisor.vcpus,
+        cfg.hypervisor.memory_mib,
+        &w,
+        &host,
+    )?)
 }
 
 #[derive(Default)]
@@ -221,9 +213,10 @@ impl Daemon {
         };
         let plan = oci::plan(id, bundle, &spec, stdio).map_err(|e| e.to_string())?;
         let shared = sandbox::shared_dir(&self.dir);
+        let shared_rw = sandbox::shared_rw_dir(&self.dir);
         let mut mounts = Vec::new();
         for s in &plan.shares {
-            let dst = shared.join(&s.rel);
+            let dst = if s.writable { &shared_rw } else { &shared }.join(&s.rel);
             if let Err(e) = bind(&s.host, &dst) {
                 unmount_reverse(&mounts);
                 return Err(format!(
@@ -257,7 +250,10 @@ impl Daemon {
                     agent.close_output(*s);
                 }
                 unmount_reverse(&mounts);
-                let _ = std::fs::remove_dir_all(shared.join(id));
+                for share in [&shared, &shared_rw] {
+                    sandbox::unmount_all_under(&share.join(id));
+                    let _ = std::fs::remove_dir_all(share.join(id));
+                }
                 Err(e.to_string())
             }
         }
@@ -454,7 +450,15 @@ impl Daemon {
             let _ = a.request(Op::RemoveContainer { id: id.to_string() }, REQUEST_TIMEOUT);
         }
         unmount_reverse(&mounts);
-        let _ = std::fs::remove_dir_all(sandbox::shared_dir(&self.dir).join(id));
+        // Whatever is still mounted (a bind whose detach failed) is unmounted before any
+        // removal, so the removal never reaches into a host volume.
+        for share in [
+            sandbox::shared_dir(&self.dir),
+            sandbox::shared_rw_dir(&self.dir),
+        ] {
+            sandbox::unmount_all_under(&share.join(id));
+            let _ = std::fs::remove_dir_all(share.join(id));
+        }
         let mut st = self.lock();
         st.containers.remove(id);
         Ok(st.containers.is_empty())
@@ -570,66 +574,6 @@ impl Daemon {
     }
 }
 
-/// Launches QEMU with the agent socket (and tap) at fixed descriptor numbers, bound to die
-/// with this process.
-pub(crate) fn spawn_qemu(
-    cfg: &Config,
-    vm: &qemu::VmSpec,
-    agent: &UnixStream,
-    tap: Option<&OwnedFd>,
-    log: &Path,
-) -> Result<Child, DaemonError> {
-    let args = qemu::args(cfg, vm);
-    let log_file = std::fs::File::create(log).map_err(io("creating", log))?;
-    let agent_fd = agent.as_raw_fd();
-    let tap_fd = tap.map(|t| t.as_raw_fd());
-    let state = match &vm.template {
-        Some(qemu::Template::Restore { state, .. }) => {
-            Some(std::fs::File::open(state).map_err(io("opening the template state", state))?)
-        }
-        _ => None,
-    };
-    let state_fd = state.as_ref().map(|f| f.as_raw_fd());
-    let mut cmd = Command::new(&cfg.hypervisor.path);
-    cmd.args(&args)
-        .stdin(PStdio::null())
-        .stdout(log_file.try_clone().map_err(io("duplicating", log))?)
-        .stderr(log_file);
-    // SAFETY: only async-signal-safe calls (dup2, fcntl, prctl, getppid) between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            let place = |from: i32, to: i32| {
-                if from == to {
-                    let fl = libc::fcntl(to, libc::F_GETFD);
-                    libc::fcntl(to, libc::F_SETFD, fl & !libc::FD_CLOEXEC);
-                } else {
-                    libc::dup2(from, to);
-                }
-            };
-            // Move the tap and state out of the way first in case they sit on a target.
-            let tap_tmp = tap_fd.map(|t| libc::fcntl(t, libc::F_DUPFD_CLOEXEC, 10));
-            let state_tmp = state_fd.map(|t| libc::fcntl(t, libc::F_DUPFD_CLOEXEC, 10));
-            place(agent_fd, qemu::AGENT_FD);
-            if let Some(t) = tap_tmp {
-                place(t, qemu::TAP_FD);
-            }
-            if let Some(t) = state_tmp {
-                place(t, qemu::STATE_FD);
-            }
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // The daemon may have died between fork and prctl.
-            if libc::getppid() == 1 {
-                return Err(std::io::Error::other("parent exited"));
-            }
-            Ok(())
-        });
-    }
-    cmd.spawn()
-        .map_err(|e| DaemonError::Qemu(cfg.hypervisor.path.display().to_string(), e))
-}
-
 /// Runs the daemon for `sandbox_id` whose first container's bundle is `bundle`; reports
 /// readiness (or the error) on `ready`, then serves until the last container is deleted.
 pub fn run(root: &Path, config: &Path, sandbox_id: &str, bundle: &Path, ready: OwnedFd) -> ! {
@@ -677,15 +621,13 @@ fn boot(
     let started = std::time::Instant::now();
     let dir = &d.dir;
     std::fs::create_dir_all(sandbox::shared_dir(dir)).map_err(io("creating", dir))?;
+    std::fs::create_dir_all(sandbox::shared_rw_dir(dir)).map_err(io("creating", dir))?;
     std::fs::write(dir.join("sandbox-id"), sandbox_id).map_err(io("writing", dir))?;
     std::fs::write(dir.join("daemon.pid"), std::process::id().to_string())
         .map_err(io("writing", dir))?;
     let cfg = Config::load(config).map_err(|e| DaemonError::Assets(e.to_string()))?;
-    let kernel = cfg.assets.dir.join("vmlinux");
-    let initramfs = cfg
-        .assets
-        .dir
-        .join(crate::assets::initramfs_name(cfg.hypervisor.debug_console));
+    let kernel = cfg.assets.kernel_path();
+    let initramfs = cfg.assets.initramfs_path(cfg.hypervisor.debug_console);
     for p in [&kernel, &initramfs] {
         if !p.is_file() {
             return Err(DaemonError::Assets(p.display().to_string()));
@@ -694,6 +636,8 @@ fn boot(
     let spec =
         oci_spec::runtime::Spec::load(bundle.join("config.json")).map_err(DaemonError::Bundle)?;
     let netns = oci::netns(&spec)?;
+    // Sized before anything is set up, so an impossible size changes nothing.
+    let size = sandbox_size(&cfg, &spec)?;
     let mut tap = None;
     let mut nic = None;
     let mut guest_net = None;
@@ -717,7 +661,12 @@ fn boot(
     let tsc_khz = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| qemu::tsc_khz(&c));
-    let template = if cfg.factory.template {
+    // The template is a VM of the default size; a pod with limits boots its own.
+    let default_size = crate::sizing::Size {
+        vcpus: cfg.hypervisor.vcpus,
+        memory_mib: cfg.hypervisor.memory_mib,
+    };
+    let template = if cfg.factory.template && size == default_size {
         Some(crate::template::ensure(
             hv,
             &cfg,
@@ -734,9 +683,12 @@ fn boot(
     let vm = qemu::VmSpec {
         sandbox_id: sandbox_id.to_string(),
         accel,
+        vcpus: size.vcpus,
+        memory_mib: size.memory_mib,
         kernel,
         initramfs,
         shared_dir: sandbox::shared_dir(dir),
+        shared_rw_dir: sandbox::shared_rw_dir(dir),
         console_log: console.clone(),
         nic,
         tsc_khz,
@@ -837,9 +789,10 @@ mod tests {
         let root = tmp.path().join("root");
         let assets = tmp.path().join("assets");
         std::fs::create_dir_all(&assets).unwrap();
-        std::fs::write(assets.join("vmlinux"), "kernel").unwrap();
+        let kind = crate::config::KernelKind::default();
+        std::fs::write(assets.join(crate::assets::kernel_name(kind)), "kernel").unwrap();
         std::fs::write(
-            assets.join(crate::assets::initramfs_name(false)),
+            assets.join(crate::assets::initramfs_name(kind, false)),
             "initramfs",
         )
         .unwrap();

@@ -2,8 +2,8 @@
 //!
 //! The verdict is a pure function of the probe results so it is unit-tested without a host.
 //! On this machine /dev/kvm exists and KVM_CREATE_VM succeeds yet a nested guest hangs, so KVM
-//! is only chosen when a real guest boot under KVM has been observed; that boot probe needs the
-//! VM path, which is not built yet, so `guest_boot` is `None` today and the verdict is TCG.
+//! is only chosen when a real guest boot under KVM has been observed (`guest_boot`, recorded by
+//! `moat-runtime check`'s boot probe; `None` until one ran, and then the verdict is TCG).
 
 use crate::config::Accel;
 use serde::Serialize;

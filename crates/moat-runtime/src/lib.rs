@@ -1,8 +1,9 @@
 //! moat-runtime: an OCI runtime with runc's command-line contract whose sandboxes are microVMs.
 //!
-//! This crate currently holds the sans-IO pieces (configuration, OCI state records, CPU-flag
-//! parsing, the `features` document) and the host probes used by `check`/`env`. The VM boot
-//! path (QEMU owner process, agent channel, create/start/exec) is not built yet.
+//! Sans-IO pieces (configuration, OCI state records, CPU-flag parsing, QEMU arguments, the
+//! `features` document) sit beside the IO edges: the per-sandbox daemon owning QEMU and
+//! the agent channel, the CLI commands, shims, networking and the host probes behind
+//! `check`/`env` (see ARCHITECTURE.md).
 
 pub mod assets;
 pub mod channel;
@@ -11,7 +12,9 @@ pub mod config;
 pub mod cpio;
 pub mod ctl;
 pub mod daemon;
+pub mod error;
 pub mod features;
+pub mod kernel;
 pub mod kvm;
 pub mod modules;
 pub mod net;
@@ -20,6 +23,7 @@ pub mod probe;
 pub mod qemu;
 pub mod qmp;
 pub mod sandbox;
+pub mod sizing;
 pub mod state;
 pub mod template;
 pub mod vmlinux;

@@ -163,7 +163,22 @@ enum Cmd {
 enum AssetsCmd {
     /// Write the uncompressed vmlinux found inside a bzImage (vmlinuz).
     ExtractVmlinux { vmlinuz: PathBuf, out: PathBuf },
-    /// Build vmlinux + initramfs.cpio from Debian's linux-image package (idempotent).
+    /// Build our guest kernel from Debian's linux-source package and a config fragment, or
+    /// find it in the cache; prints the vmlinux path.
+    Kernel {
+        /// The reviewed config fragment (crates/moat-runtime/kernel/guest.config).
+        #[arg(long)]
+        fragment: PathBuf,
+        #[arg(long, default_value = moat_runtime::kernel::SOURCE_TARBALL)]
+        source: PathBuf,
+        /// Where built kernels are kept, by the hash of fragment and source version.
+        #[arg(long, default_value = moat_runtime::kernel::DEFAULT_CACHE)]
+        cache: PathBuf,
+        #[arg(long, default_value_t = 2)]
+        jobs: u32,
+    },
+    /// Build vmlinux + initramfs.cpio from Debian's linux-image package, and with --kernel
+    /// our kernel's vmlinux-moat + initramfs-moat.cpio (idempotent).
     Build {
         #[arg(long)]
         out: Option<PathBuf>,
@@ -174,6 +189,9 @@ enum AssetsCmd {
         /// initramfs (`initramfs-debug.cpio`).
         #[arg(long = "debug-shell")]
         debug_shell: Option<PathBuf>,
+        /// Our kernel's vmlinux (from `assets kernel`).
+        #[arg(long)]
+        kernel: Option<PathBuf>,
     },
 }
 
@@ -330,6 +348,20 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
                 }
             );
             println!("verdict: {} ({})", v.accel, v.reason);
+            let (k, i) = (cfg.assets.kernel_path(), cfg.assets.initramfs_path(false));
+            println!(
+                "guest kernel: {} ({}{})",
+                cfg.assets.kernel.as_str(),
+                k.display(),
+                if k.is_file() && i.is_file() {
+                    String::new()
+                } else {
+                    format!(
+                        "; missing, with {}: run scripts/guest-assets.sh",
+                        i.display()
+                    )
+                }
+            );
         }
         Cmd::Env => {
             let cfg = config::Config::load(&cli.config)?;
@@ -340,8 +372,10 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
                 "root": cli.root,
                 "config": cfg,
                 "kernelCmdline": cfg.kernel_cmdline(),
-                "kernel": cfg.assets.dir.join("vmlinux"),
-                "initramfs": cfg.assets.dir.join(moat_runtime::assets::initramfs_name(cfg.hypervisor.debug_console)),
+                // Which guest kernel sandboxes boot: "moat" (ours) or "debian".
+                "kernelKind": cfg.assets.kernel.as_str(),
+                "kernel": cfg.assets.kernel_path(),
+                "initramfs": cfg.assets.initramfs_path(cfg.hypervisor.debug_console),
                 "accel": v,
                 "probe": p,
                 // The VM factory's template, if one has been built under this root.
@@ -360,15 +394,43 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             std::fs::write(out, &elf).with_context(|| format!("writing {}", out.display()))?;
             println!("{} ({} bytes)", out.display(), elf.len());
         }
+        Cmd::Assets(AssetsCmd::Kernel {
+            fragment,
+            source,
+            cache,
+            jobs,
+        }) => {
+            let version = moat_runtime::kernel::source_version()?;
+            let built = moat_runtime::kernel::build(&moat_runtime::kernel::KernelBuild {
+                fragment,
+                source_tarball: source,
+                source_version: &version,
+                cache,
+                jobs: *jobs,
+            })?;
+            // stdout is the path alone, for scripts; the rest goes to stderr.
+            println!("{}", built.vmlinux.display());
+            eprintln!(
+                "guest kernel ({} {version}): {}{}",
+                moat_runtime::kernel::SOURCE_PACKAGE,
+                if built.compiled { "built" } else { "cached" },
+                built
+                    .build_seconds
+                    .map(|s| format!(", cold build {s:.0} s"))
+                    .unwrap_or_default()
+            );
+        }
         Cmd::Assets(AssetsCmd::Build {
             out,
             agent,
             debug_shell,
+            kernel,
         }) => {
             let cfg = config::Config::load(&cli.config)?;
             let out = out.clone().unwrap_or(cfg.assets.dir);
-            let rebuilt = moat_runtime::assets::build(&out, agent, debug_shell.as_deref())
-                .context("assets build")?;
+            let rebuilt =
+                moat_runtime::assets::build(&out, agent, debug_shell.as_deref(), kernel.as_deref())
+                    .context("assets build")?;
             println!(
                 "{}: {}",
                 out.display(),

@@ -36,6 +36,8 @@ pub enum OciError {
 pub struct Share {
     pub host: PathBuf,
     pub rel: String,
+    /// Exported through the writable share (a bind mount without `ro`).
+    pub writable: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,9 +159,11 @@ pub fn plan(id: &str, bundle: &Path, spec: &Spec, stdio: Stdio) -> Result<Plan, 
         bundle.join(root.path())
     };
     let rootfs_rel = format!("{id}/rootfs");
+    // The rootfs is always read-only from the host: the guest overlays a tmpfs on it.
     let mut shares = vec![Share {
         host: rootfs_host,
         rel: rootfs_rel.clone(),
+        writable: false,
     }];
     let mut mounts = Vec::new();
     for (n, m) in spec.mounts().clone().unwrap_or_default().iter().enumerate() {
@@ -170,6 +174,7 @@ pub fn plan(id: &str, bundle: &Path, spec: &Spec, stdio: Stdio) -> Result<Plan, 
         let options = m.options().clone().unwrap_or_default();
         let kind = m.typ().clone().unwrap_or_else(|| "bind".into());
         let is_bind = kind == "bind" || options.iter().any(|o| o == "bind" || o == "rbind");
+        let writable = is_bind && !options.iter().any(|o| o == "ro");
         let source = if is_bind {
             let Some(src) = m.source().clone() else {
                 continue;
@@ -183,6 +188,7 @@ pub fn plan(id: &str, bundle: &Path, spec: &Spec, stdio: Stdio) -> Result<Plan, 
             shares.push(Share {
                 host: src,
                 rel: rel.clone(),
+                writable,
             });
             rel
         } else {
@@ -196,6 +202,7 @@ pub fn plan(id: &str, bundle: &Path, spec: &Spec, stdio: Stdio) -> Result<Plan, 
             kind: if is_bind { "bind".into() } else { kind },
             source,
             options,
+            writable,
         });
     }
     let linux = spec.linux().as_ref();

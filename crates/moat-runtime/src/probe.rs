@@ -26,7 +26,7 @@ pub enum ProbeError {
         source: std::io::Error,
     },
     #[error("starting QEMU")]
-    Qemu(#[source] crate::daemon::DaemonError),
+    Qemu(#[source] crate::error::DaemonError),
 }
 
 /// Boots once; `Ok(Some(elapsed))` when the guest powered off (QEMU exited 0) in time,
@@ -46,8 +46,8 @@ pub fn bare_boot_with(
     accel: &'static str,
     timeout: Duration,
 ) -> Result<Option<Duration>, ProbeError> {
-    let kernel = cfg.assets.dir.join("vmlinux");
-    let initramfs = cfg.assets.dir.join("initramfs.cpio");
+    let kernel = cfg.assets.kernel_path();
+    let initramfs = cfg.assets.initramfs_path(false);
     if !kernel.is_file() || !initramfs.is_file() {
         return Err(ProbeError::Assets(cfg.assets.dir.display().to_string()));
     }
@@ -55,12 +55,16 @@ pub fn bare_boot_with(
     let tmp = tempfile::tempdir().map_err(io("creating a scratch directory"))?;
     let shared = tmp.path().join("shared");
     std::fs::create_dir_all(&shared).map_err(io("creating the share"))?;
+    std::fs::create_dir_all(tmp.path().join("shared-rw")).map_err(io("creating the share"))?;
     let vm = qemu::VmSpec {
         sandbox_id: "boot-probe".into(),
         accel,
+        vcpus: cfg.hypervisor.vcpus,
+        memory_mib: cfg.hypervisor.memory_mib,
         kernel,
         initramfs,
         shared_dir: shared,
+        shared_rw_dir: tmp.path().join("shared-rw"),
         console_log: tmp.path().join("console.log"),
         nic: None,
         tsc_khz: std::fs::read_to_string("/proc/cpuinfo")

@@ -36,9 +36,13 @@ pub struct Nic {
 pub struct VmSpec {
     pub sandbox_id: String,
     pub accel: &'static str,
+    /// The VM's size (see `crate::sizing`).
+    pub vcpus: u32,
+    pub memory_mib: u32,
     pub kernel: PathBuf,
     pub initramfs: PathBuf,
     pub shared_dir: PathBuf,
+    pub shared_rw_dir: PathBuf,
     pub console_log: PathBuf,
     pub nic: Option<Nic>,
     /// The host's TSC rate, handed to the guest (see [`tsc_khz`]).
@@ -75,12 +79,16 @@ pub fn tsc_khz(cpuinfo: &str) -> Option<u64> {
 /// virtio-serial port (Kata 1.x's `agent.channel.0`), the shared directory on 9p, an optional
 /// tap NIC, the serial console to a file, and QEMU's own seccomp sandbox.
 pub fn args(cfg: &Config, vm: &VmSpec) -> Vec<String> {
-    let h = &cfg.hypervisor;
     let mut a: Vec<String> = Vec::new();
     let mut push = |xs: &[&str]| a.extend(xs.iter().map(|s| s.to_string()));
     push(&["-name", &format!("sandbox-{}", vm.sandbox_id)]);
-    // microvm's PIT/PIC/RTC stay on: turning them off hangs TCG guests here (VM.md).
-    let machine = "microvm,x-option-roms=off,isa-serial=on";
+    // microvm's PIT/PIC/RTC stay on: turning them off hangs TCG guests here (VM.md). Our
+    // kernel has no ACPI: without it QEMU lists the virtio-mmio devices on the kernel command
+    // line and the firmware's MP table describes the CPUs.
+    let machine = match cfg.assets.kernel {
+        crate::config::KernelKind::Debian => "microvm,x-option-roms=off,isa-serial=on",
+        crate::config::KernelKind::Moat => "microvm,x-option-roms=off,isa-serial=on,acpi=off",
+    };
     match &vm.template {
         None => push(&["-M", machine]),
         Some(Template::Build { memory, .. } | Template::Restore { memory, .. }) => {
@@ -96,7 +104,7 @@ pub fn args(cfg: &Config, vm: &VmSpec) -> Vec<String> {
                 "-object",
                 &format!(
                     "memory-backend-file,id=ram,size={}M,mem-path={},share={share}",
-                    h.memory_mib,
+                    vm.memory_mib,
                     qemu_escape(memory)
                 ),
             ]);
@@ -105,8 +113,8 @@ pub fn args(cfg: &Config, vm: &VmSpec) -> Vec<String> {
     push(&["-accel", vm.accel]);
     // `-cpu host` under KVM trips on MSR 0x10a here; `max` works under both.
     push(&["-cpu", "max"]);
-    push(&["-m", &format!("{}M", h.memory_mib)]);
-    push(&["-smp", &h.vcpus.to_string()]);
+    push(&["-m", &format!("{}M", vm.memory_mib)]);
+    push(&["-smp", &vm.vcpus.to_string()]);
     push(&[
         "-nodefaults",
         "-no-user-config",
@@ -155,6 +163,23 @@ pub fn args(cfg: &Config, vm: &VmSpec) -> Vec<String> {
         &format!(
             "virtio-9p-device,fsdev=share,mount_tag={}",
             moat_vm_proto::SHARE_TAG
+        ),
+    ]);
+    // The writable share: mapped-xattr keeps the guest's ownership, modes, symlinks and device
+    // nodes in xattrs, so on the host they are plain files owned by QEMU's user: nothing the
+    // guest plants there is followed or opened as a device by the host.
+    push(&[
+        "-fsdev",
+        &format!(
+            "local,id=sharerw,path={},security_model=mapped-xattr",
+            qemu_escape(&vm.shared_rw_dir)
+        ),
+    ]);
+    push(&[
+        "-device",
+        &format!(
+            "virtio-9p-device,fsdev=sharerw,mount_tag={}",
+            moat_vm_proto::SHARE_RW_TAG
         ),
     ]);
     match (&vm.nic, &vm.template) {
@@ -239,9 +264,12 @@ mod tests {
         VmSpec {
             sandbox_id: "abc".into(),
             accel: "tcg",
+            vcpus: 3,
+            memory_mib: 1280,
             kernel: "/a/vmlinux".into(),
             initramfs: "/a/initramfs.cpio".into(),
             shared_dir: "/run/x,y/shared".into(),
+            shared_rw_dir: "/run/x,y/shared-rw".into(),
             console_log: "/run/c.log".into(),
             nic: nic.then(|| Nic {
                 mac: "02:00:00:00:00:01".into(),
@@ -261,8 +289,14 @@ mod tests {
             "{a}"
         );
         assert!(a.contains("path=/run/x,,y/shared"), "{a}");
-        assert!(a.contains("mount_tag=moatShared"), "{a}");
+        assert!(a.contains("mount_tag=moatShared "), "{a}");
+        assert!(
+            a.contains("path=/run/x,,y/shared-rw,security_model=mapped-xattr")
+                && a.contains("mount_tag=moatSharedRw"),
+            "{a}"
+        );
         assert!(a.contains("-accel tcg"), "{a}");
+        assert!(a.contains("-m 1280M -smp 3"), "the VM's own size: {a}");
         assert!(a.contains("-sandbox on,obsolete=deny"), "{a}");
         assert!(!a.contains("netdev"), "{a}");
         assert!(!a.contains("moat.nic"), "{a}");
@@ -275,5 +309,21 @@ mod tests {
             "the guest is told to load its NIC driver: {a}"
         );
         assert!(a.contains("mac=02:00:00:00:00:01"), "{a}");
+    }
+
+    #[test]
+    fn our_kernel_gets_a_machine_without_acpi_debians_keeps_it() {
+        let a = args(&Config::default(), &vm(false)).join(" ");
+        assert!(
+            a.contains("-M microvm,x-option-roms=off,isa-serial=on,acpi=off"),
+            "{a}"
+        );
+        let mut c = Config::default();
+        c.assets.kernel = crate::config::KernelKind::Debian;
+        let a = args(&c, &vm(false)).join(" ");
+        assert!(
+            a.contains("-M microvm,x-option-roms=off,isa-serial=on "),
+            "{a}"
+        );
     }
 }

@@ -25,6 +25,11 @@ pub fn shared_dir(dir: &Path) -> PathBuf {
     dir.join("shared")
 }
 
+/// The writable share's host directory (see `moat_vm_proto::SHARE_RW_TAG`).
+pub fn shared_rw_dir(dir: &Path) -> PathBuf {
+    dir.join("shared-rw")
+}
+
 /// Mount points at or below `under` from /proc/self/mountinfo text, deepest first, so they
 /// can be unmounted in order.
 pub fn mounts_under(mountinfo: &str, under: &Path) -> Vec<PathBuf> {

@@ -18,7 +18,7 @@ use serde_json::json;
 
 use crate::channel::{AgentConn, Events};
 use crate::config::Config;
-use crate::daemon::DaemonError;
+use crate::error::DaemonError;
 use crate::qemu::{Template, VmSpec};
 use crate::qmp::Qmp;
 use crate::vmm::Hypervisor;
@@ -61,13 +61,15 @@ fn key(cfg: &Config, accel: &str, initramfs: &Path) -> String {
             .map(|d| d.as_nanos())
             .unwrap_or(0)
     };
+    // The machine's device layout (two 9p shares since the writable one) must match between
+    // the saved template and its copies; bump when it changes.
     format!(
-        "{:?}|{accel}|{}|{}|{}|{}",
+        "layout 2|{:?}|{accel}|{}|{}|{}|{}",
         cfg.hypervisor,
         stamp.trim(),
         initramfs.display(),
         mtime(initramfs),
-        mtime(&cfg.assets.dir.join("vmlinux"))
+        mtime(&cfg.assets.kernel_path())
     )
 }
 
@@ -101,10 +103,7 @@ pub fn ensure(
         ));
     }
     let d = dir(root);
-    let initramfs = cfg
-        .assets
-        .dir
-        .join(crate::assets::initramfs_name(cfg.hypervisor.debug_console));
+    let initramfs = cfg.assets.initramfs_path(cfg.hypervisor.debug_console);
     let want = key(cfg, accel, &initramfs);
     let files = Files {
         memory: d.join("memory"),
@@ -134,12 +133,16 @@ fn build(
 ) -> Result<(), DaemonError> {
     let io = |step: &'static str| move |e: std::io::Error| err(step)(e.to_string());
     std::fs::create_dir_all(d.join("share")).map_err(io("creating the template directory"))?;
+    std::fs::create_dir_all(d.join("share-rw")).map_err(io("creating the template directory"))?;
     let vm = VmSpec {
         sandbox_id: "template".into(),
         accel,
-        kernel: cfg.assets.dir.join("vmlinux"),
+        vcpus: cfg.hypervisor.vcpus,
+        memory_mib: cfg.hypervisor.memory_mib,
+        kernel: cfg.assets.kernel_path(),
         initramfs: initramfs.to_path_buf(),
         shared_dir: d.join("share"),
+        shared_rw_dir: d.join("share-rw"),
         console_log: d.join("console.log"),
         nic: None,
         tsc_khz,

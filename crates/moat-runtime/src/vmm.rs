@@ -3,13 +3,15 @@
 //! whose "guest" is a thread speaking the agent protocol, so the daemon's boot, death
 //! detection and teardown are tested without QEMU or root.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
+use std::process::{Child, Command, Stdio as PStdio};
 
 use crate::config::Config;
-use crate::daemon::DaemonError;
-use crate::qemu::VmSpec;
+use crate::error::DaemonError;
+use crate::qemu::{self, VmSpec};
 
 pub trait Hypervisor: Send + Sync {
     /// Starts the VM `vm`. `agent` is the guest's end of the agent channel and `tap` the
@@ -46,9 +48,7 @@ impl Hypervisor for Qemu {
         tap: Option<&OwnedFd>,
         log: &Path,
     ) -> Result<Box<dyn Vm>, DaemonError> {
-        Ok(Box::new(crate::daemon::spawn_qemu(
-            cfg, vm, agent, tap, log,
-        )?))
+        Ok(Box::new(spawn_qemu(cfg, vm, agent, tap, log)?))
     }
 }
 
@@ -67,6 +67,73 @@ impl Vm for std::process::Child {
 
 /// The recording fake: each launch records QEMU's would-be arguments and starts a thread
 /// that plays the guest agent on the channel, as its [`Script`] says.
+/// Launches QEMU with the agent socket (and tap) at fixed descriptor numbers, bound to die
+/// with this process.
+fn io(step: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> DaemonError {
+    let path = path.to_path_buf();
+    move |source| DaemonError::Io { step, path, source }
+}
+
+/// Starts QEMU for `vm` with the agent channel, the tap and a template's state on their fixed
+/// descriptors, dying with its parent (PR_SET_PDEATHSIG).
+pub(crate) fn spawn_qemu(
+    cfg: &Config,
+    vm: &qemu::VmSpec,
+    agent: &UnixStream,
+    tap: Option<&OwnedFd>,
+    log: &Path,
+) -> Result<Child, DaemonError> {
+    let args = qemu::args(cfg, vm);
+    let log_file = std::fs::File::create(log).map_err(io("creating", log))?;
+    let agent_fd = agent.as_raw_fd();
+    let tap_fd = tap.map(|t| t.as_raw_fd());
+    let state = match &vm.template {
+        Some(qemu::Template::Restore { state, .. }) => {
+            Some(std::fs::File::open(state).map_err(io("opening the template state", state))?)
+        }
+        _ => None,
+    };
+    let state_fd = state.as_ref().map(|f| f.as_raw_fd());
+    let mut cmd = Command::new(&cfg.hypervisor.path);
+    cmd.args(&args)
+        .stdin(PStdio::null())
+        .stdout(log_file.try_clone().map_err(io("duplicating", log))?)
+        .stderr(log_file);
+    // SAFETY: only async-signal-safe calls (dup2, fcntl, prctl, getppid) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let place = |from: i32, to: i32| {
+                if from == to {
+                    let fl = libc::fcntl(to, libc::F_GETFD);
+                    libc::fcntl(to, libc::F_SETFD, fl & !libc::FD_CLOEXEC);
+                } else {
+                    libc::dup2(from, to);
+                }
+            };
+            // Move the tap and state out of the way first in case they sit on a target.
+            let tap_tmp = tap_fd.map(|t| libc::fcntl(t, libc::F_DUPFD_CLOEXEC, 10));
+            let state_tmp = state_fd.map(|t| libc::fcntl(t, libc::F_DUPFD_CLOEXEC, 10));
+            place(agent_fd, qemu::AGENT_FD);
+            if let Some(t) = tap_tmp {
+                place(t, qemu::TAP_FD);
+            }
+            if let Some(t) = state_tmp {
+                place(t, qemu::STATE_FD);
+            }
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The daemon may have died between fork and prctl.
+            if libc::getppid() == 1 {
+                return Err(std::io::Error::other("parent exited"));
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
+        .map_err(|e| DaemonError::Qemu(cfg.hypervisor.path.display().to_string(), e))
+}
+
 #[cfg(test)]
 pub(crate) mod fake {
     use super::*;

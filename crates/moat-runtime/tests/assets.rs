@@ -1,4 +1,6 @@
-//! Real asset build from Debian's package (apt); booting the result is not tested yet.
+//! Real asset build from Debian's package (apt): idempotent, modules in the initramfs, a
+//! vmlinux QEMU can boot (PVH note) whose banner matches the package.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 use std::process::Command;
 
@@ -38,4 +40,13 @@ fn serial_assets_build_is_idempotent() {
 
     let elf = std::fs::read(out.join("vmlinux")).unwrap();
     assert!(elf.starts_with(b"\x7fELF"));
+    assert!(moat_runtime::vmlinux::has_pvh_note(&elf));
+    let release = moat_runtime::vmlinux::release(&elf).expect("banner");
+    let stamp = std::fs::read_to_string(out.join("stamp")).unwrap();
+    assert!(
+        stamp.starts_with(&format!("linux-image-{release}\n")),
+        "{release} vs {stamp}"
+    );
+    // Without --kernel only Debian's assets are built.
+    assert!(!out.join("vmlinux-moat").exists());
 }

@@ -1,4 +1,5 @@
 //! Runs the real binary against a temporary --root.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 use std::process::Command;
 

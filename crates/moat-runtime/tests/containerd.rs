@@ -1,5 +1,6 @@
 //! containerd 1.6 from Debian with its runc shim pointed at moat-runtime (`ctr run
 //! --runc-binary`): the shim passes its own --root, --log and --log-format json.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 mod common;
 

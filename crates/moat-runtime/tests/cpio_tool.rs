@@ -1,4 +1,5 @@
 //! The initramfs writer's output is read back by the real GNU cpio tool.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 use moat_runtime::cpio::NewcWriter;
 use std::process::Command;

@@ -1,5 +1,6 @@
 //! Podman from Debian driving moat-runtime as its OCI runtime (`--runtime <path>`), against
 //! the same commands with runc. Every test boots real VMs (TCG) and counts leftovers.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 mod common;
 

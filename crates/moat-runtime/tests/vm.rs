@@ -1,6 +1,7 @@
 //! The runc contract driven directly (as containerd's shim and podman's conmon do), on real
 //! VMs under TCG: pods of two containers in one VM, CNI-style veth networking, kill -9 of
 //! every moat-runtime process, a killed QEMU, isolation, bad input.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 mod common;
 
@@ -675,5 +676,132 @@ fn serial_vm_template_concurrent_first_sandboxes_share_one_build() {
         );
         env.ok(&["delete", id]);
     }
+    env.assert_clean();
+}
+
+/// Issue 16, Kata's static sandbox sizing: the VM is the configured size (1 vCPU, 256 MiB in
+/// these tests) plus its pod's limits, and the guest sees it; without limits it is the
+/// default; a size the host cannot give is a clear create error that leaves nothing.
+#[test]
+fn serial_vm_is_sized_from_the_pod_limits() {
+    let env = Env::new();
+    let script = "echo cpus=$(nproc); grep MemTotal /proc/meminfo";
+    let seen = |id: &str, b: &Path| -> (u32, u64) {
+        let (shim, out) = create(&env, id, b);
+        env.ok(&["start", id]);
+        assert_eq!(reap(shim), 0);
+        env.ok(&["delete", id]);
+        let o = std::fs::read_to_string(&out).unwrap();
+        let cpus = o
+            .lines()
+            .find_map(|l| l.strip_prefix("cpus="))
+            .unwrap_or_else(|| panic!("{o}"))
+            .parse()
+            .unwrap();
+        let kib: u64 = o
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|l| l.split_whitespace().next())
+            .unwrap_or_else(|| panic!("{o}"))
+            .parse()
+            .unwrap();
+        (cpus, kib / 1024)
+    };
+    // limits: {cpu: 2, memory: 1Gi}, as the node agent writes them.
+    let big = bundle(env.dir.path(), "big", &["sh", "-c", script]);
+    edit_config(&big, |c| {
+        c["linux"]["resources"] = serde_json::json!({
+            "memory": {"limit": 1u64 << 30},
+            "cpu": {"quota": 200000, "period": 100000}
+        });
+    });
+    let (cpus, mib) = seen("sz1", &big);
+    assert_eq!(cpus, 3, "1 default + 2 from the limit");
+    // MemTotal is the VM's memory less what the kernel keeps for itself.
+    assert!(
+        (1180..=1280).contains(&mib),
+        "1280 MiB VM, guest sees {mib}"
+    );
+
+    let plain = bundle(env.dir.path(), "plain", &["sh", "-c", script]);
+    let (cpus, mib) = seen("sz2", &plain);
+    assert_eq!(cpus, 1);
+    assert!((200..=256).contains(&mib), "256 MiB VM, guest sees {mib}");
+
+    // The CRI sandbox annotations (the pod's summed limits) win over the container's own.
+    let pod = bundle(env.dir.path(), "pod", &["sh", "-c", script]);
+    edit_config(&pod, |c| {
+        c["annotations"] = serde_json::json!({
+            "io.kubernetes.cri.sandbox-cpu-quota": "100000",
+            "io.kubernetes.cri.sandbox-cpu-period": "100000",
+            "io.kubernetes.cri.sandbox-memory": (512u64 << 20).to_string(),
+        });
+    });
+    let (cpus, mib) = seen("sz3", &pod);
+    assert_eq!(cpus, 2);
+    assert!((700..=768).contains(&mib), "768 MiB VM, guest sees {mib}");
+
+    let huge = bundle(env.dir.path(), "huge", &["true"]);
+    edit_config(&huge, |c| {
+        c["linux"]["resources"] = serde_json::json!({"memory": {"limit": 1u64 << 50}});
+    });
+    let o = env
+        .rt()
+        .args(["create", "--bundle"])
+        .arg(&huge)
+        .arg("sz4")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("sizing the VM") && err.contains("more than this host's"),
+        "{err}"
+    );
+    env.assert_clean();
+}
+
+/// Issue 16, volumes: a read-write bind (an emptyDir) is writable from the guest through the
+/// writable share, and what the guest plants there (symlinks to /etc/passwd and /, writes
+/// through them) stays guest-side: on the host they are plain files, and the host's targets
+/// are untouched during the run and after the volume is removed.
+#[test]
+fn serial_vm_writable_bind_never_lets_the_guest_reach_host_files() {
+    let env = Env::new();
+    let vol = env.dir.path().join("emptydir");
+    std::fs::create_dir_all(&vol).unwrap();
+    let passwd = std::fs::read("/etc/passwd").unwrap();
+    let root_entries = std::fs::read_dir("/").unwrap().count();
+    let script = "echo hi > /scratch/f && cat /scratch/f; \
+                  ln -s /etc/passwd /scratch/p; ln -s / /scratch/root; \
+                  echo pwned >> /scratch/p; echo x > /scratch/root/planted; \
+                  test -L /scratch/p && echo guest-sees-symlink";
+    let b = bundle(env.dir.path(), "rw", &["sh", "-c", script]);
+    edit_config(&b, |c| {
+        c["mounts"].as_array_mut().unwrap().push(serde_json::json!({
+            "destination": "/scratch", "type": "bind",
+            "source": vol.to_str().unwrap(), "options": ["rbind", "rw"]
+        }));
+    });
+    let (shim, out) = create(&env, "rw1", &b);
+    env.ok(&["start", "rw1"]);
+    assert_eq!(reap(shim), 0);
+    let o = std::fs::read_to_string(&out).unwrap();
+    assert!(o.starts_with("hi\n"), "{o}");
+    assert!(o.contains("guest-sees-symlink"), "{o}");
+    env.ok(&["delete", "rw1"]);
+    assert_eq!(std::fs::read_to_string(vol.join("f")).unwrap(), "hi\n");
+    for planted in ["p", "root"] {
+        let m = std::fs::symlink_metadata(vol.join(planted)).unwrap();
+        assert!(
+            m.file_type().is_file(),
+            "{planted} is a plain file on the host"
+        );
+    }
+    assert!(!Path::new("/planted").exists());
+    std::fs::remove_dir_all(&vol).unwrap();
+    assert_eq!(std::fs::read("/etc/passwd").unwrap(), passwd);
+    assert_eq!(std::fs::read_dir("/").unwrap().count(), root_entries);
     env.assert_clean();
 }

@@ -10,16 +10,14 @@
 //! TaintToleration, NodeAffinity, NodeResourcesFit) and a node is rejected by the first
 //! filter that fails, so the per-node reason a user sees is the same as upstream's.
 
-pub mod quantity;
-
-use std::collections::{BTreeMap, HashMap};
+pub use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
 use k8s_openapi::api::core::v1::{
     Node, NodeSelectorRequirement, NodeSelectorTerm, Pod, Taint, Toleration,
 };
 
-pub use quantity::QuantityError;
+pub use moat_api::quantity::{self, QuantityError};
 
 /// Requested or allocatable amounts, in the units the filters compare.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -1,3 +1,5 @@
+//! Scheduler filters and scores, with kube-scheduler's messages.
+
 use serde_json::json;
 
 use super::*;

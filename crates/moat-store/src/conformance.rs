@@ -1,5 +1,8 @@
 //! The behaviour every backend must show, as one suite each backend's tests run
 //! (`run_all(&store)` on an empty store). Panics with a message naming the failed check.
+// A test suite kept in the library so every backend's tests (and etcd's, in another
+// crate) run the same contract: failing loudly is its job.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
 
 use std::sync::Arc;
 
@@ -27,6 +30,7 @@ pub async fn run_all(s: Arc<dyn Store>) {
     watch_replay_then_live(&*s).await;
     concurrent_writers(s.clone()).await;
     compaction(&*s).await;
+    paging_survives_compaction_below_its_revision(&*s).await;
 }
 
 /// create/get/update/delete with CAS; every write bumps the revision by exactly one.
@@ -313,4 +317,62 @@ pub async fn compaction(s: &dyn Store) {
         .await
         .expect("watch from the compaction point");
     assert_eq!(next_event(&mut w).await.revision(), b.mod_revision);
+}
+
+/// A paged list reads every page at its first page's revision `r`; compacting up to
+/// `r - 1` (what the API server's periodic compaction does to a revision seen one tick
+/// ago) leaves the remaining pages readable, and compacting past `r` expires them (issue 18:
+/// continue tokens expired on an idle store). etcd keeps its compaction revision itself
+/// readable, so "past" is checked one write later.
+pub async fn paging_survives_compaction_below_its_revision(s: &dyn Store) {
+    for k in ["a", "b", "c", "d"] {
+        s.create(&format!("/pg/{k}"), k.as_bytes().to_vec())
+            .await
+            .expect("create");
+    }
+    let first = s
+        .list(
+            "/pg/",
+            ListOptions {
+                limit: 2,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("first page");
+    assert!(first.more, "the first page is cut short");
+    let r = first.revision;
+    let rest = |at| ListOptions {
+        at,
+        start_after: first.items.last().map(|kv| kv.key.clone()),
+        limit: 2,
+    };
+    s.compact(r - 1)
+        .await
+        .expect("compact below the page's revision");
+    let second = s
+        .list("/pg/", rest(r))
+        .await
+        .expect("second page after compaction");
+    let keys: Vec<&str> = second.items.iter().map(|kv| kv.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["/pg/c", "/pg/d"],
+        "the rest of the list at the first page's revision"
+    );
+    assert_eq!(second.revision, r);
+    let e = s
+        .create("/pg/e", b"e".to_vec())
+        .await
+        .expect("a later write");
+    s.compact(e.mod_revision)
+        .await
+        .expect("compact past the page's revision");
+    assert!(
+        matches!(
+            s.list("/pg/", rest(r)).await,
+            Err(StoreError::Compacted { .. })
+        ),
+        "a continue at a compacted revision is Compacted"
+    );
 }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use crate::mem::{Core, MvccStore};
+use crate::mem::{Core, Durable, MvccStore};
 use crate::mvcc::{Change, State};
 use crate::{KeyValue, Revision, StoreError, WatchEvent};
 
@@ -182,13 +182,27 @@ impl MvccStore {
         };
         // Holding the state lock keeps writers out while the file is copied.
         let _st = self.core.state.lock().await;
-        copy_durably(&f.path, dest)
+        copy_durably(f.path(), dest)
     }
 
     /// Replaces the store in `data_dir` with `snapshot`. Refuses while a store is open on
     /// that directory, and checks the snapshot is a readable store first.
     pub fn snapshot_restore(snapshot: &Path, data_dir: &Path) -> Result<(), StoreError> {
         RedbFile::restore(snapshot, data_dir)
+    }
+}
+
+impl Durable for RedbFile {
+    fn persist(&self, changes: &[&Change]) -> Result<(), StoreError> {
+        self.persist_changes(changes.iter().copied())
+    }
+
+    fn compact(&self, revision: Revision) -> Result<(), StoreError> {
+        self.compact_history(revision)
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
     }
 }
 
@@ -225,7 +239,7 @@ impl RedbFile {
     }
 
     /// Persists a batch of changes durably, in one fsync'd commit (all or none).
-    pub(crate) fn persist<'a>(
+    fn persist_changes<'a>(
         &self,
         changes: impl IntoIterator<Item = &'a Change>,
     ) -> Result<(), StoreError> {
@@ -262,7 +276,7 @@ impl RedbFile {
     }
 
     /// Drops history at or before `revision` from the file.
-    pub(crate) fn compact(&self, revision: Revision) -> Result<(), StoreError> {
+    fn compact_history(&self, revision: Revision) -> Result<(), StoreError> {
         let op = "compacting";
         let w = self.db.begin_write().map_err(backend(op))?;
         {

@@ -6,11 +6,21 @@ use std::sync::Arc;
 use futures::StreamExt;
 use tokio::sync::{Mutex, broadcast};
 
-use crate::embedded::RedbFile;
 use crate::mvcc::{Change, Op, State, event_key};
 use crate::{
     KeyValue, ListOptions, ListResult, Revision, Store, StoreError, WatchEvent, WatchStream,
 };
+
+/// Where a store's changes become durable: the embedded store's redb file. Defined here,
+/// implemented by `embedded`, so the MVCC core never names the backend that persists it.
+pub(crate) trait Durable: Send + Sync {
+    /// Persists a batch of changes in one fsync'd commit (all or none).
+    fn persist(&self, changes: &[&Change]) -> Result<(), StoreError>;
+    /// Drops history at or before `revision`.
+    fn compact(&self, revision: Revision) -> Result<(), StoreError>;
+    /// The file, for snapshots.
+    fn path(&self) -> &std::path::Path;
+}
 
 /// The part every history-keeping backend shares: state under a lock, plus a broadcast of
 /// committed events for watches.
@@ -123,7 +133,7 @@ pub(crate) struct Committer {
 const MAX_BATCH: usize = 256;
 
 impl Committer {
-    pub(crate) fn start(core: Arc<Core>, file: Arc<RedbFile>) -> Result<Committer, StoreError> {
+    pub(crate) fn start(core: Arc<Core>, file: Arc<dyn Durable>) -> Result<Committer, StoreError> {
         let (tx, rx) = std::sync::mpsc::channel::<Pending>();
         let thread = std::thread::Builder::new()
             .name("store-commit".into())
@@ -136,7 +146,7 @@ impl Committer {
                             Err(_) => break,
                         }
                     }
-                    commit_batch(&core, &file, batch);
+                    commit_batch(&core, file.as_ref(), batch);
                 }
             })
             .map_err(|e| StoreError::Backend {
@@ -171,7 +181,7 @@ impl Drop for Committer {
     }
 }
 
-fn commit_batch(core: &Core, file: &RedbFile, batch: Vec<Pending>) {
+fn commit_batch(core: &Core, file: &dyn Durable, batch: Vec<Pending>) {
     let mut st = core.state.blocking_lock();
     let mut applied: Vec<(
         Change,
@@ -192,7 +202,8 @@ fn commit_batch(core: &Core, file: &RedbFile, batch: Vec<Pending>) {
     if applied.is_empty() {
         return;
     }
-    match file.persist(applied.iter().map(|(c, _)| c)) {
+    let changes: Vec<&Change> = applied.iter().map(|(c, _)| c).collect();
+    match file.persist(&changes) {
         Ok(()) => {
             for (c, reply) in applied {
                 let _ = core.events.send(c.event.clone());
@@ -221,7 +232,7 @@ fn commit_batch(core: &Core, file: &RedbFile, batch: Vec<Pending>) {
 #[derive(Clone)]
 pub struct MvccStore {
     pub(crate) core: Arc<Core>,
-    pub(crate) file: Option<Arc<RedbFile>>,
+    pub(crate) file: Option<Arc<dyn Durable>>,
     pub(crate) committer: Option<Arc<Committer>>,
 }
 

@@ -1,5 +1,6 @@
 //! The conformance suite on the in-memory and embedded backends, plus what only a durable
 //! backend must show: restart, kill -9, snapshot/restore.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};

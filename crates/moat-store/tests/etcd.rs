@@ -1,5 +1,6 @@
 //! The conformance suite against a real etcd (Debian's etcd-server), started by the test on
 //! loopback ports of its own, with its data in a temp dir; killed on drop.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

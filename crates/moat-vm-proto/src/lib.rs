@@ -38,6 +38,11 @@ pub const CHANNEL_NAME: &str = "agent.channel.0";
 
 /// The 9p mount tag of the per-sandbox shared directory.
 pub const SHARE_TAG: &str = "moatShared";
+/// The writable share: read-write bind mounts (emptyDir, writable hostPath, /dev/shm). Its
+/// host side maps ownership, modes, symlinks and device nodes into xattrs (QEMU's
+/// `mapped-xattr`), so nothing the guest creates there is a real symlink, device node or
+/// set-id file on the host.
+pub const SHARE_RW_TAG: &str = "moatSharedRw";
 
 /// Container and sandbox ids become directory names on both sides, so path separators and
 /// `..` must never get through: 1-1024 of `[A-Za-z0-9_.-]`, not starting with '.'.

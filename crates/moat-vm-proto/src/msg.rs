@@ -203,6 +203,9 @@ pub struct MountSpec {
     /// For binds: a path inside the 9p share (the host copied or bind-mounted it there).
     #[serde(default)]
     pub source: String,
+    /// For binds: `source` is in the writable share rather than the read-only one.
+    #[serde(default)]
+    pub writable: bool,
     #[serde(default)]
     pub options: Vec<String>,
 }

@@ -4,6 +4,7 @@
 //! so the ratio is the server's overhead (TLS, HTTP, JSON, validation, admission).
 //!
 //! Usage: apibench <kubeconfig> <server-pid> <n> <concurrency> <baseline: redb:PATH | etcd:URL>
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

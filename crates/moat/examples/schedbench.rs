@@ -5,6 +5,7 @@
 //! on top of the decisions themselves: listing, binding over HTTPS, events).
 //!
 //! Usage: schedbench <kubeconfig> <nodes> <pods> <concurrency>
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -51,10 +51,10 @@ impl JoinArgs {
             (None, None) => anyhow::bail!("--server needs --token (or --token-file, MOAT_TOKEN)"),
         };
         let trust = match (&self.ca_file, self.insecure_skip_tls_verify) {
-            (Some(f), _) => moat_manager::ServerTrust::Ca(
+            (Some(f), _) => moat_client::ServerTrust::Ca(
                 std::fs::read(f).with_context(|| format!("reading the CA file {}", f.display()))?,
             ),
-            (None, true) => moat_manager::ServerTrust::InsecureSkipVerify,
+            (None, true) => moat_client::ServerTrust::InsecureSkipVerify,
             (None, false) => anyhow::bail!(
                 "--server needs --ca-file (the server's ca.crt) or --insecure-skip-tls-verify"
             ),
@@ -106,8 +106,25 @@ pub struct AgentArgs {
     #[arg(long, default_value_t = 5)]
     pub container_log_max_files: usize,
     /// How often container log sizes are checked.
-    #[arg(long, default_value = "10s", value_parser = crate::server::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = moat_api::time::parse_duration)]
     pub container_log_monitor_interval: std::time::Duration,
+    /// CPU capacity to report instead of the host's (a quantity: 2, 1500m), for nodes that
+    /// share a host.
+    #[arg(long)]
+    pub node_cpu: Option<String>,
+    /// Memory capacity to report instead of the host's (a quantity: 4Gi).
+    #[arg(long)]
+    pub node_memory: Option<String>,
+    /// Cluster DNS server for pods' resolv.conf (dnsPolicy ClusterFirst); none: the node's
+    /// resolvers.
+    #[arg(long)]
+    pub cluster_dns: Option<std::net::Ipv4Addr>,
+    /// The cluster's DNS domain.
+    #[arg(long, default_value = "cluster.local")]
+    pub cluster_domain: String,
+    /// An agent loop not to run (pods, heartbeat, logrotate); repeatable.
+    #[arg(long = "disable-loop", value_parser = clap::builder::PossibleValuesParser::new(moat_agent::agent::LOOPS))]
+    pub disable_loop: Vec<String>,
 }
 
 #[derive(clap::Args)]
@@ -148,7 +165,7 @@ pub fn config(
     let handlers = moat_agent::Handlers::load(a.runtime_config.as_deref(), &a.run_dir)
         .context("loading runtime handlers")?;
     let exe = std::env::current_exe().context("locating the moat binary for the shim")?;
-    let max_size = moat_agent::quantity::bytes(&a.container_log_max_size)
+    let max_size = moat_api::quantity::value(&a.container_log_max_size)
         .ok()
         .and_then(|b| u64::try_from(b).ok())
         .with_context(|| {
@@ -182,6 +199,33 @@ pub fn config(
         },
         log_policy,
         log_monitor_interval: a.container_log_monitor_interval,
+        node_cpu_millis: a
+            .node_cpu
+            .as_deref()
+            .map(|q| {
+                moat_api::quantity::milli_value(q)
+                    .ok()
+                    .filter(|m| *m > 0)
+                    .with_context(|| {
+                        format!("--node-cpu {q:?} is not a CPU quantity like 2 or 1500m")
+                    })
+            })
+            .transpose()?,
+        node_memory_bytes: a
+            .node_memory
+            .as_deref()
+            .map(|q| {
+                moat_api::quantity::value(q)
+                    .ok()
+                    .filter(|b| *b > 0)
+                    .with_context(|| format!("--node-memory {q:?} is not a size like 4Gi"))
+            })
+            .transpose()?,
+        cluster_dns: a.cluster_dns.map(|ip| moat_agent::hooks::ClusterDns {
+            servers: vec![ip.to_string()],
+            domain: a.cluster_domain.clone(),
+        }),
+        disabled_loops: a.disable_loop.iter().cloned().collect(),
     })
 }
 

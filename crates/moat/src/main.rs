@@ -35,7 +35,7 @@ enum Cmd {
     /// The node's content-addressed image store.
     Image(image::ImageArgs),
     /// Run the node agent: register this node and run the pods bound to it.
-    Agent(agent::AgentCmdArgs),
+    Agent(Box<agent::AgentCmdArgs>),
     /// Report what this node can do: runtime handlers (and whether their runtime accepts
     /// this machine's cgroups), CNI plugins, nftables, /dev/kvm (= `moat agent check`).
     Check(agent::CheckArgs),
@@ -58,7 +58,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Server(a) => server::run(a),
         Cmd::Netpol(a) => netpol::run(a),
         Cmd::Image(a) => image::run(a),
-        Cmd::Agent(a) => agent::run(a),
+        Cmd::Agent(a) => agent::run(*a),
         Cmd::Check(a) => agent::check(a),
         Cmd::Ps(a) => ps::ps(a),
         Cmd::Pods(a) => ps::pods(a),

@@ -36,9 +36,10 @@ pub struct ServerArgs {
     agent: bool,
     #[command(flatten)]
     agent_args: Box<crate::agent::AgentArgs>,
-    /// Compact store history older than this (e.g. 5m, 30s; 0 disables). Watches from a
-    /// compacted resourceVersion get 410 Expired and clients re-list.
-    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    /// Compact store history older than this (e.g. 5m, 30s; 0 disables). List continue
+    /// tokens and watch resourceVersions stay valid for at least one interval; older ones get
+    /// 410 Expired once the store has moved on, and clients re-list.
+    #[arg(long, default_value = "5m", value_parser = moat_api::time::parse_duration)]
     compaction_interval: std::time::Duration,
     /// End watches after at most this many seconds (clients resume; for tests).
     #[arg(long, hide = true)]
@@ -48,7 +49,7 @@ pub struct ServerArgs {
     cluster_cidr: String,
     /// A node not heard from (Lease renewal or status) for this long is unreachable:
     /// Ready=Unknown and tainted.
-    #[arg(long, default_value = "40s", value_parser = parse_duration)]
+    #[arg(long, default_value = "40s", value_parser = moat_api::time::parse_duration)]
     node_monitor_grace_period: std::time::Duration,
     /// How long pods without their own toleration stay on an unreachable or not-ready node.
     #[arg(long, default_value_t = 300)]
@@ -81,18 +82,13 @@ pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
         Some(ServerCmd::Snapshot {
             op: SnapshotOp::Save { file },
         }) => {
-            rt.block_on(async {
-                let s = moat_store::EmbeddedStore::open(&db)
-                    .context("opening the store (is a server still running?)")?;
-                s.snapshot_save(&file).await.context("saving the snapshot")
-            })?;
+            rt.block_on(moat_apiserver::snapshot::save(&db, &file))?;
             println!("snapshot saved to {}", file.display());
         }
         Some(ServerCmd::Snapshot {
             op: SnapshotOp::Restore { file },
         }) => {
-            moat_store::EmbeddedStore::snapshot_restore(&file, &db)
-                .context("restoring the snapshot")?;
+            moat_apiserver::snapshot::restore(&file, &db)?;
             println!("store restored from {}", file.display());
         }
         None => {
@@ -173,43 +169,4 @@ pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Go-style durations as kube-apiserver flags take them: `300ms`, `30s`, `5m`, `1h`, `0`.
-pub(crate) fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    let s = s.trim();
-    if s == "0" {
-        return Ok(std::time::Duration::ZERO);
-    }
-    let split = s
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("{s:?} needs a unit (ms, s, m or h)"))?;
-    let (n, unit) = s.split_at(split);
-    let n: u64 = n
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 30s or 5m"))?;
-    let ms = match unit {
-        "ms" => n,
-        "s" => n * 1000,
-        "m" => n * 60_000,
-        "h" => n * 3_600_000,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
-    };
-    Ok(std::time::Duration::from_millis(ms))
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn durations_parse_like_go_flags() {
-        use std::time::Duration;
-        assert_eq!(super::parse_duration("5m"), Ok(Duration::from_secs(300)));
-        assert_eq!(
-            super::parse_duration("250ms"),
-            Ok(Duration::from_millis(250))
-        );
-        assert_eq!(super::parse_duration("0"), Ok(Duration::ZERO));
-        assert!(super::parse_duration("5").is_err());
-        assert!(super::parse_duration("5d").is_err());
-    }
 }

@@ -2,377 +2,16 @@
 //! own (so cni0, the pod veths and the pod CIDR never touch the host's network), pods run
 //! under runc with the busybox image built by scripts/busybox-image.sh, and deleting a pod
 //! must leave no netns, veth, mount, cgroup or runtime state behind.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::lab::*;
 use serde_json::Value;
-
-const KUBECTL: &str = "/usr/lib/google-cloud-sdk/bin/kubectl.1.32";
-
-/// A network namespace of the test's own, torn down with everything the run left.
-struct Lab {
-    ns: String,
-    dir: tempfile::TempDir,
-    server: Option<Child>,
-    /// A `moat agent` of its own (beside a server started without `--agent`).
-    agent: Option<Child>,
-    node: String,
-}
-
-fn run(cmd: &mut Command) -> (bool, String, String) {
-    let o = cmd.output().expect("run command");
-    (
-        o.status.success(),
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
-}
-
-fn moat_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_moat"))
-}
-
-impl Lab {
-    fn new(tag: &str) -> Lab {
-        let ns = format!("moat-{tag}-{}", std::process::id());
-        let (ok, _, err) = run(Command::new("ip").args(["netns", "add", &ns]));
-        assert!(ok, "ip netns add: {err}");
-        let lab = Lab {
-            node: format!("agt-{tag}-{}", std::process::id()),
-            ns,
-            dir: tempfile::tempdir().expect("tempdir"),
-            server: None,
-            agent: None,
-        };
-        let (ok, _, err) = run(lab.in_ns("ip").args(["link", "set", "lo", "up"]));
-        assert!(ok, "lo up: {err}");
-        lab
-    }
-
-    fn path(&self, p: &str) -> PathBuf {
-        self.dir.path().join(p)
-    }
-
-    fn in_ns(&self, prog: &str) -> Command {
-        let mut c = Command::new("nsenter");
-        c.arg(format!("--net=/run/netns/{}", self.ns)).arg(prog);
-        c
-    }
-
-    fn import_busybox(&self) {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/busybox-image.sh");
-        let out = self.path("img");
-        let (ok, _, err) = run(Command::new("bash").arg(script).arg(&out));
-        assert!(ok, "busybox-image.sh: {err}");
-        let (ok, _, err) = run(Command::new(moat_bin())
-            .args(["image", "--root"])
-            .arg(self.path("images"))
-            .arg("import")
-            .arg(out.join("busybox.oci.tar"))
-            .args(["--name", "localhost/busybox:latest"]));
-        assert!(ok, "image import: {err}");
-    }
-
-    fn start(&mut self, extra: &[&str]) {
-        self.start_server(true, extra);
-    }
-
-    /// `localhost/busybox:<tag>`: the busybox image with its config's `User` set to `user`
-    /// (a docker-archive rewritten here; the layer, and so /etc/passwd, is unchanged).
-    fn import_busybox_as(&self, user: &str, tag: &str) {
-        let src = self.path("img/busybox.docker.tar");
-        let work = self.path(&format!("img-{tag}"));
-        let script = r#"set -eu
-src=$1; work=$2; user=$3; out=$4
-mkdir -p "$work" && cd "$work" && tar -xf "$src"
-old=$(ls *.json | grep -v '^manifest.json$')
-sed "s/\"WorkingDir\":\"\/\"/\"WorkingDir\":\"\/\",\"User\":\"$user\"/" "$old" > new.json
-grep -q "\"User\":\"$user\"" new.json
-sha=$(sha256sum new.json | cut -d' ' -f1)
-rm "$old" && mv new.json "$sha.json"
-sed -i "s/$old/$sha.json/; s/localhost\/busybox:latest/localhost\/busybox:x/" manifest.json
-tar -cf "$out" manifest.json "$sha.json" $(ls -d */)
-"#;
-        let out = self.path(&format!("busybox-{tag}.tar"));
-        let (ok, _, err) = run(Command::new("sh")
-            .args(["-c", script, "sh"])
-            .arg(&src)
-            .arg(&work)
-            .arg(user)
-            .arg(&out));
-        assert!(ok, "rewriting the image config: {err}");
-        let (ok, _, err) = run(Command::new(moat_bin())
-            .args(["image", "--root"])
-            .arg(self.path("images"))
-            .arg("import")
-            .arg(&out)
-            .args(["--name", &format!("localhost/busybox:{tag}")]));
-        assert!(ok, "image import: {err}");
-    }
-
-    fn log_file(&self, name: &str) -> std::fs::File {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.path(name))
-            .expect("log")
-    }
-
-    /// The flags of a node agent in this lab, for `moat server --agent` and `moat agent`.
-    fn agent_flags(&self, c: &mut Command) {
-        c.args(["--node-name", &self.node, "--pod-cidr", "10.42.77.0/24"])
-            .args(["--agent-listen", "127.0.0.1:0"])
-            .arg("--run-dir")
-            .arg(self.path("run"))
-            .arg("--log-dir")
-            .arg(self.path("logs"))
-            .arg("--image-root")
-            .arg(self.path("images"))
-            .arg("--cni-conf-dir")
-            .arg(self.path("cni-conf"));
-    }
-
-    /// `moat server` (with its in-process agent when `agent`), waiting for its kubeconfig.
-    fn start_server(&mut self, agent: bool, extra: &[&str]) {
-        let _ = std::fs::remove_file(self.path("kubeconfig.yaml"));
-        std::fs::create_dir_all(self.path("cni-conf")).expect("cni dir");
-        let mut c = self.in_ns(moat_bin().to_str().expect("utf-8 path"));
-        c.args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(self.dir.path());
-        if agent {
-            c.arg("--agent");
-            self.agent_flags(&mut c);
-        }
-        let child = c
-            .args(extra)
-            .env("MOAT_LOG", "info,moat_agent=debug")
-            .stdout(Stdio::null())
-            .stderr(self.log_file("server.log"))
-            .spawn()
-            .expect("start moat server");
-        self.server = Some(child);
-        self.wait("kubeconfig", 30, || self.path("kubeconfig.yaml").exists());
-    }
-
-    /// The API server's URL, from the kubeconfig it wrote.
-    fn server_url(&self) -> String {
-        std::fs::read_to_string(self.path("kubeconfig.yaml"))
-            .unwrap_or_default()
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("server: ").map(String::from))
-            .expect("server URL in the kubeconfig")
-            .trim_matches('"')
-            .to_string()
-    }
-
-    /// `moat agent` in the lab's namespace with the given join flags.
-    fn start_agent(&mut self, join: &[&str]) {
-        std::fs::create_dir_all(self.path("cni-conf")).expect("cni dir");
-        let mut c = self.in_ns(moat_bin().to_str().expect("utf-8 path"));
-        c.arg("agent").args(join);
-        self.agent_flags(&mut c);
-        let child = c
-            .env("MOAT_LOG", "info,moat_agent=debug")
-            .stdout(Stdio::null())
-            .stderr(self.log_file("agent.log"))
-            .spawn()
-            .expect("start moat agent");
-        self.agent = Some(child);
-    }
-
-    /// kill -9 of the server and its in-process agent (the shims and containers live on).
-    fn kill9(&mut self) {
-        for c in [self.agent.take(), self.server.take()]
-            .into_iter()
-            .flatten()
-        {
-            let mut c = c;
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn server_log(&self) -> String {
-        let read = |f: &str| std::fs::read_to_string(self.path(f)).unwrap_or_default();
-        format!("{}\nagent log:\n{}", read("server.log"), read("agent.log"))
-    }
-
-    fn wait(&self, what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-        let start = Instant::now();
-        while !f() {
-            assert!(
-                start.elapsed() < Duration::from_secs(secs),
-                "timed out waiting for {what}; server log:\n{}",
-                self.server_log()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
-        use std::io::Write;
-        let mut c = self.in_ns(KUBECTL);
-        c.arg("--kubeconfig")
-            .arg(self.path("kubeconfig.yaml"))
-            .arg("--cache-dir")
-            .arg(self.path("kcache"))
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut ch = c.spawn().expect("kubectl");
-        if let Some(mut si) = ch.stdin.take() {
-            let _ = si.write_all(stdin.unwrap_or("").as_bytes());
-        }
-        let o = ch.wait_with_output().expect("kubectl output");
-        (
-            o.status.success(),
-            String::from_utf8_lossy(&o.stdout).into_owned(),
-            String::from_utf8_lossy(&o.stderr).into_owned(),
-        )
-    }
-
-    fn pod(&self, name: &str) -> Option<Value> {
-        let (ok, out, _) = self.kubectl(&["get", "pod", name, "-o", "json"], None);
-        if !ok {
-            return None;
-        }
-        serde_json::from_str(&out).ok()
-    }
-
-    fn runtime_root(&self) -> PathBuf {
-        self.path("run/runtime/runc")
-    }
-
-    /// What a pod can leave behind: (netns files, veths in the lab, mounts under the lab dir,
-    /// cgroup dirs of the pod, runc containers).
-    fn leftovers(&self, uid: &str) -> (usize, usize, usize, usize, usize) {
-        let netns = std::fs::read_dir(self.path("run/netns"))
-            .map(|d| d.count())
-            .unwrap_or(0);
-        let (_, veths, _) = run(self
-            .in_ns("ip")
-            .args(["-o", "link", "show", "type", "veth"]));
-        let root = self.dir.path().display().to_string();
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo")
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.contains(&root))
-            .count();
-        let mut cgroups = 0;
-        if let Ok(ctrls) = std::fs::read_dir("/sys/fs/cgroup") {
-            for c in ctrls.flatten() {
-                if let Ok(d) = std::fs::read_dir(c.path().join("moat")) {
-                    cgroups += d
-                        .flatten()
-                        .filter(|e| e.file_name().to_string_lossy().contains(uid))
-                        .count();
-                }
-            }
-        }
-        let (_, list, _) = run(Command::new("runc")
-            .arg("--root")
-            .arg(self.runtime_root())
-            .args(["list", "-q"]));
-        (
-            netns,
-            veths.lines().count(),
-            mounts,
-            cgroups,
-            list.lines().filter(|l| !l.is_empty()).count(),
-        )
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        self.kill9();
-        // Containers first (they hold mounts), then every mount under the lab dir, then the
-        // namespace, which takes cni0 and the host ends of the veths with it.
-        let (_, list, _) = run(Command::new("runc")
-            .arg("--root")
-            .arg(self.runtime_root())
-            .args(["list", "-q"]));
-        for id in list.lines().filter(|l| !l.is_empty()) {
-            let _ = run(Command::new("runc")
-                .arg("--root")
-                .arg(self.runtime_root())
-                .args(["delete", "--force", id]));
-        }
-        let root = self.dir.path().display().to_string();
-        let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4).map(String::from))
-            .filter(|m| m.starts_with(&root))
-            .collect();
-        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for m in mounts {
-            let _ = run(Command::new("umount").args(["-l", &m]));
-        }
-        if let Ok(ctrls) = std::fs::read_dir("/sys/fs/cgroup") {
-            for c in ctrls.flatten() {
-                if let Ok(d) = std::fs::read_dir(c.path().join("moat")) {
-                    for e in d.flatten() {
-                        if e.file_name()
-                            .to_string_lossy()
-                            .contains(&self.node_uid_hint())
-                        {
-                            let _ = std::fs::remove_dir(e.path());
-                        }
-                    }
-                }
-            }
-        }
-        let _ = run(Command::new("ip").args(["netns", "del", &self.ns]));
-    }
-}
-
-impl Lab {
-    /// Cgroups are named after pod uids; any uid this lab created is recorded here.
-    fn node_uid_hint(&self) -> String {
-        std::fs::read_to_string(self.path("uids")).unwrap_or_else(|_| "\u{0}".into())
-    }
-}
-
-const POD: &str = r#"
-apiVersion: v1
-kind: Pod
-metadata: {name: NAME, labels: {app: web}}
-spec:
-  nodeName: NODE
-  terminationGracePeriodSeconds: 2
-  containers:
-  - name: web
-    image: localhost/busybox:latest
-    imagePullPolicy: IfNotPresent
-    command: ["sh", "-c", "hostname > /tmp/index.html; echo serving $(hostname); exec httpd -f -p 8080 -h /tmp"]
-    ports: [{containerPort: 8080}]
-"#;
-
-fn running_ip(lab: &Lab, name: &str) -> (String, String) {
-    let mut ip = String::new();
-    let mut uid = String::new();
-    lab.wait(&format!("{name} Running with an IP"), 60, || {
-        let Some(p) = lab.pod(name) else { return false };
-        uid = p["metadata"]["uid"].as_str().unwrap_or("").to_string();
-        ip = p["status"]["podIP"].as_str().unwrap_or("").to_string();
-        p["status"]["phase"] == "Running" && !ip.is_empty()
-    });
-    let _ = std::fs::write(lab.path("uids"), &uid);
-    (ip, uid)
-}
-
-fn fetch(lab: &Lab, ip: &str) -> String {
-    let (_, out, _) =
-        run(lab
-            .in_ns("curl")
-            .args(["-s", "--max-time", "3", &format!("http://{ip}:8080/")]));
-    out.trim().to_string()
-}
-
 #[test]
 fn serial_agent_runs_a_pod_with_runc_and_deletes_it_without_leftovers() {
     let mut lab = Lab::new("run");
@@ -650,32 +289,6 @@ fn serial_agent_runs_a_pod_with_runc_and_deletes_it_without_leftovers() {
         "leftovers after delete (netns, veth, mounts, cgroups, runc)"
     );
     assert!(!lab.path(&format!("run/pods/{uid}")).exists());
-}
-
-fn container_status(lab: &Lab, name: &str) -> Value {
-    lab.pod(name)
-        .map(|p| p["status"]["containerStatuses"][0].clone())
-        .unwrap_or(Value::Null)
-}
-
-fn apply(lab: &Lab, manifest: &str) {
-    let (ok, _, err) = lab.kubectl(&["apply", "-f", "-"], Some(manifest));
-    assert!(ok, "apply: {err}");
-}
-
-fn delete_and_check_clean(lab: &Lab, name: &str, uid: &str) {
-    let (ok, _, err) = lab.kubectl(&["delete", "pod", name, "--timeout=60s"], None);
-    assert!(ok, "delete: {err}");
-    lab.wait("the pod object to go", 30, || lab.pod(name).is_none());
-    // A running pod's object goes only after its teardown; a finished (Succeeded/Failed)
-    // pod's object is deleted at once by the API server and the agent cleans up after it.
-    let logs = lab.path(&format!("logs/default_{name}_{uid}"));
-    let pod_dir = lab.path(&format!("run/pods/{uid}"));
-    // (netns, veths, cgroups); leftover mounts are counted by the tests that need none.
-    lab.wait("the agent to remove everything of the pod", 20, || {
-        let l = lab.leftovers(uid);
-        (l.0, l.1, l.3) == (0, 0, 0) && !pod_dir.exists() && !logs.exists()
-    });
 }
 
 #[test]
@@ -1834,80 +1447,10 @@ spec:
 /// `kubectl exec` (which runs in the guest), and a delete that leaves no VM behind.
 #[test]
 fn serial_agent_kata_runtime_class_runs_the_pod_in_a_vm() {
-    let assets = std::env::var_os("MOAT_VM_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/lib/moat-runtime/assets"));
-    assert!(
-        assets.join("vmlinux").is_file(),
-        "guest assets missing in {}: scripts/guest-assets.sh (scripts/test.sh runs it)",
-        assets.display()
-    );
-    let runtime = moat_bin()
-        .parent()
-        .expect("target dir")
-        .join("moat-runtime");
-    assert!(
-        runtime.is_file(),
-        "build moat-runtime (cargo build --workspace --bins)"
-    );
     let mut lab = Lab::new("kata");
     lab.import_busybox();
-    let rt_cfg = lab.path("moat-runtime.toml");
-    std::fs::write(
-        &rt_cfg,
-        format!(
-            "[hypervisor]\naccel = \"tcg\"\n[assets]\ndir = \"{}\"\n",
-            assets.display()
-        ),
-    )
-    .expect("runtime config");
-    let wrapper = lab.path("kata-runtime");
-    std::fs::write(
-        &wrapper,
-        format!(
-            "#!/bin/sh\nexec {} --config {} \"$@\"\n",
-            runtime.display(),
-            rt_cfg.display()
-        ),
-    )
-    .expect("wrapper");
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    let vm_root = lab.path("kata-root");
-    // VMs are not the agent's children: if the test fails half-way, delete them anyway.
-    struct Vms(PathBuf, PathBuf, PathBuf);
-    impl Drop for Vms {
-        fn drop(&mut self) {
-            let ids = Command::new(&self.0)
-                .arg("--root")
-                .arg(&self.1)
-                .args(["list", "-q"])
-                .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                .unwrap_or_default();
-            for id in ids.lines().filter(|l| !l.is_empty()) {
-                let _ = Command::new(&self.0)
-                    .arg("--root")
-                    .arg(&self.1)
-                    .arg("--config")
-                    .arg(&self.2)
-                    .args(["delete", "--force", id])
-                    .output();
-            }
-        }
-    }
-    let cfg = lab.path("runtimes.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[handlers.kata]\nbinary = \"{}\"\nroot = \"{}\"\n",
-            wrapper.display(),
-            vm_root.display()
-        ),
-    )
-    .expect("config");
-    let _vms = Vms(runtime.clone(), vm_root.clone(), rt_cfg.clone());
-    lab.start(&["--runtime-config", cfg.to_str().expect("utf-8")]);
+    let kata = Kata::new(&lab);
+    lab.start(&["--runtime-config", kata.handlers.to_str().expect("utf-8")]);
     apply(
         &lab,
         "apiVersion: node.k8s.io/v1\nkind: RuntimeClass\nmetadata: {name: kata}\nhandler: kata\n",
@@ -1930,17 +1473,7 @@ fn serial_agent_kata_runtime_class_runs_the_pod_in_a_vm() {
         got == "untrusted"
     });
     assert_eq!(fetch(&lab, &trusted_ip), "trusted");
-    let qemus = || {
-        std::fs::read_dir("/proc")
-            .expect("proc")
-            .flatten()
-            .filter(|e| {
-                let c = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-                let c = String::from_utf8_lossy(&c);
-                c.contains("qemu-system") && c.contains(vm_root.to_str().expect("utf-8"))
-            })
-            .count()
-    };
+    let qemus = || kata.qemus();
     assert_eq!(qemus(), 1, "one VM, for the kata pod only");
     // A pod of two containers: one VM holds both, and they talk over localhost.
     apply(
@@ -1978,13 +1511,9 @@ spec:
         },
     );
     assert_eq!(qemus(), 2, "the two containers of duo share one VM");
-    let guest = std::fs::read_to_string(assets.join("stamp")).expect("stamp");
-    let guest = guest
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .trim_start_matches("linux-image-")
-        .to_string();
+    // Our kernel's release is the first line of its asset stamp.
+    let guest = std::fs::read_to_string(kata.assets.join("stamp-moat")).expect("stamp");
+    let guest = guest.lines().next().unwrap_or_default().to_string();
     let (ok, out, err) = lab.kubectl(&["exec", "untrusted", "--", "uname", "-r"], None);
     assert!(ok, "exec: {err}");
     assert_eq!(out.trim(), guest, "kubectl exec runs in the guest");
@@ -1994,6 +1523,63 @@ spec:
     let (ok, logs, err) = lab.kubectl(&["logs", "untrusted"], None);
     assert!(ok, "logs: {err}");
     assert!(logs.contains("serving untrusted"), "{logs}");
+    // Issue 16: the VM is sized from the pod (defaults 1 vCPU / 256 MiB + its limits), seen
+    // from inside; a size the host cannot give fails the pod with the reason in its events.
+    // Requests stay small so the two-core node can schedule it.
+    let sized = |name: &str, limits: &str| {
+        format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  nodeName: {}
+  runtimeClassName: kata
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: localhost/busybox:latest
+    imagePullPolicy: IfNotPresent
+    command: ["sh", "-c", "echo cpus=$(nproc); grep MemTotal /proc/meminfo; exec sleep 3600"]
+    resources: {{requests: {{cpu: 100m, memory: 64Mi}}, limits: {limits}}}
+"#,
+            lab.node
+        )
+    };
+    apply(&lab, &sized("sized", "{cpu: 2, memory: 1Gi}"));
+    apply(&lab, &sized("toobig", "{cpu: 1, memory: 100Ti}"));
+    let (_, sized_uid) = running_ip(&lab, "sized");
+    let mut logs = String::new();
+    lab.wait("the sized pod to report its VM", 60, || {
+        logs = lab.kubectl(&["logs", "sized"], None).1;
+        logs.contains("MemTotal")
+    });
+    assert!(logs.contains("cpus=3"), "1 + 2 vCPUs: {logs}");
+    let mib: u64 = logs
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|k| k.parse::<u64>().ok())
+        .map(|k| k / 1024)
+        .unwrap_or_else(|| panic!("{logs}"));
+    assert!((1180..=1280).contains(&mib), "256 + 1024 MiB VM: {logs}");
+    lab.wait("the impossible VM size in the pod status", 60, || {
+        container_status(&lab, "toobig")["state"]["waiting"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("more than this host's"))
+    });
+    let (_, events, _) = lab.kubectl(
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=toobig",
+            "-o",
+            "json",
+        ],
+        None,
+    );
+    assert!(events.contains("sizing the VM"), "{events}");
     // The leftover counts are per node: delete both, then nothing may remain.
     let (ok, _, err) = lab.kubectl(
         &[
@@ -2002,6 +1588,8 @@ spec:
             "trusted",
             "untrusted",
             "duo",
+            "sized",
+            "toobig",
             "--timeout=90s",
         ],
         None,
@@ -2015,7 +1603,10 @@ spec:
             && !lab.path(&format!("run/pods/{uid}")).exists()
             && !lab.path(&format!("run/pods/{trusted_uid}")).exists()
             && !lab.path(&format!("run/pods/{duo_uid}")).exists()
+            && !lab.path(&format!("run/pods/{sized_uid}")).exists()
             && lab.pod("duo").is_none()
+            && lab.pod("sized").is_none()
+            && lab.pod("toobig").is_none()
     });
     lab.wait("the VM to stop with its pod", 30, || qemus() == 0);
 }

@@ -1,5 +1,6 @@
 //! Garbage collection and namespace deletion through kubectl: each cascade mode leaves
 //! exactly the right objects.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! Endpoints and EndpointSlices follow pod readiness, through kubectl. The test plays the
 //! node agent: it sets pod IPs and Ready conditions through pods/status.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 mod common;
 

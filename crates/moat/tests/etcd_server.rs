@@ -2,6 +2,7 @@
 //! test on loopback ports of its own): what only an external datastore brings — history
 //! compacted by etcd, etcd restarting under a running server, two servers on one etcd.
 //! The full kubectl scenario and kill -9 of the server on etcd are in server_kubectl.rs.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 mod common;
 

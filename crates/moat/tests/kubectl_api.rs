@@ -1,6 +1,7 @@
 //! API semantics kubectl depends on, driven by the real kubectl: protobuf bodies of the
 //! `create` generators, server-side apply, field validation, delete options, aggregated
 //! discovery, and 410 recovery after compaction.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 mod common;
 

@@ -1,4 +1,5 @@
 //! `moat netpol` driven as a user would: the real binary, real namespaces and packets.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

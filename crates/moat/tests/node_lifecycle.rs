@@ -2,6 +2,7 @@
 //! NotReady and gets the unreachable taints, and its pods are evicted after their
 //! toleration and replaced on the other nodes. Timings are shortened with flags; the test
 //! plays three kubelets that renew their Leases and post Ready.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 mod common;
 

@@ -2,6 +2,7 @@
 //! `kubectl rollout status` (success), `rollout history`, `rollout undo`. The test plays the
 //! kubelets of two Node objects: it marks bound pods Running and Ready and confirms
 //! graceful deletions.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 mod common;
 

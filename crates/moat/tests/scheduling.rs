@@ -3,6 +3,7 @@
 //! a Deployment using the class land only there, an identical Deployment without it never
 //! does, and the CRI-O annotation path lands there too. Plus FailedScheduling wording and
 //! Deployment scaling through the ReplicaSet controller.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};

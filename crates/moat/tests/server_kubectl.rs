@@ -1,5 +1,6 @@
 //! `moat server` driven by the real kubectl (1.27, 1.32, 1.33): objects round-trip, patches,
 //! scale, watch, clear errors that change nothing, and durability across kill -9.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 mod common;
 
@@ -165,7 +166,8 @@ kind: NetworkPolicy\napiVersion: networking.k8s.io/v1\nmetadata: {namespace: def
     );
     let out = k.ok(&["apply", "--validate=false", "-f", &seed]);
     for o in [
-        "runtimeclass.node.k8s.io/kata created",
+        // The server made a `kata` class on its first start; the seed's apply takes it over.
+        "runtimeclass.node.k8s.io/kata configured",
         "service/test-kata created",
         "networkpolicy.networking.k8s.io/default-deny created",
         "networkpolicy.networking.k8s.io/allow-http-client created",
@@ -393,6 +395,66 @@ fn kubectl_1_32_against_moat_server_on_etcd() {
     let etcd_dir = tempfile::tempdir().expect("tmp");
     let etcd = LocalEtcd::start(etcd_dir.path()).expect("start etcd");
     scenario("32", &["--datastore-endpoint", &etcd.url]);
+}
+
+#[test]
+fn kata_runtime_class_is_made_once_and_then_belongs_to_the_user() {
+    kata_runtime_class_once(&[]);
+}
+
+#[test]
+fn kata_runtime_class_is_made_once_on_etcd() {
+    let etcd_dir = tempfile::tempdir().expect("tmp");
+    let etcd = LocalEtcd::start(etcd_dir.path()).expect("start etcd");
+    kata_runtime_class_once(&["--datastore-endpoint", &etcd.url]);
+}
+
+/// Issue 16: a fresh cluster has Kata's RuntimeClass; after its first start the class is the
+/// user's: an edit and a deletion both survive restarts.
+fn kata_runtime_class_once(server_args: &[&str]) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut s = Server::start(dir.path(), server_args);
+    let k = s.kubectl("32");
+    let rc = k.json(&["get", "runtimeclass", "kata"]);
+    assert_eq!(rc["handler"], "kata", "{rc}");
+    assert_eq!(rc["overhead"]["podFixed"]["memory"], "160Mi", "{rc}");
+    assert_eq!(rc["overhead"]["podFixed"]["cpu"], "250m", "{rc}");
+
+    // kubectl edit, with an editor that changes the memory overhead.
+    let edit = k
+        .cmd()
+        .env("KUBE_EDITOR", "sed -i s/160Mi/300Mi/")
+        .args(["edit", "runtimeclass", "kata"])
+        .output()
+        .expect("kubectl edit");
+    assert!(
+        edit.status.success(),
+        "{}",
+        String::from_utf8_lossy(&edit.stderr)
+    );
+    s.restart();
+    let k = s.kubectl("32");
+    let rc = k.json(&["get", "runtimeclass", "kata"]);
+    assert_eq!(
+        rc["overhead"]["podFixed"]["memory"], "300Mi",
+        "the edit survives a restart: {rc}"
+    );
+
+    k.ok(&["delete", "runtimeclass", "kata"]);
+    s.restart();
+    let k = s.kubectl("32");
+    let err = k.fails(&["get", "runtimeclass", "kata"]);
+    assert!(
+        err.contains("NotFound") || err.contains("not found"),
+        "{err}"
+    );
+    s.restart();
+    let k = s.kubectl("32");
+    assert!(
+        !k.ok(&["get", "runtimeclass", "-o", "name"])
+            .contains("kata"),
+        "a deleted class stays deleted"
+    );
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! Service ClusterIP / NodePort allocation through the real API: unique across 1,000 creates
 //! (sequential and concurrent) and a kill -9 restart, explicit IPs honoured or refused,
 //! released on delete.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 use std::collections::HashSet;
 use std::net::Ipv4Addr;

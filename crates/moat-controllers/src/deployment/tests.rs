@@ -1,3 +1,5 @@
+//! Deployment controller plans: rolling update, recreate, revisions, status.
+
 use serde_json::json;
 
 use super::*;

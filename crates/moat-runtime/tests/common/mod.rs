@@ -42,7 +42,8 @@ impl Env {
     pub fn new() -> Env {
         let a = assets_dir();
         assert!(
-            a.join("vmlinux").is_file() && a.join("initramfs.cpio").is_file(),
+            // Our kernel, the default (`[assets] kernel = "moat"`).
+            a.join("vmlinux-moat").is_file() && a.join("initramfs-moat.cpio").is_file(),
             "guest assets missing in {}: run scripts/guest-assets.sh (scripts/test.sh does)",
             a.display()
         );
@@ -266,10 +267,10 @@ pub fn reap(pid: i32) -> i32 {
 }
 
 /// The guest kernel release: the version of the Debian package the assets came from.
+/// `uname -r` of the default guest kernel (ours): the first line of its asset stamp.
 pub fn guest_release() -> String {
-    let stamp = std::fs::read_to_string(assets_dir().join("stamp")).unwrap();
-    let pkg = stamp.lines().next().unwrap();
-    pkg.trim_start_matches("linux-image-").to_string()
+    let stamp = std::fs::read_to_string(assets_dir().join("stamp-moat")).unwrap();
+    stamp.lines().next().unwrap().to_string()
 }
 
 pub fn host_release() -> String {

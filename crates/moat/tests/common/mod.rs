@@ -1,9 +1,13 @@
 //! Shared harness for tests that drive `moat server` with the real kubectl.
 #![allow(dead_code)]
 
+pub mod lab;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+pub mod pyclient;
 
 pub struct Server {
     child: Child,

@@ -1,7 +1,7 @@
-//! A small blocking Kubernetes API client (list, watch, create, merge patch, delete) over
-//! HTTPS with the kubeconfig's CA and bearer token. Written here because the loops need a
-//! handful of verbs on untyped JSON; a full client library would bring a large dependency
-//! tree and its own caching layer for no gain at this size.
+//! The blocking HTTPS client: a handful of verbs on untyped JSON, over rustls with the
+//! kubeconfig's CA and bearer token. Written here because the loops need few verbs; a full
+//! client library would bring a large dependency tree and its own caching layer for no gain
+//! at this size.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;

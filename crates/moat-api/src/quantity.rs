@@ -1,4 +1,5 @@
-//! Kubernetes resource quantities ("100m", "1.5Gi", "2e3") as integers.
+//! Kubernetes resource quantities ("100m", "1.5Gi", "2e3") as integers: one parser for
+//! the API server's validation, the scheduler's fit and the agent's limits.
 //!
 //! Written here because no well-kept crate parses the full Kubernetes quantity grammar into
 //! exact integers (the few that exist go through f64, which rounds "0.1" + "0.2" wrongly in
@@ -114,6 +115,11 @@ fn scaled(p: Parsed, scale: i32) -> i64 {
     if p.negative { -v } else { v }
 }
 
+/// Whether a quantity is negative (requests, limits and sizes must not be).
+pub fn is_negative(text: &str) -> Result<bool, QuantityError> {
+    parse(text).map(|p| p.negative && p.digits != 0)
+}
+
 /// Millicores (or milli-units) of a quantity, rounded up: "100m" → 100, "1" → 1000.
 pub fn milli_value(text: &str) -> Result<i64, QuantityError> {
     parse(text).map(|p| scaled(p, 3))
@@ -146,6 +152,14 @@ mod tests {
         assert_eq!(value("1.5Gi"), Ok(3 << 29));
         assert_eq!(value("500m"), Ok(1));
         assert_eq!(value("-1Ki"), Ok(-1024));
+    }
+
+    #[test]
+    fn negatives_parse_and_are_reported() {
+        assert_eq!(is_negative("-1"), Ok(true));
+        assert_eq!(is_negative("-0"), Ok(false));
+        assert_eq!(is_negative("1Gi"), Ok(false));
+        assert!(is_negative("x").is_err());
     }
 
     #[test]

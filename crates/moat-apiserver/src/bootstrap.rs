@@ -1,0 +1,166 @@
+//! Objects a fresh cluster starts with beyond the namespaces: the `kata` RuntimeClass.
+//!
+//! Created once, at the cluster's first start, then the user's: a marker key in the store
+//! records that the bootstrap ran, so a class the user edited stays edited and one the user
+//! deleted stays deleted across restarts (the marker lives in the store, not the data dir,
+//! so it follows the cluster to etcd and through snapshots).
+
+use moat_store::{Store, StoreError};
+use serde_json::{Value, json};
+
+/// Store key recording that the default `kata` RuntimeClass was offered once. Outside
+/// `/registry/`, so no API path serves or lists it.
+pub const KATA_MARKER: &str = "/moat/bootstrap/runtimeclass-kata";
+
+const KATA_KEY: &str = "/registry/runtimeclasses.node.k8s.io/kata";
+
+#[derive(Debug, thiserror::Error)]
+#[error("creating the default RuntimeClass kata: {step}")]
+pub struct BootstrapError {
+    step: &'static str,
+    #[source]
+    source: StoreError,
+}
+
+/// What the bootstrap found and did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KataOutcome {
+    /// First start: the class was created.
+    Created,
+    /// First start, but a `kata` class was already there (the user's or a restored one): left
+    /// as it is.
+    Existing,
+    /// Not the first start: whatever the user did with the class stands.
+    AlreadyBootstrapped,
+}
+
+/// The RuntimeClass Kata's deployment installs: handler `kata`, with a fixed per-pod overhead
+/// the scheduler and the node account for the VM itself.
+pub fn kata_runtime_class(uid: &str, now: &str) -> Value {
+    json!({
+        "kind": "RuntimeClass",
+        "apiVersion": "node.k8s.io/v1",
+        "metadata": {"name": "kata", "uid": uid, "creationTimestamp": now},
+        "handler": "kata",
+        "overhead": {"podFixed": {"memory": "160Mi", "cpu": "250m"}},
+    })
+}
+
+/// Creates the `kata` RuntimeClass on the cluster's first start unless one exists, then
+/// records that it did. A crash between the two steps repeats the create on the next start,
+/// which finds the class and only writes the marker.
+pub async fn default_runtime_class(
+    store: &dyn Store,
+    uid: &str,
+    now: &str,
+) -> Result<KataOutcome, BootstrapError> {
+    let err = |step| move |source| BootstrapError { step, source };
+    if store
+        .get(KATA_MARKER)
+        .await
+        .map_err(err("reading the bootstrap marker"))?
+        .is_some()
+    {
+        return Ok(KataOutcome::AlreadyBootstrapped);
+    }
+    let obj = kata_runtime_class(uid, now);
+    let outcome = match store
+        .create(KATA_KEY, serde_json::to_vec(&obj).unwrap_or_default())
+        .await
+    {
+        Ok(_) => KataOutcome::Created,
+        Err(StoreError::AlreadyExists { .. }) => KataOutcome::Existing,
+        Err(e) => return Err(err("writing the RuntimeClass")(e)),
+    };
+    let marker = json!({"runtimeClass": "kata", "at": now});
+    match store
+        .create(KATA_MARKER, serde_json::to_vec(&marker).unwrap_or_default())
+        .await
+    {
+        Ok(_) | Err(StoreError::AlreadyExists { .. }) => Ok(outcome),
+        Err(e) => Err(err("writing the bootstrap marker")(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use moat_store::MemStore;
+
+    #[tokio::test]
+    async fn created_once_then_the_users_deletion_and_edits_stand() {
+        let s = MemStore::new();
+        let t = "2026-01-01T00:00:00Z";
+        assert_eq!(
+            default_runtime_class(&s, "u1", t).await.unwrap(),
+            KataOutcome::Created
+        );
+        let kv = s.get(KATA_KEY).await.unwrap().expect("class created");
+        let v: Value = serde_json::from_slice(&kv.value).unwrap();
+        assert_eq!(v["handler"], "kata");
+        assert_eq!(v["overhead"]["podFixed"]["memory"], "160Mi");
+        assert_eq!(v["overhead"]["podFixed"]["cpu"], "250m");
+
+        // An edit stands.
+        let mut edited = v.clone();
+        edited["overhead"]["podFixed"]["memory"] = json!("300Mi");
+        s.update(
+            KATA_KEY,
+            serde_json::to_vec(&edited).unwrap(),
+            kv.mod_revision,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            default_runtime_class(&s, "u2", t).await.unwrap(),
+            KataOutcome::AlreadyBootstrapped
+        );
+        let again: Value =
+            serde_json::from_slice(&s.get(KATA_KEY).await.unwrap().unwrap().value).unwrap();
+        assert_eq!(again["overhead"]["podFixed"]["memory"], "300Mi");
+
+        // A deletion stands.
+        s.delete(KATA_KEY, None).await.unwrap();
+        assert_eq!(
+            default_runtime_class(&s, "u3", t).await.unwrap(),
+            KataOutcome::AlreadyBootstrapped
+        );
+        assert!(s.get(KATA_KEY).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn an_existing_class_is_left_alone_and_the_marker_written() {
+        let s = MemStore::new();
+        let mine = json!({"kind": "RuntimeClass", "apiVersion": "node.k8s.io/v1",
+            "metadata": {"name": "kata", "uid": "mine"}, "handler": "my-kata"});
+        s.create(KATA_KEY, serde_json::to_vec(&mine).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(
+            default_runtime_class(&s, "u", "t").await.unwrap(),
+            KataOutcome::Existing
+        );
+        let v: Value =
+            serde_json::from_slice(&s.get(KATA_KEY).await.unwrap().unwrap().value).unwrap();
+        assert_eq!(v, mine);
+        assert!(s.get(KATA_MARKER).await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_crash_before_the_marker_only_writes_the_marker_next_time() {
+        let s = MemStore::new();
+        s.create(
+            KATA_KEY,
+            serde_json::to_vec(&kata_runtime_class("u1", "t")).unwrap(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            default_runtime_class(&s, "u2", "t").await.unwrap(),
+            KataOutcome::Existing
+        );
+        let v: Value =
+            serde_json::from_slice(&s.get(KATA_KEY).await.unwrap().unwrap().value).unwrap();
+        assert_eq!(v["metadata"]["uid"], "u1");
+    }
+}

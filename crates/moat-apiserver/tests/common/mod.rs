@@ -1,0 +1,165 @@
+//! The API server in process: `router()` over the in-memory store, driven through
+//! `tower::ServiceExt::oneshot`, with the namespaces a real server bootstraps.
+
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use http::{Method, Request, StatusCode, header};
+use moat_apiserver::{App, alloc::ServiceCidr, router};
+use moat_store::{MemStore, Store};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+pub const TOKEN: &str = "test-token";
+
+pub struct Api {
+    pub app: Arc<App>,
+}
+
+/// One response: status, content type and body (JSON when it parses).
+#[derive(Debug)]
+pub struct Resp {
+    pub code: StatusCode,
+    pub content_type: String,
+    pub raw: Vec<u8>,
+}
+
+impl Resp {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.raw).unwrap_or_else(|e| {
+            panic!(
+                "response is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.raw)
+            )
+        })
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.raw).into_owned()
+    }
+
+    /// Asserts a Kubernetes Status with this code and reason; returns it.
+    pub fn status(&self, code: u16, reason: &str) -> Value {
+        assert_eq!(self.code.as_u16(), code, "{}", self.text());
+        let s = self.json();
+        assert_eq!(s["kind"], "Status", "{s}");
+        assert_eq!(s["status"], "Failure", "{s}");
+        assert_eq!(s["code"], code, "{s}");
+        assert_eq!(s["reason"], reason, "{s}");
+        s
+    }
+}
+
+impl Api {
+    pub async fn new() -> Api {
+        Self::over(Arc::new(MemStore::new())).await
+    }
+
+    pub async fn over(store: Arc<dyn Store>) -> Api {
+        for ns in ["default", "kube-system"] {
+            let obj = json!({"kind": "Namespace", "apiVersion": "v1",
+                "metadata": {"name": ns, "uid": format!("uid-{ns}"),
+                             "creationTimestamp": "2026-01-01T00:00:00Z"},
+                "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}});
+            store
+                .create(
+                    &format!("/registry/namespaces/{ns}"),
+                    serde_json::to_vec(&obj).expect("encode"),
+                )
+                .await
+                .expect("bootstrap namespace");
+        }
+        let app = Arc::new(App {
+            store,
+            token: TOKEN.into(),
+            admission: moat_admission::Config {
+                untrusted_runtime_class: "moat-vm".into(),
+            },
+            advertise: "127.0.0.1:6443".into(),
+            service_cidr: ServiceCidr::parse("10.43.0.0/16").expect("cidr"),
+            max_watch_seconds: None,
+        });
+        Api { app }
+    }
+
+    pub async fn request(
+        &self,
+        method: Method,
+        uri: &str,
+        content_type: Option<&str>,
+        body: impl Into<Body>,
+    ) -> Resp {
+        let mut b = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"));
+        if let Some(ct) = content_type {
+            b = b.header(header::CONTENT_TYPE, ct);
+        }
+        let resp = router(self.app.clone())
+            .oneshot(b.body(body.into()).expect("request"))
+            .await
+            .expect("infallible");
+        let code = resp.status();
+        let content_type = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let raw = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .expect("body")
+            .to_vec();
+        Resp {
+            code,
+            content_type,
+            raw,
+        }
+    }
+
+    pub async fn get(&self, uri: &str) -> Resp {
+        self.request(Method::GET, uri, None, Body::empty()).await
+    }
+
+    pub async fn delete(&self, uri: &str) -> Resp {
+        self.request(Method::DELETE, uri, None, Body::empty()).await
+    }
+
+    pub async fn post(&self, uri: &str, body: &Value) -> Resp {
+        self.request(
+            Method::POST,
+            uri,
+            Some("application/json"),
+            body.to_string(),
+        )
+        .await
+    }
+
+    pub async fn put(&self, uri: &str, body: &Value) -> Resp {
+        self.request(Method::PUT, uri, Some("application/json"), body.to_string())
+            .await
+    }
+
+    pub async fn patch(&self, uri: &str, content_type: &str, body: &str) -> Resp {
+        self.request(Method::PATCH, uri, Some(content_type), body.to_string())
+            .await
+    }
+
+    /// Creates ConfigMap `name` in `default`; returns the stored object.
+    pub async fn configmap(&self, name: &str, labels: Value) -> Value {
+        let r = self
+            .post(
+                "/api/v1/namespaces/default/configmaps",
+                &json!({"apiVersion": "v1", "kind": "ConfigMap",
+                        "metadata": {"name": name, "labels": labels}, "data": {"k": "v"}}),
+            )
+            .await;
+        assert_eq!(r.code, StatusCode::CREATED, "{}", r.text());
+        r.json()
+    }
+}
+
+pub const CMS: &str = "/api/v1/namespaces/default/configmaps";
