@@ -1,5 +1,5 @@
 //! The agent: registers the node, starts its HTTPS endpoint, and runs its loops under the
-//! [`Supervisor`]: `pods` (one worker per pod), `heartbeat`, `logrotate`.
+//! [`Supervisor`]: `pods` (one worker per pod), `heartbeat`, `logrotate`, `podnet`.
 
 use std::sync::Arc;
 
@@ -10,6 +10,7 @@ use crate::hooks::NoHooks;
 use crate::hostinfo::RealHost;
 use crate::loops::heartbeat::{self, HeartbeatLoop, RegisterError};
 use crate::loops::logrotate::LogRotateLoop;
+use crate::loops::podnet::{self, PodnetLoop, PodnetSetupError, RealPodNet};
 use crate::loops::pods::PodsLoop;
 use crate::node::{Node, SandboxError};
 use crate::volumes::ApiObjects;
@@ -29,18 +30,24 @@ pub enum AgentError {
     Endpoint(#[from] crate::endpoint::EndpointError),
     #[error("setting up the node")]
     Node(#[from] SandboxError),
+    #[error("the node's pod network")]
+    Podnet(#[from] PodnetSetupError),
     #[error("opening the image store")]
     Images(#[source] moat_image::StoreError),
 }
 
 /// The loop names `--disable-loop` accepts.
-pub const LOOPS: [&str; 3] = ["pods", "heartbeat", "logrotate"];
+pub const LOOPS: [&str; 4] = ["pods", "heartbeat", "logrotate", "podnet"];
+
+/// How long a new node waits for the server's node IPAM to give it a podCIDR.
+const POD_CIDR_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 pub struct Agent {
     api: Arc<dyn Api>,
     node: Arc<Node>,
     endpoint_port: Option<u16>,
     events: EventRecorder,
+    podnet: Option<Arc<RealPodNet>>,
 }
 
 impl Agent {
@@ -52,7 +59,17 @@ impl Agent {
             cfg.node_ip = parts.host.ipv4();
         }
         let api: Arc<dyn Api> = Arc::new(client.clone());
-        let cidr = heartbeat::register(api.as_ref(), &cfg)?;
+        if cfg.pod_cidr.is_none() {
+            // As flannel keeps its lease: a node whose Node object was deleted comes back
+            // with the subnet its running pods are on.
+            cfg.pod_cidr = podnet::previous_subnet(&cfg);
+        }
+        let cidr = match heartbeat::register(api.as_ref(), &cfg)? {
+            Some(c) => c,
+            None => heartbeat::wait_pod_cidr(api.as_ref(), &cfg, POD_CIDR_WAIT)?,
+        };
+        // The pod network is ready (routes aside, which its loop keeps) before any pod starts.
+        let prepared = podnet::prepare(api.as_ref(), &cfg, &cidr)?;
         let mut endpoint_port = None;
         if let Some(listen) = cfg.listen {
             // The API server proxies logs/exec with the cluster token, the one we hold.
@@ -79,17 +96,24 @@ impl Agent {
                 ep.addr.ip().to_string()
             };
             endpoint_port = Some(ep.addr.port());
+            cfg.node_annotations.insert(
+                "moat.io/agent-endpoint".into(),
+                format!("https://{host}:{}", ep.addr.port()),
+            );
+            cfg.node_annotations
+                .insert("moat.io/agent-cert".into(), ep.cert_pem.clone());
             api.merge_patch(
                 &format!("/api/v1/nodes/{}", cfg.node_name),
-                &json!({"metadata": {"annotations": {
-                    "moat.io/agent-endpoint": format!("https://{host}:{}", ep.addr.port()),
-                    "moat.io/agent-cert": ep.cert_pem,
-                }}}),
+                &json!({"metadata": {"annotations": cfg.node_annotations}}),
             )?;
         }
         parts.objects = Some(Arc::new(ApiObjects(api.clone())));
         let events = EventRecorder::spawn(api.clone(), "moat-agent", Some(&cfg.node_name));
-        let node = Arc::new(Node::new(cfg, parts, &cidr)?);
+        if let Some(pn) = &prepared.podnet {
+            cfg.node_annotations.extend(pn.annotations());
+        }
+        cfg.pod_cidr = Some(cidr);
+        let node = Arc::new(Node::new(cfg, parts, prepared.default_network)?);
         if let Err(e) = heartbeat::beat(
             api.as_ref(),
             &node.cfg,
@@ -103,6 +127,7 @@ impl Agent {
             node,
             endpoint_port,
             events,
+            podnet: prepared.podnet,
         })
     }
 
@@ -126,6 +151,14 @@ impl Agent {
                 endpoint_port: self.endpoint_port,
             };
             s.add("heartbeat", Box::new(move |stop: &Stop| l.run(stop)));
+        }
+        if let (false, Some(pn)) = (off.contains("podnet"), &self.podnet) {
+            let l = PodnetLoop {
+                api: self.api.clone(),
+                podnet: pn.clone(),
+                events: self.events.with_component("moat-podnet"),
+            };
+            s.add("podnet", Box::new(move |stop: &Stop| l.run(stop)));
         }
         if !off.contains("logrotate") {
             let l = LogRotateLoop {

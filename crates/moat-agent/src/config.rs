@@ -43,8 +43,12 @@ pub struct AgentConfig {
     /// A directory whose first conflist is used instead of the default one, if it has any.
     pub cni_conf_dir: Option<PathBuf>,
     pub cni_bin_dirs: Vec<PathBuf>,
-    /// Used when the Node object has no spec.podCIDR.
-    pub pod_cidr: String,
+    /// The podCIDR to register the Node with; `None`: wait for the server's node IPAM to
+    /// assign one (as the kubelet does).
+    pub pod_cidr: Option<String>,
+    /// The cgroup under which pods' cgroups are made (`/moat`; one per node when several
+    /// nodes share a host).
+    pub cgroup_parent: String,
     pub handlers: Handlers,
     /// The shim command prefix (the `moat` binary's `agent shim`).
     pub shim: Vec<String>,
@@ -60,6 +64,9 @@ pub struct AgentConfig {
     pub node_memory_bytes: Option<i64>,
     /// Cluster DNS for pods' resolv.conf (`None`: the node's resolvers).
     pub cluster_dns: Option<ClusterDns>,
+    /// Annotations the Node is (re-)registered with: the agent's endpoint and the pod
+    /// network's, so a Node object deleted and re-created by the heartbeat is whole again.
+    pub node_annotations: std::collections::BTreeMap<String, String>,
     /// Loops not to run (`heartbeat`, `logrotate`; like k3s's `--disable`).
     pub disabled_loops: BTreeSet<String>,
 }

@@ -21,7 +21,8 @@ impl HostFacts for RealHost {
     fn ipv4(&self) -> Option<String> {
         let addrs = nix::ifaddrs::getifaddrs().ok()?;
         for a in addrs {
-            if a.interface_name == "lo" || a.interface_name == "cni0" {
+            // The pod bridge and the vxlan device hold pod-network addresses, not the node's.
+            if matches!(a.interface_name.as_str(), "lo" | "cni0" | "flannel.1") {
                 continue;
             }
             if let Some(sin) = a.address.as_ref().and_then(|s| s.as_sockaddr_in()) {

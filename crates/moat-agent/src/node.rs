@@ -94,11 +94,16 @@ pub struct Node {
 }
 
 impl Node {
-    pub fn new(cfg: AgentConfig, parts: Parts, pod_cidr: &str) -> Result<Node, SandboxError> {
+    /// `default_network` is the CNI config pods get unless the user installed one in the CNI
+    /// conf dir.
+    pub fn new(
+        cfg: AgentConfig,
+        parts: Parts,
+        default_network: NetworkList,
+    ) -> Result<Node, SandboxError> {
         let pods_dir = cfg.run_dir.join("pods");
         std::fs::create_dir_all(&pods_dir).map_err(io_err("creating the pods dir", &pods_dir))?;
-        let default =
-            || NetworkList::moat_default(pod_cidr, Some(&cfg.run_dir.join("cni/networks")));
+        let default = || default_network.clone();
         let network = match cfg.cni_conf_dir.as_deref() {
             Some(d) if d.is_dir() => match NetworkList::load_dir(d) {
                 Ok(n) => n,
@@ -552,7 +557,13 @@ impl Node {
         let mut img = img;
         img.etc_passwd = image_etc_file(&rootfs, "passwd");
         img.etc_group = image_etc_file(&rootfs, "group");
-        let oci = match bundle::spec(&spec_, &resolved, &img, &sb, &format!("/moat/{id}")) {
+        let oci = match bundle::spec(
+            &spec_,
+            &resolved,
+            &img,
+            &sb,
+            &format!("{}/{id}", self.cfg.cgroup_parent.trim_end_matches('/')),
+        ) {
             Ok(o) => o,
             Err(e) => {
                 undo();

@@ -1,4 +1,5 @@
-//! Objects a fresh cluster starts with beyond the namespaces: the `kata` RuntimeClass.
+//! Objects a fresh cluster starts with beyond the namespaces: the `kata` RuntimeClass, and
+//! the pod network's configuration (flannel's `kube-system/kube-flannel-cfg`).
 //!
 //! Created once, at the cluster's first start, then the user's: a marker key in the store
 //! records that the bootstrap ran, so a class the user edited stays edited and one the user
@@ -82,10 +83,90 @@ pub async fn default_runtime_class(
     }
 }
 
+/// Store key of flannel's ConfigMap, which carries the cluster CIDR and backend to the agents.
+pub const NET_CONF_KEY: &str = "/registry/configmaps/kube-system/kube-flannel-cfg";
+
+/// Writes the pod network's configuration (`net-conf.json`) from the server's flags at every
+/// start, as k3s does: the flags are the truth, and an unchanged config is not rewritten.
+pub async fn network_config(
+    store: &dyn Store,
+    net_conf: &str,
+    uid: &str,
+    now: &str,
+) -> Result<(), NetConfError> {
+    let err = |step| move |source| NetConfError { step, source };
+    let existing = store.get(NET_CONF_KEY).await.map_err(err("reading it"))?;
+    match existing {
+        None => {
+            let obj = json!({
+                "kind": "ConfigMap", "apiVersion": "v1",
+                "metadata": {"name": "kube-flannel-cfg", "namespace": "kube-system", "uid": uid,
+                             "creationTimestamp": now, "labels": {"app": "flannel", "tier": "node"}},
+                "data": {"net-conf.json": net_conf},
+            });
+            match store
+                .create(NET_CONF_KEY, serde_json::to_vec(&obj).unwrap_or_default())
+                .await
+            {
+                Ok(_) | Err(StoreError::AlreadyExists { .. }) => Ok(()),
+                Err(e) => Err(err("creating it")(e)),
+            }
+        }
+        Some(kv) => {
+            let mut obj: Value = serde_json::from_slice(&kv.value).unwrap_or_else(|_| json!({}));
+            if obj["data"]["net-conf.json"] == net_conf {
+                return Ok(());
+            }
+            obj["data"]["net-conf.json"] = json!(net_conf);
+            store
+                .update(
+                    NET_CONF_KEY,
+                    serde_json::to_vec(&obj).unwrap_or_default(),
+                    kv.mod_revision,
+                )
+                .await
+                .map(|_| ())
+                .map_err(err("updating it"))
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("writing the pod network configuration (kube-system/kube-flannel-cfg): {step}")]
+pub struct NetConfError {
+    step: &'static str,
+    #[source]
+    source: StoreError,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use moat_store::MemStore;
+
+    #[tokio::test]
+    async fn network_config_follows_the_flags_and_is_not_rewritten_unchanged() {
+        let s = MemStore::new();
+        let t = "2026-01-01T00:00:00Z";
+        network_config(&s, r#"{"Network":"10.42.0.0/16"}"#, "u", t)
+            .await
+            .unwrap();
+        let rev = s.get(NET_CONF_KEY).await.unwrap().unwrap().mod_revision;
+        network_config(&s, r#"{"Network":"10.42.0.0/16"}"#, "u", t)
+            .await
+            .unwrap();
+        assert_eq!(
+            s.get(NET_CONF_KEY).await.unwrap().unwrap().mod_revision,
+            rev
+        );
+        network_config(&s, r#"{"Network":"10.20.0.0/16"}"#, "u", t)
+            .await
+            .unwrap();
+        let kv = s.get(NET_CONF_KEY).await.unwrap().unwrap();
+        let v: Value = serde_json::from_slice(&kv.value).unwrap();
+        assert_eq!(v["data"]["net-conf.json"], r#"{"Network":"10.20.0.0/16"}"#);
+        assert_eq!(v["metadata"]["namespace"], "kube-system");
+    }
 
     #[tokio::test]
     async fn created_once_then_the_users_deletion_and_edits_stand() {

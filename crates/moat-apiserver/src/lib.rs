@@ -62,6 +62,8 @@ pub enum ServeError {
     Bootstrap(String, #[source] moat_store::StoreError),
     #[error("bootstrapping the cluster")]
     DefaultRuntimeClass(#[from] bootstrap::BootstrapError),
+    #[error("bootstrapping the cluster")]
+    NetConf(#[from] bootstrap::NetConfError),
     #[error("loading the TLS certificate")]
     Tls(#[source] rustls::Error),
     #[error("parsing {0}")]
@@ -88,6 +90,9 @@ pub struct Config {
     pub compaction_interval: Option<std::time::Duration>,
     /// Upper bound on a watch's duration (clients resume from their last resourceVersion).
     pub max_watch_seconds: Option<u64>,
+    /// The pod network's `net-conf.json` (flannel's format), published to the agents in
+    /// `kube-system/kube-flannel-cfg`; None publishes nothing.
+    pub net_conf: Option<String>,
 }
 
 pub struct App {
@@ -221,6 +226,15 @@ pub async fn serve(
     )
     .await?;
     tracing::debug!(?kata, "default RuntimeClass");
+    if let Some(nc) = &cfg.net_conf {
+        bootstrap::network_config(
+            &*store,
+            nc,
+            &uuid::Uuid::new_v4().to_string(),
+            &chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        )
+        .await?;
+    }
 
     let certs: Vec<CertificateDer<'static>> =
         CertificateDer::pem_slice_iter(creds.cert_pem.as_bytes())

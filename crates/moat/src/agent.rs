@@ -87,9 +87,14 @@ pub struct AgentArgs {
     /// CNI plugin directories.
     #[arg(long, default_value = "/usr/lib/cni")]
     pub cni_bin_dir: Vec<PathBuf>,
-    /// Pod CIDR when the Node object has no spec.podCIDR.
-    #[arg(long, default_value = "10.42.0.0/24")]
-    pub pod_cidr: String,
+    /// Register the Node with this podCIDR instead of waiting for the server to assign one
+    /// from its --cluster-cidr.
+    #[arg(long)]
+    pub pod_cidr: Option<String>,
+    /// The cgroup under which the pods' cgroups are made (one per node when nodes share a
+    /// host, as `moat cluster` nodes do).
+    #[arg(long, default_value = "/moat")]
+    pub cgroup_parent: String,
     /// Runtime handler TOML (handler → binary + root); defaults: runc, crun.
     #[arg(long)]
     pub runtime_config: Option<PathBuf>,
@@ -187,6 +192,7 @@ pub fn config(
         cni_conf_dir: a.cni_conf_dir.clone(),
         cni_bin_dirs: a.cni_bin_dir.clone(),
         pod_cidr: a.pod_cidr.clone(),
+        cgroup_parent: a.cgroup_parent.clone(),
         handlers,
         shim: vec![exe.display().to_string(), "agent".into(), "shim".into()],
         node_ip: a.node_ip.clone(),
@@ -226,6 +232,7 @@ pub fn config(
             domain: a.cluster_domain.clone(),
         }),
         disabled_loops: a.disable_loop.iter().cloned().collect(),
+        node_annotations: Default::default(),
     })
 }
 
@@ -304,8 +311,23 @@ pub fn run(a: AgentCmdArgs) -> anyhow::Result<ExitCode> {
     let stop = moat_agent::Stop::new();
     let s = stop.clone();
     crate::shutdown::on_signal(move || s.stop())?;
-    let parts = moat_agent::agent::real_parts(&cfg).context("setting up the node")?;
-    let agent = moat_agent::Agent::new(cfg, parts).context("registering the node")?;
-    agent.run(&stop);
+    // Like the kubelet, keep trying to join until the server answers and gives the node its
+    // podCIDR; every failure says why.
+    let mut delay = std::time::Duration::from_millis(200);
+    while !stop.is_stopped() {
+        let started = moat_agent::agent::real_parts(&cfg)
+            .and_then(|parts| moat_agent::Agent::new(cfg.clone(), parts));
+        match started {
+            Ok(agent) => {
+                agent.run(&stop);
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{:#}", anyhow::Error::new(e)), "node agent not started yet; retrying");
+                stop.sleep(delay);
+                delay = (delay * 2).min(std::time::Duration::from_secs(5));
+            }
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod agent;
+mod cluster;
 mod image;
 mod netpol;
 mod ps;
@@ -30,6 +31,8 @@ struct Cli {
 enum Cmd {
     /// Run the control plane (API server on the embedded store or etcd).
     Server(server::ServerArgs),
+    /// A multi-node cluster on this machine, each node a network namespace (like kind).
+    Cluster(cluster::ClusterArgs),
     /// NetworkPolicy tools: probe policies in a lab, explain verdicts.
     Netpol(netpol::NetpolArgs),
     /// The node's content-addressed image store.
@@ -56,6 +59,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let res = match cli.cmd {
         Cmd::Server(a) => server::run(a),
+        Cmd::Cluster(a) => cluster::run(a),
         Cmd::Netpol(a) => netpol::run(a),
         Cmd::Image(a) => image::run(a),
         Cmd::Agent(a) => agent::run(*a),

@@ -44,9 +44,16 @@ pub struct ServerArgs {
     /// End watches after at most this many seconds (clients resume; for tests).
     #[arg(long, hide = true)]
     max_watch_seconds: Option<u64>,
-    /// Pod network of the cluster; each node gets a /24 of it as its podCIDR.
+    /// Pod network of the cluster; each node gets a block of it as its podCIDR.
     #[arg(long, default_value = "10.42.0.0/16")]
     cluster_cidr: String,
+    /// Prefix length of each node's podCIDR block.
+    #[arg(long, default_value_t = 24)]
+    node_cidr_mask_size: u8,
+    /// How nodes reach each other's pod subnets: vxlan, host-gw, or none (the user installs
+    /// a CNI config of their own on every node).
+    #[arg(long, default_value = "vxlan")]
+    flannel_backend: String,
     /// A node not heard from (Lease renewal or status) for this long is unreachable:
     /// Ready=Unknown and tainted.
     #[arg(long, default_value = "40s", value_parser = moat_api::time::parse_duration)]
@@ -76,6 +83,14 @@ enum SnapshotOp {
 }
 
 pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
+    // Flags that do not fit together stop the server before it makes anything.
+    let (network, _) = moat_podnet::conf::check_cidrs(
+        &args.cluster_cidr,
+        &args.service_cidr,
+        args.node_cidr_mask_size,
+    )?;
+    let backend: moat_podnet::Backend = args.flannel_backend.parse()?;
+    let net_conf = moat_podnet::NetConf::new(network, backend);
     let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
     let db = args.data_dir.join("db");
     match args.cmd {
@@ -132,7 +147,7 @@ pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
                 grace_secs: args.node_monitor_grace_period.as_secs() as i64,
                 default_toleration_secs: args.default_toleration_seconds,
                 cluster_cidr,
-                node_prefix: 24,
+                node_prefix: args.node_cidr_mask_size,
             };
             if !args.disable_controllers {
                 // The scheduler and controllers are API clients of this server, started once
@@ -154,6 +169,7 @@ pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
                     service_cidr: args.service_cidr,
                     compaction_interval: Some(args.compaction_interval).filter(|d| !d.is_zero()),
                     max_watch_seconds: args.max_watch_seconds,
+                    net_conf: Some(net_conf.to_json().to_string()),
                 },
                 Some(tx),
             );

@@ -264,3 +264,25 @@ fn no_module_import_cycles() {
     }
     assert!(found.is_empty(), "module import cycles: {found:?}");
 }
+
+/// The agent's network components stay loops of their own: only their loop modules import
+/// the network crates, so the pods loop, workers and lifecycle never grow network code.
+#[test]
+fn only_the_network_loops_import_the_network_crates() {
+    let mut files = Vec::new();
+    rust_files(&workspace().join("crates/moat-agent/src"), &mut files);
+    assert!(files.len() > 10, "read the agent's sources");
+    let mut offenders = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        let uses = ["moat_podnet", "moat_hostnet", "moat_proxy", "moat_dns"]
+            .iter()
+            .any(|c| text.contains(c));
+        let rel = f.strip_prefix(workspace()).unwrap().display().to_string();
+        let allowed = rel.contains("/loops/") && !rel.ends_with("/loops/pods.rs");
+        if uses && !allowed && !rel.ends_with("src/agent.rs") {
+            offenders.push(rel);
+        }
+    }
+    assert!(offenders.is_empty(), "network crates imported outside their loops: {offenders:?}");
+}

@@ -34,6 +34,10 @@ pub enum RegisterError {
         #[source]
         source: ClientError,
     },
+    #[error(
+        "node {node} has no podCIDR after {waited:?}: is the server's node IPAM running (cluster CIDR full?)"
+    )]
+    NoPodCidr { node: String, waited: Duration },
     #[error("encoding the node object")]
     Encode(#[from] serde_json::Error),
 }
@@ -54,19 +58,20 @@ pub fn node_object(cfg: &AgentConfig) -> Node {
         metadata: ObjectMeta {
             name: Some(cfg.node_name.clone()),
             labels: Some(labels),
+            annotations: (!cfg.node_annotations.is_empty()).then(|| cfg.node_annotations.clone()),
             ..Default::default()
         },
         spec: Some(NodeSpec {
-            pod_cidr: Some(cfg.pod_cidr.clone()),
-            pod_cidrs: Some(vec![cfg.pod_cidr.clone()]),
+            pod_cidr: cfg.pod_cidr.clone(),
+            pod_cidrs: cfg.pod_cidr.clone().map(|c| vec![c]),
             ..Default::default()
         }),
         status: None,
     }
 }
 
-/// Gets the node's object, creating it if absent; returns its podCIDR.
-pub fn register(api: &dyn Api, cfg: &AgentConfig) -> Result<String, RegisterError> {
+/// Gets the node's object, creating it if absent; returns its podCIDR if it has one.
+pub fn register(api: &dyn Api, cfg: &AgentConfig) -> Result<Option<String>, RegisterError> {
     let path = format!("/api/v1/nodes/{}", cfg.node_name);
     let err = |source| RegisterError::Api {
         node: cfg.node_name.clone(),
@@ -79,10 +84,41 @@ pub fn register(api: &dyn Api, cfg: &AgentConfig) -> Result<String, RegisterErro
             .map_err(err)?,
         Err(e) => return Err(err(e)),
     };
-    Ok(node["spec"]["podCIDR"]
+    Ok(pod_cidr_of(&node).or_else(|| cfg.pod_cidr.clone()))
+}
+
+fn pod_cidr_of(node: &Value) -> Option<String> {
+    node["spec"]["podCIDR"]
         .as_str()
-        .unwrap_or(&cfg.pod_cidr)
-        .to_string())
+        .filter(|c| !c.is_empty())
+        .map(str::to_string)
+}
+
+/// Waits for the server's node IPAM to give the node a podCIDR (pods cannot get addresses
+/// before), up to `limit`.
+pub fn wait_pod_cidr(
+    api: &dyn Api,
+    cfg: &AgentConfig,
+    limit: Duration,
+) -> Result<String, RegisterError> {
+    let path = format!("/api/v1/nodes/{}", cfg.node_name);
+    let start = std::time::Instant::now();
+    loop {
+        let node = api.get(&path).map_err(|source| RegisterError::Api {
+            node: cfg.node_name.clone(),
+            source,
+        })?;
+        if let Some(c) = pod_cidr_of(&node) {
+            return Ok(c);
+        }
+        if start.elapsed() > limit {
+            return Err(RegisterError::NoPodCidr {
+                node: cfg.node_name.clone(),
+                waited: limit,
+            });
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 fn parse_time<T: std::str::FromStr>(s: &str) -> Option<T> {
@@ -222,13 +258,23 @@ pub struct HeartbeatLoop {
 impl HeartbeatLoop {
     pub fn run(&self, stop: &Stop) -> Result<(), LoopError> {
         while !stop.is_stopped() {
-            if let Err(e) = beat(
+            match beat(
                 self.api.as_ref(),
                 &self.cfg,
                 self.host.as_ref(),
                 self.endpoint_port,
             ) {
-                tracing::warn!(error = %e, "node heartbeat");
+                Ok(()) => {}
+                // The Node was deleted under a live agent: register it again, as the kubelet
+                // does, with the podCIDR and annotations it runs with.
+                Err(e) if e.code() == Some(404) => {
+                    tracing::warn!(node = %self.cfg.node_name, "the Node object is gone; registering again");
+                    if let Err(e) = register(self.api.as_ref(), &self.cfg) {
+                        tracing::warn!(error = %e, "registering the node again");
+                    }
+                    continue;
+                }
+                Err(e) => tracing::warn!(error = %e, "node heartbeat"),
             }
             stop.sleep(INTERVAL);
         }
@@ -252,7 +298,9 @@ mod tests {
             image_root: Default::default(),
             cni_conf_dir: None,
             cni_bin_dirs: Vec::new(),
-            pod_cidr: "10.42.7.0/24".into(),
+            pod_cidr: Some("10.42.7.0/24".into()),
+            node_annotations: Default::default(),
+            cgroup_parent: "/moat".into(),
             handlers: crate::Handlers::defaults(&run),
             shim: Vec::new(),
             node_ip: Some("192.0.2.10".into()),
@@ -270,7 +318,7 @@ mod tests {
     fn registration_creates_the_node_once_and_keeps_a_server_assigned_cidr() {
         let api = FakeApi::default();
         let c = cfg();
-        assert_eq!(register(&api, &c).unwrap(), "10.42.7.0/24");
+        assert_eq!(register(&api, &c).unwrap().as_deref(), Some("10.42.7.0/24"));
         let n = api.object("/api/v1/nodes/n1").expect("created");
         assert_eq!(n["metadata"]["labels"]["kubernetes.io/hostname"], "n1");
         assert_eq!(n["spec"]["podCIDRs"], json!(["10.42.7.0/24"]));
@@ -279,7 +327,7 @@ mod tests {
             "/api/v1/nodes/n1",
             json!({"metadata": {"name": "n1"}, "spec": {"podCIDR": "10.42.3.0/24"}}),
         );
-        assert_eq!(register(&api, &c).unwrap(), "10.42.3.0/24");
+        assert_eq!(register(&api, &c).unwrap().as_deref(), Some("10.42.3.0/24"));
         let posts = api.calls().iter().filter(|c| c.method == "POST").count();
         assert_eq!(posts, 1);
         // An API failure other than 404 is an error, not a second node.

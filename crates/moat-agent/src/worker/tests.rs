@@ -92,7 +92,9 @@ impl Fx {
             image_root: PathBuf::new(),
             cni_conf_dir: None,
             cni_bin_dirs: vec![self.dir.path().join("cni-bin")],
-            pod_cidr: "10.42.0.0/24".into(),
+            pod_cidr: Some("10.42.0.0/24".into()),
+            node_annotations: Default::default(),
+            cgroup_parent: "/moat".into(),
             handlers: Handlers::defaults(&run),
             shim: Vec::new(),
             node_ip: Some("192.0.2.10".into()),
@@ -116,7 +118,14 @@ impl Fx {
             host: Arc::new(FakeHost::default()),
             objects: None,
         };
-        Arc::new(Node::new(cfg, parts, "10.42.0.0/24").unwrap())
+        Arc::new(
+            Node::new(
+                cfg,
+                parts,
+                moat_cni::NetworkList::moat_default("10.42.0.0/24", None),
+            )
+            .unwrap(),
+        )
     }
 
     /// bridge and portmap ADD answers.

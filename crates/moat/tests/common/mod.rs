@@ -1,6 +1,7 @@
 //! Shared harness for tests that drive `moat server` with the real kubectl.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod lab;
 
 use std::path::{Path, PathBuf};
