@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 use crate::ruleset::{
-    CLUSTER_CIDRS, FAMILY, MASQ_MARK, NO_EP_NODEPORTS, NO_EP_SERVICES, NODE_IPS, Ruleset,
+    CLUSTER_CIDRS, FAMILY, HAIRPIN, MASQ_MARK, NO_EP_NODEPORTS, NO_EP_SERVICES, NODE_IPS, Ruleset,
     SERVICE_IPS, SERVICE_NODEPORTS, TABLE,
 };
 
@@ -25,6 +25,7 @@ fn fixed() -> String {
         "table {FAMILY} {TABLE} {{
   set {NODE_IPS} {{ type ipv4_addr; }}
   set {CLUSTER_CIDRS} {{ type ipv4_addr; flags interval; }}
+  set {HAIRPIN} {{ type ipv4_addr . ipv4_addr; }}
   map {SERVICE_IPS} {{ type ipv4_addr . inet_proto . inet_service : verdict; }}
   map {SERVICE_NODEPORTS} {{ type inet_proto . inet_service : verdict; }}
   map {NO_EP_SERVICES} {{ type ipv4_addr . inet_proto . inet_service : verdict; }}
@@ -54,6 +55,7 @@ fn fixed() -> String {
   }}
   chain nat-postrouting {{
     type nat hook postrouting priority srcnat; policy accept;
+    ct status dnat ip saddr . ip daddr @{HAIRPIN} jump mark-for-masquerade
     meta mark & {MASQ_MARK:#x} == 0 return
     meta mark set meta mark xor {MASQ_MARK:#x}
     masquerade fully-random

@@ -94,11 +94,14 @@ fn cluster_ip_dispatches_to_a_chain_that_balances_over_ready_endpoints() {
     let v = &r.maps[SERVICE_IPS]["10.43.0.10 . tcp . 80"];
     let chain = v.strip_prefix("goto ").expect("goto");
     let rules = &r.chains[chain];
-    let lb = rules.last().expect("rule");
-    assert!(lb.starts_with("numgen random mod 2 vmap {"), "{lb}");
-    let all = all_rules(&r);
-    assert!(all.contains("meta l4proto tcp dnat to 10.42.0.2:8080"));
-    assert!(all.contains("meta l4proto tcp dnat to 10.42.0.3:8080"));
+    // Uniform pick: 1/2 for the first, the rest for the last.
+    assert_eq!(
+        rules[1..],
+        [
+            "numgen random mod 2 == 0 meta l4proto tcp dnat to 10.42.0.2:8080".to_string(),
+            "meta l4proto tcp dnat to 10.42.0.3:8080".to_string(),
+        ]
+    );
 }
 
 #[test]
@@ -217,11 +220,11 @@ fn hairpin_and_off_cluster_sources_are_marked_for_masquerade() {
         &[svc("web", "10.43.0.10", json!({}))],
         &[slice("web", "TCP", &[ready("10.42.0.2")])],
     );
-    let all = all_rules(&r);
     assert!(
-        all.contains("ip saddr 10.42.0.2 jump mark-for-masquerade"),
+        r.sets[ruleset::HAIRPIN].contains("10.42.0.2 . 10.42.0.2"),
         "hairpin"
     );
+    let all = all_rules(&r);
     assert!(
         all.contains("ip daddr 10.43.0.10 ip saddr != @cluster-cidrs jump mark-for-masquerade"),
         "off-cluster"
@@ -255,9 +258,16 @@ fn session_affinity_pins_clients_through_timeout_sets() {
     assert!(r.affinity.values().all(|t| *t == 600));
     let all = all_rules(&r);
     for set in r.affinity.keys() {
-        assert!(all.contains(&format!("update @{set} {{ ip saddr }}")));
-        assert!(all.contains(&format!("ip saddr @{set} goto ep-")));
+        // A client in the set goes back to its endpoint, refreshing the entry; a new
+        // client is added to the set of the endpoint it drew.
+        assert!(all.contains(&format!(
+            "ip saddr @{set} update @{set} {{ ip saddr }} meta l4proto tcp dnat to"
+        )));
+        assert!(all.contains(&format!(
+            "update @{set} {{ ip saddr }} meta l4proto tcp dnat to"
+        )));
     }
+    assert_eq!(all.matches("update @").count(), 4);
     let full = script::full(script::Base::Unknown, &r);
     assert!(full.contains("flags dynamic,timeout; timeout 600s;"));
 }
@@ -400,21 +410,18 @@ fn first_sync_is_full_then_endpoint_changes_are_element_level() {
         !s.contains("table ip moat-proxy {") && !s.contains("flush table"),
         "{s}"
     );
-    // The service chain is rewritten, the gone endpoint's chain deleted; nothing else.
+    // The service chain is rewritten and the hairpin element deleted; nothing else.
     assert_eq!(
-        s.lines().filter(|l| l.starts_with("delete chain")).count(),
+        s.lines().filter(|l| l.starts_with("flush chain")).count(),
         1,
         "{s}"
     );
-    assert_eq!(
-        s.lines().filter(|l| l.starts_with("flush chain")).count(),
-        2,
+    assert!(!s.contains("delete chain"), "{s}");
+    assert!(
+        s.contains("delete element ip moat-proxy hairpin-pairs { 10.42.0.3 . 10.42.0.3 }"),
         "{s}"
     );
-    assert!(
-        !s.contains("10.42.0.2:8080"),
-        "untouched endpoint chain not rewritten: {s}"
-    );
+    assert_eq!(s.lines().count(), 4, "{s}");
 }
 
 #[test]
