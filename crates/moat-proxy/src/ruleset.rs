@@ -25,7 +25,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use moat_nft::hashed_ident;
 
-use crate::model::{Endpoint, Model, NodeFacts, ServicePort};
+use crate::model::{Endpoint, Model, NodeFacts, PortKey, ServicePort};
 
 pub const FAMILY: &str = "ip";
 pub const TABLE: &str = "moat-proxy";
@@ -44,25 +44,200 @@ pub const NO_EP_NODEPORTS: &str = "no-endpoint-nodeports";
 pub const HAIRPIN: &str = "hairpin-pairs";
 
 /// The dynamic part of the table. Two equal `Ruleset`s are the same kernel state.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct Ruleset {
     /// Regular chains → their rules, in order.
     pub chains: BTreeMap<String, Vec<String>>,
-    /// Fixed sets ([`NODE_IPS`], [`CLUSTER_CIDRS`]) → elements.
+    /// Fixed sets ([`NODE_IPS`], [`CLUSTER_CIDRS`], [`HAIRPIN`]) → elements.
     pub sets: BTreeMap<String, BTreeSet<String>>,
     /// Fixed verdict maps → key → verdict.
     pub maps: BTreeMap<String, BTreeMap<String, String>>,
     /// Affinity sets → timeout in seconds.
     pub affinity: BTreeMap<String, u32>,
+    /// Who wants each map key: several service ports may name the same address (two
+    /// Services listing one external IP); the smallest [`PortKey`] wins, whatever the order
+    /// ports were added in.
+    claims: BTreeMap<(&'static str, String), BTreeMap<PortKey, String>>,
+    /// How many endpoints of all ports share each hairpin pair.
+    hairpin_refs: BTreeMap<String, usize>,
+}
+
+impl PartialEq for Ruleset {
+    /// Kernel state only (the bookkeeping follows from it).
+    fn eq(&self, o: &Self) -> bool {
+        self.chains == o.chains
+            && self.sets == o.sets
+            && self.maps == o.maps
+            && self.affinity == o.affinity
+    }
+}
+
+impl Eq for Ruleset {}
+
+/// What one service port contributes to the table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Fragment {
+    pub chains: Vec<(String, Vec<String>)>,
+    /// (map, key, verdict)
+    pub claims: Vec<(&'static str, String, String)>,
+    pub hairpin: Vec<String>,
+    pub affinity: Vec<(String, u32)>,
+}
+
+/// Names of everything some fragments touch: the part of a [`Ruleset`] a change can alter.
+#[derive(Debug, Default)]
+pub struct Touched {
+    chains: BTreeSet<String>,
+    keys: BTreeSet<(&'static str, String)>,
+    hairpin: BTreeSet<String>,
+    affinity: BTreeSet<String>,
+}
+
+impl Touched {
+    pub fn add(&mut self, f: &Fragment) {
+        self.chains.extend(f.chains.iter().map(|(n, _)| n.clone()));
+        self.keys
+            .extend(f.claims.iter().map(|(m, k, _)| (*m, k.clone())));
+        self.hairpin.extend(f.hairpin.iter().cloned());
+        self.affinity
+            .extend(f.affinity.iter().map(|(n, _)| n.clone()));
+    }
 }
 
 impl Ruleset {
+    /// The empty table for a node: node addresses and cluster CIDR, no service.
+    pub fn new(node: &NodeFacts) -> Ruleset {
+        let mut r = Ruleset::default();
+        r.sets.insert(
+            NODE_IPS.into(),
+            node.ips.iter().map(|ip| ip.to_string()).collect(),
+        );
+        r.sets.insert(HAIRPIN.into(), BTreeSet::new());
+        r.sets.insert(
+            CLUSTER_CIDRS.into(),
+            BTreeSet::from([node.cluster_cidr.to_string()]),
+        );
+        for m in [
+            SERVICE_IPS,
+            SERVICE_NODEPORTS,
+            NO_EP_SERVICES,
+            NO_EP_NODEPORTS,
+        ] {
+            r.maps.insert(m.into(), BTreeMap::new());
+        }
+        r
+    }
+
     /// Rules plus elements: the size of the table, for stats and benchmarks.
     pub fn counts(&self) -> (usize, usize, usize) {
         let rules = self.chains.values().map(Vec::len).sum();
         let elems = self.sets.values().map(BTreeSet::len).sum::<usize>()
             + self.maps.values().map(BTreeMap::len).sum::<usize>();
         (self.chains.len(), rules, elems)
+    }
+
+    fn settle_key(&mut self, map: &'static str, key: &str) {
+        let winner = self
+            .claims
+            .get(&(map, key.to_string()))
+            .and_then(|c| c.values().next().cloned());
+        if let Some(m) = self.maps.get_mut(map) {
+            match winner {
+                Some(v) => {
+                    m.insert(key.to_string(), v);
+                }
+                None => {
+                    m.remove(key);
+                }
+            }
+        }
+    }
+
+    /// Adds a port's fragment.
+    pub fn add(&mut self, port: &PortKey, f: &Fragment) {
+        for (name, rules) in &f.chains {
+            self.chains.insert(name.clone(), rules.clone());
+        }
+        for (map, key, verdict) in &f.claims {
+            self.claims
+                .entry((*map, key.clone()))
+                .or_default()
+                .insert(port.clone(), verdict.clone());
+            self.settle_key(map, key);
+        }
+        for h in &f.hairpin {
+            let n = self.hairpin_refs.entry(h.clone()).or_insert(0);
+            *n += 1;
+            if *n == 1
+                && let Some(set) = self.sets.get_mut(HAIRPIN)
+            {
+                set.insert(h.clone());
+            }
+        }
+        for (name, t) in &f.affinity {
+            self.affinity.insert(name.clone(), *t);
+        }
+    }
+
+    /// Removes a fragment previously added for `port`.
+    pub fn remove(&mut self, port: &PortKey, f: &Fragment) {
+        for (name, _) in &f.chains {
+            self.chains.remove(name);
+        }
+        for (map, key, _) in &f.claims {
+            let k = (*map, key.clone());
+            if let Some(c) = self.claims.get_mut(&k) {
+                c.remove(port);
+                if c.is_empty() {
+                    self.claims.remove(&k);
+                }
+            }
+            self.settle_key(map, key);
+        }
+        for h in &f.hairpin {
+            if let Some(n) = self.hairpin_refs.get_mut(h) {
+                *n -= 1;
+                if *n == 0 {
+                    self.hairpin_refs.remove(h);
+                    if let Some(set) = self.sets.get_mut(HAIRPIN) {
+                        set.remove(h);
+                    }
+                }
+            }
+        }
+        for (name, _) in &f.affinity {
+            self.affinity.remove(name);
+        }
+    }
+
+    /// The touched part of this ruleset, as a ruleset (for [`crate::script::diff`]).
+    pub fn part(&self, t: &Touched) -> Ruleset {
+        let mut p = Ruleset::default();
+        for name in &t.chains {
+            if let Some(rules) = self.chains.get(name) {
+                p.chains.insert(name.clone(), rules.clone());
+            }
+        }
+        for (map, key) in &t.keys {
+            if let Some(v) = self.maps.get(*map).and_then(|m| m.get(key)) {
+                p.maps
+                    .entry((*map).to_string())
+                    .or_default()
+                    .insert(key.clone(), v.clone());
+            }
+        }
+        let hp = self.sets.get(HAIRPIN);
+        for h in &t.hairpin {
+            if hp.is_some_and(|s| s.contains(h)) {
+                p.sets.entry(HAIRPIN.into()).or_default().insert(h.clone());
+            }
+        }
+        for name in &t.affinity {
+            if let Some(tm) = self.affinity.get(name) {
+                p.affinity.insert(name.clone(), *tm);
+            }
+        }
+        p
     }
 }
 
@@ -155,38 +330,21 @@ fn ip_proto_port(ip: std::net::Ipv4Addr, sp: &ServicePort, port: u16) -> String 
 
 /// Compiles the model for this node.
 pub fn compile(model: &Model, node: &NodeFacts) -> Ruleset {
-    let mut r = Ruleset::default();
-    let mut node_ips: BTreeSet<String> = BTreeSet::new();
-    for ip in &node.ips {
-        node_ips.insert(ip.to_string());
-    }
-    r.sets.insert(NODE_IPS.into(), node_ips);
-    r.sets.insert(HAIRPIN.into(), BTreeSet::new());
-    r.sets.insert(
-        CLUSTER_CIDRS.into(),
-        BTreeSet::from([node.cluster_cidr.to_string()]),
-    );
-    for m in [
-        SERVICE_IPS,
-        SERVICE_NODEPORTS,
-        NO_EP_SERVICES,
-        NO_EP_NODEPORTS,
-    ] {
-        r.maps.insert(m.into(), BTreeMap::new());
-    }
-    for sp in model.ports.values() {
-        compile_port(&mut r, sp);
+    let mut r = Ruleset::new(node);
+    for (key, sp) in &model.ports {
+        r.add(key, &fragment(sp));
     }
     r
 }
 
-fn map_insert(r: &mut Ruleset, map: &str, key: String, verdict: String) {
-    if let Some(m) = r.maps.get_mut(map) {
-        m.insert(key, verdict);
-    }
+fn map_insert(f: &mut Fragment, map: &'static str, key: String, verdict: String) {
+    f.claims.push((map, key, verdict));
 }
 
-fn compile_port(r: &mut Ruleset, sp: &ServicePort) {
+/// What one service port contributes.
+pub fn fragment(sp: &ServicePort) -> Fragment {
+    let mut f = Fragment::default();
+    let r = &mut f;
     let reject = "goto reject-chain".to_string();
     let external_keys = |sp: &ServicePort| {
         let ips: Vec<String> = sp
@@ -207,7 +365,7 @@ fn compile_port(r: &mut Ruleset, sp: &ServicePort) {
         if let Some(k) = np {
             map_insert(r, NO_EP_NODEPORTS, k, reject);
         }
-        return;
+        return f;
     }
     let all = sp.cluster_endpoints_all();
     let local = sp.local_endpoints();
@@ -217,19 +375,17 @@ fn compile_port(r: &mut Ruleset, sp: &ServicePort) {
     let mut used: BTreeSet<&Endpoint> = BTreeSet::new();
     if need_cluster {
         used.extend(all.iter().copied());
-        r.chains.insert(svc_chain(sp), policy_rules(sp, &all, true));
+        r.chains.push((svc_chain(sp), policy_rules(sp, &all, true)));
     }
     if need_local {
         used.extend(local.iter().copied());
         r.chains
-            .insert(local_chain(sp), policy_rules(sp, &local, true));
+            .push((local_chain(sp), policy_rules(sp, &local, true)));
     }
     for ep in used {
-        if let Some(set) = r.sets.get_mut(HAIRPIN) {
-            set.insert(format!("{} . {}", ep.ip, ep.ip));
-        }
+        r.hairpin.push(format!("{} . {}", ep.ip, ep.ip));
         if let Some(t) = sp.affinity {
-            r.affinity.insert(affinity_set(sp, ep, t), t);
+            r.affinity.push((affinity_set(sp, ep, t), t));
         }
     }
     // Traffic to the ClusterIP.
@@ -252,7 +408,7 @@ fn compile_port(r: &mut Ruleset, sp: &ServicePort) {
         map_insert(r, NO_EP_SERVICES, cluster_key, "drop".into());
     }
     if !has_ext {
-        return;
+        return f;
     }
     let ext = ext_chain(sp);
     let rules = if sp.external_local {
@@ -275,7 +431,7 @@ fn compile_port(r: &mut Ruleset, sp: &ServicePort) {
             format!("goto {}", svc_chain(sp)),
         ]
     };
-    r.chains.insert(ext.clone(), rules);
+    r.chains.push((ext.clone(), rules));
     let (ips, np) = external_keys(sp);
     for k in ips {
         map_insert(r, SERVICE_IPS, k, format!("goto {ext}"));
@@ -283,4 +439,5 @@ fn compile_port(r: &mut Ruleset, sp: &ServicePort) {
     if let Some(k) = np {
         map_insert(r, SERVICE_NODEPORTS, k, format!("goto {ext}"));
     }
+    f
 }

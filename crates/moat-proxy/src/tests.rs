@@ -591,15 +591,19 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
     #[test]
     fn diffs_replayed_in_sequence_equal_the_full_render(
-        steps in proptest::collection::vec(
-            proptest::collection::vec((any::<u8>(), any::<u8>(), any::<u8>()), 0..4), 1..6),
+        steps in proptest::collection::vec((
+            proptest::collection::vec((any::<u8>(), any::<u8>(), any::<u8>()), 0..4),
+            any::<bool>()), 1..6),
         fail_at in proptest::option::of(0usize..6),
     ) {
         let rec = Recorder::default();
         let mut p = Proxy::new(rec.clone());
         let mut kernel = Ruleset::default();
-        let n = node();
-        for (i, seed) in steps.iter().enumerate() {
+        for (i, (seed, extra_ip)) in steps.iter().enumerate() {
+            let mut n = node();
+            if *extra_ip {
+                n.ips.push(Ipv4Addr::new(192, 168, 77, 9));
+            }
             let (svcs, slices) = world(seed);
             let snap = Snapshot { services: &svcs, slices: &slices, node: &n };
             if fail_at == Some(i) {
@@ -616,6 +620,7 @@ proptest! {
             }
             let want = compile(&plan(&snap), &n);
             prop_assert_eq!(norm(kernel.clone()), norm(want.clone()));
+            prop_assert_eq!(p.committed(), Some(&want), "incremental bookkeeping");
             let mut fresh = Ruleset::default();
             replay::apply(&mut fresh, &script::full(script::Base::Unknown, &want));
             prop_assert_eq!(norm(fresh), norm(want));
