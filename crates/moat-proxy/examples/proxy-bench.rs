@@ -247,6 +247,23 @@ fn main() {
     let d = script::diff(&rules, &r2);
     let t_diff = t.elapsed();
 
+    // The nft round trip alone: one element added and deleted again, twice.
+    let t = Instant::now();
+    for verb in ["add", "delete", "add", "delete"] {
+        moat_nft::NftApply::apply(
+            &nft,
+            &format!("{verb} element ip moat-proxy hairpin-pairs {{ 10.99.0.1 . 10.99.0.1 }}\n"),
+        )
+        .expect("tiny apply");
+    }
+    let t_nft = t.elapsed() / 4;
+    let t = Instant::now();
+    let _ = (m2.ports == model.ports) as u8;
+    let t_eq = t.elapsed();
+    let t = Instant::now();
+    drop(m2);
+    let t_drop = t.elapsed();
+
     let big = connect_latency(&client, &[vip, direct]);
 
     println!(
@@ -272,8 +289,11 @@ fn main() {
         rep_svc.full
     );
     println!(
-        "  of which sans-IO at 10k: plan {:.0} ms, compile {:.0} ms, diff {:.0} ms ({} bytes)",
+        "  parts at 10k: nft round trip for one element {:.1} ms; plan {:.0} ms, model compare {:.1} ms, model drop {:.1} ms; full compile {:.0} ms, full diff {:.0} ms ({} bytes)",
+        t_nft.as_secs_f64() * 1e3,
         t_plan.as_secs_f64() * 1e3,
+        t_eq.as_secs_f64() * 1e3,
+        t_drop.as_secs_f64() * 1e3,
         t_compile.as_secs_f64() * 1e3,
         t_diff.as_secs_f64() * 1e3,
         d.len()

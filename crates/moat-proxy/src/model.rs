@@ -6,7 +6,7 @@
 //! handles them). Endpoints come from `discovery.k8s.io/v1` EndpointSlices labelled
 //! `kubernetes.io/service-name`, matched to service ports by port name and protocol.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 
 use k8s_openapi::api::core::v1::Service;
@@ -194,10 +194,10 @@ fn v4(s: &str) -> Option<Ipv4Addr> {
 
 /// Endpoints per (namespace, service) per (port name, proto): ip → endpoint.
 type SliceIndex<'a> =
-    BTreeMap<(&'a str, &'a str), BTreeMap<(String, Proto), BTreeMap<(Ipv4Addr, u16), Endpoint>>>;
+    HashMap<(&'a str, &'a str), HashMap<(&'a str, Proto), BTreeMap<(Ipv4Addr, u16), Endpoint>>>;
 
 fn index_slices<'a>(slices: &'a [EndpointSlice], node: &NodeFacts) -> SliceIndex<'a> {
-    let mut idx: SliceIndex<'a> = BTreeMap::new();
+    let mut idx: SliceIndex<'a> = HashMap::new();
     for s in slices {
         if s.address_type != "IPv4" {
             continue;
@@ -220,7 +220,7 @@ fn index_slices<'a>(slices: &'a [EndpointSlice], node: &NodeFacts) -> SliceIndex
                 continue;
             };
             let per_port = per_svc
-                .entry((p.name.clone().unwrap_or_default(), proto))
+                .entry((p.name.as_deref().unwrap_or(""), proto))
                 .or_default();
             for e in &s.endpoints {
                 let c = e.conditions.as_ref();
@@ -260,7 +260,7 @@ fn index_slices<'a>(slices: &'a [EndpointSlice], node: &NodeFacts) -> SliceIndex
 /// ports) are skipped one port at a time, never failing the whole plan: one bad Service must
 /// not take every other Service down.
 pub fn plan(snap: &Snapshot<'_>) -> Model {
-    let idx = index_slices(snap.slices, snap.node);
+    let mut idx = index_slices(snap.slices, snap.node);
     let mut ports = BTreeMap::new();
     for svc in snap.services {
         let (Some(ns), Some(name), Some(spec)) = (
@@ -322,12 +322,13 @@ pub fn plan(snap: &Snapshot<'_>) -> Model {
                 .filter(|_| node_port_allowed)
                 .and_then(|n| u16::try_from(n).ok())
                 .filter(|n| *n != 0);
-            let mut endpoints: Vec<Endpoint> = idx
-                .get(&(ns, name))
-                .and_then(|m| m.get(&(port_name.clone(), proto)))
-                .map(|m| m.values().cloned().collect())
+            // Moved out of the index (API validation keeps port names unique per
+            // Service); the map's (ip, port) order is the endpoints' sort order.
+            let endpoints: Vec<Endpoint> = idx
+                .get_mut(&(ns, name))
+                .and_then(|m| m.remove(&(p.name.as_deref().unwrap_or(""), proto)))
+                .map(|m| m.into_values().collect())
                 .unwrap_or_default();
-            endpoints.sort();
             let key = PortKey {
                 namespace: ns.to_string(),
                 name: name.to_string(),
