@@ -11,7 +11,7 @@ use common::{Lab, ask_n, node_facts, service, slice};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use moat_nft::{ApplyError, Nft, NftApply};
-use moat_proxy::{Proxy, Snapshot, SyncReport};
+use moat_proxy::{Conntrack, Proxy, Snapshot, SyncReport};
 use serde_json::json;
 
 fn sync<A: NftApply>(p: &mut Proxy<A>, svcs: &[Service], slices: &[EndpointSlice]) -> SyncReport {
@@ -203,4 +203,71 @@ fn serial_pod_reaches_itself_through_its_service() {
     // connection would never complete.
     assert_eq!(answers(&ask_n(&lab.p1, "10.43.0.10:80", 5)), set(&["p1"]));
     assert_eq!(answers(&ask_n(&lab.p2, "10.43.0.10:80", 5)), set(&["p1"]));
+}
+
+fn udp_entries(lab: &Lab, reply_src: &str) -> usize {
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.node,
+            "conntrack",
+            "-L",
+            "-p",
+            "udp",
+            "--reply-src",
+            reply_src,
+        ])
+        .output()
+        .expect("conntrack -L");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("dport=53 "))
+        .count()
+}
+
+#[test]
+fn serial_udp_conntrack_entries_of_a_removed_endpoint_are_deleted() {
+    let lab = Lab::new();
+    let mut p = Proxy::new(lab.nft());
+    let svc: Service = serde_json::from_value(json!({"metadata": {"namespace": "default", "name": "dns"},
+        "spec": {"clusterIP": "10.43.0.53", "ports": [{"name": "dns", "port": 53, "protocol": "UDP"}]}}))
+    .unwrap();
+    let slice = |ips: &[&str]| -> EndpointSlice {
+        let eps: Vec<_> = ips
+            .iter()
+            .map(|ip| json!({"addresses": [ip], "conditions": {"ready": true}}))
+            .collect();
+        serde_json::from_value(json!({"metadata": {"namespace": "default", "name": "dns",
+            "labels": {"kubernetes.io/service-name": "dns"}}, "addressType": "IPv4",
+            "ports": [{"name": "dns", "port": 8053, "protocol": "UDP"}], "endpoints": eps}))
+        .unwrap()
+    };
+    let svcs = [svc];
+    sync(&mut p, &svcs, &[slice(&["10.42.0.2", "10.42.0.3"])]);
+    // 20 "clients" (source ports), each its own conntrack entry DNATed to a random endpoint.
+    common::in_netns(&lab.client, || {
+        for _ in 0..20 {
+            let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+            s.send_to(b"q", "10.43.0.53:53").unwrap();
+        }
+    });
+    assert!(udp_entries(&lab, "10.42.0.3") > 0, "some flows went to p2");
+    assert!(udp_entries(&lab, "10.42.0.2") > 0, "some flows went to p1");
+    let rep = sync(&mut p, &svcs, &[slice(&["10.42.0.2"])]);
+    assert!(!rep.stale_udp.is_empty());
+    moat_proxy::ConntrackCli {
+        netns: Some(lab.node.clone()),
+    }
+    .delete_udp(&rep.stale_udp)
+    .expect("conntrack -D");
+    assert_eq!(
+        udp_entries(&lab, "10.42.0.3"),
+        0,
+        "entries to the removed endpoint deleted"
+    );
+    assert!(
+        udp_entries(&lab, "10.42.0.2") > 0,
+        "entries to the remaining endpoint kept"
+    );
 }
