@@ -34,14 +34,21 @@ pub fn apply(state: &mut Ruleset, script: &str) {
             continue;
         }
         if line == format!("flush table {FAMILY} {TABLE}") {
+            // Like the kernel: rules only; set and map elements stay.
             for rules in state.chains.values_mut() {
                 rules.clear();
             }
-            for s in state.sets.values_mut() {
-                s.clear();
-            }
-            for m in state.maps.values_mut() {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix(&prefix_of("map", "flush")) {
+            if let Some(m) = state.maps.get_mut(name) {
                 m.clear();
+            }
+            continue;
+        }
+        if let Some(name) = line.strip_prefix(&prefix_of("set", "flush")) {
+            if let Some(s) = state.sets.get_mut(name) {
+                s.clear();
             }
             continue;
         }

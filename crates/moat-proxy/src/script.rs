@@ -114,7 +114,7 @@ pub enum Base<'a> {
     /// Nothing known (first sync of this process): whatever a previous run left is deleted
     /// with the table, in the same transaction.
     Unknown,
-    /// The last committed ruleset: the table is flushed (rules and elements) and the
+    /// The last committed ruleset: the table is flushed (rules, then elements) and the
     /// dynamic chains and sets no longer wanted are deleted.
     Known(&'a Ruleset),
 }
@@ -128,7 +128,15 @@ pub fn full(base: Base<'_>, new: &Ruleset) -> String {
             let _ = writeln!(s, "add table {FAMILY} {TABLE}");
         }
         Base::Known(old) => {
+            // `flush table` empties chains but leaves set and map elements (which still
+            // reference chains), so the fixed maps and sets are flushed one by one.
             let _ = writeln!(s, "flush table {FAMILY} {TABLE}");
+            for name in old.maps.keys() {
+                let _ = writeln!(s, "flush map {FAMILY} {TABLE} {name}");
+            }
+            for name in old.sets.keys().chain(old.affinity.keys()) {
+                let _ = writeln!(s, "flush set {FAMILY} {TABLE} {name}");
+            }
             for name in old.chains.keys().filter(|n| !new.chains.contains_key(*n)) {
                 let _ = writeln!(s, "delete chain {FAMILY} {TABLE} {name}");
             }

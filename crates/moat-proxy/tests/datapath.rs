@@ -271,3 +271,83 @@ fn serial_udp_conntrack_entries_of_a_removed_endpoint_are_deleted() {
         "entries to the remaining endpoint kept"
     );
 }
+
+#[test]
+fn serial_every_feature_loads_into_real_nft_and_local_policies_route() {
+    let lab = Lab::new();
+    let mut p = Proxy::new(lab.nft());
+    let svcs = [
+        service(
+            "web",
+            "10.43.0.10",
+            json!({"type": "NodePort", "externalTrafficPolicy": "Local", "externalIPs": ["192.168.77.50"]}),
+        ),
+        service(
+            "api",
+            "10.43.0.11",
+            json!({"internalTrafficPolicy": "Local"}),
+        ),
+        service(
+            "aff",
+            "10.43.0.12",
+            json!({"sessionAffinity": "ClientIP", "type": "NodePort",
+            "ports": [{"name": "http", "port": 80, "nodePort": 30081}]}),
+        ),
+        service(
+            "none",
+            "10.43.0.13",
+            json!({"type": "NodePort", "ports": [{"name": "http", "port": 80, "nodePort": 30082}]}),
+        ),
+    ];
+    let slices = [
+        slice("web", &["10.42.0.2", "10.42.0.3"]),
+        slice("api", &["10.42.0.3"]),
+        slice("aff", &["10.42.0.2"]),
+    ];
+    sync(&mut p, &svcs, &slices);
+    // externalTrafficPolicy Local, endpoints local: outside traffic reaches them.
+    assert_eq!(
+        answers(&ask_n(&lab.ext, "192.168.77.1:30080", 20)),
+        set(&["p1", "p2"])
+    );
+    assert_eq!(
+        answers(&ask_n(&lab.client, "10.43.0.11:80", 5)),
+        set(&["p2"])
+    );
+    assert_eq!(
+        answers(&ask_n(&lab.client, "10.43.0.12:80", 5)),
+        set(&["p1"])
+    );
+    for r in ask_n(&lab.ext, "192.168.77.1:30082", 2) {
+        assert_eq!(r.expect_err("refused").kind(), ErrorKind::ConnectionRefused);
+    }
+    // Break a sync that removes services, then recover with a full rewrite that must delete
+    // their chains and affinity sets after flushing the table, in one transaction.
+    let mut p = Proxy::new(Breakable {
+        nft: lab.nft(),
+        broken: false.into(),
+    });
+    sync(&mut p, &svcs, &slices);
+    p.applier().broken.set(true);
+    let n = node_facts();
+    let fewer = &svcs[..1];
+    assert!(
+        p.sync(&Snapshot {
+            services: fewer,
+            slices: &slices,
+            node: &n
+        })
+        .is_err()
+    );
+    p.applier().broken.set(false);
+    let rep = sync(&mut p, fewer, &slices);
+    assert!(rep.full);
+    assert!(
+        !lab.list_table().contains("10.43.0.12"),
+        "removed service gone"
+    );
+    assert_eq!(
+        answers(&ask_n(&lab.ext, "192.168.77.1:30080", 20)),
+        set(&["p1", "p2"])
+    );
+}
