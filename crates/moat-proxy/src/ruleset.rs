@@ -1,7 +1,11 @@
 //! The desired [`Model`] compiled to a flat, comparable description of the `ip moat-proxy`
-//! table's dynamic part: per-service and per-endpoint chains with their rules, the elements
-//! of the fixed dispatch maps and sets, and the per-endpoint affinity sets. The fixed part
-//! (base chains, map declarations) is constant text in [`crate::script`].
+//! table's dynamic part: per-service-port chains with their rules, the elements of the fixed
+//! dispatch maps and sets, and the per-endpoint affinity sets. The fixed part (base chains,
+//! map declarations) is constant text in [`crate::script`]. Each service port compiles to a
+//! [`Fragment`] on its own, so an incremental sync recompiles only the ports that changed;
+//! [`Ruleset`] merges fragments (shared hairpin elements are reference-counted, a map key two
+//! ports claim goes to the smallest [`PortKey`]), so any order of adds and removes gives the
+//! same ruleset as [`compile`].
 //!
 //! Layout (KEP-3866, kube-proxy's nftables mode):
 //! - `services` (jumped from nat prerouting and output at priority `dstnat`):
