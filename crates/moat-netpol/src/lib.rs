@@ -38,7 +38,8 @@
 //! whole sync and leaves the kernel's ruleset untouched. Rendering writes only hash-derived
 //! identifiers and typed values, never a user string.
 
-pub mod apply;
+/// The nft edge now lives in `moat-nft`; re-exported so `moat_netpol::apply::*` keeps working.
+pub use moat_nft as apply;
 pub mod compile;
 pub mod explain;
 pub mod model;
