@@ -181,3 +181,72 @@ pub(crate) fn matches_query(query: &[u8], resp: &[u8]) -> bool {
     let qd = &resp[4..6];
     qd == [0, 0] || qd == &query[4..6]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolv_conf_skips_loopback_link_local_and_self() {
+        let text = "# comment\n\
+            nameserver 127.0.0.53\n\
+            nameserver 10.0.0.2 # office\n\
+            nameserver 169.254.20.10\n\
+            nameserver ::1\n\
+            nameserver fe80::1%eth0\n\
+            nameserver fe80::2\n\
+            nameserver 0.0.0.0\n\
+            nameserver 10.96.0.10\n\
+            nameserver 2001:db8::53\n\
+            nameserver 10.0.0.2\n\
+            search example.org\n\
+            options ndots:2\n\
+            ;nameserver 10.9.9.9\n\
+            nameserver not-an-ip\n";
+        let exclude: [IpAddr; 1] = ["10.96.0.10".parse().unwrap()];
+        let got = nameservers(text, &exclude);
+        let want: Vec<SocketAddr> = vec![
+            "10.0.0.2:53".parse().unwrap(),
+            "[2001:db8::53]:53".parse().unwrap(),
+        ];
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn missing_resolv_conf_is_an_error() {
+        let err = Forwarder::from_resolv_conf(Path::new("/nonexistent/resolv.conf"), &[]);
+        assert!(matches!(err, Err(ForwardError::ResolvConf { .. })));
+    }
+
+    #[tokio::test]
+    async fn no_upstream_is_an_error() {
+        let f = Forwarder::new(Vec::new(), Duration::from_millis(10));
+        let r = f.forward(vec![0; 12], Transport::Udp).await;
+        assert!(matches!(r, Err(ForwardError::NoUpstream)));
+    }
+
+    #[tokio::test]
+    async fn silent_upstream_times_out() {
+        // A bound socket that never answers.
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let f = Forwarder::new(
+            vec![silent.local_addr().unwrap()],
+            Duration::from_millis(50),
+        );
+        let r = f.forward(vec![0; 12], Transport::Udp).await;
+        assert!(matches!(r, Err(ForwardError::Timeout)), "{r:?}");
+    }
+
+    #[test]
+    fn responses_must_match_the_query() {
+        let q = [0xab, 0xcd, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+        let mut r = q;
+        r[2] |= 0x80;
+        assert!(matches_query(&q, &r));
+        assert!(!matches_query(&q, &q), "QR must be set");
+        let mut other = r;
+        other[1] ^= 1;
+        assert!(!matches_query(&q, &other), "ID must match");
+        assert!(!matches_query(&q, &r[..11]));
+    }
+}
