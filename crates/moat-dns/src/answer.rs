@@ -10,7 +10,7 @@
 //!   we advertise): the additional section goes first, then the answer is replaced by an
 //!   empty one with TC set so the client retries over TCP.
 
-use hickory_proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{DNSClass, RecordType};
 
 use crate::lookup::{Outcome, in_zone, resolve, soa};
@@ -41,6 +41,10 @@ pub enum Answer {
     Local(Vec<u8>),
     /// Not in the cluster zone: send the query upstream and relay the response.
     Forward,
+    /// An ExternalName answered with a CNAME to a name outside the zone: send `query` (the
+    /// same question for the target) upstream, then reply with
+    /// [`complete_chase`]`(original query, partial, upstream response)`.
+    Chase { partial: Vec<u8>, query: Vec<u8> },
     /// Send nothing (responses, runts).
     Drop,
 }
@@ -62,10 +66,7 @@ pub fn answer(zone: &Zone, query: &[u8], transport: Transport) -> Answer {
     let [q] = req.queries.as_slice() else {
         return Answer::Local(header_only(query, ResponseCode::FormErr));
     };
-    let limit = match transport {
-        Transport::Tcp => TCP_MAX,
-        Transport::Udp => usize::from(req.max_payload().clamp(512, EDNS_PAYLOAD)),
-    };
+    let limit = limit_for(&req, transport);
     if req.edns.as_ref().is_some_and(|e| e.version() > 0) {
         // RFC 6891: we speak EDNS version 0 only.
         let resp = response(&req, ResponseCode::BADVERS, false);
@@ -103,6 +104,22 @@ pub fn answer(zone: &Zone, query: &[u8], transport: Transport) -> Answer {
             r.additionals = additionals;
             r
         }
+        Outcome::Chase { answers, target } => {
+            let mut partial = response(&req, ResponseCode::NoError, true);
+            partial.answers = answers;
+            let mut chase = Message::query();
+            chase.metadata.id = req.metadata.id;
+            chase.metadata.recursion_desired = true;
+            chase.add_query(Query::query(target, q.query_type));
+            let mut edns = Edns::new();
+            edns.set_max_payload(EDNS_PAYLOAD);
+            chase.edns = Some(edns);
+            // Both are ours and small; failing to encode them is answered SERVFAIL.
+            return match (partial.to_vec(), chase.to_vec()) {
+                (Ok(partial), Ok(query)) => Answer::Chase { partial, query },
+                _ => Answer::Local(header_only(query, ResponseCode::ServFail)),
+            };
+        }
     };
     // Reverse answers are ours only for the addresses we know; not authoritative for the
     // rest of in-addr.arpa.
@@ -110,6 +127,39 @@ pub fn answer(zone: &Zone, query: &[u8], transport: Transport) -> Answer {
         resp.metadata.authoritative = false;
     }
     Answer::Local(encode(resp, limit, query))
+}
+
+/// The reply to `query` after an [`Answer::Chase`]: the partial answer (the CNAMEs) with
+/// the upstream's answer records appended, and its NXDOMAIN if the target does not exist;
+/// the CNAMEs alone when the upstream failed (`None`) or sent something unusable. Sized
+/// for `transport` like every answer.
+pub fn complete_chase(
+    query: &[u8],
+    partial: &[u8],
+    upstream: Option<&[u8]>,
+    transport: Transport,
+) -> Vec<u8> {
+    let Ok(req) = Message::from_vec(query) else {
+        return partial.to_vec();
+    };
+    let Ok(mut resp) = Message::from_vec(partial) else {
+        return partial.to_vec();
+    };
+    if let Some(up) = upstream.and_then(|u| Message::from_vec(u).ok()) {
+        let rcode = up.metadata.response_code;
+        if matches!(rcode, ResponseCode::NoError | ResponseCode::NXDomain) {
+            resp.answers.extend(up.answers);
+            resp.metadata.response_code = rcode;
+        }
+    }
+    encode(resp, limit_for(&req, transport), query)
+}
+
+fn limit_for(req: &Message, transport: Transport) -> usize {
+    match transport {
+        Transport::Tcp => TCP_MAX,
+        Transport::Udp => usize::from(req.max_payload().clamp(512, EDNS_PAYLOAD)),
+    }
 }
 
 /// A SERVFAIL for `query` (the server's answer when forwarding fails), echoing its question

@@ -32,7 +32,7 @@ mod testutil;
 #[cfg(test)]
 mod wire_tests;
 
-pub use answer::{Answer, EDNS_PAYLOAD, Transport, answer, servfail};
+pub use answer::{Answer, EDNS_PAYLOAD, Transport, answer, complete_chase, servfail};
 pub use error::{ForwardError, ServerError, ZoneError};
 pub use forward::{Forwarder, Upstream, nameservers};
 pub use lookup::{SCHEMA_VERSION, TTL};

@@ -47,6 +47,10 @@ pub(crate) enum Outcome {
         answers: Vec<Record>,
         additionals: Vec<Record>,
     },
+    /// A chain of CNAMEs (an ExternalName) ending outside the zone: the server asks its
+    /// upstream for `target` and appends the result, as CoreDNS does (stub resolvers do not
+    /// follow a CNAME themselves).
+    Chase { answers: Vec<Record>, target: Name },
 }
 
 impl Outcome {
@@ -78,8 +82,50 @@ pub(crate) fn in_zone(zone: &Zone, labels: &[Vec<u8>]) -> bool {
     labels.len() >= zl.len() && labels[labels.len() - zl.len()..] == *zl
 }
 
-/// Resolves `qname` (as the client wrote it; answers echo its case) for `qtype`.
+/// How many CNAMEs (ExternalName services naming each other) are followed in the zone.
+const MAX_CHAIN: usize = 8;
+
+/// Resolves `qname` (as the client wrote it; answers echo its case) for `qtype`, following
+/// ExternalName CNAMEs through the zone, and ending in [`Outcome::Chase`] when one leaves it.
 pub(crate) fn resolve(zone: &Zone, qname: &Name, qtype: RecordType) -> Outcome {
+    let first = resolve_once(zone, qname, qtype);
+    if matches!(qtype, RecordType::CNAME | RecordType::ANY) {
+        return first;
+    }
+    let Outcome::Records {
+        mut answers,
+        mut additionals,
+    } = first
+    else {
+        return first;
+    };
+    for _ in 0..MAX_CHAIN {
+        let Some(RData::CNAME(CNAME(target))) = answers.last().map(|r| &r.data) else {
+            break;
+        };
+        let target = target.clone();
+        let labels: Vec<Vec<u8>> = target.iter().map(<[u8]>::to_ascii_lowercase).collect();
+        if !in_zone(zone, &labels) {
+            return Outcome::Chase { answers, target };
+        }
+        // A target in the zone that does not resolve leaves the CNAME alone in the answer.
+        let Outcome::Records {
+            answers: more,
+            additionals: extra,
+        } = resolve_once(zone, &target, qtype)
+        else {
+            break;
+        };
+        answers.extend(more);
+        additionals.extend(extra);
+    }
+    Outcome::Records {
+        answers,
+        additionals,
+    }
+}
+
+fn resolve_once(zone: &Zone, qname: &Name, qtype: RecordType) -> Outcome {
     let labels: Vec<Vec<u8>> = qname.iter().map(<[u8]>::to_ascii_lowercase).collect();
     if in_zone(zone, &labels) {
         if !zone.is_synced() {

@@ -2,7 +2,8 @@
 //! "Cluster DNS"), asked through the wire function over the fixture cluster.
 
 use hickory_proto::op::{Message, ResponseCode};
-use hickory_proto::rr::{Name, RData, RecordType};
+use hickory_proto::rr::rdata::A;
+use hickory_proto::rr::{Name, RData, Record, RecordType};
 
 use crate::testutil::*;
 use crate::{Answer, Change, TTL, Transport, Zone, answer};
@@ -260,14 +261,81 @@ fn ptr_for_ipv6_cluster_ip() {
 
 #[test]
 fn external_name_service_is_a_cname() {
+    let m = ask(&fixture(), "ext.prod.svc.cluster.local.", RecordType::CNAME);
+    assert_eq!(rcode(&m), ResponseCode::NoError);
+    assert_eq!(m.answers.len(), 1);
+    assert_eq!(m.answers[0].record_type(), RecordType::CNAME);
+    assert_eq!(rdata(&m), ["example.com."]);
+}
+
+/// Stub resolvers do not follow a CNAME: for other types the server asks upstream for the
+/// target (as CoreDNS does) and appends what it gets.
+#[test]
+fn external_name_to_outside_name_is_chased_upstream() {
     let z = fixture();
-    for qtype in [RecordType::A, RecordType::AAAA, RecordType::CNAME] {
-        let m = ask(&z, "ext.prod.svc.cluster.local.", qtype);
-        assert_eq!(rcode(&m), ResponseCode::NoError);
-        assert_eq!(m.answers.len(), 1);
-        assert_eq!(m.answers[0].record_type(), RecordType::CNAME);
-        assert_eq!(rdata(&m), ["example.com."]);
-    }
+    let q = query_bytes("ext.prod.svc.cluster.local.", RecordType::A, None);
+    let Answer::Chase { partial, query } = answer(&z, &q, Transport::Udp) else {
+        panic!("expected a chase")
+    };
+    let p = Message::from_vec(&partial).unwrap();
+    assert_eq!(rdata(&p), ["example.com."]);
+    let up = Message::from_vec(&query).unwrap();
+    assert_eq!(up.queries[0].name.to_string(), "example.com.");
+    assert_eq!(up.queries[0].query_type, RecordType::A);
+    // The upstream's answer is appended.
+    let mut reply = up.clone();
+    reply.metadata.message_type = hickory_proto::op::MessageType::Response;
+    reply.answers.push(Record::from_rdata(
+        Name::from_ascii("example.com.").unwrap(),
+        300,
+        RData::A(A::new(192, 0, 2, 9)),
+    ));
+    let done = crate::complete_chase(&q, &partial, Some(&reply.to_vec().unwrap()), Transport::Udp);
+    let m = Message::from_vec(&done).unwrap();
+    assert_eq!(rdata(&m), ["example.com.", "192.0.2.9"]);
+    assert_eq!(m.metadata.id, 0x4242);
+    // No upstream answer: the CNAME alone.
+    let alone = crate::complete_chase(&q, &partial, None, Transport::Udp);
+    assert_eq!(rdata(&Message::from_vec(&alone).unwrap()), ["example.com."]);
+    // The target does not exist: NXDOMAIN for the end of the chain.
+    reply.answers.clear();
+    reply.metadata.response_code = ResponseCode::NXDomain;
+    let nx = crate::complete_chase(&q, &partial, Some(&reply.to_vec().unwrap()), Transport::Udp);
+    assert_eq!(
+        rcode(&Message::from_vec(&nx).unwrap()),
+        ResponseCode::NXDomain
+    );
+}
+
+#[test]
+fn external_name_to_service_in_zone_is_followed_locally() {
+    let mut z = fixture();
+    z.apply(Change::ServiceApplied(external(
+        "prod",
+        "alias",
+        "web.prod.svc.cluster.local",
+    )));
+    z.apply(Change::ServiceApplied(external(
+        "prod",
+        "loop1",
+        "loop2.prod.svc.cluster.local",
+    )));
+    z.apply(Change::ServiceApplied(external(
+        "prod",
+        "loop2",
+        "loop1.prod.svc.cluster.local",
+    )));
+    let m = ask(&z, "alias.prod.svc.cluster.local.", RecordType::A);
+    assert_eq!(rdata(&m), ["web.prod.svc.cluster.local.", "10.96.0.10"]);
+    // A loop of ExternalNames stops after a bounded chain.
+    let m = ask(&z, "loop1.prod.svc.cluster.local.", RecordType::A);
+    assert_eq!(rcode(&m), ResponseCode::NoError);
+    assert!(
+        m.answers.len() <= 9
+            && m.answers
+                .iter()
+                .all(|r| r.record_type() == RecordType::CNAME)
+    );
 }
 
 #[test]
@@ -322,7 +390,7 @@ fn every_record_has_ttl_5() {
         ("db.prod.svc.cluster.local.", RecordType::A),
         ("_pg._tcp.db.prod.svc.cluster.local.", RecordType::SRV),
         ("10.0.96.10.in-addr.arpa.", RecordType::PTR),
-        ("ext.prod.svc.cluster.local.", RecordType::A),
+        ("ext.prod.svc.cluster.local.", RecordType::CNAME),
         ("dns-version.cluster.local.", RecordType::TXT),
         ("cluster.local.", RecordType::SOA),
     ] {

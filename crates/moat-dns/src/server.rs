@@ -17,7 +17,7 @@ use tokio::sync::Semaphore;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::timeout;
 
-use crate::answer::{Answer, Transport, answer, servfail};
+use crate::answer::{Answer, Transport, answer, complete_chase, servfail};
 use crate::error::ServerError;
 use crate::forward::Upstream;
 use crate::zone::Zone;
@@ -161,6 +161,24 @@ async fn udp_worker<U: Upstream>(
         match ans {
             Answer::Local(resp) => send(&sock, &resp, peer).await,
             Answer::Drop => {}
+            Answer::Chase {
+                partial,
+                query: up_query,
+            } => {
+                let Ok(permit) = forwards.clone().try_acquire_owned() else {
+                    let resp = complete_chase(query, &partial, None, Transport::Udp);
+                    send(&sock, &resp, peer).await;
+                    continue;
+                };
+                let query = query.to_vec();
+                let sock = sock.clone();
+                let upstream = upstream.clone();
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    let resp = chase(&*upstream, &query, &partial, up_query, Transport::Udp).await;
+                    send(&sock, &resp, peer).await;
+                });
+            }
             Answer::Forward => {
                 let Ok(permit) = forwards.clone().try_acquire_owned() else {
                     if let Some(resp) = servfail(query) {
@@ -186,6 +204,22 @@ async fn send(sock: &UdpSocket, resp: &[u8], peer: SocketAddr) {
     if let Err(e) = sock.send_to(resp, peer).await {
         tracing::debug!(error = %e, %peer, "dns: udp send");
     }
+}
+
+/// Follows an ExternalName out of the zone: asks upstream over UDP (the chase query offers
+/// EDNS) and merges the result into the CNAME answer.
+async fn chase<U: Upstream>(
+    upstream: &U,
+    query: &[u8],
+    partial: &[u8],
+    chase: Vec<u8>,
+    transport: Transport,
+) -> Vec<u8> {
+    let up = upstream.forward(chase, Transport::Udp).await;
+    if let Err(e) = &up {
+        tracing::debug!(error = %e, "dns: following an ExternalName");
+    }
+    complete_chase(query, partial, up.ok().as_deref(), transport)
 }
 
 /// The upstream's response, or a SERVFAIL when forwarding failed.
@@ -257,6 +291,9 @@ async fn tcp_conn<U: Upstream>(
         let resp = match ans {
             Answer::Local(resp) => resp,
             Answer::Drop => return,
+            Answer::Chase { partial, query: up } => {
+                chase(upstream, &query, &partial, up, Transport::Tcp).await
+            }
             Answer::Forward => match forward(upstream, query, Transport::Tcp).await {
                 Some(resp) => resp,
                 None => return,

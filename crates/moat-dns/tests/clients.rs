@@ -129,6 +129,30 @@ async fn dig_out_of_zone_names_are_forwarded_over_udp_and_tcp() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dig_external_name_is_followed_through_the_upstream() {
+    let (up, up_addr) = upstream().await;
+    let mut zone = fixture("cluster.local");
+    zone.apply(Change::ServiceApplied(external(
+        "prod",
+        "partner",
+        "api.ext.svc.upstream.test",
+    )));
+    let fwd = Forwarder::new(vec![up_addr], Duration::from_secs(2));
+    let (server, _) = start(zone, fwd).await;
+    for transport in ["+notcp", "+tcp"] {
+        let d = dig(
+            server.local_addr(),
+            &[transport, "partner.prod.svc.cluster.local", "A"],
+        )
+        .await;
+        assert_eq!(d.status, "NOERROR");
+        assert_eq!(d.types(), ["CNAME", "A"], "{}", d.raw);
+        assert_eq!(d.data(), ["192.0.2.7", "api.ext.svc.upstream.test."]);
+    }
+    drop(up);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dig_servfail_without_usable_upstream() {
     let dir = tempfile::tempdir().unwrap();
     let resolv = dir.path().join("resolv.conf");

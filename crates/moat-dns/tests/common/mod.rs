@@ -37,6 +37,14 @@ pub fn headless(ns: &str, name: &str, ports: &[(&str, &str, i32)]) -> Service {
     .unwrap()
 }
 
+pub fn external(ns: &str, name: &str, target: &str) -> Service {
+    serde_json::from_value(json!({
+        "metadata": {"namespace": ns, "name": name},
+        "spec": {"type": "ExternalName", "externalName": target}
+    }))
+    .unwrap()
+}
+
 /// Endpoints are (address, hostname, ready).
 pub fn slice(
     ns: &str,
