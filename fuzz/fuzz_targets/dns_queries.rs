@@ -66,7 +66,10 @@ fuzz_target!(|data: &[u8]| {
         let resp = match answer(&ZONE, data, transport) {
             Answer::Local(resp) => resp,
             Answer::Chase { partial, query } => {
-                assert!(Message::from_vec(&query).is_ok(), "chase query does not parse");
+                assert!(
+                    Message::from_vec(&query).is_ok(),
+                    "chase query does not parse"
+                );
                 // The input itself stands in for an upstream's (possibly garbage) reply.
                 complete_chase(data, &partial, Some(data), transport)
             }
@@ -80,7 +83,11 @@ fuzz_target!(|data: &[u8]| {
             Transport::Tcp => usize::from(u16::MAX),
             Transport::Udp => usize::from(EDNS_PAYLOAD),
         };
-        assert!(resp.len() <= limit, "{} bytes over {transport:?}", resp.len());
+        assert!(
+            resp.len() <= limit,
+            "{} bytes over {transport:?}",
+            resp.len()
+        );
         if transport == Transport::Udp && Message::from_vec(data).is_ok_and(|q| q.edns.is_none()) {
             assert!(resp.len() <= 512, "{} bytes without EDNS", resp.len());
         }

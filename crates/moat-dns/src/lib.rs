@@ -5,8 +5,9 @@
 //!   (discovery.k8s.io/v1) and Namespaces, updated one watch event at a time
 //!   ([`Zone::apply`]). Not synced until [`Zone::mark_synced`]: before that, in-zone names
 //!   get SERVFAIL rather than a wrong NXDOMAIN a client would cache.
-//! - [`answer`]: sans IO, query bytes in, [`Answer`] out (response bytes, "forward", or
-//!   "drop"). The rules (records, TTL 5, NXDOMAIN vs NODATA, truncation) are listed in
+//! - [`answer`]: sans IO, query bytes in, [`Answer`] out (response bytes, "forward",
+//!   "chase this ExternalName's target upstream, then [`complete_chase`]", or "drop").
+//!   The rules (records, TTL 5, NXDOMAIN vs NODATA, truncation) are listed in
 //!   `lookup.rs` and `answer.rs`.
 //! - [`DnsServer`]: UDP and TCP on one address, answering from a [`SharedZone`] and
 //!   relaying other names through an [`Upstream`] ([`Forwarder`] reads the node's

@@ -2,9 +2,9 @@
 //! zone with [`answer`], and relaying out-of-zone queries through an [`Upstream`].
 //!
 //! Local answers are computed inline on the receiving task (a read lock and a few
-//! microseconds); only forwarded queries get a task of their own, bounded so a flood of
-//! external names cannot grow memory without limit (past the bound they get SERVFAIL at
-//! once, which musl and glibc both retry). TCP connections are bounded too, and closed
+//! microseconds); only forwarded queries (and ExternalName targets chased upstream) get a
+//! task of their own, bounded so a flood of external names cannot grow memory without
+//! limit (past the bound they get SERVFAIL at once, which musl and glibc both retry). TCP connections are bounded too, and closed
 //! after an idle period.
 
 use std::net::SocketAddr;
