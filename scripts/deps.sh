@@ -14,6 +14,8 @@ PKGS=(
   linux-source-6.1 make gcc flex bison bc libelf-dev libssl-dev xz-utils
   # networking
   nftables iproute2 containernetworking-plugins conntrack iperf3 socat
+  # cluster DNS tests and benchmark: real clients (dig, busybox nslookup), dnsperf, dnsmasq
+  dnsutils dnsperf dnsmasq-base
   # image registry for tests
   docker-registry apache2-utils
   # build tools
