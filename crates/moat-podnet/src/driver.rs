@@ -7,7 +7,7 @@ use std::path::Path;
 
 use ipnet::Ipv4Net;
 use moat_hostnet::{HostNet, HostNetError, Mac, Op, VxlanSpec};
-use moat_netpol::apply::{ApplyError, NftApply};
+use moat_nft::{ApplyError, NftApply};
 
 use crate::conf::{Backend, NetConf};
 use crate::plan::{self, Local, NodeNet, Problem, Tables, VXLAN_DEV};

@@ -5,7 +5,7 @@ use crate::conf::NetConf;
 use crate::driver::PodNet;
 use moat_hostnet::HostNet;
 use moat_hostnet::fake::FakeNet;
-use moat_netpol::apply::Recorder;
+use moat_nft::Recorder;
 use proptest::prelude::*;
 
 fn conf(b: Backend) -> NetConf {

@@ -17,7 +17,7 @@ use k8s_openapi::api::core::v1::Node;
 use moat_client::{Api, ClientError, EventRecorder, ObjectRef, Reflector};
 use moat_cni::NetworkList;
 use moat_hostnet::Iproute2;
-use moat_netpol::apply::Nft;
+use moat_nft::Nft;
 use moat_podnet::conf::{CONFIGMAP_KEY, CONFIGMAP_NAME, CONFIGMAP_NAMESPACE};
 use moat_podnet::{Backend, ConfError, NetConf, NodeNet, PodNet, PodNetError};
 use serde_json::json;
