@@ -284,5 +284,8 @@ fn only_the_network_loops_import_the_network_crates() {
             offenders.push(rel);
         }
     }
-    assert!(offenders.is_empty(), "network crates imported outside their loops: {offenders:?}");
+    assert!(
+        offenders.is_empty(),
+        "network crates imported outside their loops: {offenders:?}"
+    );
 }
