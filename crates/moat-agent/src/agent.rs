@@ -1,5 +1,5 @@
 //! The agent: registers the node, starts its HTTPS endpoint, and runs its loops under the
-//! [`Supervisor`]: `pods` (one worker per pod), `heartbeat`, `logrotate`, `podnet`.
+//! [`Supervisor`]: `pods` (one worker per pod), `heartbeat`, `logrotate`, `podnet`, `proxy`, `dns`.
 
 use std::sync::Arc;
 
@@ -8,10 +8,12 @@ use serde_json::json;
 
 use crate::hooks::NoHooks;
 use crate::hostinfo::RealHost;
+use crate::loops::dns::DnsLoop;
 use crate::loops::heartbeat::{self, HeartbeatLoop, RegisterError};
 use crate::loops::logrotate::LogRotateLoop;
 use crate::loops::podnet::{self, PodnetLoop, PodnetSetupError, RealPodNet};
 use crate::loops::pods::PodsLoop;
+use crate::loops::proxy::ProxyLoop;
 use crate::node::{Node, SandboxError};
 use crate::volumes::ApiObjects;
 
@@ -36,8 +38,37 @@ pub enum AgentError {
     Images(#[source] moat_image::StoreError),
 }
 
+impl AgentError {
+    /// Whether joining may work on a later try: the server not answering yet, or the node
+    /// still waiting for its podCIDR. A refused credential, an untrusted certificate or bad
+    /// configuration is not: those fail loudly at once.
+    pub fn is_transient(&self) -> bool {
+        let mut text = String::new();
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        let mut client: Option<&moat_client::ClientError> = None;
+        while let Some(e) = cur {
+            text.push_str(&e.to_string().to_lowercase());
+            text.push(' ');
+            if client.is_none() {
+                client = e.downcast_ref::<moat_client::ClientError>();
+            }
+            cur = e.source();
+        }
+        if matches!(self, AgentError::Register(RegisterError::NoPodCidr { .. })) {
+            return true;
+        }
+        match client {
+            Some(c) => match c.code() {
+                Some(code) => code >= 500 || code == 429,
+                None => !text.contains("certificate") && !text.contains("kubeconfig"),
+            },
+            None => false,
+        }
+    }
+}
+
 /// The loop names `--disable-loop` accepts.
-pub const LOOPS: [&str; 4] = ["pods", "heartbeat", "logrotate", "podnet"];
+pub const LOOPS: [&str; 6] = ["pods", "heartbeat", "logrotate", "podnet", "proxy", "dns"];
 
 /// How long a new node waits for the server's node IPAM to give it a podCIDR.
 const POD_CIDR_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
@@ -48,6 +79,7 @@ pub struct Agent {
     endpoint_port: Option<u16>,
     events: EventRecorder,
     podnet: Option<Arc<RealPodNet>>,
+    cluster_cidr: String,
 }
 
 impl Agent {
@@ -112,6 +144,10 @@ impl Agent {
         if let Some(pn) = &prepared.podnet {
             cfg.node_annotations.extend(pn.annotations());
         }
+        let cluster_cidr = prepared
+            .net_conf
+            .as_ref()
+            .map_or_else(|| "10.42.0.0/16".to_string(), |c| c.network.to_string());
         cfg.pod_cidr = Some(cidr);
         let node = Arc::new(Node::new(cfg, parts, prepared.default_network)?);
         if let Err(e) = heartbeat::beat(
@@ -128,6 +164,7 @@ impl Agent {
             endpoint_port,
             events,
             podnet: prepared.podnet,
+            cluster_cidr,
         })
     }
 
@@ -159,6 +196,42 @@ impl Agent {
                 events: self.events.with_component("moat-podnet"),
             };
             s.add("podnet", Box::new(move |stop: &Stop| l.run(stop)));
+        }
+        let dns_ip: Option<std::net::Ipv4Addr> = self
+            .node
+            .cfg
+            .cluster_dns
+            .as_ref()
+            .and_then(|d| d.servers.first())
+            .and_then(|s| s.parse().ok());
+        if !off.contains("proxy") {
+            let l = ProxyLoop {
+                api: self.api.clone(),
+                node_name: self.node.cfg.node_name.clone(),
+                node_ips: self
+                    .node
+                    .cfg
+                    .node_ip
+                    .iter()
+                    .filter_map(|i| i.parse().ok())
+                    .collect(),
+                cluster_cidr: self.cluster_cidr.clone(),
+                cluster_dns: dns_ip,
+            };
+            s.add("proxy", Box::new(move |stop: &Stop| l.run(stop)));
+        }
+        if let (false, Some(address), Some(d)) = (
+            off.contains("dns"),
+            dns_ip,
+            self.node.cfg.cluster_dns.as_ref(),
+        ) {
+            let l = DnsLoop {
+                api: self.api.clone(),
+                address,
+                domain: d.domain.clone(),
+                resolv_conf: "/etc/resolv.conf".into(),
+            };
+            s.add("dns", Box::new(move |stop: &Stop| l.run(stop)));
         }
         if !off.contains("logrotate") {
             let l = LogRotateLoop {
@@ -200,4 +273,33 @@ pub fn real_parts(cfg: &AgentConfig) -> Result<Parts, AgentError> {
         host: Arc::new(RealHost),
         objects: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(code: u16) -> AgentError {
+        AgentError::Client(moat_client::ClientError::Api {
+            method: "GET",
+            path: "/api/v1/nodes/n1".into(),
+            code,
+            reason: "x".into(),
+            message: "x".into(),
+        })
+    }
+
+    #[test]
+    fn refused_credentials_fail_at_once_and_a_server_not_ready_is_retried() {
+        assert!(!api(401).is_transient());
+        assert!(!api(403).is_transient());
+        assert!(api(503).is_transient());
+        assert!(
+            AgentError::Register(RegisterError::NoPodCidr {
+                node: "n1".into(),
+                waited: std::time::Duration::from_secs(1),
+            })
+            .is_transient()
+        );
+    }
 }

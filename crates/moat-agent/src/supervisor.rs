@@ -15,8 +15,8 @@ pub enum LoopError {
     Spawn(#[source] std::io::Error),
     #[error("API")]
     Api(#[from] moat_client::ClientError),
-    #[error("{0}")]
-    Failed(Box<dyn std::error::Error + Send + Sync>),
+    #[error("the loop failed")]
+    Failed(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// Asks every loop to stop; cloneable, usable from a signal handler's thread.

@@ -131,8 +131,69 @@ pub async fn network_config(
     }
 }
 
+/// The cluster DNS Service every node answers locally (k3s's and kubeadm's name for it), with
+/// its address claimed in the allocator so no other Service gets it. Created when absent.
+pub async fn kube_dns(
+    store: &dyn Store,
+    ip: std::net::Ipv4Addr,
+    uid: &str,
+    now: &str,
+) -> Result<(), NetConfError> {
+    let err = |step| move |source| NetConfError { step, source };
+    let key = "/registry/services/kube-system/kube-dns";
+    if store
+        .get(key)
+        .await
+        .map_err(err("reading kube-dns"))?
+        .is_some()
+    {
+        return Ok(());
+    }
+    let ip_key = format!("/registry/ranges/serviceips/{ip}");
+    match store
+        .create(&ip_key, b"kube-system/kube-dns".to_vec())
+        .await
+    {
+        Ok(_) => {}
+        Err(StoreError::AlreadyExists { .. }) => {
+            let holder = store
+                .get(&ip_key)
+                .await
+                .map_err(err("reading the DNS address's owner"))?;
+            if holder.is_some_and(|kv| kv.value != b"kube-system/kube-dns") {
+                tracing::warn!(%ip, "the cluster DNS address belongs to another Service; kube-dns not created");
+                return Ok(());
+            }
+        }
+        Err(e) => return Err(err("claiming the cluster DNS address")(e)),
+    }
+    let svc = json!({
+        "kind": "Service", "apiVersion": "v1",
+        "metadata": {"name": "kube-dns", "namespace": "kube-system", "uid": uid,
+                     "creationTimestamp": now,
+                     "labels": {"k8s-app": "kube-dns", "kubernetes.io/name": "moat-dns"}},
+        "spec": {
+            "type": "ClusterIP", "clusterIP": ip.to_string(), "clusterIPs": [ip.to_string()],
+            "ports": [
+                {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
+                {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53},
+            ],
+            "sessionAffinity": "None", "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack",
+            "internalTrafficPolicy": "Cluster",
+        },
+        "status": {"loadBalancer": {}},
+    });
+    match store
+        .create(key, serde_json::to_vec(&svc).unwrap_or_default())
+        .await
+    {
+        Ok(_) | Err(StoreError::AlreadyExists { .. }) => Ok(()),
+        Err(e) => Err(err("creating kube-dns")(e)),
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
-#[error("writing the pod network configuration (kube-system/kube-flannel-cfg): {step}")]
+#[error("bootstrapping the cluster network (kube-system): {step}")]
 pub struct NetConfError {
     step: &'static str,
     #[source]

@@ -93,6 +93,9 @@ pub struct Config {
     /// The pod network's `net-conf.json` (flannel's format), published to the agents in
     /// `kube-system/kube-flannel-cfg`; None publishes nothing.
     pub net_conf: Option<String>,
+    /// The cluster DNS address (inside the service CIDR): the `kube-system/kube-dns` Service
+    /// is created with it.
+    pub cluster_dns: Option<std::net::Ipv4Addr>,
 }
 
 pub struct App {
@@ -230,6 +233,15 @@ pub async fn serve(
         bootstrap::network_config(
             &*store,
             nc,
+            &uuid::Uuid::new_v4().to_string(),
+            &chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        )
+        .await?;
+    }
+    if let Some(ip) = cfg.cluster_dns {
+        bootstrap::kube_dns(
+            &*store,
+            ip,
             &uuid::Uuid::new_v4().to_string(),
             &chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         )

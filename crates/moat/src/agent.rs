@@ -120,14 +120,14 @@ pub struct AgentArgs {
     /// Memory capacity to report instead of the host's (a quantity: 4Gi).
     #[arg(long)]
     pub node_memory: Option<String>,
-    /// Cluster DNS server for pods' resolv.conf (dnsPolicy ClusterFirst); none: the node's
-    /// resolvers.
-    #[arg(long)]
+    /// Cluster DNS address: pods' resolv.conf (dnsPolicy ClusterFirst) names it and the node
+    /// answers it (the `dns` loop); k3s's default.
+    #[arg(long, default_value = "10.43.0.10")]
     pub cluster_dns: Option<std::net::Ipv4Addr>,
     /// The cluster's DNS domain.
     #[arg(long, default_value = "cluster.local")]
     pub cluster_domain: String,
-    /// An agent loop not to run (pods, heartbeat, logrotate); repeatable.
+    /// An agent loop not to run (pods, heartbeat, logrotate, podnet, proxy, dns); repeatable.
     #[arg(long = "disable-loop", value_parser = clap::builder::PossibleValuesParser::new(moat_agent::agent::LOOPS))]
     pub disable_loop: Vec<String>,
 }
@@ -321,6 +321,9 @@ pub fn run(a: AgentCmdArgs) -> anyhow::Result<ExitCode> {
             Ok(agent) => {
                 agent.run(&stop);
                 break;
+            }
+            Err(e) if !e.is_transient() => {
+                return Err(anyhow::Error::new(e).context("joining the cluster"));
             }
             Err(e) => {
                 tracing::warn!(error = %format!("{:#}", anyhow::Error::new(e)), "node agent not started yet; retrying");

@@ -84,12 +84,17 @@ enum SnapshotOp {
 
 pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
     // Flags that do not fit together stop the server before it makes anything.
-    let (network, _) = moat_podnet::conf::check_cidrs(
+    let (network, services) = moat_podnet::conf::check_cidrs(
         &args.cluster_cidr,
         &args.service_cidr,
         args.node_cidr_mask_size,
     )?;
     let backend: moat_podnet::Backend = args.flannel_backend.parse()?;
+    if let Some(dns) = args.agent_args.cluster_dns
+        && !services.contains(&dns)
+    {
+        anyhow::bail!("--cluster-dns {dns} is outside the service CIDR {services}");
+    }
     let net_conf = moat_podnet::NetConf::new(network, backend);
     let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
     let db = args.data_dir.join("db");
@@ -170,6 +175,7 @@ pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
                     compaction_interval: Some(args.compaction_interval).filter(|d| !d.is_zero()),
                     max_watch_seconds: args.max_watch_seconds,
                     net_conf: Some(net_conf.to_json().to_string()),
+                    cluster_dns: args.agent_args.cluster_dns,
                 },
                 Some(tx),
             );

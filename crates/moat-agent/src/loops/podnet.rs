@@ -76,6 +76,8 @@ pub fn read_conf(api: &dyn Api) -> Result<Option<NetConf>, PodnetSetupError> {
 pub struct Prepared {
     pub default_network: NetworkList,
     pub podnet: Option<Arc<RealPodNet>>,
+    /// The cluster's network configuration, if the server publishes one.
+    pub net_conf: Option<NetConf>,
 }
 
 /// Where `subnet.env` goes: flannel's `/run/flannel/subnet.env` for the default run dir (a
@@ -107,6 +109,7 @@ pub fn prepare(api: &dyn Api, cfg: &AgentConfig, cidr: &str) -> Result<Prepared,
         return Ok(Prepared {
             default_network: legacy(),
             podnet: None,
+            net_conf: None,
         });
     };
     let subnet: Ipv4Net = cidr.parse().map_err(|_| PodnetSetupError::BadPodCidr {
@@ -131,10 +134,18 @@ pub fn prepare(api: &dyn Api, cfg: &AgentConfig, cidr: &str) -> Result<Prepared,
         return Ok(Prepared {
             default_network: legacy(),
             podnet: None,
+            net_conf: Some(conf),
         });
     };
-    let pn = PodNet::setup(Iproute2, Nft::default(), conf, &cfg.node_name, subnet, ip)
-        .map_err(PodnetSetupError::Setup)?;
+    let pn = PodNet::setup(
+        Iproute2,
+        Nft::default(),
+        conf.clone(),
+        &cfg.node_name,
+        subnet,
+        ip,
+    )
+    .map_err(PodnetSetupError::Setup)?;
     pn.write_subnet_env(&subnet_env_path(cfg))
         .map_err(PodnetSetupError::Setup)?;
     api.merge_patch(
@@ -152,6 +163,7 @@ pub fn prepare(api: &dyn Api, cfg: &AgentConfig, cidr: &str) -> Result<Prepared,
     Ok(Prepared {
         default_network,
         podnet: Some(Arc::new(pn)),
+        net_conf: Some(conf),
     })
 }
 

@@ -181,7 +181,11 @@ impl Cluster {
     }
 
     pub fn pod(&self, name: &str) -> Option<Value> {
-        let (ok, out, _) = self.kubectl(&["get", "pod", name, "-o", "json"], None);
+        self.pod_in("default", name)
+    }
+
+    pub fn pod_in(&self, ns: &str, name: &str) -> Option<Value> {
+        let (ok, out, _) = self.kubectl(&["-n", ns, "get", "pod", name, "-o", "json"], None);
         if !ok {
             return None;
         }
@@ -190,9 +194,13 @@ impl Cluster {
 
     /// Waits for the pod to run and returns its IP.
     pub fn running_ip(&self, name: &str) -> String {
+        self.running_ip_in("default", name)
+    }
+
+    pub fn running_ip_in(&self, ns: &str, name: &str) -> String {
         let mut ip = String::new();
-        self.wait(&format!("pod {name} running"), 90, || {
-            if let Some(p) = self.pod(name)
+        self.wait(&format!("pod {ns}/{name} running"), 90, || {
+            if let Some(p) = self.pod_in(ns, name)
                 && p["status"]["phase"] == "Running"
                 && let Some(i) = p["status"]["podIP"].as_str()
             {
