@@ -1,5 +1,5 @@
 //! The agent: registers the node, starts its HTTPS endpoint, and runs its loops under the
-//! [`Supervisor`]: `pods` (one worker per pod), `heartbeat`, `logrotate`, `podnet`, `proxy`, `dns`.
+//! [`Supervisor`]: `pods` (one worker per pod), `heartbeat`, `logrotate`, `podnet`, `proxy`, `dns`, `netpol`.
 
 use std::sync::Arc;
 
@@ -11,6 +11,7 @@ use crate::hostinfo::RealHost;
 use crate::loops::dns::DnsLoop;
 use crate::loops::heartbeat::{self, HeartbeatLoop, RegisterError};
 use crate::loops::logrotate::LogRotateLoop;
+use crate::loops::netpol::NetpolLoop;
 use crate::loops::podnet::{self, PodnetLoop, PodnetSetupError, RealPodNet};
 use crate::loops::pods::PodsLoop;
 use crate::loops::proxy::ProxyLoop;
@@ -68,7 +69,15 @@ impl AgentError {
 }
 
 /// The loop names `--disable-loop` accepts.
-pub const LOOPS: [&str; 6] = ["pods", "heartbeat", "logrotate", "podnet", "proxy", "dns"];
+pub const LOOPS: [&str; 7] = [
+    "pods",
+    "heartbeat",
+    "logrotate",
+    "podnet",
+    "proxy",
+    "dns",
+    "netpol",
+];
 
 /// How long a new node waits for the server's node IPAM to give it a podCIDR.
 const POD_CIDR_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
@@ -232,6 +241,33 @@ impl Agent {
                 resolv_conf: "/etc/resolv.conf".into(),
             };
             s.add("dns", Box::new(move |stop: &Stop| l.run(stop)));
+        }
+        if !off.contains("netpol") {
+            // The node's own addresses toward its pods: its InternalIP, the bridge gateway
+            // (.1, probes come from it) and the vxlan device's (.0).
+            let mut node_addrs: Vec<std::net::Ipv4Addr> = self
+                .node
+                .cfg
+                .node_ip
+                .iter()
+                .filter_map(|i| i.parse().ok())
+                .collect();
+            if let Some(net) = self
+                .node
+                .cfg
+                .pod_cidr
+                .as_deref()
+                .and_then(|c| c.parse::<ipnet::Ipv4Net>().ok())
+            {
+                node_addrs.push(net.network());
+                node_addrs.push(moat_podnet::render::gateway(net));
+            }
+            let l = NetpolLoop {
+                api: self.api.clone(),
+                node_name: self.node.cfg.node_name.clone(),
+                node_addrs,
+            };
+            s.add("netpol", Box::new(move |stop: &Stop| l.run(stop)));
         }
         if !off.contains("logrotate") {
             let l = LogRotateLoop {

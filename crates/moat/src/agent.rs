@@ -127,7 +127,7 @@ pub struct AgentArgs {
     /// The cluster's DNS domain.
     #[arg(long, default_value = "cluster.local")]
     pub cluster_domain: String,
-    /// An agent loop not to run (pods, heartbeat, logrotate, podnet, proxy, dns); repeatable.
+    /// An agent loop not to run (pods, heartbeat, logrotate, podnet, proxy, dns, netpol); repeatable.
     #[arg(long = "disable-loop", value_parser = clap::builder::PossibleValuesParser::new(moat_agent::agent::LOOPS))]
     pub disable_loop: Vec<String>,
 }

@@ -281,12 +281,12 @@ fn serial_cluster_vxlan() {
         link.contains("mtu 1450") && link.contains("nolearning"),
         "{link}"
     );
-    let (_, fdb, _) = c.exec(1, &["bridge", "fdb", "show", "dev", "flannel.1"]);
-    assert_eq!(
-        fdb.lines().filter(|l| l.contains(" dst ")).count(),
-        2,
-        "{fdb}"
-    );
+    // Peers are programmed by node 1's pod-network loop as their annotations arrive, which
+    // may trail `create` (nodes Ready) by a moment.
+    c.wait("one FDB entry per peer on node 1", 20, || {
+        let (_, fdb, _) = c.exec(1, &["bridge", "fdb", "show", "dev", "flannel.1"]);
+        fdb.lines().filter(|l| l.contains(" dst ")).count() == 2
+    });
     let (_, node2, _) = c.kubectl(&["get", "node", &c.node(2), "-o", "json"], None);
     assert!(
         node2.contains("\"flannel.alpha.coreos.com/backend-type\": \"vxlan\""),

@@ -1,0 +1,83 @@
+//! NetworkPolicy on live pods across a 3-node `moat cluster`: journey 2's default-deny stops
+//! a client on another node (by pod IP and through the Service's ClusterIP, judged by the
+//! backend after DNAT), an allow rule by pod label lets exactly the labelled client in from
+//! another node (the source pod IP survives the vxlan crossing), the server's own node still
+//! probes it (it stays Ready), and deleting the policies restores access.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::cluster::Cluster;
+
+fn pod(name: &str, node: &str, labels: &str, serve: bool) -> String {
+    let cmd = if serve {
+        "[sh, -c, 'hostname > /tmp/index.html; exec httpd -f -p 8080 -h /tmp']"
+    } else {
+        "[sleep, '100000']"
+    };
+    let probe = if serve {
+        "\n    readinessProbe: {httpGet: {path: /, port: 8080}, periodSeconds: 1}"
+    } else {
+        ""
+    };
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: np, labels: {labels}}}\nspec:\n  nodeName: {node}\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: localhost/busybox:latest\n    imagePullPolicy: IfNotPresent\n    command: {cmd}{probe}\n"
+    )
+}
+
+fn reaches(c: &Cluster, from: &str, url: &str) -> bool {
+    let (ok, out, _) = c.kubectl(
+        &["-n", "np", "exec", from, "--", "timeout", "3", "wget", "-qO-", url],
+        None,
+    );
+    ok && out.trim() == "srv"
+}
+
+#[test]
+fn serial_cluster_network_policy_live() {
+    let c = Cluster::create("np", "vxlan", 3, &[]);
+    let (ok, _, err) = c.kubectl(&["create", "namespace", "np"], None);
+    assert!(ok, "{err}");
+    c.apply(&pod("srv", &c.node(2), "{app: srv}", true));
+    c.apply(&pod("client", &c.node(1), "{role: client}", false));
+    c.apply(&pod("other", &c.node(3), "{role: other}", false));
+    c.apply("apiVersion: v1\nkind: Service\nmetadata: {name: srv, namespace: np}\nspec:\n  selector: {app: srv}\n  ports: [{port: 80, targetPort: 8080}]\n");
+    let srv = c.running_ip_in("np", "srv");
+    c.running_ip_in("np", "client");
+    c.running_ip_in("np", "other");
+    let by_ip = format!("http://{srv}:8080/");
+    let by_svc = "http://srv.np.svc.cluster.local/".to_string();
+    c.wait("both clients to reach srv", 60, || {
+        reaches(&c, "client", &by_ip) && reaches(&c, "other", &by_ip) && reaches(&c, "other", &by_svc)
+    });
+
+    c.apply("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: default-deny, namespace: np}\nspec:\n  podSelector: {}\n  policyTypes: [Ingress]\n");
+    c.wait("default-deny to stop both clients", 20, || {
+        !reaches(&c, "client", &by_ip) && !reaches(&c, "other", &by_ip)
+    });
+    assert!(!reaches(&c, "other", &by_svc), "the Service path bypassed the policy");
+    // The server's node still probes it: it stays Ready under default deny.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let p = c.pod_in("np", "srv").unwrap();
+    let ready = p["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|k| k["type"] == "Ready" && k["status"] == "True");
+    assert!(ready, "srv lost readiness under default deny: {p}");
+
+    c.apply("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: allow-clients, namespace: np}\nspec:\n  podSelector: {matchLabels: {app: srv}}\n  ingress:\n  - from: [{podSelector: {matchLabels: {role: client}}}]\n    ports: [{port: 8080}]\n");
+    c.wait("the labelled client on node 1 to get in", 20, || reaches(&c, "client", &by_ip));
+    assert!(reaches(&c, "client", &by_svc), "allowed client through the Service");
+    assert!(!reaches(&c, "other", &by_ip), "the unlabelled client got in");
+    assert!(!reaches(&c, "other", &by_svc), "the unlabelled client got in through the Service");
+
+    for p in ["default-deny", "allow-clients"] {
+        let (ok, _, err) = c.kubectl(&["-n", "np", "delete", "networkpolicy", p], None);
+        assert!(ok, "{err}");
+    }
+    c.wait("access to come back", 20, || reaches(&c, "other", &by_ip));
+    let mut c = c;
+    c.delete();
+    assert_eq!(c.leftovers(), Vec::<String>::new());
+}
