@@ -54,7 +54,19 @@ fn serial_cluster_kata_and_runc_across_nodes() {
     c.apply(&web_pod("ctr", &c.node(1)));
     let ctr_ip = c.running_ip_within("ctr", 180);
     let vm_ip = c.running_ip_within("vm", 180);
-    assert_ne!(vm_ip, ctr_ip);
+    // Each pod's address is from its own node's podCIDR (a /24 here).
+    for (ip, i) in [(&vm_ip, 2), (&ctr_ip, 1)] {
+        let (ok, node, err) = c.kubectl(&["get", "node", &c.node(i), "-o", "json"], None);
+        assert!(ok, "{err}");
+        let node: serde_json::Value = serde_json::from_str(&node).unwrap();
+        let cidr = node["spec"]["podCIDR"].as_str().unwrap_or_default();
+        let net = cidr.trim_end_matches(".0/24");
+        assert!(
+            cidr.ends_with(".0/24") && ip.starts_with(&format!("{net}.")),
+            "pod IP {ip} is not in {}'s podCIDR {cidr:?}",
+            c.node(i)
+        );
+    }
 
     // It is a VM, on node 2 only: one QEMU whose command line names node 2's run dir, none
     // for node 1, and the pod's processes answer from our guest kernel, not the host's.
@@ -93,6 +105,47 @@ fn serial_cluster_kata_and_runc_across_nodes() {
     let (ok, out, err) = c.fetch_from("vm", &format!("http://{ctr_ip}:8080/"));
     assert!(ok, "vm -> ctr /: {err}");
     assert_eq!(out.trim(), "ctr");
+
+    // Node 2's agent killed -9 and started again from the cluster's records: the VM lives on
+    // untouched and still answers both ways, and the agent came back with the same handler
+    // file (a new VM pod starts there; the default handler's binary is not this build's).
+    let pid = std::fs::read_to_string(c.root_path().join(&c.name).join(&vm_node).join("pid"))
+        .expect("node 2's pid");
+    let (ok, _, err) =
+        common::lab::run(std::process::Command::new("kill").args(["-9", pid.trim()]));
+    assert!(ok, "{err}");
+    let (ok, out, err) = c.moat(&["start", "--name", &c.name, &vm_node]);
+    assert!(ok && out.contains("started"), "{out}{err}");
+    let log = c.root_path().join(&c.name).join(&vm_node).join("node.log");
+    c.wait("node 2's agent to come back", 120, || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches("pod network ready")
+            .count()
+            >= 2
+    });
+    assert_eq!(fetch_ip(&c, "ctr", &vm_ip), ctr_ip, "after the restart");
+    assert_eq!(fetch_ip(&c, "vm", &ctr_ip), vm_ip, "after the restart");
+    assert_eq!(
+        c.qemus_under(&node_run(2)),
+        1,
+        "the same one VM on {vm_node}"
+    );
+    let vm = c.pod("vm").unwrap();
+    assert_eq!(
+        vm["status"]["containerStatuses"][0]["restartCount"], 0,
+        "the VM pod restarted"
+    );
+    c.apply(
+        &web_pod("vm2", &vm_node)
+            .replace("  containers:", "  runtimeClassName: kata\n  containers:"),
+    );
+    let vm2_ip = c.running_ip_within("vm2", 180);
+    let (ok, out, err) = c.kubectl(&["exec", "vm2", "--", "uname", "-r"], None);
+    assert!(ok, "exec into vm2: {err}");
+    assert_eq!(out.trim(), guest, "vm2 runs in a guest");
+    assert_eq!(c.qemus_under(&node_run(2)), 2, "a second VM on {vm_node}");
+    assert_eq!(fetch_ip(&c, "vm2", &vm_ip), vm2_ip, "VM to VM on one node");
 
     let mut c = c;
     c.delete();
