@@ -442,6 +442,7 @@ mod tests {
             untrusted: 0,
             root: "/tmp/x".into(),
             image_root: "/tmp/i".into(),
+            runtime_config: None,
         })
         .unwrap();
         let h = host::Recording::default();

@@ -43,6 +43,9 @@ pub struct Spec {
     pub root: PathBuf,
     /// The image store every node reads (the host's, shared).
     pub image_root: PathBuf,
+    /// Every node's runtime handler TOML (`--runtime-config`), e.g. a `kata` handler naming
+    /// another moat-runtime; none: the agent's defaults (runc, crun, kata).
+    pub runtime_config: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -84,6 +87,9 @@ pub struct Plan {
     pub cluster_cidr: String,
     pub service_cidr: String,
     pub image_root: PathBuf,
+    /// Records written before the option existed have none.
+    #[serde(default)]
+    pub runtime_config: Option<PathBuf>,
     /// The underlay bridge's namespace.
     pub underlay_netns: String,
     /// The cgroup every process of the cluster runs under (killed as one on delete).
@@ -146,6 +152,7 @@ pub fn plan(spec: &Spec) -> Result<Plan, PlanError> {
         cluster_cidr: spec.cluster_cidr.clone(),
         service_cidr: spec.service_cidr.clone(),
         image_root: spec.image_root.clone(),
+        runtime_config: spec.runtime_config.clone(),
         underlay_netns: format!("moat-{}-ul", spec.name),
         cgroup,
         nodes,
@@ -224,6 +231,11 @@ impl Plan {
             ]
             .map(String::from),
         );
+        // Handler roots default to `<run dir>/runtime/<handler>`: one file serves every node
+        // and each keeps its containers' and VMs' state under its own directory.
+        if let Some(c) = &self.runtime_config {
+            a.extend(["--runtime-config".to_string(), p(c.clone())]);
+        }
         a
     }
 }
@@ -242,6 +254,7 @@ mod tests {
             untrusted: 1,
             root: "/var/lib/moat/clusters".into(),
             image_root: "/var/lib/moat/images".into(),
+            runtime_config: None,
         }
     }
 
@@ -260,6 +273,22 @@ mod tests {
         assert!(a.contains(&"/moat-cluster-demo/demo-2/pods".to_string()));
         let s = p.node_args(&p.nodes[0]);
         assert!(s.windows(2).any(|w| w == ["--flannel-backend", "vxlan"]));
+        assert!(!s.contains(&"--runtime-config".to_string()));
+    }
+
+    #[test]
+    fn the_runtime_config_goes_to_every_node() {
+        let mut s = spec();
+        s.runtime_config = Some("/etc/moat/cluster-runtimes.toml".into());
+        let p = plan(&s).unwrap();
+        for n in &p.nodes {
+            let a = p.node_args(n);
+            assert!(
+                a.windows(2)
+                    .any(|w| w == ["--runtime-config", "/etc/moat/cluster-runtimes.toml"]),
+                "{a:?}"
+            );
+        }
     }
 
     #[test]

@@ -40,6 +40,11 @@ enum ClusterCmd {
         /// images).
         #[arg(long, default_value = "/var/lib/moat/images", env = "MOAT_IMAGE_ROOT")]
         image_root: PathBuf,
+        /// Runtime handler TOML every node's agent loads (`moat agent --runtime-config`),
+        /// e.g. `[handlers.kata] binary = "/path/to/moat-runtime"`; handler roots default
+        /// to each node's own run dir.
+        #[arg(long)]
+        runtime_config: Option<PathBuf>,
     },
     /// Delete a cluster: processes, pods, VMs, namespaces, mounts, cgroups and files.
     Delete {
@@ -85,7 +90,15 @@ pub fn run(a: ClusterArgs) -> anyhow::Result<ExitCode> {
             service_cidr,
             untrusted_nodes,
             image_root,
+            runtime_config,
         } => {
+            // Absolute, and refused now if missing rather than as agents that never start.
+            let runtime_config = runtime_config
+                .map(|c| {
+                    std::fs::canonicalize(&c)
+                        .with_context(|| format!("--runtime-config {}", c.display()))
+                })
+                .transpose()?;
             let spec = moat_devcluster::Spec {
                 name,
                 nodes,
@@ -95,6 +108,7 @@ pub fn run(a: ClusterArgs) -> anyhow::Result<ExitCode> {
                 untrusted: untrusted_nodes,
                 root: a.root.clone(),
                 image_root,
+                runtime_config,
             };
             let moat = std::env::current_exe().context("locating the moat binary")?;
             let tty = std::io::stderr().is_terminal();

@@ -438,6 +438,10 @@ fn serial_cluster_bad_input_makes_nothing() {
             vec!["--untrusted-nodes", "4"],
             "more than the cluster's 3 nodes",
         ),
+        (
+            vec!["--runtime-config", "/nonexistent/runtimes.toml"],
+            "--runtime-config /nonexistent/runtimes.toml",
+        ),
     ] {
         let mut a = vec!["create", "--name", "bad", "--image-root", &images];
         a.extend(args.iter().copied());

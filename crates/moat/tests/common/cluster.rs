@@ -79,7 +79,14 @@ impl Cluster {
     }
 
     pub fn create(name: &str, backend: &str, nodes: usize, extra: &[&str]) -> Cluster {
-        let c = Cluster::prepare(name);
+        Cluster::prepare(name).start(backend, nodes, extra)
+    }
+
+    /// `moat cluster create` in a prepared root (which may hold files the flags name).
+    pub fn start(self, backend: &str, nodes: usize, extra: &[&str]) -> Cluster {
+        let c = self;
+        let name = c.name.clone();
+        let name = name.as_str();
         let n = nodes.to_string();
         let images = c.images().display().to_string();
         let mut args = vec![
@@ -212,6 +219,46 @@ impl Cluster {
         ip
     }
 
+    /// [`Cluster::running_ip`] with a limit of `secs` (a VM boots under TCG).
+    pub fn running_ip_within(&self, name: &str, secs: u64) -> String {
+        let mut ip = String::new();
+        self.wait(&format!("pod {name} running"), secs, || {
+            if let Some(p) = self.pod(name)
+                && p["status"]["phase"] == "Running"
+                && let Some(i) = p["status"]["podIP"].as_str()
+            {
+                ip = i.to_string();
+                return true;
+            }
+            false
+        });
+        ip
+    }
+
+    /// `kubectl exec POD -- timeout 10 wget -qO- URL` (busybox's own `wget -T` crashes in
+    /// this build, so the deadline is `timeout`'s).
+    pub fn fetch_from(&self, pod: &str, url: &str) -> (bool, String, String) {
+        self.kubectl(
+            &["exec", pod, "--", "timeout", "10", "wget", "-qO-", url],
+            None,
+        )
+    }
+
+    /// QEMU processes whose command line names `dir` (a node's run dir, say).
+    pub fn qemus_under(&self, dir: &std::path::Path) -> usize {
+        let dir = dir.display().to_string();
+        std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| {
+                let c = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+                let c = String::from_utf8_lossy(&c);
+                c.contains("qemu-system") && c.contains(&dir)
+            })
+            .count()
+    }
+
     pub fn delete(&mut self) {
         if self.deleted {
             return;
@@ -236,6 +283,12 @@ impl Cluster {
             if n.starts_with(&prefix) {
                 left.push(format!("netns {n}"));
             }
+        }
+        // Node dirs hold the runtimes' state (runc's and moat-runtime's roots, the VMs'
+        // sockets and shared dirs): delete removes the whole cluster directory.
+        let dir = self.root.path().join(&self.name);
+        if dir.exists() {
+            left.push(format!("directory {}", dir.display()));
         }
         let root = self.root.path().display().to_string();
         for l in std::fs::read_to_string("/proc/self/mountinfo")
@@ -275,6 +328,72 @@ impl Drop for Cluster {
             let _ = self.moat(&["delete", "--name", &self.name]);
         }
     }
+}
+
+/// A `kata` runtime handler for every node of a cluster: the moat-runtime built beside the
+/// test's moat, under TCG, with the guest assets scripts/guest-assets.sh built, behind a
+/// wrapper naming its config; all three files under `dir` (the cluster's root, so whatever
+/// names them is counted by [`Cluster::leftovers`]). No `root`: each node keeps its VMs'
+/// state under its own run dir. Returns the `--runtime-config` file. Panics (the test fails)
+/// when the assets or the binary are missing.
+pub fn kata_handler(dir: &std::path::Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let assets = std::env::var_os("MOAT_VM_ASSETS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/lib/moat-runtime/assets"));
+    assert!(
+        assets.join("vmlinux-moat").is_file(),
+        "guest assets missing in {}: scripts/guest-assets.sh (scripts/test.sh runs it)",
+        assets.display()
+    );
+    let runtime = moat_bin()
+        .parent()
+        .expect("target dir")
+        .join("moat-runtime");
+    assert!(
+        runtime.is_file(),
+        "build moat-runtime (cargo build -p moat-runtime)"
+    );
+    let config = dir.join("moat-runtime.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[hypervisor]\naccel = \"tcg\"\n[assets]\ndir = \"{}\"\n",
+            assets.display()
+        ),
+    )
+    .expect("runtime config");
+    let wrapper = dir.join("kata-runtime");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec {} --config {} \"$@\"\n",
+            runtime.display(),
+            config.display()
+        ),
+    )
+    .expect("wrapper");
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let handlers = dir.join("runtimes.toml");
+    std::fs::write(
+        &handlers,
+        format!("[handlers.kata]\nbinary = \"{}\"\n", wrapper.display()),
+    )
+    .expect("handlers");
+    handlers
+}
+
+/// Holds `/tmp/moat-serial.lock` exclusively until dropped: tests that make namespaces run
+/// one at a time across every process on the machine, not only within one nextest run.
+pub fn serial_lock() -> nix::fcntl::Flock<std::fs::File> {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open("/tmp/moat-serial.lock")
+        .expect("open /tmp/moat-serial.lock");
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .expect("flock /tmp/moat-serial.lock")
 }
 
 /// A pod pinned to `node` serving HTTP on 8080 (`/` its name, `/cgi-bin/ip` the caller's

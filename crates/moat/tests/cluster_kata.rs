@@ -1,0 +1,162 @@
+//! A microVM pod and a runc pod on different nodes of one `moat cluster` (vxlan), with the
+//! real kubectl, kernel, runc, moat-runtime and QEMU (TCG): the `kata` RuntimeClass puts the
+//! pod in a VM on a `moat agent` node (its `kubectl exec` answers from our guest kernel), the
+//! two pods fetch from each other by pod IP over HTTP and each receiver sees the sender's own
+//! pod IP, and deleting the cluster leaves no VM, process, namespace, mount, cgroup or file
+//! behind and the host's root network namespace as it was. Fails, never skips, without root,
+//! the guest assets or moat-runtime.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::cluster::{Cluster, host_state, kata_handler, serial_lock, web_pod};
+
+/// What busybox httpd reports as the peer (`[::ffff:a.b.c.d]`: it listens on IPv6), as IPv4.
+fn peer(out: &str) -> &str {
+    out.trim()
+        .trim_start_matches("[::ffff:")
+        .trim_end_matches(']')
+}
+
+/// `src` fetches `/cgi-bin/ip` from `dst_ip` until it answers (a VM's httpd may start a
+/// moment after the pod is Running) and returns what the server saw as the caller.
+fn fetch_ip(c: &Cluster, src: &str, dst_ip: &str) -> String {
+    let url = format!("http://{dst_ip}:8080/cgi-bin/ip");
+    let mut seen = String::new();
+    c.wait(&format!("{src} to fetch {url}"), 180, || {
+        let (ok, out, err) = c.fetch_from(src, &url);
+        if !ok {
+            eprintln!("{src} -> {url}: {err}");
+        }
+        seen = peer(&out).to_string();
+        ok && !seen.is_empty()
+    });
+    seen
+}
+
+#[test]
+fn serial_cluster_kata_and_runc_across_nodes() {
+    let _lock = serial_lock();
+    let before = host_state();
+    let c = Cluster::prepare("katax");
+    let handlers = kata_handler(&c.root_path());
+    let handlers = handlers.display().to_string();
+    let c = c.start("vxlan", 2, &["--runtime-config", &handlers]);
+    c.apply(
+        "apiVersion: node.k8s.io/v1\nkind: RuntimeClass\nmetadata: {name: kata}\nhandler: kata\n",
+    );
+    // The VM on node 2 (a `moat agent`), the runc pod on node 1 (the server's own agent).
+    let vm_node = c.node(2);
+    c.apply(
+        &web_pod("vm", &vm_node)
+            .replace("  containers:", "  runtimeClassName: kata\n  containers:"),
+    );
+    c.apply(&web_pod("ctr", &c.node(1)));
+    let ctr_ip = c.running_ip_within("ctr", 180);
+    let vm_ip = c.running_ip_within("vm", 180);
+    // Each pod's address is from its own node's podCIDR (a /24 here).
+    for (ip, i) in [(&vm_ip, 2), (&ctr_ip, 1)] {
+        let (ok, node, err) = c.kubectl(&["get", "node", &c.node(i), "-o", "json"], None);
+        assert!(ok, "{err}");
+        let node: serde_json::Value = serde_json::from_str(&node).unwrap();
+        let cidr = node["spec"]["podCIDR"].as_str().unwrap_or_default();
+        let net = cidr.trim_end_matches(".0/24");
+        assert!(
+            cidr.ends_with(".0/24") && ip.starts_with(&format!("{net}.")),
+            "pod IP {ip} is not in {}'s podCIDR {cidr:?}",
+            c.node(i)
+        );
+    }
+
+    // It is a VM, on node 2 only: one QEMU whose command line names node 2's run dir, none
+    // for node 1, and the pod's processes answer from our guest kernel, not the host's.
+    let node_run = |i: usize| c.root_path().join(&c.name).join(c.node(i)).join("run");
+    assert_eq!(c.qemus_under(&node_run(2)), 1, "one VM on {vm_node}");
+    assert_eq!(c.qemus_under(&node_run(1)), 0, "no VM on the runc node");
+    let assets = std::env::var_os("MOAT_VM_ASSETS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "/var/lib/moat-runtime/assets".into());
+    let stamp = std::fs::read_to_string(assets.join("stamp-moat")).expect("stamp-moat");
+    let guest = stamp.lines().next().unwrap_or_default().trim().to_string();
+    assert!(!guest.is_empty(), "no kernel release in stamp-moat");
+    let (ok, out, err) = c.kubectl(&["exec", "vm", "--", "uname", "-r"], None);
+    assert!(ok, "exec into the VM pod: {err}");
+    assert_eq!(out.trim(), guest, "kubectl exec vm runs in the guest");
+    let (ok, out, err) = c.kubectl(&["exec", "ctr", "--", "uname", "-r"], None);
+    assert!(ok, "exec into the runc pod: {err}");
+    assert_ne!(out.trim(), guest, "the runc pod shares the host's kernel");
+
+    // Both ways across the vxlan, by pod IP, each receiver seeing the sender's pod IP (no
+    // masquerade between pods, whether the pod is a VM or not).
+    assert_eq!(
+        fetch_ip(&c, "ctr", &vm_ip),
+        ctr_ip,
+        "the VM pod saw the runc pod as someone else"
+    );
+    assert_eq!(
+        fetch_ip(&c, "vm", &ctr_ip),
+        vm_ip,
+        "the runc pod saw the VM pod as someone else"
+    );
+    // And each serves its own page: the answers come from the pods named.
+    let (ok, out, err) = c.fetch_from("ctr", &format!("http://{vm_ip}:8080/"));
+    assert!(ok, "ctr -> vm /: {err}");
+    assert_eq!(out.trim(), "vm");
+    let (ok, out, err) = c.fetch_from("vm", &format!("http://{ctr_ip}:8080/"));
+    assert!(ok, "vm -> ctr /: {err}");
+    assert_eq!(out.trim(), "ctr");
+
+    // Node 2's agent killed -9 and started again from the cluster's records: the VM lives on
+    // untouched and still answers both ways, and the agent came back with the same handler
+    // file (a new VM pod starts there; the default handler's binary is not this build's).
+    let pid = std::fs::read_to_string(c.root_path().join(&c.name).join(&vm_node).join("pid"))
+        .expect("node 2's pid");
+    let (ok, _, err) =
+        common::lab::run(std::process::Command::new("kill").args(["-9", pid.trim()]));
+    assert!(ok, "{err}");
+    let (ok, out, err) = c.moat(&["start", "--name", &c.name, &vm_node]);
+    assert!(ok && out.contains("started"), "{out}{err}");
+    let log = c.root_path().join(&c.name).join(&vm_node).join("node.log");
+    c.wait("node 2's agent to come back", 120, || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches("pod network ready")
+            .count()
+            >= 2
+    });
+    assert_eq!(fetch_ip(&c, "ctr", &vm_ip), ctr_ip, "after the restart");
+    assert_eq!(fetch_ip(&c, "vm", &ctr_ip), vm_ip, "after the restart");
+    assert_eq!(
+        c.qemus_under(&node_run(2)),
+        1,
+        "the same one VM on {vm_node}"
+    );
+    let vm = c.pod("vm").unwrap();
+    assert_eq!(
+        vm["status"]["containerStatuses"][0]["restartCount"], 0,
+        "the VM pod restarted"
+    );
+    c.apply(
+        &web_pod("vm2", &vm_node)
+            .replace("  containers:", "  runtimeClassName: kata\n  containers:"),
+    );
+    let vm2_ip = c.running_ip_within("vm2", 180);
+    let (ok, out, err) = c.kubectl(&["exec", "vm2", "--", "uname", "-r"], None);
+    assert!(ok, "exec into vm2: {err}");
+    assert_eq!(out.trim(), guest, "vm2 runs in a guest");
+    assert_eq!(c.qemus_under(&node_run(2)), 2, "a second VM on {vm_node}");
+    assert_eq!(fetch_ip(&c, "vm2", &vm_ip), vm2_ip, "VM to VM on one node");
+
+    let mut c = c;
+    c.delete();
+    assert_eq!(
+        c.leftovers(),
+        Vec::<String>::new(),
+        "left behind after delete"
+    );
+    assert_eq!(
+        host_state(),
+        before,
+        "the host's root network namespace changed"
+    );
+}
