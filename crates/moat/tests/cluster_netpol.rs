@@ -27,7 +27,9 @@ fn pod(name: &str, node: &str, labels: &str, serve: bool) -> String {
 
 fn reaches(c: &Cluster, from: &str, url: &str) -> bool {
     let (ok, out, _) = c.kubectl(
-        &["-n", "np", "exec", from, "--", "timeout", "3", "wget", "-qO-", url],
+        &[
+            "-n", "np", "exec", from, "--", "timeout", "3", "wget", "-qO-", url,
+        ],
         None,
     );
     ok && out.trim() == "srv"
@@ -48,14 +50,19 @@ fn serial_cluster_network_policy_live() {
     let by_ip = format!("http://{srv}:8080/");
     let by_svc = "http://srv.np.svc.cluster.local/".to_string();
     c.wait("both clients to reach srv", 60, || {
-        reaches(&c, "client", &by_ip) && reaches(&c, "other", &by_ip) && reaches(&c, "other", &by_svc)
+        reaches(&c, "client", &by_ip)
+            && reaches(&c, "other", &by_ip)
+            && reaches(&c, "other", &by_svc)
     });
 
     c.apply("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: default-deny, namespace: np}\nspec:\n  podSelector: {}\n  policyTypes: [Ingress]\n");
     c.wait("default-deny to stop both clients", 20, || {
         !reaches(&c, "client", &by_ip) && !reaches(&c, "other", &by_ip)
     });
-    assert!(!reaches(&c, "other", &by_svc), "the Service path bypassed the policy");
+    assert!(
+        !reaches(&c, "other", &by_svc),
+        "the Service path bypassed the policy"
+    );
     // The server's node still probes it: it stays Ready under default deny.
     std::thread::sleep(std::time::Duration::from_secs(3));
     let p = c.pod_in("np", "srv").unwrap();
@@ -67,10 +74,21 @@ fn serial_cluster_network_policy_live() {
     assert!(ready, "srv lost readiness under default deny: {p}");
 
     c.apply("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: allow-clients, namespace: np}\nspec:\n  podSelector: {matchLabels: {app: srv}}\n  ingress:\n  - from: [{podSelector: {matchLabels: {role: client}}}]\n    ports: [{port: 8080}]\n");
-    c.wait("the labelled client on node 1 to get in", 20, || reaches(&c, "client", &by_ip));
-    assert!(reaches(&c, "client", &by_svc), "allowed client through the Service");
-    assert!(!reaches(&c, "other", &by_ip), "the unlabelled client got in");
-    assert!(!reaches(&c, "other", &by_svc), "the unlabelled client got in through the Service");
+    c.wait("the labelled client on node 1 to get in", 20, || {
+        reaches(&c, "client", &by_ip)
+    });
+    assert!(
+        reaches(&c, "client", &by_svc),
+        "allowed client through the Service"
+    );
+    assert!(
+        !reaches(&c, "other", &by_ip),
+        "the unlabelled client got in"
+    );
+    assert!(
+        !reaches(&c, "other", &by_svc),
+        "the unlabelled client got in through the Service"
+    );
 
     for p in ["default-deny", "allow-clients"] {
         let (ok, _, err) = c.kubectl(&["-n", "np", "delete", "networkpolicy", p], None);

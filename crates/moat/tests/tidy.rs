@@ -275,9 +275,15 @@ fn only_the_network_loops_import_the_network_crates() {
     let mut offenders = Vec::new();
     for f in files {
         let text = std::fs::read_to_string(&f).unwrap();
-        let uses = ["moat_podnet", "moat_hostnet", "moat_proxy", "moat_dns", "moat_netpol"]
-            .iter()
-            .any(|c| text.contains(c));
+        let uses = [
+            "moat_podnet",
+            "moat_hostnet",
+            "moat_proxy",
+            "moat_dns",
+            "moat_netpol",
+        ]
+        .iter()
+        .any(|c| text.contains(c));
         let rel = f.strip_prefix(workspace()).unwrap().display().to_string();
         let allowed = rel.contains("/loops/") && !rel.ends_with("/loops/pods.rs");
         if uses && !allowed && !rel.ends_with("src/agent.rs") {

@@ -37,8 +37,11 @@ impl NetpolLoop {
         let (wake_tx, wake) = mpsc::channel::<()>();
         stop.register(wake_tx.clone());
         let pods = Reflector::spawn(self.api.clone(), "/api/v1/pods", vec![wake_tx.clone()]);
-        let namespaces =
-            Reflector::spawn(self.api.clone(), "/api/v1/namespaces", vec![wake_tx.clone()]);
+        let namespaces = Reflector::spawn(
+            self.api.clone(),
+            "/api/v1/namespaces",
+            vec![wake_tx.clone()],
+        );
         let policies = Reflector::spawn(
             self.api.clone(),
             "/apis/networking.k8s.io/v1/networkpolicies",
@@ -59,7 +62,11 @@ impl NetpolLoop {
                 match engine.sync_objects(&nss, &ps, &pols, &opts) {
                     Ok(s) => {
                         if s.script_bytes > 0 {
-                            tracing::debug!(full = s.full, bytes = s.script_bytes, "network policy synced");
+                            tracing::debug!(
+                                full = s.full,
+                                bytes = s.script_bytes,
+                                "network policy synced"
+                            );
                         }
                         last_invalid.clear();
                     }
