@@ -11,7 +11,7 @@ use crate::hostinfo::RealHost;
 use crate::loops::dns::DnsLoop;
 use crate::loops::heartbeat::{self, HeartbeatLoop, RegisterError};
 use crate::loops::logrotate::LogRotateLoop;
-use crate::loops::netpol::NetpolLoop;
+use crate::loops::netpol::{Netpol, NetpolHooks, NetpolLoop};
 use crate::loops::podnet::{self, PodnetLoop, PodnetSetupError, RealPodNet};
 use crate::loops::pods::PodsLoop;
 use crate::loops::proxy::ProxyLoop;
@@ -89,6 +89,7 @@ pub struct Agent {
     events: EventRecorder,
     podnet: Option<Arc<RealPodNet>>,
     cluster_cidr: String,
+    netpol: Option<Arc<Netpol>>,
 }
 
 impl Agent {
@@ -157,6 +158,21 @@ impl Agent {
             .net_conf
             .as_ref()
             .map_or_else(|| "10.42.0.0/16".to_string(), |c| c.network.to_string());
+        // NetworkPolicy programs each new pod from the lifecycle, before its first container.
+        let netpol = (!cfg.disabled_loops.contains("netpol")).then(|| {
+            // The node's own addresses toward its pods: its InternalIP, the bridge gateway
+            // (.1, probes come from it) and the vxlan device's (.0).
+            let mut node_addrs: Vec<std::net::Ipv4Addr> =
+                cfg.node_ip.iter().filter_map(|i| i.parse().ok()).collect();
+            if let Ok(net) = cidr.parse::<ipnet::Ipv4Net>() {
+                node_addrs.push(net.network());
+                node_addrs.push(moat_podnet::render::gateway(net));
+            }
+            Netpol::new(api.clone(), &cfg.node_name, node_addrs)
+        });
+        if let Some(np) = &netpol {
+            parts.hooks = Arc::new(NetpolHooks(np.clone()));
+        }
         cfg.pod_cidr = Some(cidr);
         let node = Arc::new(Node::new(cfg, parts, prepared.default_network)?);
         if let Err(e) = heartbeat::beat(
@@ -174,6 +190,7 @@ impl Agent {
             events,
             podnet: prepared.podnet,
             cluster_cidr,
+            netpol,
         })
     }
 
@@ -242,31 +259,8 @@ impl Agent {
             };
             s.add("dns", Box::new(move |stop: &Stop| l.run(stop)));
         }
-        if !off.contains("netpol") {
-            // The node's own addresses toward its pods: its InternalIP, the bridge gateway
-            // (.1, probes come from it) and the vxlan device's (.0).
-            let mut node_addrs: Vec<std::net::Ipv4Addr> = self
-                .node
-                .cfg
-                .node_ip
-                .iter()
-                .filter_map(|i| i.parse().ok())
-                .collect();
-            if let Some(net) = self
-                .node
-                .cfg
-                .pod_cidr
-                .as_deref()
-                .and_then(|c| c.parse::<ipnet::Ipv4Net>().ok())
-            {
-                node_addrs.push(net.network());
-                node_addrs.push(moat_podnet::render::gateway(net));
-            }
-            let l = NetpolLoop {
-                api: self.api.clone(),
-                node_name: self.node.cfg.node_name.clone(),
-                node_addrs,
-            };
+        if let (false, Some(np)) = (off.contains("netpol"), &self.netpol) {
+            let l = NetpolLoop { netpol: np.clone() };
             s.add("netpol", Box::new(move |stop: &Stop| l.run(stop)));
         }
         if !off.contains("logrotate") {

@@ -95,6 +95,38 @@ fn serial_cluster_network_policy_live() {
         assert!(ok, "{err}");
     }
     c.wait("access to come back", 20, || reaches(&c, "other", &by_ip));
+
+    // First-packet isolation: a pod whose egress is denied never gets a packet out, even the
+    // very first, sent as its container starts (before the API shows its IP); an unselected
+    // twin gets through at once.
+    c.apply("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: locked-egress, namespace: np}\nspec:\n  podSelector: {matchLabels: {role: locked}}\n  policyTypes: [Egress]\n");
+    for (name, role) in [("eager", "locked"), ("free", "open")] {
+        c.apply(&format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: np, labels: {{role: {role}}}}}\nspec:\n  nodeName: {}\n  restartPolicy: Never\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: localhost/busybox:latest\n    imagePullPolicy: IfNotPresent\n    command: [sh, -c, 'if timeout 3 wget -qO- {by_ip} >/dev/null; then echo REACHED; else echo DENIED; fi; sleep 100000']\n",
+            c.node(1)
+        ));
+    }
+    let verdict = |pod: &str| {
+        let mut v = String::new();
+        c.wait(&format!("{pod}'s first attempt"), 60, || {
+            let (_, out, _) = c.kubectl(&["-n", "np", "logs", pod], None);
+            // `timeout` may say "Terminated" before the verdict line.
+            v = out
+                .lines()
+                .map(str::trim)
+                .find(|l| *l == "REACHED" || *l == "DENIED")
+                .unwrap_or("")
+                .to_string();
+            !v.is_empty()
+        });
+        v
+    };
+    assert_eq!(verdict("free"), "REACHED");
+    assert_eq!(
+        verdict("eager"),
+        "DENIED",
+        "a denied pod's first packets got out"
+    );
     let mut c = c;
     c.delete();
     assert_eq!(c.leftovers(), Vec::<String>::new());
