@@ -45,6 +45,15 @@ impl Reflector {
     }
 
     /// The item `namespace/name` (`/name` when cluster-scoped).
+    /// The cached objects decoded as `T` (an object that does not decode is skipped: the
+    /// API server validated it against the same type).
+    pub fn items<T: serde::de::DeserializeOwned>(&self) -> Vec<T> {
+        self.snapshot()
+            .iter()
+            .filter_map(|v| serde_json::from_value::<T>((**v).clone()).ok())
+            .collect()
+    }
+
     pub fn get(&self, key: &str) -> Option<Arc<Value>> {
         self.items.lock().ok().and_then(|m| m.get(key).cloned())
     }

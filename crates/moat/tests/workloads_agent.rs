@@ -11,6 +11,8 @@
 //! affinity) and `kubectl rollout restart` replaces it.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -334,51 +336,9 @@ struct Kata {
 
 impl Kata {
     fn new(lab: &Lab) -> Kata {
-        let assets = std::env::var_os("MOAT_VM_ASSETS")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("/var/lib/moat-runtime/assets"));
-        assert!(
-            assets.join("vmlinux").is_file(),
-            "guest assets missing in {}: scripts/guest-assets.sh (scripts/test.sh runs it)",
-            assets.display()
-        );
-        let runtime = moat().parent().expect("target dir").join("moat-runtime");
-        assert!(
-            runtime.is_file(),
-            "build moat-runtime (cargo build --workspace --bins)"
-        );
-        let config = lab.path("moat-runtime.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[hypervisor]\naccel = \"tcg\"\n[assets]\ndir = \"{}\"\n",
-                assets.display()
-            ),
-        )
-        .expect("runtime config");
-        let wrapper = lab.path("kata-runtime");
-        std::fs::write(
-            &wrapper,
-            format!(
-                "#!/bin/sh\nexec {} --config {} \"$@\"\n",
-                runtime.display(),
-                config.display()
-            ),
-        )
-        .expect("wrapper");
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).expect("chmod");
         let root = lab.path("kata-root");
-        let handlers = lab.path("runtimes.toml");
-        std::fs::write(
-            &handlers,
-            format!(
-                "[handlers.kata]\nbinary = \"{}\"\nroot = \"{}\"\n",
-                wrapper.display(),
-                root.display()
-            ),
-        )
-        .expect("handlers");
+        let f = common::lab::kata_files(lab.dir.path(), Some(&root));
+        let (runtime, config, handlers) = (f.runtime, f.config, f.handlers);
         Kata {
             runtime,
             root,

@@ -18,7 +18,6 @@ use moat_client::{Api, Reflector};
 use moat_dns::{DnsServer, Forwarder, ServerConfig, SharedZone, Zone};
 use moat_hostnet::{HostNet, Iproute2};
 use moat_nft::{Nft, NftApply};
-use serde::de::DeserializeOwned;
 
 use crate::supervisor::{LoopError, Stop};
 
@@ -58,13 +57,6 @@ pub fn notrack_rules(address: Ipv4Addr) -> String {
     format!(
         "table ip {TABLE}\ndelete table ip {TABLE}\ntable ip {TABLE} {{\n  chain pre {{\n    type filter hook prerouting priority raw; policy accept;\n    ip daddr {address} udp dport 53 notrack\n    ip daddr {address} tcp dport 53 notrack\n  }}\n  chain out {{\n    type filter hook output priority raw; policy accept;\n    ip saddr {address} udp sport 53 notrack\n    ip saddr {address} tcp sport 53 notrack\n    ip daddr {address} udp dport 53 notrack\n    ip daddr {address} tcp dport 53 notrack\n  }}\n}}\n"
     )
-}
-
-fn items<T: DeserializeOwned>(r: &Reflector) -> Vec<T> {
-    r.snapshot()
-        .iter()
-        .filter_map(|v| serde_json::from_value::<T>((**v).clone()).ok())
-        .collect()
 }
 
 impl DnsLoop {
@@ -108,9 +100,9 @@ impl DnsLoop {
         let namespaces = Reflector::spawn(self.api.clone(), "/api/v1/namespaces", vec![wake_tx]);
         while !stop.is_stopped() {
             if services.synced() && slices.synced() && namespaces.synced() {
-                let svcs: Vec<Service> = items(&services);
-                let eps: Vec<EndpointSlice> = items(&slices);
-                let nss: Vec<Namespace> = items(&namespaces);
+                let svcs: Vec<Service> = services.items();
+                let eps: Vec<EndpointSlice> = slices.items();
+                let nss: Vec<Namespace> = namespaces.items();
                 match Zone::from_snapshot(&self.domain, &svcs, &eps, &nss) {
                     Ok(z) => *zone.write().unwrap_or_else(|p| p.into_inner()) = z,
                     Err(e) => tracing::warn!(error = %e, "building the DNS zone"),

@@ -21,7 +21,6 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use moat_client::{Api, Reflector};
 use moat_netpol::{Engine, Options, SyncError};
 use moat_nft::Nft;
-use serde::de::DeserializeOwned;
 
 use crate::hooks::{HookError, PodNetHooks};
 use crate::supervisor::{LoopError, Stop};
@@ -38,13 +37,6 @@ pub struct Netpol {
     /// Pods admitted by the hook whose address the API does not show yet, by uid.
     pending: Mutex<BTreeMap<String, Pod>>,
     last_invalid: Mutex<String>,
-}
-
-fn items<T: DeserializeOwned>(r: &Reflector) -> Vec<T> {
-    r.snapshot()
-        .iter()
-        .filter_map(|v| serde_json::from_value::<T>((**v).clone()).ok())
-        .collect()
 }
 
 fn uid(p: &Pod) -> &str {
@@ -90,7 +82,7 @@ impl Netpol {
     /// Compiles and applies the current state: the caches, with the pods the hook admitted
     /// standing in for their cached copies until the API shows their address.
     fn sync(&self) -> Result<(), SyncError> {
-        let mut pods: Vec<Pod> = items(&self.pods);
+        let mut pods: Vec<Pod> = self.pods.items();
         {
             let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
             pending.retain(|u, _| !pods.iter().any(|p| uid(p) == u && has_ip(p)));
@@ -99,8 +91,8 @@ impl Netpol {
                 pods.push(p.clone());
             }
         }
-        let nss: Vec<Namespace> = items(&self.namespaces);
-        let pols: Vec<NetworkPolicy> = items(&self.policies);
+        let nss: Vec<Namespace> = self.namespaces.items();
+        let pols: Vec<NetworkPolicy> = self.policies.items();
         let mut engine = self.engine.lock().unwrap_or_else(|p| p.into_inner());
         match engine.sync_objects(&nss, &pods, &pols, &self.opts) {
             Ok(s) => {

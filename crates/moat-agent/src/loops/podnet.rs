@@ -186,11 +186,7 @@ impl PodnetLoop {
         while !stop.is_stopped() {
             if nodes.synced() {
                 let snapshot = nodes.snapshot();
-                let list: Vec<NodeNet> = snapshot
-                    .iter()
-                    .filter_map(|v| serde_json::from_value::<Node>((**v).clone()).ok())
-                    .map(|n| NodeNet::of(&n))
-                    .collect();
+                let list: Vec<NodeNet> = nodes.items::<Node>().iter().map(NodeNet::of).collect();
                 match self.podnet.reconcile(&list) {
                     Ok(r) => {
                         for op in &r.applied {

@@ -71,20 +71,15 @@ impl ProxyLoop {
         while !stop.is_stopped() {
             if dirty && services.synced() && slices.synced() {
                 let svcs: Vec<Service> = services
-                    .snapshot()
-                    .iter()
-                    .filter_map(|v| serde_json::from_value::<Service>((**v).clone()).ok())
+                    .items::<Service>()
+                    .into_iter()
                     .filter(|s| {
                         let ip = s.spec.as_ref().and_then(|p| p.cluster_ip.as_deref());
                         self.cluster_dns
                             .is_none_or(|d| ip != Some(d.to_string().as_str()))
                     })
                     .collect();
-                let eps: Vec<EndpointSlice> = slices
-                    .snapshot()
-                    .iter()
-                    .filter_map(|v| serde_json::from_value::<EndpointSlice>((**v).clone()).ok())
-                    .collect();
+                let eps: Vec<EndpointSlice> = slices.items();
                 let snap = Snapshot {
                     services: &svcs,
                     slices: &eps,

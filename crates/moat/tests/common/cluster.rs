@@ -337,50 +337,7 @@ impl Drop for Cluster {
 /// state under its own run dir. Returns the `--runtime-config` file. Panics (the test fails)
 /// when the assets or the binary are missing.
 pub fn kata_handler(dir: &std::path::Path) -> PathBuf {
-    use std::os::unix::fs::PermissionsExt;
-    let assets = std::env::var_os("MOAT_VM_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/lib/moat-runtime/assets"));
-    assert!(
-        assets.join("vmlinux-moat").is_file(),
-        "guest assets missing in {}: scripts/guest-assets.sh (scripts/test.sh runs it)",
-        assets.display()
-    );
-    let runtime = moat_bin()
-        .parent()
-        .expect("target dir")
-        .join("moat-runtime");
-    assert!(
-        runtime.is_file(),
-        "build moat-runtime (cargo build -p moat-runtime)"
-    );
-    let config = dir.join("moat-runtime.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[hypervisor]\naccel = \"tcg\"\n[assets]\ndir = \"{}\"\n",
-            assets.display()
-        ),
-    )
-    .expect("runtime config");
-    let wrapper = dir.join("kata-runtime");
-    std::fs::write(
-        &wrapper,
-        format!(
-            "#!/bin/sh\nexec {} --config {} \"$@\"\n",
-            runtime.display(),
-            config.display()
-        ),
-    )
-    .expect("wrapper");
-    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    let handlers = dir.join("runtimes.toml");
-    std::fs::write(
-        &handlers,
-        format!("[handlers.kata]\nbinary = \"{}\"\n", wrapper.display()),
-    )
-    .expect("handlers");
-    handlers
+    super::lab::kata_files(dir, None).handlers
 }
 
 /// Holds `/tmp/moat-serial.lock` exclusively until dropped: tests that make namespaces run

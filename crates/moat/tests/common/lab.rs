@@ -462,57 +462,85 @@ pub struct Kata {
     pub handlers: PathBuf,
 }
 
+/// The files a `kata` runtime handler needs under `dir`: moat-runtime's config (TCG, the guest
+/// assets), a wrapper naming it, and the agent's `--runtime-config` naming the wrapper (with
+/// `root` as the handler's state root, else the agent's default under its run dir). Panics
+/// (the test fails, never skips) when the assets or the binary are missing.
+pub struct KataFiles {
+    pub assets: PathBuf,
+    pub runtime: PathBuf,
+    pub config: PathBuf,
+    pub handlers: PathBuf,
+}
+
+pub fn kata_files(dir: &Path, root: Option<&Path>) -> KataFiles {
+    use std::os::unix::fs::PermissionsExt;
+    let assets = std::env::var_os("MOAT_VM_ASSETS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/lib/moat-runtime/assets"));
+    // Our kernel is the default (`[assets] kernel = "moat"`).
+    assert!(
+        assets.join("vmlinux-moat").is_file(),
+        "guest assets missing in {}: scripts/guest-assets.sh (scripts/test.sh runs it)",
+        assets.display()
+    );
+    let runtime = moat_bin()
+        .parent()
+        .expect("target dir")
+        .join("moat-runtime");
+    assert!(
+        runtime.is_file(),
+        "build moat-runtime (cargo build --workspace --bins)"
+    );
+    let config = dir.join("moat-runtime.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[hypervisor]\naccel = \"tcg\"\n[assets]\ndir = \"{}\"\n",
+            assets.display()
+        ),
+    )
+    .expect("runtime config");
+    let wrapper = dir.join("kata-runtime");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec {} --config {} \"$@\"\n",
+            runtime.display(),
+            config.display()
+        ),
+    )
+    .expect("wrapper");
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let handlers = dir.join("runtimes.toml");
+    let root = root
+        .map(|r| format!("root = \"{}\"\n", r.display()))
+        .unwrap_or_default();
+    std::fs::write(
+        &handlers,
+        format!(
+            "[handlers.kata]\nbinary = \"{}\"\n{root}",
+            wrapper.display()
+        ),
+    )
+    .expect("handlers");
+    KataFiles {
+        assets,
+        runtime,
+        config,
+        handlers,
+    }
+}
+
 impl Kata {
     pub fn new(lab: &Lab) -> Kata {
-        let assets = std::env::var_os("MOAT_VM_ASSETS")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("/var/lib/moat-runtime/assets"));
-        // Our kernel is the default (`[assets] kernel = "moat"`).
-        assert!(
-            assets.join("vmlinux-moat").is_file(),
-            "guest assets missing in {}: scripts/guest-assets.sh (scripts/test.sh runs it)",
-            assets.display()
-        );
-        let runtime = moat_bin()
-            .parent()
-            .expect("target dir")
-            .join("moat-runtime");
-        assert!(
-            runtime.is_file(),
-            "build moat-runtime (cargo build --workspace --bins)"
-        );
-        let config = lab.path("moat-runtime.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[hypervisor]\naccel = \"tcg\"\n[assets]\ndir = \"{}\"\n",
-                assets.display()
-            ),
-        )
-        .expect("runtime config");
-        let wrapper = lab.path("kata-runtime");
-        std::fs::write(
-            &wrapper,
-            format!(
-                "#!/bin/sh\nexec {} --config {} \"$@\"\n",
-                runtime.display(),
-                config.display()
-            ),
-        )
-        .expect("wrapper");
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).expect("chmod");
         let root = lab.path("kata-root");
-        let handlers = lab.path("runtimes.toml");
-        std::fs::write(
-            &handlers,
-            format!(
-                "[handlers.kata]\nbinary = \"{}\"\nroot = \"{}\"\n",
-                wrapper.display(),
-                root.display()
-            ),
-        )
-        .expect("config");
+        let KataFiles {
+            assets,
+            runtime,
+            config,
+            handlers,
+        } = kata_files(lab.dir.path(), Some(&root));
         Kata {
             assets,
             runtime,
