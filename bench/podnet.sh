@@ -6,7 +6,7 @@
 #   host-gw     pod <-> pod across nodes of a `moat cluster --backend host-gw`
 #   vxlan       pod <-> pod across nodes of a `moat cluster --backend vxlan`
 # and route convergence: the time from creating a Node object (podCIDR + flannel annotations,
-# no process behind it) until node 1's routing table has its route (vxlan: and its VTEP
+# no process behind it) until every node's routing table has its route (vxlan: and its VTEP
 # neighbour), and from deleting it until the route is gone; CONVERGE_REPS times per backend,
 # p50/max, once straight against the API server (the agents' reaction) and once with
 # `kubectl create`/`kubectl delete` (what a user sees, kubectl's start-up included). Both clusters live side by side and the datapath measurements are
@@ -210,7 +210,7 @@ EOF
 mx() { printf '%s\n' $1 | sort -g | tail -1; }
 col() { printf '%s\n' "$1" | awk -v c="$2" '{print $c}' | tr '\n' ' '; }
 
-echo "== convergence: Node bench-ghost (podCIDR 10.42.200.0/24, public-ip 172.30.0.99, no process behind it) created and deleted $REPS times per backend; ms until node 1's routes change (vxlan: route and VTEP neighbour), from just before the request"
+echo "== convergence: Node bench-ghost (podCIDR 10.42.200.0/24, public-ip 172.30.0.99, no process behind it) created and deleted $REPS times per backend; ms until the routes of all 3 nodes change (vxlan: route and VTEP neighbour; the slowest node), from just before the request"
 for pair in "$HG host-gw" "$VX vxlan"; do
   set -- $pair
   c=$1 backend=$2
@@ -218,7 +218,7 @@ for pair in "$HG host-gw" "$VX vxlan"; do
   want=(--want '^(?!Deleted).*10\.42\.200\.0/24')
   [ "$backend" = vxlan ] && want+=(--want '^(?!Deleted).*0a:58:0a:2a:c8:01')
   # Straight to the API server over a kept-alive connection: the agents' own reaction time.
-  api=$(python3 "$HELPER" converge-api "$ROOT/$c/kubeconfig.yaml" "moat-$c-1" \
+  api=$(python3 "$HELPER" converge-api "$ROOT/$c/kubeconfig.yaml" "moat-$c-1,moat-$c-2,moat-$c-3" \
     "$ROOT/ghost-$backend.yaml" "$REPS" "${want[@]}")
   up=$(col "$api" 2) down=$(col "$api" 4)
   printf '%-8s API:     add p50 %6s max %6s   delete p50 %6s max %6s   (POST p50 %s, DELETE p50 %s)   goal < 1000\n' \
@@ -227,11 +227,11 @@ for pair in "$HG host-gw" "$VX vxlan"; do
   # The user's view: kubectl create / delete, its start-up and TLS handshake included.
   up="" down="" kup="" kdown=""
   for _ in $(seq "$REPS"); do
-    read -r k t < <(python3 "$HELPER" converge "moat-$c-1" 10 "${want[@]}" -- \
+    read -r k t < <(python3 "$HELPER" converge "moat-$c-1,moat-$c-2,moat-$c-3" 10 "${want[@]}" -- \
       "$KUBECTL" --kubeconfig "$ROOT/$c/kubeconfig.yaml" create -f "$ROOT/ghost-$backend.yaml")
     [ "$t" = -1 ] && { echo "podnet.sh: $backend: no route to bench-ghost after 10 s" >&2; exit 1; }
     up+=" $t" kup+=" $k"
-    read -r k t < <(python3 "$HELPER" converge "moat-$c-1" 10 --want '^Deleted.*10\.42\.200\.0/24' -- \
+    read -r k t < <(python3 "$HELPER" converge "moat-$c-1,moat-$c-2,moat-$c-3" 10 --want '^Deleted.*10\.42\.200\.0/24' -- \
       "$KUBECTL" --kubeconfig "$ROOT/$c/kubeconfig.yaml" delete node bench-ghost)
     [ "$t" = -1 ] && { echo "podnet.sh: $backend: route to bench-ghost still there 10 s after delete" >&2; exit 1; }
     down+=" $t" kdown+=" $k"

@@ -4,18 +4,20 @@
   echo-server IP PORT          accept one TCP connection, echo every byte back, exit
   rr IP PORT N                 N round trips of 1 byte (after 200 warm-up ones); prints
                                "p50_us p99_us mean_us"
-  converge NETNS TIMEOUT [--want RE]... -- CMD...
+  converge NETNS[,NETNS...] TIMEOUT [--want RE]... -- CMD...
                                run CMD (e.g. kubectl create) while `ip -n NETNS monitor`
-                               watches; prints "cmd_ms route_ms": ms from just before CMD
-                               started to its exit, and to the moment every --want pattern
-                               has matched a route/neigh event (-1 on timeout)
-  converge-api KUBECONFIG NETNS NODE.yaml REPS [--want RE]...
+                               watches each namespace; prints "cmd_ms route_ms": ms from
+                               just before CMD started to its exit, and to the moment every
+                               --want pattern has matched a route/neigh event in every
+                               namespace (-1 on timeout)
+  converge-api KUBECONFIG NETNS[,NETNS...] NODE.yaml REPS [--want RE]...
                                REPS times: POST the Node straight to the API server (one
                                kept-alive HTTPS connection, so no kubectl start-up and TLS
-                               handshake in the number), wait until every --want pattern has
-                               matched a route/neigh event in NETNS, DELETE it, wait for the
-                               route's "Deleted" event; prints "post_ms up_ms delete_ms
-                               down_ms" per rep, each from just before the request was sent
+                               handshake in the number), wait until every --want pattern
+                               has matched a route/neigh event in every NETNS, DELETE it,
+                               wait for the route's "Deleted" event; prints "post_ms up_ms
+                               delete_ms down_ms" per rep, each from just before the
+                               request was sent
 """
 
 import base64
@@ -24,7 +26,6 @@ import json
 import os
 import queue
 import re
-import select
 import socket
 import ssl
 import subprocess
@@ -80,8 +81,8 @@ def rr(ip, port, n):
 
 
 def converge(args):
-    # converge NETNS TIMEOUT --want RE [--want RE ...] -- CMD...
-    netns, timeout = args[0], float(args[1])
+    # converge NETNS[,NETNS...] TIMEOUT [--want RE]... -- CMD...
+    netnses, timeout = args[0].split(","), float(args[1])
     rest = args[2:]
     wants = []
     while rest and rest[0] == "--want":
@@ -90,53 +91,19 @@ def converge(args):
     if not rest or rest[0] != "--":
         raise SystemExit("converge: missing -- CMD")
     cmd = rest[1:]
-    mon = subprocess.Popen(
-        ["ip", "-n", netns, "monitor", "route", "neigh"], stdout=subprocess.PIPE
-    )
-    # `ip monitor` subscribes before it prints anything; give it a moment to bind.
-    time.sleep(0.2)
-    # The command runs in a thread: its events may arrive before it returns.
-    done = {}
-
-    def run_cmd():
+    mons = [Monitor(n) for n in netnses]
+    try:
+        t0 = time.perf_counter()
+        # The events may arrive before the command returns: the monitors stamp them.
         r = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        done["ms"] = (time.perf_counter() - t0) * 1000
-        done["rc"], done["err"] = r.returncode, r.stderr.strip()
-
-    t0 = time.perf_counter()
-    th = threading.Thread(target=run_cmd)
-    th.start()
-    seen = [False] * len(wants)
-    got = -1.0
-    end = t0 + timeout
-    fd = mon.stdout.fileno()
-    pending = b""
-    # Raw reads (not readline) so no line waits in a Python buffer that select cannot see.
-    while not all(seen):
-        left = end - time.perf_counter()
-        if left <= 0:
-            break
-        ready, _, _ = select.select([fd], [], [], left)
-        if not ready:
-            continue
-        chunk = os.read(fd, 65536)
-        if not chunk:
-            break
-        pending += chunk
-        *lines, pending = pending.split(b"\n")
-        for line in lines:
-            text = line.decode(errors="replace")
-            for i, w in enumerate(wants):
-                if w.search(text):
-                    seen[i] = True
-        if all(seen):
-            got = (time.perf_counter() - t0) * 1000
-    mon.kill()
-    mon.wait()
-    th.join()
-    if done["rc"] != 0:
-        raise SystemExit(f"converge: {cmd}: {done['err']}")
-    print(f"{done['ms']:.0f} {got:.0f}")
+        cmd_ms = (time.perf_counter() - t0) * 1000
+        if r.returncode != 0:
+            raise SystemExit(f"converge: {cmd}: {r.stderr.strip()}")
+        got = [m.wait(wants, t0, timeout) for m in mons]
+    finally:
+        for m in mons:
+            m.close()
+    print(f"{cmd_ms:.0f} {-1 if min(got) < 0 else max(got):.0f}")
 
 
 class Monitor:
@@ -220,24 +187,31 @@ def converge_api(args):
 
     # Warm the connection (TLS handshake) before anything is timed.
     call("GET", "/api/v1/nodes")
-    mon = Monitor(netns)
+    mons = [Monitor(n) for n in netns.split(",")]
+
+    def slowest(ws, t0):
+        got = [m.wait(ws, t0, 10) for m in mons]
+        return -1.0 if min(got) < 0 else max(got)
+
     try:
         for _ in range(reps):
-            mon.drain()
+            for m in mons:
+                m.drain()
             t0 = time.perf_counter()
             call("POST", "/api/v1/nodes", body)
             post = (time.perf_counter() - t0) * 1000
-            up = mon.wait(wants, t0, 10)
+            up = slowest(wants, t0)
             t0 = time.perf_counter()
             call("DELETE", f"/api/v1/nodes/{name}")
             delete = (time.perf_counter() - t0) * 1000
-            down = mon.wait(gone, t0, 10)
+            down = slowest(gone, t0)
             print(f"{post:.1f} {up:.1f} {delete:.1f} {down:.1f}", flush=True)
             if up < 0 or down < 0:
                 raise SystemExit("converge-api: timed out (10 s) waiting for the routes")
             time.sleep(0.1)
     finally:
-        mon.close()
+        for m in mons:
+            m.close()
 
 
 def main():
