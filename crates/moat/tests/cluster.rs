@@ -193,7 +193,21 @@ fn assert_clean(mut c: Cluster, before: &str) {
 #[test]
 fn serial_cluster_host_gw() {
     let before = host_state();
-    let c = Cluster::create("hg", "host-gw", 3, &[]);
+    let c = Cluster::create("hg", "host-gw", 3, &["--untrusted-nodes", "1"]);
+    // Journey 3's untrusted worker: the last node is labelled and tainted.
+    let (_, n3, _) = c.kubectl(&["get", "node", &c.node(3), "-o", "json"], None);
+    let n3: serde_json::Value = serde_json::from_str(&n3).unwrap();
+    assert_eq!(
+        n3["metadata"]["labels"]["example.org/workload"],
+        "untrusted"
+    );
+    assert_eq!(n3["spec"]["taints"][0]["effect"], "NoSchedule", "{n3}");
+    let (_, n2, _) = c.kubectl(&["get", "node", &c.node(2), "-o", "json"], None);
+    assert!(!n2.contains("example.org/workload"), "{n2}");
+    // The kubeconfig `create` wrote is what `moat cluster kubeconfig` prints.
+    let (ok, kc, err) = c.moat(&["kubeconfig", "--name", "hg"]);
+    assert!(ok && kc.contains("server: https://127.0.0.1:"), "{kc}{err}");
+    assert_eq!(kc, std::fs::read_to_string(c.kubeconfig()).unwrap());
     let ips = web_pods(&c);
     every_pair(&c, &ips);
     node_reaches_remote_pod(&c, &ips);
