@@ -147,6 +147,48 @@ fn serial_cluster_kata_and_runc_across_nodes() {
     assert_eq!(c.qemus_under(&node_run(2)), 2, "a second VM on {vm_node}");
     assert_eq!(fetch_ip(&c, "vm2", &vm_ip), vm2_ip, "VM to VM on one node");
 
+    // Journey 2 across nodes: a Service over the two VM pods answers a runc pod on another
+    // node from both VMs, by name through the cluster DNS; a VM pod resolves and reaches it
+    // too.
+    for p in ["vm", "vm2"] {
+        let (ok, _, err) = c.kubectl(&["label", "pod", p, "tier=vm"], None);
+        assert!(ok, "{err}");
+    }
+    c.apply("apiVersion: v1\nkind: Service\nmetadata: {name: test-kata}\nspec:\n  selector: {tier: vm}\n  ports: [{port: 80, targetPort: 8080}]\n");
+    let mut seen = std::collections::BTreeSet::new();
+    c.wait("both VMs behind the Service", 60, || {
+        let (ok, out, _) = c.fetch_from("ctr", "http://test-kata/");
+        if ok {
+            seen.insert(out.trim().to_string());
+        }
+        seen.len() == 2
+    });
+    assert_eq!(
+        seen,
+        ["vm".to_string(), "vm2".to_string()].into_iter().collect()
+    );
+    let (ok, out, err) = c.fetch_from("vm", "http://test-kata.default.svc.cluster.local/");
+    assert!(
+        ok && out.trim().starts_with("vm"),
+        "DNS + Service from a VM pod: {out}{err}"
+    );
+
+    // NetworkPolicy holds for VM pods as for runc pods: ingress denied to the VMs stops the
+    // runc pod on the other node; deleting the policy lets it back in.
+    c.apply("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: vm-deny}\nspec:\n  podSelector: {matchLabels: {tier: vm}}\n  policyTypes: [Ingress]\n");
+    c.wait("the policy to stop ctr -> vm", 30, || {
+        !c.fetch_from("ctr", &format!("http://{vm_ip}:8080/")).0
+    });
+    assert!(
+        !c.fetch_from("ctr", "http://test-kata/").0,
+        "the Service path bypassed the policy"
+    );
+    let (ok, _, err) = c.kubectl(&["delete", "networkpolicy", "vm-deny"], None);
+    assert!(ok, "{err}");
+    c.wait("ctr -> vm again", 30, || {
+        c.fetch_from("ctr", &format!("http://{vm_ip}:8080/")).0
+    });
+
     let mut c = c;
     c.delete();
     assert_eq!(
