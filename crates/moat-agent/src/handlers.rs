@@ -35,6 +35,31 @@ pub enum HandlerError {
     Unknown(String, String),
 }
 
+/// Why a pod has no runtime handler yet: its RuntimeClass is missing or names no handler, or
+/// the node has no such handler. The message becomes the container's Waiting reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unresolved {
+    #[error("RuntimeClass {0:?} not found")]
+    ClassNotFound(String),
+    #[error("RuntimeClass {0} has no handler")]
+    ClassWithoutHandler(String),
+    #[error("no runtime handler {0:?} is configured on this node (have: {1})")]
+    NotOnNode(String, String),
+    /// A re-adopted record whose pod the API has not shown yet.
+    #[error("no RuntimeClass resolved yet")]
+    NotYet,
+}
+
+impl From<HandlerError> for Unresolved {
+    fn from(e: HandlerError) -> Unresolved {
+        match e {
+            HandlerError::Unknown(n, have) => Unresolved::NotOnNode(n, have),
+            // `get` only fails with Unknown; keep the message of anything else.
+            other => Unresolved::NotOnNode(other.to_string(), String::new()),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Handler {
     pub name: String,

@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::Pod;
 use moat_client::{Api, ClientError, EventRecorder, ObjectRef};
 use serde_json::{Value, json};
 
-use crate::handlers::Handler;
+use crate::handlers::{Handler, Unresolved};
 use crate::lifecycle::{self, Deletion, Done, Effect, Input, PodState};
 use crate::node::Node;
 use crate::podstate::{Phase, PodRecord};
@@ -30,7 +30,7 @@ pub struct PodWorker {
     state: PodState,
     pod: Arc<Pod>,
     deletion: Deletion,
-    handler: Result<Handler, String>,
+    handler: Result<Handler, Unresolved>,
     events: Vec<PodEvent>,
     wake_ms: i64,
     saved: Option<PodRecord>,
@@ -66,13 +66,13 @@ impl PodWorker {
     /// earlier agent left, whose pod is not known yet.
     pub fn new(
         node: Arc<Node>,
-        pod: Option<(Arc<Pod>, Result<Handler, String>)>,
+        pod: Option<(Arc<Pod>, Result<Handler, Unresolved>)>,
         record: Option<PodRecord>,
     ) -> PodWorker {
         let (pod, handler) = match pod {
             Some((p, h)) => (Some(p), h),
             // Only a record: its sandbox exists, so no handler is needed to create one.
-            None => (None, Err("no RuntimeClass resolved yet".to_string())),
+            None => (None, Err(Unresolved::NotYet)),
         };
         let (pod, deletion) = match (pod, &record) {
             (Some(p), _) => {
@@ -97,7 +97,7 @@ impl PodWorker {
         }
     }
 
-    pub fn update(&mut self, pod: Arc<Pod>, handler: Result<Handler, String>) {
+    pub fn update(&mut self, pod: Arc<Pod>, handler: Result<Handler, Unresolved>) {
         // Deletion only moves forward: a stale update never revives a deleting pod.
         if self.deletion == Deletion::None {
             self.deletion = deletion_of(&pod);
@@ -138,7 +138,11 @@ impl PodWorker {
                 .as_ref()
                 .map(|r| self.node.observe(r))
                 .unwrap_or_default();
-            let handler = self.handler.as_ref().map_err(String::as_str);
+            let why = self.handler.as_ref().err().map(ToString::to_string);
+            let handler = match (&self.handler, &why) {
+                (Ok(h), _) => Ok(h),
+                (Err(_), w) => Err(w.as_deref().unwrap_or_default()),
+            };
             let input = Input {
                 pod: &self.pod,
                 now_ms,
@@ -234,7 +238,7 @@ impl PodWorker {
 }
 
 enum Msg {
-    Update(Arc<Pod>, Result<Handler, String>),
+    Update(Arc<Pod>, Result<Handler, Unresolved>),
     Gone,
 }
 
@@ -244,12 +248,12 @@ pub struct WorkerHandle {
     done: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
     /// What was last sent, so unchanged pods are not re-sent every pass.
-    pub(crate) last: Option<(String, Result<String, String>)>,
+    pub(crate) last: Option<(String, Result<String, Unresolved>)>,
     pub(crate) gone_sent: bool,
 }
 
 impl WorkerHandle {
-    pub fn update(&self, pod: Arc<Pod>, handler: Result<Handler, String>) {
+    pub fn update(&self, pod: Arc<Pod>, handler: Result<Handler, Unresolved>) {
         let _ = self.tx.send(Msg::Update(pod, handler));
     }
 
@@ -290,7 +294,7 @@ fn now_ms() -> i64 {
 pub fn spawn(
     env: WorkerEnv,
     uid: &str,
-    pod: Option<(Arc<Pod>, Result<Handler, String>)>,
+    pod: Option<(Arc<Pod>, Result<Handler, Unresolved>)>,
     record: Option<PodRecord>,
 ) -> std::io::Result<WorkerHandle> {
     let (tx, rx) = mpsc::channel::<Msg>();
@@ -313,7 +317,7 @@ fn run(
     env: WorkerEnv,
     rx: mpsc::Receiver<Msg>,
     done: Arc<AtomicBool>,
-    pod: Option<(Arc<Pod>, Result<Handler, String>)>,
+    pod: Option<(Arc<Pod>, Result<Handler, Unresolved>)>,
     record: Option<PodRecord>,
 ) {
     let mut w = PodWorker::new(env.node.clone(), pod, record);

@@ -13,7 +13,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Pod;
 use moat_client::{Api, EventRecorder, Reflector};
 
-use crate::handlers::Handler;
+use crate::handlers::{Handler, Unresolved};
 use crate::node::Node;
 use crate::supervisor::{LoopError, Stop};
 use crate::worker::{self, WorkerEnv, WorkerHandle};
@@ -25,7 +25,11 @@ pub struct PodsLoop {
 }
 
 /// The handler for a pod: its RuntimeClass's handler (from the cache), else the default.
-pub fn handler_for(node: &Node, pod: &Pod, classes: &Reflector) -> Option<Result<Handler, String>> {
+pub fn handler_for(
+    node: &Node,
+    pod: &Pod,
+    classes: &Reflector,
+) -> Option<Result<Handler, Unresolved>> {
     let class = pod.spec.as_ref().and_then(|s| s.runtime_class_name.clone());
     let hname = match class {
         None => None,
@@ -36,9 +40,9 @@ pub fn handler_for(node: &Node, pod: &Pod, classes: &Reflector) -> Option<Result
             match classes.get(&format!("/{c}")) {
                 Some(rc) => match rc["handler"].as_str() {
                     Some(h) => Some(h.to_string()),
-                    None => return Some(Err(format!("RuntimeClass {c} has no handler"))),
+                    None => return Some(Err(Unresolved::ClassWithoutHandler(c))),
                 },
-                None => return Some(Err(format!("RuntimeClass {c:?} not found"))),
+                None => return Some(Err(Unresolved::ClassNotFound(c))),
             }
         }
     };
@@ -47,7 +51,7 @@ pub fn handler_for(node: &Node, pod: &Pod, classes: &Reflector) -> Option<Result
             .handlers
             .get(hname.as_deref())
             .cloned()
-            .map_err(|e| e.to_string()),
+            .map_err(Unresolved::from),
     )
 }
 
@@ -142,7 +146,7 @@ impl PodsLoop {
                 handler
                     .as_ref()
                     .map(|h| h.name.clone())
-                    .map_err(String::clone),
+                    .map_err(Unresolved::clone),
             );
             let pod = Arc::new(pod);
             match workers.get_mut(&uid) {

@@ -566,7 +566,13 @@ fn start_failures_carry_their_kubernetes_reason() {
     let p = pod("Always");
     let mut w = PodWorker::new(
         n.clone(),
-        Some((Arc::new(p), Err("no runtime handler \"kata\"".into()))),
+        Some((
+            Arc::new(p),
+            Err(crate::handlers::Unresolved::NotOnNode(
+                "kata".into(),
+                "runc".into(),
+            )),
+        )),
         None,
     );
     let s = status(w.sync(T0));
