@@ -9,7 +9,7 @@ use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use serde_json::{Value, json};
 
-use crate::{Api, ClientError, by_ns, event, strip_times, typed};
+use crate::{Api, ClientError, by_ns, create_and_delete_pods, strip_times, typed};
 
 const COMPONENT: &str = "daemonset-controller";
 
@@ -76,50 +76,7 @@ fn apply(
     for name in &plan.delete_revisions {
         c.delete(&format!("{revs_path}/{name}"))?;
     }
-    let pods_path = format!("/api/v1/namespaces/{ns}/pods");
-    for p in &plan.create {
-        let mut v = serde_json::to_value(p).unwrap_or_default();
-        v["apiVersion"] = json!("v1");
-        v["kind"] = json!("Pod");
-        match c.create(&pods_path, &v) {
-            Ok(created) => event(
-                c,
-                ns,
-                dv,
-                "Normal",
-                "SuccessfulCreate",
-                &format!(
-                    "Created pod: {}",
-                    created["metadata"]["name"].as_str().unwrap_or("")
-                ),
-                COMPONENT,
-            ),
-            Err(e) => {
-                event(
-                    c,
-                    ns,
-                    dv,
-                    "Warning",
-                    "FailedCreate",
-                    &e.to_string(),
-                    COMPONENT,
-                );
-                break;
-            }
-        }
-    }
-    for pn in &plan.delete {
-        c.delete(&format!("{pods_path}/{pn}"))?;
-        event(
-            c,
-            ns,
-            dv,
-            "Normal",
-            "SuccessfulDelete",
-            &format!("Deleted pod: {pn}"),
-            COMPONENT,
-        );
-    }
+    create_and_delete_pods(c, ns, dv, &plan.create, &plan.delete, COMPONENT)?;
     let status = serde_json::to_value(&plan.status).unwrap_or_default();
     if strip_times(&status) != strip_times(&dv["status"]) {
         let name = dv["metadata"]["name"].as_str().unwrap_or("");

@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::Pod;
 use moat_controllers::job::{Config, JobPlan};
 use serde_json::{Value, json};
 
-use crate::{Api, ClientError, by_ns, event, typed};
+use crate::{Api, ClientError, by_ns, create_and_delete_pods, event, typed};
 
 const COMPONENT: &str = "job-controller";
 const CRON_COMPONENT: &str = "cronjob-controller";
@@ -176,50 +176,7 @@ fn apply(c: &Api, ns: &str, jv: &Value, plan: &JobPlan) -> Result<(), ClientErro
         // The pods go with it: the garbage collector follows their ownerReferences.
         return c.delete_with(&job_path, "Background");
     }
-    let pods_path = format!("/api/v1/namespaces/{ns}/pods");
-    for p in &plan.create {
-        let mut v = serde_json::to_value(p).unwrap_or_default();
-        v["apiVersion"] = json!("v1");
-        v["kind"] = json!("Pod");
-        match c.create(&pods_path, &v) {
-            Ok(created) => event(
-                c,
-                ns,
-                jv,
-                "Normal",
-                "SuccessfulCreate",
-                &format!(
-                    "Created pod: {}",
-                    created["metadata"]["name"].as_str().unwrap_or("")
-                ),
-                COMPONENT,
-            ),
-            Err(e) => {
-                event(
-                    c,
-                    ns,
-                    jv,
-                    "Warning",
-                    "FailedCreate",
-                    &e.to_string(),
-                    COMPONENT,
-                );
-                break;
-            }
-        }
-    }
-    for pn in &plan.delete {
-        c.delete(&format!("{pods_path}/{pn}"))?;
-        event(
-            c,
-            ns,
-            jv,
-            "Normal",
-            "SuccessfulDelete",
-            &format!("Deleted pod: {pn}"),
-            COMPONENT,
-        );
-    }
+    create_and_delete_pods(c, ns, jv, &plan.create, &plan.delete, COMPONENT)?;
     if let Some(st) = &plan.status {
         let new = serde_json::to_value(st).unwrap_or_default();
         c.merge_patch(

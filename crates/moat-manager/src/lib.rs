@@ -294,6 +294,57 @@ impl std::ops::Deref for Api {
 /// Records an event about `obj` in the background (client-go's broadcaster: a loop's write,
 /// a binding or a replica, never waits for its event; a burst beyond the queue drops events,
 /// never the work).
+/// Creates and deletes an owner's pods as a plan says, with the events the upstream
+/// controllers record: the first failed create stops the creates (the next pass retries),
+/// a failed delete is an error.
+fn create_and_delete_pods(
+    c: &Api,
+    ns: &str,
+    owner: &Value,
+    create: &[Pod],
+    delete: &[String],
+    component: &str,
+) -> Result<(), moat_client::ClientError> {
+    let pods_path = format!("/api/v1/namespaces/{ns}/pods");
+    for p in create {
+        let mut v = serde_json::to_value(p).unwrap_or_default();
+        v["apiVersion"] = json!("v1");
+        v["kind"] = json!("Pod");
+        match c.create(&pods_path, &v) {
+            Ok(created) => event(
+                c,
+                ns,
+                owner,
+                "Normal",
+                "SuccessfulCreate",
+                &format!(
+                    "Created pod: {}",
+                    created["metadata"]["name"].as_str().unwrap_or("")
+                ),
+                component,
+            ),
+            Err(e) => {
+                event(
+                    c,
+                    ns,
+                    owner,
+                    "Warning",
+                    "FailedCreate",
+                    &e.to_string(),
+                    component,
+                );
+                break;
+            }
+        }
+    }
+    for pn in delete {
+        c.delete(&format!("{pods_path}/{pn}"))?;
+        let msg = format!("Deleted pod: {pn}");
+        event(c, ns, owner, "Normal", "SuccessfulDelete", &msg, component);
+    }
+    Ok(())
+}
+
 fn event(
     c: &Api,
     ns: &str,
