@@ -49,21 +49,20 @@ pub struct Report {
     pub failed: Vec<(Op, HostNetError)>,
 }
 
-pub struct PodNet<H: HostNet, N: NftApply> {
+pub struct PodNet<H: HostNet> {
     host: H,
-    nft: N,
     conf: NetConf,
     local: Local,
     mtu: u32,
     vtep_mac: Option<Mac>,
 }
 
-impl<H: HostNet, N: NftApply> PodNet<H, N> {
+impl<H: HostNet> PodNet<H> {
     /// Prepares this node: IP forwarding, the vxlan device (kept as it is when it already
     /// matches, so a restart does not flap it), masquerade.
     pub fn setup(
         host: H,
-        nft: N,
+        nft: &dyn NftApply,
         conf: NetConf,
         name: &str,
         subnet: Ipv4Net,
@@ -120,7 +119,6 @@ impl<H: HostNet, N: NftApply> PodNet<H, N> {
         }
         Ok(PodNet {
             host,
-            nft,
             conf,
             local,
             mtu,
@@ -213,25 +211,5 @@ impl<H: HostNet, N: NftApply> PodNet<H, N> {
             }
         }
         Ok(report)
-    }
-
-    /// Removes what this node programmed (the masquerade table and flannel.1 with its entries).
-    pub fn teardown(&self) -> Result<(), PodNetError> {
-        for r in self.observed()?.routes {
-            let _ = self.host.apply(&Op::DelRoute(r));
-        }
-        if self
-            .host
-            .link(VXLAN_DEV)
-            .map_err(step("reading flannel.1"))?
-            .is_some()
-        {
-            self.host
-                .delete_link(VXLAN_DEV)
-                .map_err(step("removing flannel.1"))?;
-        }
-        self.nft
-            .apply(&render::unmasquerade())
-            .map_err(PodNetError::Nft)
     }
 }

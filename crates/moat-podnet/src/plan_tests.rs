@@ -173,7 +173,7 @@ fn setup_creates_flannel_1_with_mtu_1450_and_masquerade() {
     let nft = Recorder::default();
     let pn = PodNet::setup(
         host.clone(),
-        nft.clone(),
+        &nft,
         conf(Backend::Vxlan),
         "n1",
         "10.42.1.0/24".parse().unwrap(),
@@ -201,7 +201,7 @@ fn restart_changes_nothing_that_is_right() {
     let setup = || {
         PodNet::setup(
             host.clone(),
-            Recorder::default(),
+            &Recorder::default(),
             conf(Backend::Vxlan),
             "n1",
             "10.42.1.0/24".parse().unwrap(),
@@ -230,7 +230,7 @@ fn regression_stale_routes_of_a_node_deleted_while_down_are_removed() {
     let host = fake_node();
     let pn = PodNet::setup(
         host.clone(),
-        Recorder::default(),
+        &Recorder::default(),
         conf(Backend::Vxlan),
         "n1",
         "10.42.1.0/24".parse().unwrap(),
@@ -259,7 +259,7 @@ fn switching_to_host_gw_removes_the_tunnel_and_its_routes() {
     let mk = |b| {
         PodNet::setup(
             host.clone(),
-            Recorder::default(),
+            &Recorder::default(),
             conf(b),
             "n1",
             "10.42.1.0/24".parse().unwrap(),
@@ -285,7 +285,7 @@ fn a_refused_operation_is_reported_and_retried() {
     let host = fake_node();
     let pn = PodNet::setup(
         host.clone(),
-        Recorder::default(),
+        &Recorder::default(),
         conf(Backend::HostGw),
         "n1",
         "10.42.1.0/24".parse().unwrap(),
@@ -306,7 +306,7 @@ fn a_refused_operation_is_reported_and_retried() {
 fn missing_underlay_is_a_clear_error() {
     let e = PodNet::setup(
         fake_node(),
-        Recorder::default(),
+        &Recorder::default(),
         conf(Backend::Vxlan),
         "n1",
         "10.42.1.0/24".parse().unwrap(),
@@ -323,7 +323,7 @@ proptest! {
     fn reconcile_converges(steps in proptest::collection::vec(proptest::collection::btree_set(2u8..8, 0..6), 1..6), hg in any::<bool>()) {
         let b = if hg { Backend::HostGw } else { Backend::Vxlan };
         let host = fake_node();
-        let pn = PodNet::setup(host.clone(), Recorder::default(), conf(b), "n1", "10.42.1.0/24".parse().unwrap(), "192.168.50.11".parse().unwrap()).unwrap();
+        let pn = PodNet::setup(host.clone(), &Recorder::default(), conf(b), "n1", "10.42.1.0/24".parse().unwrap(), "192.168.50.11".parse().unwrap()).unwrap();
         for set in steps {
             let nodes: Vec<NodeNet> = set.iter().map(|i| node(*i)).collect();
             pn.reconcile(&nodes).unwrap();

@@ -41,11 +41,6 @@ pub fn masquerade(conf: &NetConf, local_subnet: Ipv4Net) -> String {
     )
 }
 
-/// Removes the table (backend `none`, or a node leaving).
-pub fn unmasquerade() -> String {
-    format!("table ip {NFT_TABLE}\ndelete table ip {NFT_TABLE}\n")
-}
-
 /// The node's CNI conflist: bridge `cni0` (gateway `.1`, no masquerade of its own: the pod
 /// network owns it) with host-local IPAM on the node's subnet, the pod MTU the backend
 /// allows, and portmap for hostPort.

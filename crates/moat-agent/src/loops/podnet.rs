@@ -25,7 +25,7 @@ use serde_json::json;
 use crate::config::AgentConfig;
 use crate::supervisor::{LoopError, Stop};
 
-pub type RealPodNet = PodNet<Iproute2, Nft>;
+pub type RealPodNet = PodNet<Iproute2>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PodnetSetupError {
@@ -139,7 +139,7 @@ pub fn prepare(api: &dyn Api, cfg: &AgentConfig, cidr: &str) -> Result<Prepared,
     };
     let pn = PodNet::setup(
         Iproute2,
-        Nft::default(),
+        &Nft::default(),
         conf.clone(),
         &cfg.node_name,
         subnet,
