@@ -168,7 +168,12 @@ impl Agent {
                 node_addrs.push(net.network());
                 node_addrs.push(moat_podnet::render::gateway(net));
             }
-            Netpol::new(api.clone(), &cfg.node_name, node_addrs)
+            Netpol::new(
+                api.clone(),
+                &cfg.node_name,
+                node_addrs,
+                events.with_component("moat-netpol"),
+            )
         });
         if let Some(np) = &netpol {
             parts.hooks = Arc::new(NetpolHooks(np.clone()));

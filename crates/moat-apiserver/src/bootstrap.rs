@@ -86,6 +86,11 @@ pub async fn default_runtime_class(
 /// Store key of flannel's ConfigMap, which carries the cluster CIDR and backend to the agents.
 pub const NET_CONF_KEY: &str = "/registry/configmaps/kube-system/kube-flannel-cfg";
 
+/// Name of the ConfigMap in `kube-system` that carries the server's NetworkPolicy settings to
+/// every agent (`legacyNamespaceIsolation: "true"|"false"`), so all nodes enforce the same
+/// semantics (k3s hands its agents the server's flags the same way).
+pub const NETPOL_CONF_NAME: &str = "moat-network-policy";
+
 /// Writes the pod network's configuration (`net-conf.json`) from the server's flags at every
 /// start, as k3s does: the flags are the truth, and an unchanged config is not rewritten.
 pub async fn network_config(
@@ -94,18 +99,50 @@ pub async fn network_config(
     uid: &str,
     now: &str,
 ) -> Result<(), NetConfError> {
-    let err = |step| move |source| NetConfError { step, source };
-    let existing = store.get(NET_CONF_KEY).await.map_err(err("reading it"))?;
+    let data = [("net-conf.json".to_string(), net_conf.to_string())].into();
+    let labels = json!({"app": "flannel", "tier": "node"});
+    published_config_map(store, "kube-flannel-cfg", labels, &data, uid, now).await
+}
+
+/// Writes `kube-system/moat-network-policy` from the server's flags at every start.
+pub async fn network_policy_config(
+    store: &dyn Store,
+    legacy_namespace_isolation: bool,
+    uid: &str,
+    now: &str,
+) -> Result<(), NetConfError> {
+    let data = [(
+        "legacyNamespaceIsolation".to_string(),
+        legacy_namespace_isolation.to_string(),
+    )]
+    .into();
+    let labels = json!({"app.kubernetes.io/managed-by": "moat-server"});
+    published_config_map(store, NETPOL_CONF_NAME, labels, &data, uid, now).await
+}
+
+/// A `kube-system` ConfigMap whose data the server's flags own: created when absent, its
+/// `data` replaced when it differs, left alone (no new revision) when it matches.
+async fn published_config_map(
+    store: &dyn Store,
+    name: &'static str,
+    labels: Value,
+    data: &std::collections::BTreeMap<String, String>,
+    uid: &str,
+    now: &str,
+) -> Result<(), NetConfError> {
+    let err = |step| move |source| NetConfError { name, step, source };
+    let key = format!("/registry/configmaps/kube-system/{name}");
+    let existing = store.get(&key).await.map_err(err("reading it"))?;
     match existing {
         None => {
             let obj = json!({
                 "kind": "ConfigMap", "apiVersion": "v1",
-                "metadata": {"name": "kube-flannel-cfg", "namespace": "kube-system", "uid": uid,
-                             "creationTimestamp": now, "labels": {"app": "flannel", "tier": "node"}},
-                "data": {"net-conf.json": net_conf},
+                "metadata": {"name": name, "namespace": "kube-system", "uid": uid,
+                             "creationTimestamp": now, "labels": labels},
+                "data": data,
             });
             match store
-                .create(NET_CONF_KEY, serde_json::to_vec(&obj).unwrap_or_default())
+                .create(&key, serde_json::to_vec(&obj).unwrap_or_default())
                 .await
             {
                 Ok(_) | Err(StoreError::AlreadyExists { .. }) => Ok(()),
@@ -114,13 +151,13 @@ pub async fn network_config(
         }
         Some(kv) => {
             let mut obj: Value = serde_json::from_slice(&kv.value).unwrap_or_else(|_| json!({}));
-            if obj["data"]["net-conf.json"] == net_conf {
+            if obj["data"] == json!(data) {
                 return Ok(());
             }
-            obj["data"]["net-conf.json"] = json!(net_conf);
+            obj["data"] = json!(data);
             store
                 .update(
-                    NET_CONF_KEY,
+                    &key,
                     serde_json::to_vec(&obj).unwrap_or_default(),
                     kv.mod_revision,
                 )
@@ -139,7 +176,13 @@ pub async fn kube_dns(
     uid: &str,
     now: &str,
 ) -> Result<(), NetConfError> {
-    let err = |step| move |source| NetConfError { step, source };
+    let err = |step| {
+        move |source| NetConfError {
+            name: "kube-dns",
+            step,
+            source,
+        }
+    };
     let key = "/registry/services/kube-system/kube-dns";
     if store
         .get(key)
@@ -193,8 +236,9 @@ pub async fn kube_dns(
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("bootstrapping the cluster network (kube-system): {step}")]
+#[error("bootstrapping the cluster network (kube-system/{name}): {step}")]
 pub struct NetConfError {
+    name: &'static str,
     step: &'static str,
     #[source]
     source: StoreError,
@@ -227,6 +271,22 @@ mod tests {
         let v: Value = serde_json::from_slice(&kv.value).unwrap();
         assert_eq!(v["data"]["net-conf.json"], r#"{"Network":"10.20.0.0/16"}"#);
         assert_eq!(v["metadata"]["namespace"], "kube-system");
+    }
+
+    #[tokio::test]
+    async fn network_policy_config_follows_the_flag() {
+        let s = MemStore::new();
+        let key = format!("/registry/configmaps/kube-system/{NETPOL_CONF_NAME}");
+        let read = |kv: Option<moat_store::KeyValue>| -> Value {
+            serde_json::from_slice(&kv.unwrap().value).unwrap()
+        };
+        network_policy_config(&s, false, "u", "t").await.unwrap();
+        let v = read(s.get(&key).await.unwrap());
+        assert_eq!(v["data"]["legacyNamespaceIsolation"], "false");
+        network_policy_config(&s, true, "u", "t").await.unwrap();
+        let v = read(s.get(&key).await.unwrap());
+        assert_eq!(v["data"]["legacyNamespaceIsolation"], "true");
+        assert_eq!(v["metadata"]["name"], NETPOL_CONF_NAME);
     }
 
     #[tokio::test]

@@ -96,6 +96,9 @@ pub struct Config {
     /// The cluster DNS address (inside the service CIDR): the `kube-system/kube-dns` Service
     /// is created with it.
     pub cluster_dns: Option<std::net::Ipv4Addr>,
+    /// Honour the 2016 `net.beta.kubernetes.io/network-policy` DefaultDeny namespace
+    /// annotation on every node (published in `kube-system/moat-network-policy`).
+    pub legacy_namespace_isolation: bool,
 }
 
 pub struct App {
@@ -238,6 +241,13 @@ pub async fn serve(
         )
         .await?;
     }
+    bootstrap::network_policy_config(
+        &*store,
+        cfg.legacy_namespace_isolation,
+        &uuid::Uuid::new_v4().to_string(),
+        &chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    )
+    .await?;
     if let Some(ip) = cfg.cluster_dns {
         bootstrap::kube_dns(
             &*store,

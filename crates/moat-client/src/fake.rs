@@ -62,7 +62,8 @@ fn in_collection(collection: &str, obj_path: &str) -> bool {
     parts.len() == 3 && parts[1] == plural
 }
 
-/// The one field selector the loops send: `spec.nodeName=X` (percent-encoded `=`).
+/// The field selectors the loops send: `spec.nodeName=X`, `metadata.name=X` (percent-encoded
+/// `=`).
 fn matches_selector(query: &str, obj: &Value) -> bool {
     query.split('&').all(|kv| {
         let Some(sel) = kv.strip_prefix("fieldSelector=") else {
@@ -71,6 +72,7 @@ fn matches_selector(query: &str, obj: &Value) -> bool {
         let sel = sel.replace("%3D", "=");
         match sel.split_once('=') {
             Some(("spec.nodeName", v)) => obj["spec"]["nodeName"].as_str() == Some(v),
+            Some(("metadata.name", v)) => obj["metadata"]["name"].as_str() == Some(v),
             _ => true,
         }
     })

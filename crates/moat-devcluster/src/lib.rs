@@ -443,6 +443,7 @@ mod tests {
             root: "/tmp/x".into(),
             image_root: "/tmp/i".into(),
             runtime_config: None,
+            server_args: vec![],
         })
         .unwrap();
         let h = host::Recording::default();

@@ -46,6 +46,9 @@ pub struct Spec {
     /// Every node's runtime handler TOML (`--runtime-config`), e.g. a `kata` handler naming
     /// another moat-runtime; none: the agent's defaults (runc, crun, kata).
     pub runtime_config: Option<PathBuf>,
+    /// Extra `moat server` flags for the first node (k3d's `--k3s-arg`), e.g.
+    /// `--legacy-namespace-isolation`.
+    pub server_args: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -90,6 +93,8 @@ pub struct Plan {
     /// Records written before the option existed have none.
     #[serde(default)]
     pub runtime_config: Option<PathBuf>,
+    #[serde(default)]
+    pub server_args: Vec<String>,
     /// The underlay bridge's namespace.
     pub underlay_netns: String,
     /// The cgroup every process of the cluster runs under (killed as one on delete).
@@ -153,6 +158,7 @@ pub fn plan(spec: &Spec) -> Result<Plan, PlanError> {
         service_cidr: spec.service_cidr.clone(),
         image_root: spec.image_root.clone(),
         runtime_config: spec.runtime_config.clone(),
+        server_args: spec.server_args.clone(),
         underlay_netns: format!("moat-{}-ul", spec.name),
         cgroup,
         nodes,
@@ -197,6 +203,7 @@ impl Plan {
                 ]
                 .map(String::from),
             );
+            a.extend(self.server_args.iter().cloned());
         } else {
             let d = self.server().data_dir();
             a.extend(
@@ -255,6 +262,7 @@ mod tests {
             root: "/var/lib/moat/clusters".into(),
             image_root: "/var/lib/moat/images".into(),
             runtime_config: None,
+            server_args: vec![],
         }
     }
 
@@ -274,6 +282,21 @@ mod tests {
         let s = p.node_args(&p.nodes[0]);
         assert!(s.windows(2).any(|w| w == ["--flannel-backend", "vxlan"]));
         assert!(!s.contains(&"--runtime-config".to_string()));
+    }
+
+    #[test]
+    fn server_args_go_to_the_server_only() {
+        let mut s = spec();
+        s.server_args = vec!["--legacy-namespace-isolation".into()];
+        let p = plan(&s).unwrap();
+        assert!(
+            p.node_args(&p.nodes[0])
+                .contains(&"--legacy-namespace-isolation".to_string())
+        );
+        assert!(
+            !p.node_args(&p.nodes[1])
+                .contains(&"--legacy-namespace-isolation".to_string())
+        );
     }
 
     #[test]

@@ -45,6 +45,10 @@ enum ClusterCmd {
         /// to each node's own run dir.
         #[arg(long)]
         runtime_config: Option<PathBuf>,
+        /// An extra `moat server` flag for the first node (repeatable; k3d's --k3s-arg),
+        /// e.g. `--server-arg=--legacy-namespace-isolation`.
+        #[arg(long = "server-arg", allow_hyphen_values = true)]
+        server_args: Vec<String>,
     },
     /// Delete a cluster: processes, pods, VMs, namespaces, mounts, cgroups and files.
     Delete {
@@ -91,6 +95,7 @@ pub fn run(a: ClusterArgs) -> anyhow::Result<ExitCode> {
             untrusted_nodes,
             image_root,
             runtime_config,
+            server_args,
         } => {
             // Absolute, and refused now if missing rather than as agents that never start.
             let runtime_config = runtime_config
@@ -109,6 +114,7 @@ pub fn run(a: ClusterArgs) -> anyhow::Result<ExitCode> {
                 root: a.root.clone(),
                 image_root,
                 runtime_config,
+                server_args,
             };
             let moat = std::env::current_exe().context("locating the moat binary")?;
             let tty = std::io::stderr().is_terminal();

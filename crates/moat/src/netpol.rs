@@ -42,10 +42,20 @@ enum NetpolCmd {
         #[arg(long, default_value_t = 250)]
         timeout_ms: u64,
     },
-    /// Say which policies isolate each side of a connection and which rule allows it.
+    /// Say which policies isolate each side of a connection and which rule allows it: of
+    /// the manifests given with -f, or else of the running cluster (read through the API).
     Explain {
-        #[arg(short = 'f', long = "filename", required = true)]
+        /// Manifest files; without them the live cluster's Pods, Namespaces and
+        /// NetworkPolicies are read.
+        #[arg(short = 'f', long = "filename")]
         files: Vec<String>,
+        /// The cluster to read when no manifests are given.
+        #[arg(
+            long,
+            env = "KUBECONFIG",
+            default_value = "/var/lib/moat/kubeconfig.yaml"
+        )]
+        kubeconfig: std::path::PathBuf,
         /// Source pod, `ns/name`.
         #[arg(long)]
         from: String,
@@ -129,20 +139,29 @@ pub fn run(args: NetpolArgs) -> anyhow::Result<ExitCode> {
             from,
             to,
             port,
+            kubeconfig,
             legacy_namespace_isolation,
         } => {
-            let objs = load(&files)?;
-            let snap = objs.snapshot(&Options {
-                legacy_namespace_isolation,
-                ..Default::default()
-            })?;
+            let (snap, source) = if files.is_empty() {
+                (
+                    live_snapshot(&kubeconfig, legacy_namespace_isolation)?,
+                    "the cluster",
+                )
+            } else {
+                let objs = load(&files)?;
+                let snap = objs.snapshot(&Options {
+                    legacy_namespace_isolation,
+                    ..Default::default()
+                })?;
+                (snap, "the manifests")
+            };
             let [(n, proto)] = parse_probes(&port)?[..] else {
                 bail!("--port takes one PORT/PROTO, e.g. 80/TCP");
             };
             let a = find_pod(&snap, &from)
-                .with_context(|| format!("no pod {from} in the manifests"))?;
-            let b =
-                find_pod(&snap, &to).with_context(|| format!("no pod {to} in the manifests"))?;
+                .with_context(|| format!("no pod {from} with an IP in {source}"))?;
+            let b = find_pod(&snap, &to)
+                .with_context(|| format!("no pod {to} with an IP in {source}"))?;
             let e = explain(&snap, a, b, n, proto);
             print!("{}", e.render(&from, &to, n, proto, b.ip));
             Ok(if e.allowed {
@@ -152,4 +171,41 @@ pub fn run(args: NetpolArgs) -> anyhow::Result<ExitCode> {
             })
         }
     }
+}
+
+/// The cluster as every node's engine sees it: all Pods, Namespaces and NetworkPolicies, and
+/// the server's published settings (`kube-system/moat-network-policy`) unless the flag asks
+/// for the legacy annotation anyway.
+fn live_snapshot(
+    kubeconfig: &std::path::Path,
+    legacy_flag: bool,
+) -> anyhow::Result<moat_netpol::Snapshot> {
+    let client = moat_client::Client::from_kubeconfig(kubeconfig)
+        .with_context(|| format!("connecting with {}", kubeconfig.display()))?;
+    fn items<T: serde::de::DeserializeOwned>(
+        c: &moat_client::Client,
+        path: &str,
+    ) -> anyhow::Result<Vec<T>> {
+        let (items, _) = c.list(path).with_context(|| format!("listing {path}"))?;
+        items
+            .into_iter()
+            .map(|v| serde_json::from_value(v).with_context(|| format!("decoding {path}")))
+            .collect()
+    }
+    let namespaces = items(&client, "/api/v1/namespaces")?;
+    let pods = items(&client, "/api/v1/pods")?;
+    let policies = items(&client, "/apis/networking.k8s.io/v1/networkpolicies")?;
+    let published =
+        match client.get("/api/v1/namespaces/kube-system/configmaps/moat-network-policy") {
+            Ok(cm) => cm["data"]["legacyNamespaceIsolation"] == "true",
+            Err(e) if e.code() == Some(404) => false,
+            Err(e) => return Err(e).context("reading kube-system/moat-network-policy"),
+        };
+    let opts = Options {
+        legacy_namespace_isolation: legacy_flag || published,
+        ..Default::default()
+    };
+    moat_netpol::Snapshot::build(&namespaces, &pods, &policies, &opts)
+        .map_err(moat_netpol::SyncError::Invalid)
+        .context("the cluster's NetworkPolicies do not compile")
 }

@@ -61,6 +61,11 @@ pub struct ServerArgs {
     /// How long pods without their own toleration stay on an unreachable or not-ready node.
     #[arg(long, default_value_t = 300)]
     default_toleration_seconds: i64,
+    /// Honour the 2016-era namespace annotation
+    /// `net.beta.kubernetes.io/network-policy: {"ingress":{"isolation":"DefaultDeny"}}` on
+    /// every node (upstream removed it; off by default).
+    #[arg(long)]
+    legacy_namespace_isolation: bool,
     #[command(subcommand)]
     cmd: Option<ServerCmd>,
 }
@@ -176,6 +181,7 @@ pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
                     max_watch_seconds: args.max_watch_seconds,
                     net_conf: Some(net_conf.to_json().to_string()),
                     cluster_dns: args.agent_args.cluster_dns,
+                    legacy_namespace_isolation: args.legacy_namespace_isolation,
                 },
                 Some(tx),
             );

@@ -95,6 +95,23 @@ fn serial_cluster_network_policy_live() {
         assert!(ok, "{err}");
     }
     c.wait("access to come back", 20, || reaches(&c, "other", &by_ip));
+    // The 2016 DefaultDeny annotation means nothing unless the server was started with
+    // --legacy-namespace-isolation (upstream removed it).
+    let (ok, _, err) = c.kubectl(
+        &[
+            "annotate",
+            "namespace",
+            "np",
+            r#"net.beta.kubernetes.io/network-policy={"ingress":{"isolation":"DefaultDeny"}}"#,
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert!(
+        reaches(&c, "other", &by_ip),
+        "the legacy annotation isolated a namespace without --legacy-namespace-isolation"
+    );
 
     // First-packet isolation: a pod whose egress is denied never gets a packet out, even the
     // very first, sent as its container starts (before the API shows its IP); an unselected
@@ -127,6 +144,163 @@ fn serial_cluster_network_policy_live() {
         "DENIED",
         "a denied pod's first packets got out"
     );
+    let mut c = c;
+    c.delete();
+    assert_eq!(c.leftovers(), Vec::<String>::new());
+}
+
+fn web(name: &str, node: &str, labels: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: test, labels: {labels}}}\nspec:\n  nodeName: {node}\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: localhost/busybox:latest\n    imagePullPolicy: IfNotPresent\n    command: [sh, -c, 'echo nginx > /tmp/index.html; exec httpd -f -p 80 -h /tmp']\n    readinessProbe: {{httpGet: {{path: /, port: 80}}, periodSeconds: 1}}\n"
+    )
+}
+
+fn client(name: &str, node: &str, labels: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: test, labels: {labels}}}\nspec:\n  nodeName: {node}\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: localhost/busybox:latest\n    imagePullPolicy: IfNotPresent\n    command: [sleep, '100000']\n"
+    )
+}
+
+/// `wget nginx` (the Service, by its short name through the cluster DNS) from a pod.
+fn wget_nginx(c: &Cluster, from: &str) -> bool {
+    let (ok, out, _) = c.kubectl(
+        &[
+            "-n",
+            "test",
+            "exec",
+            from,
+            "--",
+            "timeout",
+            "3",
+            "wget",
+            "-qO-",
+            "http://nginx/",
+        ],
+        None,
+    );
+    ok && out.trim() == "nginx"
+}
+
+/// `moat netpol explain` against the live cluster: (allowed, its report).
+fn explain(c: &Cluster, from: &str, to: &str) -> (bool, String) {
+    let (ok, out, err) = common::lab::run(
+        std::process::Command::new(common::lab::moat_bin())
+            .args(["netpol", "explain", "--kubeconfig"])
+            .arg(c.kubeconfig())
+            .args(["--from", from, "--to", to, "--port", "80/TCP"]),
+    );
+    // Exit 1 is a deny; anything on stderr is a failure to explain.
+    assert!(err.trim().is_empty(), "explain: {err}");
+    (ok, out)
+}
+
+/// Journey 4 on a host-gw cluster started with `--legacy-namespace-isolation`: the 2016
+/// namespace annotation isolates the namespace on every node, `access-nginx` lets exactly the
+/// `access=true` pods reach nginx by its Service name from other nodes, and `moat netpol
+/// explain` reads the live cluster and names the policies on each side.
+#[test]
+fn serial_cluster_legacy_namespace_isolation_host_gw_and_live_explain() {
+    let c = Cluster::create(
+        "npl",
+        "host-gw",
+        3,
+        &["--server-arg=--legacy-namespace-isolation"],
+    );
+    let (ok, out, err) = c.kubectl(
+        &[
+            "-n",
+            "kube-system",
+            "get",
+            "configmap",
+            "moat-network-policy",
+            "-o",
+            "jsonpath={.data.legacyNamespaceIsolation}",
+        ],
+        None,
+    );
+    assert!(ok && out.trim() == "true", "{out} {err}");
+    let (ok, _, err) = c.kubectl(&["create", "namespace", "test"], None);
+    assert!(ok, "{err}");
+    c.apply(&web("nginx", &c.node(2), "{run: nginx}"));
+    c.apply(&client("busybox", &c.node(1), "{access: 'true'}"));
+    c.apply(&client("stranger", &c.node(3), "{role: none}"));
+    c.apply("apiVersion: v1\nkind: Service\nmetadata: {name: nginx, namespace: test}\nspec:\n  selector: {run: nginx}\n  ports: [{port: 80}]\n");
+    for p in ["nginx", "busybox", "stranger"] {
+        c.running_ip_in("test", p);
+    }
+    c.wait("both clients to reach nginx", 60, || {
+        wget_nginx(&c, "busybox") && wget_nginx(&c, "stranger")
+    });
+    let (allowed, report) = explain(&c, "test/stranger", "test/nginx");
+    assert!(allowed, "explain denies before any isolation:\n{report}");
+
+    let (ok, _, err) = c.kubectl(
+        &[
+            "annotate",
+            "namespace",
+            "test",
+            r#"net.beta.kubernetes.io/network-policy={"ingress":{"isolation":"DefaultDeny"}}"#,
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    c.wait("the annotation to isolate the namespace", 20, || {
+        !wget_nginx(&c, "busybox") && !wget_nginx(&c, "stranger")
+    });
+
+    c.apply("kind: NetworkPolicy\napiVersion: networking.k8s.io/v1\nmetadata: {name: access-nginx, namespace: test}\nspec:\n  podSelector: {matchLabels: {run: nginx}}\n  ingress:\n  - from: [{podSelector: {matchLabels: {access: 'true'}}}]\n");
+    c.wait("access=true to get in", 20, || wget_nginx(&c, "busybox"));
+    assert!(
+        !wget_nginx(&c, "stranger"),
+        "a pod without access=true got in"
+    );
+
+    let (allowed, report) = explain(&c, "test/busybox", "test/nginx");
+    assert!(allowed, "{report}");
+    assert!(report.contains("access-nginx"), "{report}");
+    let (allowed, report) = explain(&c, "test/stranger", "test/nginx");
+    assert!(!allowed, "{report}");
+    assert!(report.contains("access-nginx"), "{report}");
+    let (_, out, err) = common::lab::run(
+        std::process::Command::new(common::lab::moat_bin())
+            .args(["netpol", "explain", "--kubeconfig"])
+            .arg(c.kubeconfig())
+            .args([
+                "--from",
+                "test/nobody",
+                "--to",
+                "test/nginx",
+                "--port",
+                "80/TCP",
+            ]),
+    );
+    assert!(
+        err.contains("no pod test/nobody"),
+        "an unknown pod: {out} {err}"
+    );
+
+    // Without the annotation, access-nginx alone still isolates nginx.
+    let (ok, _, err) = c.kubectl(
+        &[
+            "annotate",
+            "namespace",
+            "test",
+            "net.beta.kubernetes.io/network-policy-",
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert!(wget_nginx(&c, "busybox"));
+    assert!(!wget_nginx(&c, "stranger"));
+    let (ok, _, err) = c.kubectl(
+        &["-n", "test", "delete", "networkpolicy", "access-nginx"],
+        None,
+    );
+    assert!(ok, "{err}");
+    c.wait("the stranger to get in again", 20, || {
+        wget_nginx(&c, "stranger")
+    });
     let mut c = c;
     c.delete();
     assert_eq!(c.leftovers(), Vec::<String>::new());

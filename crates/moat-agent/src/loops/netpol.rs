@@ -18,12 +18,16 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Namespace, Pod, PodIP, PodStatus};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use moat_client::{Api, Reflector};
+use moat_client::{Api, EventRecorder, ObjectRef, Reflector};
 use moat_netpol::{Engine, Options, SyncError};
 use moat_nft::Nft;
 
 use crate::hooks::{HookError, PodNetHooks};
 use crate::supervisor::{LoopError, Stop};
+
+/// The ConfigMap in `kube-system` with the server's NetworkPolicy settings (written by
+/// `moat server` at every start from its flags).
+const SETTINGS: &str = "moat-network-policy";
 
 /// The engine and its inputs, shared by the loop and the lifecycle hook.
 pub struct Netpol {
@@ -32,11 +36,14 @@ pub struct Netpol {
     pods: Arc<Reflector>,
     namespaces: Arc<Reflector>,
     policies: Arc<Reflector>,
+    /// The server's settings (`kube-system/moat-network-policy`): the same on every node.
+    settings: Arc<Reflector>,
     wake: Mutex<mpsc::Receiver<()>>,
     wake_tx: Mutex<mpsc::Sender<()>>,
     /// Pods admitted by the hook whose address the API does not show yet, by uid.
     pending: Mutex<BTreeMap<String, Pod>>,
     last_invalid: Mutex<String>,
+    events: EventRecorder,
 }
 
 fn uid(p: &Pod) -> &str {
@@ -52,7 +59,12 @@ fn has_ip(p: &Pod) -> bool {
 
 impl Netpol {
     /// Starts the caches; the engine programs nothing until they have synced.
-    pub fn new(api: Arc<dyn Api>, node_name: &str, node_addrs: Vec<Ipv4Addr>) -> Arc<Netpol> {
+    pub fn new(
+        api: Arc<dyn Api>,
+        node_name: &str,
+        node_addrs: Vec<Ipv4Addr>,
+        events: EventRecorder,
+    ) -> Arc<Netpol> {
         let (tx, rx) = mpsc::channel::<()>();
         Arc::new(Netpol {
             engine: Mutex::new(Engine::new(Nft::default())),
@@ -64,19 +76,42 @@ impl Netpol {
             pods: Reflector::spawn(api.clone(), "/api/v1/pods", vec![tx.clone()]),
             namespaces: Reflector::spawn(api.clone(), "/api/v1/namespaces", vec![tx.clone()]),
             policies: Reflector::spawn(
-                api,
+                api.clone(),
                 "/apis/networking.k8s.io/v1/networkpolicies",
+                vec![tx.clone()],
+            ),
+            settings: Reflector::spawn(
+                api,
+                format!(
+                    "/api/v1/namespaces/kube-system/configmaps?fieldSelector=metadata.name%3D{SETTINGS}"
+                ),
                 vec![tx.clone()],
             ),
             wake: Mutex::new(rx),
             wake_tx: Mutex::new(tx),
             pending: Mutex::new(BTreeMap::new()),
             last_invalid: Mutex::new(String::new()),
+            events,
         })
     }
 
     fn synced(&self) -> bool {
-        self.pods.synced() && self.namespaces.synced() && self.policies.synced()
+        self.pods.synced()
+            && self.namespaces.synced()
+            && self.policies.synced()
+            && self.settings.synced()
+    }
+
+    /// The options for this sync: the server's published settings over the node's own.
+    fn options(&self) -> Options {
+        let legacy = self
+            .settings
+            .get(&format!("kube-system/{SETTINGS}"))
+            .is_some_and(|cm| cm["data"]["legacyNamespaceIsolation"] == "true");
+        Options {
+            legacy_namespace_isolation: legacy,
+            ..self.opts.clone()
+        }
     }
 
     /// Compiles and applies the current state: the caches, with the pods the hook admitted
@@ -94,7 +129,7 @@ impl Netpol {
         let nss: Vec<Namespace> = self.namespaces.items();
         let pols: Vec<NetworkPolicy> = self.policies.items();
         let mut engine = self.engine.lock().unwrap_or_else(|p| p.into_inner());
-        match engine.sync_objects(&nss, &pods, &pols, &self.opts) {
+        match engine.sync_objects(&nss, &pods, &pols, &self.options()) {
             Ok(s) => {
                 if s.script_bytes > 0 {
                     tracing::debug!(
@@ -115,6 +150,9 @@ impl Netpol {
                 if *last != text {
                     tracing::warn!(errors = %text, "a NetworkPolicy is invalid; the rules in force are unchanged");
                     *last = text;
+                    if let SyncError::Invalid(problems) = &e {
+                        self.report_invalid(problems);
+                    }
                 }
                 Err(e)
             }
@@ -122,6 +160,36 @@ impl Netpol {
                 engine.force_full();
                 Err(e)
             }
+        }
+    }
+}
+
+impl Netpol {
+    /// One Warning event per invalid object (policy or pod), naming the field, each time the
+    /// set of problems changes, so `kubectl get events` says why a policy is not enforced.
+    fn report_invalid(&self, problems: &[moat_netpol::InvalidInput]) {
+        for p in problems {
+            let Some((kind, key)) = p.object.split_once(' ') else {
+                continue;
+            };
+            let (cache, kind, api_version) = match kind {
+                "networkpolicy" => (&self.policies, "NetworkPolicy", "networking.k8s.io/v1"),
+                "pod" => (&self.pods, "Pod", "v1"),
+                _ => continue,
+            };
+            let Some(obj) = cache.get(key) else { continue };
+            let mut r = ObjectRef::of(&obj);
+            r.kind = kind.to_string();
+            r.api_version = api_version.to_string();
+            self.events.record(
+                &r,
+                "Warning",
+                "InvalidNetworkPolicy",
+                &format!(
+                    "{}: {}; this node keeps enforcing the rules it had before the change",
+                    p.field, p.message
+                ),
+            );
         }
     }
 }
@@ -213,5 +281,102 @@ impl NetpolLoop {
             while wake.try_recv().is_ok() {}
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use moat_client::fake::FakeApi;
+    use serde_json::json;
+
+    fn synced(np: &Netpol) {
+        let start = Instant::now();
+        while !np.synced() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "caches never synced"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    #[test]
+    fn the_servers_published_setting_turns_legacy_isolation_on() {
+        let api = Arc::new(FakeApi::default());
+        let cm = |v: &str| {
+            json!({"metadata": {"name": SETTINGS, "namespace": "kube-system"},
+                   "data": {"legacyNamespaceIsolation": v}})
+        };
+        api.insert(
+            &format!("/api/v1/namespaces/kube-system/configmaps/{SETTINGS}"),
+            cm("true"),
+        );
+        api.insert(
+            "/api/v1/namespaces/kube-system/configmaps/other",
+            json!({"metadata": {"name": "other", "namespace": "kube-system"},
+                   "data": {"legacyNamespaceIsolation": "false"}}),
+        );
+        let events = EventRecorder::spawn(api.clone(), "moat-netpol", Some("n1"));
+        let np = Netpol::new(api.clone(), "n1", vec![], events);
+        synced(&np);
+        assert!(np.options().legacy_namespace_isolation);
+        assert_eq!(np.options().node_name.as_deref(), Some("n1"));
+        api.insert(
+            &format!("/api/v1/namespaces/kube-system/configmaps/{SETTINGS}"),
+            cm("false"),
+        );
+        let start = Instant::now();
+        while np.options().legacy_namespace_isolation {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "setting not followed"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    #[test]
+    fn an_invalid_policy_is_a_warning_event_on_it_once_and_changes_nothing() {
+        let api = Arc::new(FakeApi::default());
+        api.insert(
+            "/api/v1/namespaces/a",
+            json!({"metadata": {"name": "a", "uid": "ns-a"}}),
+        );
+        // Stored behind the API server's validation (an old snapshot, another writer).
+        api.insert(
+            "/apis/networking.k8s.io/v1/namespaces/a/networkpolicies/bad",
+            json!({"metadata": {"name": "bad", "namespace": "a", "uid": "u-bad"},
+                   "spec": {"podSelector": {},
+                            "ingress": [{"from": [{"ipBlock": {"cidr": "10.0.0.0/40"}}]}]}}),
+        );
+        let events = EventRecorder::spawn(api.clone(), "moat-netpol", Some("n1"));
+        let np = Netpol::new(api.clone(), "n1", vec![], events);
+        synced(&np);
+        assert!(matches!(np.sync(), Err(SyncError::Invalid(_))));
+        assert!(matches!(np.sync(), Err(SyncError::Invalid(_))));
+        let start = Instant::now();
+        let evs = loop {
+            let evs = api.objects_under("/api/v1/namespaces/a/events");
+            if !evs.is_empty() || start.elapsed() > Duration::from_secs(10) {
+                break evs;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        std::thread::sleep(Duration::from_millis(200));
+        let evs_later = api.objects_under("/api/v1/namespaces/a/events");
+        assert_eq!(evs.len(), 1, "{evs:?}");
+        assert_eq!(evs_later.len(), 1, "the same problem reported twice");
+        let e = &evs[0];
+        assert_eq!(e["type"], "Warning");
+        assert_eq!(e["reason"], "InvalidNetworkPolicy");
+        assert_eq!(e["involvedObject"]["kind"], "NetworkPolicy");
+        assert_eq!(e["involvedObject"]["name"], "bad");
+        assert_eq!(e["involvedObject"]["uid"], "u-bad");
+        let msg = e["message"].as_str().unwrap_or_default();
+        assert!(
+            msg.contains("spec.ingress[0].from[0].ipBlock.cidr"),
+            "{msg}"
+        );
     }
 }
