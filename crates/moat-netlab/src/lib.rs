@@ -7,23 +7,21 @@
 //! its ports. Probes are a TCP connect or a UDP request/response, sent from inside the
 //! source pod's namespace with a short timeout and retried before a deny is declared.
 //!
-//! Each pod is served by one thread that entered the pod's namespace (sockets keep the
-//! namespace they were created in) and runs a small tokio runtime for its listeners and
-//! probes. Dropping the [`Lab`] stops the threads and deletes every namespace it created;
+//! Each pod is served by one thread that entered the pod's namespace ([`probe::Probers`], also
+//! used on live clusters' pods). Dropping the [`Lab`] stops the threads and deletes every namespace it created;
 //! [`cleanup_prefix`] removes leftovers of a lab whose process was killed.
 
 pub mod cases;
 pub mod manifest;
+pub mod probe;
 
-use std::fs::File;
-use std::net::{Ipv4Addr, SocketAddr};
+pub use probe::Probers;
+
+use std::net::Ipv4Addr;
 use std::process::Command;
-use std::sync::mpsc as std_mpsc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use moat_netpol::Proto;
-use tokio::sync::{mpsc, oneshot};
 
 /// Pod subnet of every lab; the bridge holds `.1`.
 pub const LAB_GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 42, 0, 1);
@@ -85,24 +83,11 @@ impl Default for ProbeOpts {
     }
 }
 
-struct ProbeReq {
-    dst: Ipv4Addr,
-    port: u16,
-    proto: Proto,
-    opts: ProbeOpts,
-    reply: oneshot::Sender<bool>,
-}
-
-struct Worker {
-    tx: Option<mpsc::UnboundedSender<ProbeReq>>,
-    thread: Option<JoinHandle<()>>,
-}
-
 pub struct Lab {
     prefix: String,
     host: String,
     pods: Vec<LabPod>,
-    workers: Vec<Worker>,
+    probers: Probers,
     netns: Vec<String>,
 }
 
@@ -194,7 +179,7 @@ impl Lab {
             prefix: prefix.to_string(),
             host: format!("{prefix}h"),
             pods: pods.to_vec(),
-            workers: Vec::new(),
+            probers: Probers::default(),
             netns: Vec::new(),
         };
         lab.build()?;
@@ -247,7 +232,8 @@ impl Lab {
             run(&["ip", "-n", &ns, "link", "set", "eth0", "up"])?;
             let gw = LAB_GATEWAY.to_string();
             run(&["ip", "-n", &ns, "route", "add", "default", "via", &gw])?;
-            self.workers.push(spawn_worker(pod, &ns)?);
+            self.probers
+                .add(pod, std::path::Path::new(&format!("/run/netns/{ns}")))?;
         }
         Ok(())
     }
@@ -285,35 +271,7 @@ impl Lab {
         probes: &[(usize, usize, u16, Proto)],
         opts: ProbeOpts,
     ) -> Result<Vec<bool>, LabError> {
-        let mut waits = Vec::with_capacity(probes.len());
-        for &(from, to, port, proto) in probes {
-            let (reply, rx) = oneshot::channel();
-            let req = ProbeReq {
-                dst: self.pods[to].ip,
-                port,
-                proto,
-                opts,
-                reply,
-            };
-            let gone = || LabError::WorkerGone {
-                pod: self.pods[from].id.clone(),
-            };
-            self.workers[from]
-                .tx
-                .as_ref()
-                .ok_or_else(gone)?
-                .send(req)
-                .map_err(|_| gone())?;
-            waits.push((from, rx));
-        }
-        waits
-            .into_iter()
-            .map(|(from, rx)| {
-                rx.blocking_recv().map_err(|_| LabError::WorkerGone {
-                    pod: self.pods[from].id.clone(),
-                })
-            })
-            .collect()
+        self.probers.probe_all(probes, opts)
     }
 
     pub fn probe(
@@ -324,11 +282,9 @@ impl Lab {
         proto: Proto,
         opts: ProbeOpts,
     ) -> Result<bool, LabError> {
-        Ok(self.probe_all(&[(from, to, port, proto)], opts)?[0])
+        self.probers.probe(from, to, port, proto, opts)
     }
-}
 
-impl Lab {
     /// Probes an arbitrary address (e.g. a Service VIP) from pod `from`.
     pub fn probe_addr(
         &self,
@@ -338,194 +294,16 @@ impl Lab {
         proto: Proto,
         opts: ProbeOpts,
     ) -> Result<bool, LabError> {
-        let (reply, rx) = oneshot::channel();
-        let gone = || LabError::WorkerGone {
-            pod: self.pods[from].id.clone(),
-        };
-        self.workers[from]
-            .tx
-            .as_ref()
-            .ok_or_else(gone)?
-            .send(ProbeReq {
-                dst,
-                port,
-                proto,
-                opts,
-                reply,
-            })
-            .map_err(|_| gone())?;
-        rx.blocking_recv().map_err(|_| gone())
+        self.probers.probe_addr(from, dst, port, proto, opts)
     }
 }
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        for w in &mut self.workers {
-            w.tx.take();
-        }
-        for w in &mut self.workers {
-            if let Some(t) = w.thread.take() {
-                let _ = t.join();
-            }
-        }
+        // The probers' threads hold sockets in the namespaces: stop them first.
+        self.probers.stop();
         for ns in self.netns.iter().rev() {
             let _ = run(&["ip", "netns", "del", ns]);
         }
     }
-}
-
-fn enter_netns(ns: &str, pod: &str) -> Result<(), LabError> {
-    let f = File::open(format!("/run/netns/{ns}")).map_err(|source| LabError::Setns {
-        pod: pod.to_string(),
-        source,
-    })?;
-    nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| LabError::Setns {
-        pod: pod.to_string(),
-        source: std::io::Error::from(e),
-    })
-}
-
-/// Starts the pod's thread: enter the namespace, bind listeners, then serve probe requests
-/// until the sender is dropped. Reports bind errors before returning.
-fn spawn_worker(pod: &LabPod, ns: &str) -> Result<Worker, LabError> {
-    let (tx, rx) = mpsc::unbounded_channel::<ProbeReq>();
-    let (ready_tx, ready_rx) = std_mpsc::channel::<Result<(), LabError>>();
-    let pod = pod.clone();
-    let ns = ns.to_string();
-    let id = pod.id.clone();
-    let thread = std::thread::Builder::new()
-        .name(format!("lab-{}", pod.id))
-        .spawn(move || worker_main(pod, ns, rx, ready_tx))
-        .map_err(|source| LabError::Spawn {
-            cmd: "thread".into(),
-            source,
-        })?;
-    match ready_rx.recv() {
-        Ok(Ok(())) => Ok(Worker {
-            tx: Some(tx),
-            thread: Some(thread),
-        }),
-        Ok(Err(e)) => {
-            let _ = thread.join();
-            Err(e)
-        }
-        Err(_) => Err(LabError::WorkerGone { pod: id }),
-    }
-}
-
-fn worker_main(
-    pod: LabPod,
-    ns: String,
-    mut rx: mpsc::UnboundedReceiver<ProbeReq>,
-    ready: std_mpsc::Sender<Result<(), LabError>>,
-) {
-    if let Err(e) = enter_netns(&ns, &pod.id) {
-        let _ = ready.send(Err(e));
-        return;
-    }
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(source) => {
-            let _ = ready.send(Err(LabError::Spawn {
-                cmd: "tokio runtime".into(),
-                source,
-            }));
-            return;
-        }
-    };
-    rt.block_on(async move {
-        let mut tasks = Vec::new();
-        for &(port, proto) in &pod.listen {
-            let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
-            let bind_err = |source| LabError::Listen {
-                pod: pod.id.clone(),
-                port,
-                proto,
-                source,
-            };
-            match proto {
-                Proto::Tcp => match tokio::net::TcpListener::bind(addr).await {
-                    Ok(l) => tasks.push(tokio::spawn(serve_tcp(l))),
-                    Err(e) => {
-                        let _ = ready.send(Err(bind_err(e)));
-                        return;
-                    }
-                },
-                Proto::Udp => match tokio::net::UdpSocket::bind(addr).await {
-                    Ok(s) => tasks.push(tokio::spawn(serve_udp(s))),
-                    Err(e) => {
-                        let _ = ready.send(Err(bind_err(e)));
-                        return;
-                    }
-                },
-                // No SCTP listener here: SCTP is checked by rule generation only.
-                Proto::Sctp => {}
-            }
-        }
-        let _ = ready.send(Ok(()));
-        while let Some(req) = rx.recv().await {
-            tokio::spawn(async move {
-                let ok = probe(req.dst, req.port, req.proto, req.opts).await;
-                let _ = req.reply.send(ok);
-            });
-        }
-        for t in tasks {
-            t.abort();
-        }
-    });
-}
-
-async fn serve_tcp(l: tokio::net::TcpListener) {
-    use tokio::io::AsyncWriteExt;
-    while let Ok((mut s, _)) = l.accept().await {
-        tokio::spawn(async move {
-            let _ = s.write_all(b"ok\n").await;
-        });
-    }
-}
-
-async fn serve_udp(s: tokio::net::UdpSocket) {
-    let mut buf = [0u8; 64];
-    while let Ok((n, from)) = s.recv_from(&mut buf).await {
-        let _ = s.send_to(&buf[..n], from).await;
-    }
-}
-
-async fn probe_once(dst: Ipv4Addr, port: u16, proto: Proto, timeout: Duration) -> bool {
-    let addr = SocketAddr::from((dst, port));
-    match proto {
-        Proto::Tcp => {
-            use tokio::io::AsyncReadExt;
-            let attempt = async {
-                let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-                let mut b = [0u8; 3];
-                s.read_exact(&mut b).await.ok()?;
-                Some(&b == b"ok\n")
-            };
-            matches!(tokio::time::timeout(timeout, attempt).await, Ok(Some(true)))
-        }
-        Proto::Udp => {
-            let attempt = async {
-                let s = tokio::net::UdpSocket::bind(("0.0.0.0", 0)).await.ok()?;
-                s.send_to(b"moat-probe", addr).await.ok()?;
-                let mut b = [0u8; 16];
-                let (n, _) = s.recv_from(&mut b).await.ok()?;
-                Some(&b[..n] == b"moat-probe")
-            };
-            matches!(tokio::time::timeout(timeout, attempt).await, Ok(Some(true)))
-        }
-        Proto::Sctp => false,
-    }
-}
-
-async fn probe(dst: Ipv4Addr, port: u16, proto: Proto, opts: ProbeOpts) -> bool {
-    for _ in 0..opts.attempts.max(1) {
-        if probe_once(dst, port, proto, opts.timeout).await {
-            return true;
-        }
-    }
-    false
 }
