@@ -106,6 +106,27 @@ impl Probers {
         })
     }
 
+    /// Probes many addresses from pod `from` at once; results in the same order.
+    pub fn probe_addrs(
+        &self,
+        from: usize,
+        targets: &[(Ipv4Addr, u16, Proto)],
+        opts: ProbeOpts,
+    ) -> Result<Vec<bool>, LabError> {
+        let mut waits = Vec::with_capacity(targets.len());
+        for &(dst, port, proto) in targets {
+            waits.push(self.send(from, dst, port, proto, opts)?);
+        }
+        waits
+            .into_iter()
+            .map(|rx| {
+                rx.blocking_recv().map_err(|_| LabError::WorkerGone {
+                    pod: self.pods[from].id.clone(),
+                })
+            })
+            .collect()
+    }
+
     fn send(
         &self,
         from: usize,

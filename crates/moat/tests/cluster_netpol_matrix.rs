@@ -37,6 +37,206 @@ fn objects(path: &Path) -> Objects {
     o
 }
 
+fn apply(c: &Cluster, yaml: &str) {
+    c.apply(yaml);
+}
+
+/// Must show 5: with x isolated (only y may come in), node 2's agent is killed -9 and
+/// restarted while probes run the whole time: no denied probe ever succeeds (the rules stay
+/// in the kernel and the new agent replaces them atomically), and the allowed ones still
+/// succeed after the restart.
+fn agent_kill_under_default_deny(c: &Cluster, probers: &Probers) {
+    apply(
+        c,
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: default-deny, namespace: x}\nspec: {podSelector: {}, policyTypes: [Ingress]}\n",
+    );
+    apply(
+        c,
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: allow-y, namespace: x}\nspec:\n  podSelector: {}\n  ingress: [{from: [{namespaceSelector: {matchLabels: {ns: 'y'}}}]}]\n",
+    );
+    let pods = probers.pods();
+    let want = |a: usize, b: usize| {
+        let (from, to) = (&pods[a].id, &pods[b].id);
+        a == b || !to.starts_with("x/") || from.starts_with("y/")
+    };
+    let mut list = Vec::new();
+    for a in 0..pods.len() {
+        for b in 0..pods.len() {
+            list.push((a, b, 80, Proto::Tcp));
+        }
+    }
+    let opts = ProbeOpts {
+        timeout: Duration::from_millis(300),
+        attempts: 2,
+    };
+    let table_ok = || {
+        let got = probers.probe_all(&list, opts).expect("probe");
+        list.iter()
+            .zip(&got)
+            .all(|(&(a, b, _, _), &ok)| ok == want(a, b))
+    };
+    c.wait("x isolated but for y", 30, table_ok);
+
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (leaks, rounds) = std::thread::scope(|s| {
+        let prober = s.spawn(|| {
+            let mut leaks = Vec::new();
+            let mut rounds: Vec<usize> = Vec::new(); // allowed probes that failed, per round
+            while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                let got = probers.probe_all(&list, opts).expect("probe");
+                let mut failed_allowed = 0;
+                for (&(a, b, _, _), &ok) in list.iter().zip(&got) {
+                    match (want(a, b), ok) {
+                        (false, true) => leaks.push(format!("{} -> {}", pods[a].id, pods[b].id)),
+                        (true, false) => failed_allowed += 1,
+                        _ => {}
+                    }
+                }
+                rounds.push(failed_allowed);
+            }
+            (leaks, rounds)
+        });
+        std::thread::sleep(Duration::from_secs(2));
+        let dir = c.root.path().join(&c.name).join(c.node(2));
+        let pid = std::fs::read_to_string(dir.join("pid")).unwrap();
+        let (ok, _, err) =
+            common::lab::run(std::process::Command::new("kill").args(["-9", pid.trim()]));
+        assert!(ok, "{err}");
+        // The agent is gone: its rules stay in force.
+        std::thread::sleep(Duration::from_secs(3));
+        let (ok, out, err) = c.moat(&["start", "--name", &c.name, &c.node(2)]);
+        assert!(ok && out.contains("started"), "{out}{err}");
+        c.wait("node 2's agent to program its pods again", 60, || {
+            std::fs::read_to_string(dir.join("node.log"))
+                .unwrap_or_default()
+                .matches("pod network ready")
+                .count()
+                >= 2
+        });
+        std::thread::sleep(Duration::from_secs(5));
+        stop.store(true, std::sync::atomic::Ordering::Release);
+        prober.join().expect("prober thread")
+    });
+    assert!(
+        leaks.is_empty(),
+        "denied probes succeeded around the agent's restart: {leaks:?}"
+    );
+    assert!(rounds.len() >= 5, "too few probe rounds: {rounds:?}");
+    assert_eq!(
+        rounds.last(),
+        Some(&0),
+        "allowed probes did not resume after the restart: {rounds:?}"
+    );
+    for p in ["default-deny", "allow-y"] {
+        let (ok, _, err) = c.kubectl(&["-n", "x", "delete", "networkpolicy", p], None);
+        assert!(ok, "{err}");
+    }
+}
+
+/// Must show 3: with a deny policy in force, 50 new selected pods (and 5 unselected ones
+/// beside them) are started on nodes 2 and 3 while a prober on node 1 hammers every free
+/// address of those nodes' subnets: no connection to a selected pod ever succeeds, from its
+/// first moment; each unselected pod is reached (the hammer does see new pods). The pods
+/// answer the probers' TCP protocol (`ok` on connect) with busybox nc.
+fn first_packet_of_50_new_pods(c: &Cluster, probers: &Probers) {
+    apply(
+        c,
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: fp-deny, namespace: x}\nspec:\n  podSelector: {matchLabels: {fp: 'yes'}}\n  policyTypes: [Ingress]\n",
+    );
+    // The policy is in every node's cache before any selected pod exists.
+    std::thread::sleep(Duration::from_secs(2));
+    let known: BTreeSet<std::net::Ipv4Addr> = probers.pods().iter().map(|p| p.ip).collect();
+    let mut targets = Vec::new();
+    for i in [2, 3] {
+        let (ok, cidr, err) = c.kubectl(
+            &["get", "node", &c.node(i), "-o", "jsonpath={.spec.podCIDR}"],
+            None,
+        );
+        assert!(ok, "{err}");
+        let base: std::net::Ipv4Addr = cidr.trim().split('/').next().unwrap().parse().unwrap();
+        let o = base.octets();
+        for last in 2..=80u8 {
+            let ip = std::net::Ipv4Addr::new(o[0], o[1], o[2], last);
+            if !known.contains(&ip) {
+                targets.push((ip, 80, Proto::Tcp));
+            }
+        }
+    }
+    let from = probers.pods().iter().position(|p| p.id == "x/a").unwrap();
+    let mut docs = Vec::new();
+    for i in 0..55 {
+        let fp = if i < 50 { "yes" } else { "no" };
+        docs.push(format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: fp{i}, namespace: x, labels: {{fp: '{fp}'}}}}\nspec:\n  nodeName: {}\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: localhost/busybox:latest\n    imagePullPolicy: IfNotPresent\n    command: [sh, -c, 'while true; do echo ok | nc -l -p 80; done']\n",
+            c.node(2 + i % 2)
+        ));
+    }
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let opts = ProbeOpts {
+        timeout: Duration::from_millis(200),
+        attempts: 1,
+    };
+    let hits = std::thread::scope(|s| {
+        let hammer = s.spawn(|| {
+            let mut hits: BTreeSet<std::net::Ipv4Addr> = BTreeSet::new();
+            let mut rounds = 0;
+            while !stop.load(std::sync::atomic::Ordering::Acquire) || rounds < 3 {
+                let got = probers.probe_addrs(from, &targets, opts).expect("probe");
+                for (t, ok) in targets.iter().zip(got) {
+                    if ok {
+                        hits.insert(t.0);
+                    }
+                }
+                rounds += 1;
+            }
+            hits
+        });
+        c.apply(&docs.join("---\n"));
+        c.wait("the 55 new pods to run", 300, || {
+            let (_, out, _) = c.kubectl(
+                &[
+                    "-n",
+                    "x",
+                    "get",
+                    "pods",
+                    "-l",
+                    "fp",
+                    "-o",
+                    "jsonpath={range .items[*]}{.status.phase}{\"\\n\"}{end}",
+                ],
+                None,
+            );
+            out.lines().filter(|l| *l == "Running").count() == 55
+        });
+        std::thread::sleep(Duration::from_secs(3));
+        stop.store(true, std::sync::atomic::Ordering::Release);
+        hammer.join().expect("hammer thread")
+    });
+    let mut leaked = Vec::new();
+    let mut unselected_missed = Vec::new();
+    for i in 0..55 {
+        let pod = c.pod_in("x", &format!("fp{i}")).unwrap();
+        let ip: std::net::Ipv4Addr = pod["status"]["podIP"].as_str().unwrap().parse().unwrap();
+        assert!(
+            targets.iter().any(|t| t.0 == ip),
+            "fp{i}'s address {ip} is outside the hammered range"
+        );
+        match (i < 50, hits.contains(&ip)) {
+            (true, true) => leaked.push(format!("fp{i} ({ip})")),
+            (false, false) => unselected_missed.push(format!("fp{i} ({ip})")),
+            _ => {}
+        }
+    }
+    assert!(
+        leaked.is_empty(),
+        "selected pods answered a denied connection: {leaked:?}"
+    );
+    assert!(
+        unselected_missed.is_empty(),
+        "the hammer never reached these unselected pods: {unselected_missed:?}"
+    );
+}
+
 fn kubectl_json(c: &Cluster, args: &[&str], obj: &Value) {
     let (ok, _, err) = c.kubectl(args, Some(&obj.to_string()));
     assert!(ok, "kubectl {args:?}: {err}\n{obj}");
@@ -193,6 +393,12 @@ fn serial_cluster_upstream_e2e_matrix_on_live_pods() {
         }
     }
     eprintln!("{}", report.join("\n"));
+    for (ns, name) in &applied {
+        let (ok, _, err) = c.kubectl(&["-n", ns, "delete", "networkpolicy", name], None);
+        assert!(ok, "{err}");
+    }
+    agent_kill_under_default_deny(&c, &probers);
+    first_packet_of_50_new_pods(&c, &probers);
     drop(probers);
     let mut c = c;
     c.delete();

@@ -117,6 +117,11 @@ impl Netpol {
     /// Compiles and applies the current state: the caches, with the pods the hook admitted
     /// standing in for their cached copies until the API shows their address.
     fn sync(&self) -> Result<(), SyncError> {
+        // The engine lock is taken before the inputs are read: a sync that read its inputs
+        // first could apply them after a newer sync (the hook's, with a new pod) and so
+        // take the new pod's isolation away while its containers start
+        // (`first_packet_of_50_new_pods` found this).
+        let mut engine = self.engine.lock().unwrap_or_else(|p| p.into_inner());
         let mut pods: Vec<Pod> = self.pods.items();
         {
             let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
@@ -128,7 +133,6 @@ impl Netpol {
         }
         let nss: Vec<Namespace> = self.namespaces.items();
         let pols: Vec<NetworkPolicy> = self.policies.items();
-        let mut engine = self.engine.lock().unwrap_or_else(|p| p.into_inner());
         match engine.sync_objects(&nss, &pods, &pols, &self.options()) {
             Ok(s) => {
                 if s.script_bytes > 0 {
