@@ -43,10 +43,8 @@ fn snapshot() -> Snapshot {
 
 #[test]
 fn serial_service_connection_is_judged_by_its_backend_pod() {
-    if !root() {
-        eprintln!("skipping: needs root");
-        return;
-    }
+    // A root-only test fails, never skips, where it cannot run.
+    assert!(root(), "needs root (network namespaces, nft)");
     let lab = lab3("d");
     // A ClusterIP as kube-proxy's nftables mode would program it (priority dstnat).
     moat_netpol::apply::Nft { netns: Some(lab.host_netns().to_string()) }
@@ -77,10 +75,8 @@ fn serial_service_connection_is_judged_by_its_backend_pod() {
 
 #[test]
 fn serial_rejected_transaction_keeps_previous_ruleset() {
-    if !root() {
-        eprintln!("skipping: needs root");
-        return;
-    }
+    // A root-only test fails, never skips, where it cannot run.
+    assert!(root(), "needs root (network namespaces, nft)");
     let lab = lab3("r");
     let mut engine = Engine::new(lab.nft());
     engine.sync(&snapshot()).expect("policy");

@@ -19,10 +19,13 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::cluster::Cluster;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use moat_netlab::cases::load_dir;
 use moat_netlab::manifest::Objects;
 use moat_netlab::{LabPod, ProbeOpts, Probers};
-use moat_netpol::Proto;
+use moat_netpol::{NftApply, Options, Proto, Snapshot};
+use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 
 fn e2e_dir() -> PathBuf {
@@ -237,6 +240,248 @@ fn first_packet_of_50_new_pods(c: &Cluster, probers: &Probers) {
     );
 }
 
+/// The objects of the live cluster, typed.
+fn live_objects(c: &Cluster) -> (Vec<Namespace>, Vec<Pod>, Vec<NetworkPolicy>) {
+    fn list<T: serde::de::DeserializeOwned>(c: &Cluster, what: &str) -> Vec<T> {
+        let (ok, out, err) = c.kubectl(&["get", what, "-A", "-o", "json"], None);
+        assert!(ok, "{err}");
+        let v: Value = serde_json::from_str(&out).unwrap();
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| serde_json::from_value(i.clone()).unwrap())
+            .collect()
+    }
+    (
+        list(c, "namespaces"),
+        list(c, "pods"),
+        list(c, "networkpolicies"),
+    )
+}
+
+/// Must show 4: 200 policy and pod-label changes through kubectl while probes run across
+/// the nodes. Every probe's verdict must be one that a state in force around it gives (a
+/// state is in force from when its change was sent until the next one's was answered, plus
+/// the nodes' convergence allowance); afterwards every node's ruleset equals a fresh full
+/// compile of the cluster, for that node, applied in a scratch namespace.
+fn updates_under_traffic(c: &Cluster, probers: &Probers) {
+    const LAG: Duration = Duration::from_secs(1);
+    let pods = probers.pods();
+    let yb = pods.iter().find(|p| p.id == "y/b").unwrap().ip;
+    let pool: Vec<(&str, String)> = vec![
+        ("deny-servers", "podSelector: {matchLabels: {role: server}}".to_string()),
+        ("clients-to-servers-80", "podSelector: {matchLabels: {role: server}}\n  ingress: [{from: [{podSelector: {matchLabels: {role: client}}}], ports: [{port: 80}]}]".to_string()),
+        ("any-ns-clients-81", "podSelector: {matchLabels: {role: server}}\n  ingress: [{from: [{namespaceSelector: {}, podSelector: {matchLabels: {role: client}}}], ports: [{port: 81}]}]".to_string()),
+        ("clients-egress-yb-81", format!("podSelector: {{matchLabels: {{role: client}}}}\n  policyTypes: [Egress]\n  egress: [{{to: [{{ipBlock: {{cidr: {yb}/32}}}}], ports: [{{port: 81}}]}}]")),
+    ];
+    let labelled = ["x/a", "x/b", "x/c", "y/a"];
+    let mut roles = ["server", "server", "client", "client"].map(String::from);
+    let mut active = [false; 4];
+    let set_role = |i: usize, role: &str| {
+        let (ns, name) = labelled[i].split_once('/').unwrap();
+        let (ok, _, err) = c.kubectl(
+            &[
+                "-n",
+                ns,
+                "label",
+                "pod",
+                name,
+                &format!("role={role}"),
+                "--overwrite",
+            ],
+            None,
+        );
+        assert!(ok, "{err}");
+    };
+    let set_policy = |j: usize, on: bool| {
+        let (name, spec) = &pool[j];
+        if on {
+            c.apply(&format!(
+                "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: x}}\nspec:\n  {spec}\n"
+            ));
+        } else {
+            let (ok, _, err) = c.kubectl(&["-n", "x", "delete", "networkpolicy", name], None);
+            assert!(ok, "{err}");
+        }
+    };
+    for (i, r) in roles.iter().enumerate() {
+        set_role(i, r);
+    }
+    // The verdicts of a state, from a fresh compile of the live objects with that state.
+    let (nss, live_pods, _) = live_objects(c);
+    let compile_state = |roles: &[String; 4], active: &[bool; 4]| -> moat_netpol::Compiled {
+        let mut ps = live_pods.clone();
+        for p in &mut ps {
+            let id = format!(
+                "{}/{}",
+                p.metadata.namespace.as_deref().unwrap(),
+                p.metadata.name.as_deref().unwrap()
+            );
+            if let Some(i) = labelled.iter().position(|l| *l == id) {
+                p.metadata
+                    .labels
+                    .get_or_insert_with(Default::default)
+                    .insert("role".into(), roles[i].clone());
+            }
+        }
+        let pols: Vec<NetworkPolicy> = pool
+            .iter()
+            .zip(active)
+            .filter(|(_, on)| **on)
+            .map(|((name, spec), _)| {
+                let y = format!("metadata: {{name: {name}, namespace: x}}\nspec:\n  {spec}\n");
+                serde_yaml_ng(&y)
+            })
+            .collect();
+        let snap = Snapshot::build(&nss, &ps, &pols, &Options::default()).expect("valid state");
+        moat_netpol::compile(&snap)
+    };
+    let mut states: Vec<(Instant, Instant, moat_netpol::Compiled)> = Vec::new();
+    std::thread::sleep(Duration::from_secs(2));
+    states.push((
+        Instant::now(),
+        Instant::now(),
+        compile_state(&roles, &active),
+    ));
+
+    let mut list = Vec::new();
+    for a in 0..pods.len() {
+        for b in 0..pods.len() {
+            if a != b {
+                list.push((a, b, 80, Proto::Tcp));
+                list.push((a, b, 81, Proto::Tcp));
+            }
+        }
+    }
+    let popts = ProbeOpts {
+        timeout: Duration::from_millis(500),
+        attempts: 1,
+    };
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(15);
+    let rounds = std::thread::scope(|s| {
+        let prober = s.spawn(|| {
+            let mut rounds = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                let start = Instant::now();
+                let got = probers.probe_all(&list, popts).expect("probe");
+                rounds.push((start, Instant::now(), got));
+            }
+            rounds
+        });
+        for _ in 0..200 {
+            let t = Instant::now();
+            if rng.random_bool(0.5) {
+                let i = rng.random_range(0..4);
+                roles[i] = if roles[i] == "server" {
+                    "client"
+                } else {
+                    "server"
+                }
+                .into();
+                set_role(i, &roles[i].clone());
+            } else {
+                let j = rng.random_range(0..pool.len());
+                active[j] = !active[j];
+                set_policy(j, active[j]);
+            }
+            states.push((t, Instant::now(), compile_state(&roles, &active)));
+            std::thread::sleep(Duration::from_millis(150));
+        }
+        std::thread::sleep(LAG * 2);
+        stop.store(true, std::sync::atomic::Ordering::Release);
+        prober.join().expect("prober thread")
+    });
+    assert!(rounds.len() > 50, "only {} probe rounds", rounds.len());
+    let mut violations = Vec::new();
+    let (mut saw_allow, mut saw_deny) = (false, false);
+    for (start, end, got) in &rounds {
+        let possible: Vec<&moat_netpol::Compiled> = states
+            .iter()
+            .enumerate()
+            .filter(|(k, (sent, _, _))| {
+                let until = states.get(k + 1).map(|n| n.1 + LAG);
+                *sent <= *end && until.is_none_or(|u| u >= *start)
+            })
+            .map(|(_, s)| &s.2)
+            .collect();
+        for (&(a, b, port, proto), &ok) in list.iter().zip(got) {
+            saw_allow |= ok;
+            saw_deny |= !ok;
+            if !possible
+                .iter()
+                .any(|c| moat_netpol::sim::allowed(c, pods[a].ip, pods[b].ip, proto, port) == ok)
+            {
+                violations.push(format!(
+                    "{} -> {} :{port} observed {ok}",
+                    pods[a].id, pods[b].id
+                ));
+            }
+        }
+    }
+    assert!(
+        violations.is_empty(),
+        "{} verdicts no state in force gives:\n{}",
+        violations.len(),
+        violations.join("\n")
+    );
+    assert!(saw_allow && saw_deny, "the changes never flipped a verdict");
+
+    // Every node's ruleset (a history of 200 diffs) == a fresh full compile for that node.
+    let (nss, live_pods, pols) = live_objects(c);
+    for i in 1..=3 {
+        let node = c.node(i);
+        let (ok, cidr, err) = c.kubectl(
+            &["get", "node", &node, "-o", "jsonpath={.spec.podCIDR}"],
+            None,
+        );
+        assert!(ok, "{err}");
+        let net: ipnet::Ipv4Net = cidr.trim().parse().unwrap();
+        let node_ip: std::net::Ipv4Addr = format!("172.30.0.1{i}").parse().unwrap();
+        let gw = std::net::Ipv4Addr::from(u32::from(net.network()) + 1);
+        let opts = Options {
+            node_name: Some(node.clone()),
+            node_addrs: vec![node_ip, net.network(), gw],
+            ..Default::default()
+        };
+        let snap = Snapshot::build(&nss, &live_pods, &pols, &opts).expect("valid");
+        let fresh = moat_netpol::render::full(&moat_netpol::compile(&snap));
+        let scratch = format!("mnpscratch{}", std::process::id());
+        let (ok, _, err) =
+            common::lab::run(std::process::Command::new("ip").args(["netns", "add", &scratch]));
+        assert!(ok, "{err}");
+        let res = moat_netpol::apply::Nft {
+            netns: Some(scratch.clone()),
+        }
+        .apply(&fresh)
+        .map(|()| moat_netlab::policy_table_listing(&scratch));
+        let _ = common::lab::run(std::process::Command::new("ip").args(["netns", "del", &scratch]));
+        let here =
+            moat_netlab::policy_table_listing(&format!("moat-{node}")).expect("node ruleset");
+        assert_eq!(
+            here,
+            res.expect("fresh apply").expect("fresh listing"),
+            "node {node}: the ruleset after 200 changes differs from a fresh full compile"
+        );
+    }
+    for (j, on) in active.iter().enumerate() {
+        if *on {
+            set_policy(j, false);
+        }
+    }
+}
+
+fn serde_yaml_ng(y: &str) -> NetworkPolicy {
+    let mut o = Objects::default();
+    o.add_yaml(
+        "state",
+        &format!("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n{y}"),
+    )
+    .expect("policy yaml");
+    o.policies.pop().expect("one policy")
+}
+
 fn kubectl_json(c: &Cluster, args: &[&str], obj: &Value) {
     let (ok, _, err) = c.kubectl(args, Some(&obj.to_string()));
     assert!(ok, "kubectl {args:?}: {err}\n{obj}");
@@ -397,6 +642,7 @@ fn serial_cluster_upstream_e2e_matrix_on_live_pods() {
         let (ok, _, err) = c.kubectl(&["-n", ns, "delete", "networkpolicy", name], None);
         assert!(ok, "{err}");
     }
+    updates_under_traffic(&c, &probers);
     agent_kill_under_default_deny(&c, &probers);
     first_packet_of_50_new_pods(&c, &probers);
     drop(probers);

@@ -31,10 +31,8 @@ fn lab_netns_of(pid: u32) -> Vec<String> {
 
 #[test]
 fn serial_lab_json_output_matches_seed_scenario() {
-    if !is_root() {
-        eprintln!("skipping: needs root");
-        return;
-    }
+    // A root-only test fails, never skips, where it cannot run.
+    assert!(is_root(), "needs root (network namespaces, nft)");
     let seed = cases().join("seed");
     let out = moat()
         .args([
@@ -84,10 +82,8 @@ fn serial_lab_json_output_matches_seed_scenario() {
 
 #[test]
 fn serial_lab_cleans_up_on_ctrl_c() {
-    if !is_root() {
-        eprintln!("skipping: needs root");
-        return;
-    }
+    // A root-only test fails, never skips, where it cannot run.
+    assert!(is_root(), "needs root (network namespaces, nft)");
     let e2e = cases().join("e2e");
     // A long per-probe timeout keeps the lab alive long enough to interrupt it.
     let mut child = moat()
