@@ -2,7 +2,8 @@
 //! real kubectl, kernel, runc, moat-runtime and QEMU (TCG): the `kata` RuntimeClass puts the
 //! pod in a VM on a `moat agent` node (its `kubectl exec` answers from our guest kernel), the
 //! two pods fetch from each other by pod IP over HTTP and each receiver sees the sender's own
-//! pod IP, and deleting the cluster leaves no VM, process, namespace, mount, cgroup or file
+//! pod IP; journey 2 (the CRI-O-annotated `test-kata` Deployment in VMs, its Service and
+//! NodePort, DNS, `default-deny` and `allow-http-client`) across the nodes; deleting the cluster leaves no VM, process, namespace, mount, cgroup or file
 //! behind and the host's root network namespace as it was. Fails, never skips, without root,
 //! the guest assets or moat-runtime.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -147,47 +148,124 @@ fn serial_cluster_kata_and_runc_across_nodes() {
     assert_eq!(c.qemus_under(&node_run(2)), 2, "a second VM on {vm_node}");
     assert_eq!(fetch_ip(&c, "vm2", &vm_ip), vm2_ip, "VM to VM on one node");
 
-    // Journey 2 across nodes: a Service over the two VM pods answers a runc pod on another
-    // node from both VMs, by name through the cluster DNS; a VM pod resolves and reaches it
-    // too.
-    for p in ["vm", "vm2"] {
-        let (ok, _, err) = c.kubectl(&["label", "pod", p, "tier=vm"], None);
-        assert!(ok, "{err}");
+    // Journey 2 as SCENARIOS.md writes it, across nodes: a Deployment `test-kata` whose pods
+    // carry the CRI-O annotation `io.kubernetes.cri-o.TrustedSandbox: "false"` (no
+    // runtimeClassName: the server gives them the untrusted class), each in a VM; its Service
+    // (a NodePort here) answers a runc pod on the other node from both VMs, by name through
+    // the cluster DNS, and answers on the VM node's address from node 1; a VM pod resolves
+    // and reaches it too.
+    let (ok, _, err) = c.kubectl(&["delete", "pod", "vm2"], None);
+    assert!(ok, "{err}");
+    let web = web_pod("x", &vm_node);
+    let script = web.split_once("    - |\n").unwrap().1;
+    c.apply(&format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: test-kata}}\nspec:\n  replicas: 2\n  selector: {{matchLabels: {{app: kata}}}}\n  template:\n    metadata:\n      labels: {{app: kata}}\n      annotations: {{io.kubernetes.cri-o.TrustedSandbox: \"false\"}}\n    spec:\n      nodeSelector: {{kubernetes.io/hostname: {vm_node}}}\n      terminationGracePeriodSeconds: 1\n      containers:\n      - name: web\n        image: localhost/busybox:latest\n        imagePullPolicy: IfNotPresent\n        ports: [{{containerPort: 8080}}]\n        command:\n        - sh\n        - -c\n        - |\n{}",
+        script
+            .lines()
+            .map(|l| format!("    {l}\n"))
+            .collect::<String>()
+    ));
+    let names = |c: &Cluster| -> Vec<String> {
+        let (_, out, _) = c.kubectl(
+            &[
+                "get",
+                "pods",
+                "-l",
+                "app=kata",
+                "-o",
+                "jsonpath={range .items[?(@.status.phase==\"Running\")]}{.metadata.name}{\"\\n\"}{end}",
+            ],
+            None,
+        );
+        out.lines().map(str::to_string).collect()
+    };
+    c.wait("the two test-kata pods to run", 240, || {
+        names(&c).len() == 2
+    });
+    let kata_pods = names(&c);
+    let mut kata_ips = Vec::new();
+    for p in &kata_pods {
+        let pod = c.pod(p).unwrap();
+        assert_eq!(
+            pod["spec"]["runtimeClassName"], "kata",
+            "{p}: the annotation did not choose the untrusted class"
+        );
+        kata_ips.push(c.running_ip_within(p, 180));
     }
-    c.apply("apiVersion: v1\nkind: Service\nmetadata: {name: test-kata}\nspec:\n  selector: {tier: vm}\n  ports: [{port: 80, targetPort: 8080}]\n");
+    c.wait("a VM per test-kata pod", 60, || {
+        c.qemus_under(&node_run(2)) == 3
+    });
+    c.apply("apiVersion: v1\nkind: Service\nmetadata: {name: test-kata}\nspec:\n  type: NodePort\n  selector: {app: kata}\n  ports: [{port: 80, targetPort: 8080, nodePort: 30081}]\n");
+    let want: std::collections::BTreeSet<String> = kata_pods.iter().cloned().collect();
     let mut seen = std::collections::BTreeSet::new();
-    c.wait("both VMs behind the Service", 60, || {
+    c.wait("both VMs behind the Service", 90, || {
         let (ok, out, _) = c.fetch_from("ctr", "http://test-kata/");
         if ok {
             seen.insert(out.trim().to_string());
         }
-        seen.len() == 2
+        seen == want
     });
+    let vm_node_ip = format!("172.30.0.1{}", 2);
+    let (ok, out, err) = c.exec(
+        1,
+        &[
+            "sh",
+            "-c",
+            &format!(
+                "for i in $(seq 20); do timeout 5 busybox wget -qO- http://{vm_node_ip}:30081/; done"
+            ),
+        ],
+    );
+    assert!(ok, "NodePort onto the VM pods: {err}");
+    let from_np: std::collections::BTreeSet<String> = out.lines().map(str::to_string).collect();
     assert_eq!(
-        seen,
-        ["vm".to_string(), "vm2".to_string()].into_iter().collect()
+        from_np, want,
+        "the NodePort on the VM node reaches both VMs"
     );
     let (ok, out, err) = c.fetch_from("vm", "http://test-kata.default.svc.cluster.local/");
     assert!(
-        ok && out.trim().starts_with("vm"),
+        ok && kata_pods.contains(&out.trim().to_string()),
         "DNS + Service from a VM pod: {out}{err}"
     );
 
-    // NetworkPolicy holds for VM pods as for runc pods: ingress denied to the VMs stops the
-    // runc pod on the other node; deleting the policy lets it back in.
-    c.apply("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: vm-deny}\nspec:\n  podSelector: {matchLabels: {tier: vm}}\n  policyTypes: [Ingress]\n");
-    c.wait("the policy to stop ctr -> vm", 30, || {
-        !c.fetch_from("ctr", &format!("http://{vm_ip}:8080/")).0
+    // The journey's policies, for VM pods as for runc pods: `default-deny` stops
+    // `http-client` (a runc pod on the other node) by pod IP and through the Service;
+    // `allow-http-client` lets exactly it back in; `ctr`, without the label, stays out.
+    c.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: http-client, labels: {{run: http-client}}}}\nspec:\n  nodeName: {}\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: localhost/busybox:latest\n    imagePullPolicy: IfNotPresent\n    command: [sleep, '100000']\n",
+        c.node(1)
+    ));
+    c.running_ip_within("http-client", 120);
+    let reaches = |c: &Cluster, from: &str| -> bool {
+        c.fetch_from(from, "http://test-kata/").0
+            && kata_ips
+                .iter()
+                .all(|ip| c.fetch_from(from, &format!("http://{ip}:8080/")).0)
+    };
+    let refused = |c: &Cluster, from: &str| -> bool {
+        !c.fetch_from(from, "http://test-kata/").0
+            && kata_ips
+                .iter()
+                .all(|ip| !c.fetch_from(from, &format!("http://{ip}:8080/")).0)
+    };
+    c.wait("http-client to reach the Service and both pods", 60, || {
+        reaches(&c, "http-client")
     });
-    assert!(
-        !c.fetch_from("ctr", "http://test-kata/").0,
-        "the Service path bypassed the policy"
-    );
-    let (ok, _, err) = c.kubectl(&["delete", "networkpolicy", "vm-deny"], None);
-    assert!(ok, "{err}");
-    c.wait("ctr -> vm again", 30, || {
-        c.fetch_from("ctr", &format!("http://{vm_ip}:8080/")).0
+    c.apply("kind: NetworkPolicy\napiVersion: networking.k8s.io/v1\nmetadata: {namespace: default, name: default-deny}\nspec: {podSelector: {}, policyTypes: [Ingress]}\n");
+    c.wait("default-deny to stop http-client", 30, || {
+        refused(&c, "http-client")
     });
+    assert!(refused(&c, "ctr"), "default-deny let ctr in");
+    c.apply("kind: NetworkPolicy\napiVersion: networking.k8s.io/v1\nmetadata: {namespace: default, name: allow-http-client}\nspec:\n  podSelector: {matchLabels: {app: kata}}\n  policyTypes: [Ingress]\n  ingress:\n  - from:\n    - podSelector: {matchLabels: {run: http-client}}\n");
+    c.wait("allow-http-client to let it back in", 30, || {
+        reaches(&c, "http-client")
+    });
+    assert!(refused(&c, "ctr"), "a pod without the label got in");
+    for p in ["default-deny", "allow-http-client"] {
+        let (ok, _, err) = c.kubectl(&["delete", "networkpolicy", p], None);
+        assert!(ok, "{err}");
+    }
+    c.wait("ctr -> the VMs again", 30, || reaches(&c, "ctr"));
 
     let mut c = c;
     c.delete();
