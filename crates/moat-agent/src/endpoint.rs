@@ -20,8 +20,9 @@
 //! endpoint's thread. This module only routes: the routes are blocking functions from
 //! [`crate::http::Request`] to [`Reply`], run on the runtime's blocking pool. A 101 answer's
 //! session (the stream loops, which own their socket and interleave reads and writes with
-//! short read timeouts) runs there too, on one end of a socket pair whose other end a task
-//! splices to the connection hyper hands over (`hyper::upgrade::on`).
+//! short read timeouts) runs on a thread of its own, as a streamed body's writer does, on
+//! one end of a socket pair whose other end a task splices to the connection hyper hands
+//! over (`hyper::upgrade::on`).
 
 use std::convert::Infallible;
 use std::io::Write;
@@ -133,6 +134,8 @@ where
 {
     let service = hyper::service::service_fn(move |req| handle(ctx.clone(), req));
     hyper::server::conn::http1::Builder::new()
+        // For hyper's default limit on reading a request head (30 s).
+        .timer(hyper_util::rt::TokioTimer::new())
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades()
         .await
@@ -227,22 +230,28 @@ fn switching(headers: UpgradeHeaders) -> Response<Body> {
     r
 }
 
-/// A `200 text/plain` whose body `write` produces on the blocking pool, chunk by chunk as
-/// it flushes; a write fails once the client is gone, which ends the writer.
+/// A `200 text/plain` whose body `write` produces on a thread of its own (a followed log
+/// lasts as long as its container), chunk by chunk as it flushes; a write fails once the
+/// client is gone, which ends the writer.
 fn streamed(write: BodyWriter) -> Response<Body> {
     let (tx, rx) = tokio::sync::mpsc::channel(16);
-    tokio::task::spawn_blocking(move || {
-        let mut out = ChunkWriter {
-            tx,
-            buf: Vec::new(),
-        };
-        let r = write(&mut out).and_then(|()| out.flush());
-        if let Err(e) = r {
-            // Mid-body there is no status left to send: the body just ends, as the log's
-            // end would.
-            tracing::debug!(error = %e, "agent endpoint body");
-        }
-    });
+    let writer = std::thread::Builder::new()
+        .name("agent-body".into())
+        .spawn(move || {
+            let mut out = ChunkWriter {
+                tx,
+                buf: Vec::new(),
+            };
+            let r = write(&mut out).and_then(|()| out.flush());
+            if let Err(e) = r {
+                // Mid-body there is no status left to send: the body just ends, as the log's
+                // end would.
+                tracing::debug!(error = %e, "agent endpoint body");
+            }
+        });
+    if let Err(e) = writer {
+        return text(500, format!("starting the body's writer: {e}\n"));
+    }
     let mut r = Response::new(ChunkBody(rx).boxed_unsync());
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,
@@ -294,8 +303,8 @@ impl hyper::body::Body for ChunkBody {
     }
 }
 
-/// Runs `session` on the blocking pool over a socket pair spliced to the upgraded
-/// connection.
+/// Runs `session` on a thread of its own (sessions last as long as their client wants)
+/// over a socket pair spliced to the upgraded connection.
 async fn run_session(up: hyper::upgrade::Upgraded, session: Session) {
     let pair = std::os::unix::net::UnixStream::pair().and_then(|(mine, theirs)| {
         theirs.set_nonblocking(true)?;
@@ -308,9 +317,14 @@ async fn run_session(up: hyper::upgrade::Upgraded, session: Session) {
             return;
         }
     };
-    let run = tokio::task::spawn_blocking(move || session(mine));
+    let run = std::thread::Builder::new()
+        .name("agent-session".into())
+        .spawn(move || session(mine));
+    if let Err(e) = run {
+        tracing::debug!(error = %e, "agent endpoint session thread");
+        return;
+    }
     splice(TokioIo::new(up), theirs).await;
-    let _ = run.await;
 }
 
 /// Copies between the client's connection and the session's socket: the client's bytes
