@@ -1,7 +1,7 @@
 //! The request side shared by the endpoint's routes (logs, exec, attach, port-forward): the
 //! request as a route sees it (decoded path segments and query), the [`Reply`] a route
 //! gives back, the context every route gets and how a route finds its pod. HTTP itself
-//! (heads, bodies, upgrades) is hyper's, in [`crate::endpoint`]; routes depend on this
+//! (heads, bodies, upgrades) is hyper's, in the `endpoint` module; routes depend on this
 //! module, the endpoint dispatches to them.
 
 use std::io::Write;
