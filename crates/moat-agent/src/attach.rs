@@ -15,49 +15,34 @@ use std::path::Path;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use crate::exec::{Out, relay, upgrade};
-use crate::http::{Ctx, Request, Stream, locate, respond};
+use crate::exec::{Out, negotiate, open, relay};
+use crate::http::{Ctx, Reply, Request, locate};
 
-pub fn serve(
-    mut s: Stream,
-    ctx: &Ctx,
-    req: &Request,
-    ns: &str,
-    pod: &str,
-    c: &str,
-) -> std::io::Result<()> {
+/// The answer to an attach request: a refusal, or the upgrade whose session relays the
+/// container's streams.
+pub fn serve(ctx: &Ctx, req: &Request, ns: &str, pod: &str, c: &str) -> Reply {
     let (rec, restart, id, _) = match locate(ctx, ns, pod, c) {
         Ok(x) => x,
-        Err((code, reason, msg)) => return respond(&mut s, code, reason, &msg),
+        Err(r) => return r,
     };
     let Some(id) = id else {
-        return respond(
-            &mut s,
-            400,
-            "Bad Request",
-            &format!("container {c} is not running\n"),
-        );
+        return Reply::bad(format!("container {c} is not running\n"));
     };
     let bundle = rec.bundle(&ctx.run_dir, &id);
     let exit_file = bundle.join(crate::runtime::EXIT_FILE);
     if exit_file.exists() {
-        return respond(
-            &mut s,
-            400,
-            "Bad Request",
-            &format!("container {c} in pod {pod} has terminated: nothing to attach to\n"),
-        );
+        return Reply::bad(format!(
+            "container {c} in pod {pod} has terminated: nothing to attach to\n"
+        ));
     }
     // A terminal container: the shim hands over its pty master, for input and resizes.
     let master = if crate::shim::terminal(&bundle) {
         match connect_terminal(&bundle) {
             Ok(m) => Some(m),
             Err(e) => {
-                return respond(
-                    &mut s,
+                return Reply::text(
                     500,
-                    "Internal Server Error",
-                    &format!("the terminal of container {c} in pod {pod}: {e}\n"),
+                    format!("the terminal of container {c} in pod {pod}: {e}\n"),
                 );
             }
         }
@@ -65,19 +50,16 @@ pub fn serve(
         None
     };
     let stdin = if let Some(m) = master.as_ref().filter(|_| req.flag("stdin")) {
-        m.try_clone().ok().map(|w| Box::new(w) as Box<dyn Write>)
+        m.try_clone()
+            .ok()
+            .map(|w| Box::new(w) as Box<dyn Write + Send>)
     } else if req.flag("stdin") {
         match connect_stdin(&bundle) {
-            Ok(w) => Some(Box::new(w) as Box<dyn Write>),
+            Ok(w) => Some(Box::new(w) as Box<dyn Write + Send>),
             Err(e) => {
-                return respond(
-                    &mut s,
-                    400,
-                    "Bad Request",
-                    &format!(
-                        "container {c} in pod {pod} takes no stdin (set stdin: true in its spec): {e}\n"
-                    ),
-                );
+                return Reply::bad(format!(
+                    "container {c} in pod {pod} takes no stdin (set stdin: true in its spec): {e}\n"
+                ));
             }
         }
     } else {
@@ -88,21 +70,31 @@ pub fn serve(
         .join(format!("{ns}_{pod}_{}", rec.uid))
         .join(c)
         .join(format!("{restart}.log"));
-    let Some(mut t) = upgrade(s, req)? else {
-        return Ok(());
+    let (headers, proto) = match negotiate(req) {
+        Ok(x) => x,
+        Err(r) => return r,
     };
-    let (tx, rx) = mpsc::channel::<Out>();
-    let (want_out, want_err) = (req.flag("stdout"), req.flag("stderr") || req.flag("tty"));
-    // Opened before any stdin is passed on, so the answers to it are seen.
-    let reader = open_at_end(&log);
-    std::thread::spawn(move || follow(reader, &log, &exit_file, want_out, want_err, &tx));
-    let resize = |w: u16, h: u16| {
-        if let Some(m) = &master {
-            crate::exec::set_winsize(m, w, h);
-        }
-    };
-    relay(t.as_mut(), &rx, stdin, Some(&resize), &[]);
-    Ok(())
+    let req = req.clone();
+    Reply::Upgrade {
+        headers,
+        session: Box::new(move |s| {
+            let Some(mut t) = open(s, proto, &req) else {
+                return;
+            };
+            let (tx, rx) = mpsc::channel::<Out>();
+            let (want_out, want_err) = (req.flag("stdout"), req.flag("stderr") || req.flag("tty"));
+            // Opened before any stdin is passed on, so the answers to it are seen.
+            let reader = open_at_end(&log);
+            std::thread::spawn(move || follow(reader, &log, &exit_file, want_out, want_err, &tx));
+            let resize = |w: u16, h: u16| {
+                if let Some(m) = &master {
+                    crate::exec::set_winsize(m, w, h);
+                }
+            };
+            let stdin = stdin.map(|w| w as Box<dyn Write>);
+            relay(t.as_mut(), &rx, stdin, Some(&resize), &[]);
+        }),
+    }
 }
 
 /// The pty master of a terminal container, from its shim's attach socket.

@@ -2,31 +2,46 @@
 //! `pods/log`, `pods/exec`, `pods/attach` and `pods/portforward` to:
 //!
 //! - `GET /containerLogs/{namespace}/{pod}/{container}?follow=&previous=&timestamps=&tailLines=`
-//!   → `text/plain`, streamed until the container ends when following.
+//!   → `text/plain`, streamed until the container ends when following (see
+//!   [`crate::containerlogs`]);
 //! - `GET /exec/{namespace}/{pod}/{container}?command=..&command=..&stdin=&stdout=&stderr=`
-//!   with `Upgrade: websocket` and `Sec-WebSocket-Protocol: v5.channel.k8s.io` (or v4) →
-//!   Kubernetes' channel protocol (see [`crate::exec`]);
+//!   with `Upgrade: websocket` and `Sec-WebSocket-Protocol: v5.channel.k8s.io` (or v4), or
+//!   SPDY/3.1 → Kubernetes' channel protocol (see [`crate::exec`]);
 //! - `GET /attach/{namespace}/{pod}/{container}?stdin=&stdout=&stderr=`, the same protocols
 //!   (see [`crate::attach`]);
-//! - `GET /portForward/{namespace}/{pod}` with SPDY/3.1 or SPDY tunnelled in WebSocket (see
-//!   [`crate::portforward`]).
+//! - `GET /portForward/{namespace}/{pod}` with SPDY/3.1 or SPDY tunnelled in WebSocket, or
+//!   WebSocket channels (see [`crate::portforward`]).
 //!
-//! Authentication: `Authorization: Bearer <token>` (the cluster's admin token for now).
-//! A blocking thread per connection: few, long-lived streams, no async runtime needed. The
-//! HTTP/1.1 request head is parsed here (GET only, no bodies), which is all both routes need.
+//! Authentication: `Authorization: Bearer <token>` (the cluster's admin token for now),
+//! checked before anything else. Errors are `text/plain` with their status code; the API
+//! server turns them into a Status.
+//!
+//! HTTP/1.1 is hyper's, over tokio-rustls, on a current-thread tokio runtime owned by the
+//! endpoint's thread. This module only routes: the routes are blocking functions from
+//! [`crate::http::Request`] to [`Reply`], run on the runtime's blocking pool. A 101 answer's
+//! session (the stream loops, which own their socket and interleave reads and writes with
+//! short read timeouts) runs on a thread of its own, as a streamed body's writer does, on
+//! one end of a socket pair whose other end a task splices to the connection hyper hands
+//! over (`hyper::upgrade::on`).
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
+use std::convert::Infallible;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::task::{Context, Poll};
 
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::{Frame, Incoming};
+use hyper::{Response, StatusCode};
+use hyper_util::rt::TokioIo;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-use crate::http::read_head;
-pub use crate::http::{
-    Ctx, HttpError, Located, Request, Stream, locate, parse_head, percent_decode, respond,
-};
+pub use crate::http::Ctx;
+use crate::http::{BodyWriter, Reply, Request, Session, UpgradeHeaders};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EndpointError {
@@ -40,6 +55,8 @@ pub enum EndpointError {
         #[source]
         source: std::io::Error,
     },
+    #[error("starting the agent endpoint's runtime")]
+    Runtime(#[source] std::io::Error),
 }
 
 pub struct Endpoint {
@@ -48,7 +65,7 @@ pub struct Endpoint {
     pub cert_pem: String,
 }
 
-/// Binds and serves on background threads.
+/// Binds and serves on a background thread.
 pub fn spawn(listen: SocketAddr, names: Vec<String>, ctx: Ctx) -> Result<Endpoint, EndpointError> {
     let ck = rcgen::generate_simple_self_signed(names).map_err(EndpointError::Cert)?;
     let cert_pem = ck.cert.pem();
@@ -61,72 +78,103 @@ pub fn spawn(listen: SocketAddr, names: Vec<String>, ctx: Ctx) -> Result<Endpoin
     .with_no_client_auth()
     .with_single_cert(vec![CertificateDer::from(ck.cert.der().to_vec())], key)
     .map_err(EndpointError::Tls)?;
-    let tls = Arc::new(tls);
-    let l = TcpListener::bind(listen).map_err(|source| EndpointError::Listen {
+    let listen_err = |source| EndpointError::Listen {
         addr: listen,
         source,
-    })?;
-    let addr = l.local_addr().map_err(|source| EndpointError::Listen {
-        addr: listen,
-        source,
-    })?;
+    };
+    let l = std::net::TcpListener::bind(listen).map_err(listen_err)?;
+    let addr = l.local_addr().map_err(listen_err)?;
+    l.set_nonblocking(true).map_err(listen_err)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(EndpointError::Runtime)?;
+    let l = {
+        let _in_rt = rt.enter();
+        tokio::net::TcpListener::from_std(l).map_err(listen_err)?
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
     let ctx = Arc::new(ctx);
     std::thread::Builder::new()
         .name("agent-endpoint".into())
-        .spawn(move || {
-            for s in l.incoming().flatten() {
-                let tls = tls.clone();
-                let ctx = ctx.clone();
-                std::thread::spawn(move || {
-                    if let Err(e) = serve(s, tls, &ctx) {
-                        tracing::debug!(error = %e, "agent endpoint connection");
-                    }
-                });
-            }
-        })
-        .map_err(|source| EndpointError::Listen {
-            addr: listen,
-            source,
-        })?;
+        .spawn(move || rt.block_on(accept(l, acceptor, ctx)))
+        .map_err(listen_err)?;
     Ok(Endpoint { addr, cert_pem })
 }
 
-fn serve(tcp: TcpStream, tls: Arc<rustls::ServerConfig>, ctx: &Ctx) -> std::io::Result<()> {
-    tcp.set_nodelay(true)?;
-    let conn = rustls::ServerConnection::new(tls).map_err(std::io::Error::other)?;
-    let mut s = rustls::StreamOwned::new(conn, tcp);
-    let head = read_head(&mut s)?;
-    let Some(req) = parse_head(&head) else {
-        return respond(&mut s, 400, "Bad Request", "bad request\n");
-    };
-    let authed = req
-        .header("authorization")
+async fn accept(l: tokio::net::TcpListener, tls: tokio_rustls::TlsAcceptor, ctx: Arc<Ctx>) {
+    loop {
+        let tcp = match l.accept().await {
+            Ok((tcp, _)) => tcp,
+            Err(e) => {
+                // Out of fds, say: the next accept may work once a connection ends.
+                tracing::debug!(error = %e, "agent endpoint accept");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let (tls, ctx) = (tls.clone(), ctx.clone());
+        tokio::spawn(async move {
+            let _ = tcp.set_nodelay(true);
+            let r = match tls.accept(tcp).await {
+                Ok(s) => serve_connection(s, ctx).await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "agent endpoint connection");
+            }
+        });
+    }
+}
+
+/// Serves HTTP/1.1 requests (upgrades included) on one connection, TLS already done.
+pub async fn serve_connection<IO>(io: IO, ctx: Arc<Ctx>) -> Result<(), hyper::Error>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| handle(ctx.clone(), req));
+    hyper::server::conn::http1::Builder::new()
+        // For hyper's default limit on reading a request head (30 s).
+        .timer(hyper_util::rt::TokioTimer::new())
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades()
+        .await
+}
+
+type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+async fn handle(
+    ctx: Arc<Ctx>,
+    mut req: hyper::Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let r = Request::new(req.method(), req.uri(), req.headers());
+    if !authorized(&r, &ctx.token) {
+        return Ok(text(401, "Unauthorized\n".into()));
+    }
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    // Routes read pod records and may connect to a shim's socket: blocking work.
+    let reply = tokio::task::spawn_blocking(move || route(&ctx, &r))
+        .await
+        .unwrap_or_else(|e| Reply::text(500, format!("internal error: {e}\n")));
+    Ok(match reply {
+        Reply::Text(code, body) => text(code, body),
+        Reply::Upgrade { headers, session } => {
+            tokio::spawn(async move {
+                match on_upgrade.await {
+                    Ok(up) => run_session(up, session).await,
+                    Err(e) => tracing::debug!(error = %e, "agent endpoint upgrade"),
+                }
+            });
+            switching(headers)
+        }
+        Reply::Body(write) => streamed(write),
+    })
+}
+
+fn authorized(req: &Request, token: &str) -> bool {
+    req.header("authorization")
         .and_then(|a| a.strip_prefix("Bearer "))
-        .is_some_and(|t| !ctx.token.is_empty() && constant_eq(t.trim(), &ctx.token));
-    if !authed {
-        return respond(&mut s, 401, "Unauthorized", "Unauthorized\n");
-    }
-    let parts: Vec<String> = req
-        .path
-        .split('/')
-        .filter(|p| !p.is_empty())
-        .map(percent_decode)
-        .collect();
-    match (req.method.as_str(), parts.first().map(String::as_str)) {
-        ("GET", Some("containerLogs")) if parts.len() == 4 => {
-            logs(&mut s, ctx, &req, &parts[1], &parts[2], &parts[3])
-        }
-        ("GET" | "POST", Some("exec")) if parts.len() == 4 => {
-            crate::exec::serve(s, ctx, &req, &parts[1], &parts[2], &parts[3])
-        }
-        ("GET" | "POST", Some("attach")) if parts.len() == 4 => {
-            crate::attach::serve(s, ctx, &req, &parts[1], &parts[2], &parts[3])
-        }
-        ("GET" | "POST", Some("portForward")) if parts.len() == 3 => {
-            crate::portforward::serve(s, ctx, &req, &parts[1], &parts[2])
-        }
-        _ => respond(&mut s, 404, "Not Found", "not found\n"),
-    }
+        .is_some_and(|t| !token.is_empty() && constant_eq(t.trim(), token))
 }
 
 fn constant_eq(a: &str, b: &str) -> bool {
@@ -137,392 +185,165 @@ fn constant_eq(a: &str, b: &str) -> bool {
             == 0
 }
 
-fn logs(
-    s: &mut Stream,
-    ctx: &Ctx,
-    req: &Request,
-    ns: &str,
-    pod: &str,
-    c: &str,
-) -> std::io::Result<()> {
-    let (rec, restart, id, has_last) = match locate(ctx, ns, pod, c) {
-        Ok(x) => x,
-        Err((code, reason, msg)) => return respond(s, code, reason, &msg),
-    };
-    let n = if req.flag("previous") {
-        // The run before the current one: the last terminated instance.
-        if restart == 0 || !has_last {
-            return respond(
-                s,
-                400,
-                "Bad Request",
-                &format!("previous terminated container \"{c}\" in pod \"{pod}\" not found\n"),
-            );
+/// The route for a request's method and decoded path segments.
+fn route(ctx: &Ctx, req: &Request) -> Reply {
+    let parts = req.segments();
+    match (req.method.as_str(), parts.first().map(String::as_str)) {
+        ("GET", Some("containerLogs")) if parts.len() == 4 => {
+            crate::containerlogs::serve(ctx, req, &parts[1], &parts[2], &parts[3])
         }
-        restart - 1
-    } else {
-        restart
-    };
-    let path = ctx
-        .log_dir
-        .join(format!("{ns}_{pod}_{}", rec.uid))
-        .join(c)
-        .join(format!("{n}.log"));
-    let mut opts = LogOptions::from_query(req, chrono::Utc::now());
-    opts.follow = opts.follow && !req.flag("previous") && id.is_some();
-    let exit_file = id
-        .as_ref()
-        .map(|id| rec.bundle(&ctx.run_dir, id).join(crate::runtime::EXIT_FILE));
-    // The body ends when the connection closes: simple to proxy and to stream.
-    write!(
-        s,
-        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n"
-    )?;
-    stream_log(&path, &opts, exit_file.as_deref(), s)?;
-    s.flush()?;
-    s.conn.send_close_notify();
-    s.flush()
-}
-
-/// What `kubectl logs` asks for (the kubelet's `LogOptions`).
-#[derive(Debug, Clone, Default)]
-pub struct LogOptions {
-    /// Only the last this many lines (`--tail`).
-    pub tail: Option<usize>,
-    /// Each line prefixed with its CRI time stamp (`--timestamps`).
-    pub timestamps: bool,
-    /// Keep streaming until the container has ended (`-f`).
-    pub follow: bool,
-    /// Only entries from this time on (`--since`, `--since-time`).
-    pub since: Option<chrono::DateTime<chrono::FixedOffset>>,
-    /// At most this many bytes of output (`--limit-bytes`), then the stream ends.
-    pub limit_bytes: Option<u64>,
-}
-
-impl LogOptions {
-    /// From the query of a `containerLogs` request, at time `now`.
-    pub fn from_query(req: &Request, now: chrono::DateTime<chrono::Utc>) -> LogOptions {
-        let since = match (req.q("sinceSeconds"), req.q("sinceTime")) {
-            (Some(s), _) => s
-                .parse::<i64>()
-                .ok()
-                .map(|s| (now - chrono::Duration::seconds(s)).fixed_offset()),
-            (None, Some(t)) => chrono::DateTime::parse_from_rfc3339(t).ok(),
-            (None, None) => None,
-        };
-        LogOptions {
-            tail: req.q("tailLines").and_then(|t| t.parse().ok()),
-            timestamps: req.flag("timestamps"),
-            follow: req.flag("follow"),
-            since,
-            limit_bytes: req.q("limitBytes").and_then(|b| b.parse().ok()),
+        ("GET" | "POST", Some("exec")) if parts.len() == 4 => {
+            crate::exec::serve(ctx, req, &parts[1], &parts[2], &parts[3])
         }
+        ("GET" | "POST", Some("attach")) if parts.len() == 4 => {
+            crate::attach::serve(ctx, req, &parts[1], &parts[2], &parts[3])
+        }
+        ("GET" | "POST", Some("portForward")) if parts.len() == 3 => {
+            crate::portforward::serve(ctx, req, &parts[1], &parts[2])
+        }
+        _ => Reply::text(404, "not found\n"),
     }
 }
 
-/// Writes decoded entries as `kubectl logs` shows them, applying `since` and the byte limit.
-struct Emitter<'a> {
-    opts: &'a LogOptions,
-    remaining: Option<u64>,
+fn text(code: u16, body: String) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(body)).boxed_unsync());
+    *r.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
 }
 
-impl Emitter<'_> {
-    /// Whether more may be written after this line.
-    fn emit(&mut self, line: &[u8], out: &mut dyn Write) -> std::io::Result<bool> {
-        if self.remaining == Some(0) {
-            return Ok(false);
-        }
-        let Some(e) = crate::logs::decode(line) else {
-            return Ok(true);
-        };
-        if let Some(since) = self.opts.since
-            && chrono::DateTime::parse_from_rfc3339(e.time).is_ok_and(|t| t < since)
-        {
-            return Ok(true);
-        }
-        let mut buf = Vec::new();
-        if self.opts.timestamps {
-            buf.extend_from_slice(e.time.as_bytes());
-            buf.push(b' ');
-        }
-        buf.extend_from_slice(e.content);
-        if !e.partial {
-            buf.push(b'\n');
-        }
-        if let Some(left) = self.remaining.as_mut() {
-            let n = buf.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
-            buf.truncate(n);
-            *left -= n as u64;
-        }
-        out.write_all(&buf)?;
-        Ok(self.remaining != Some(0))
-    }
-}
-
-/// Copies a CRI log as plain text; when following, keeps reading until the container's exit
-/// file appears and the log has been drained.
-pub fn stream_log(
-    path: &Path,
-    opts: &LogOptions,
-    exit_file: Option<&Path>,
-    out: &mut impl Write,
-) -> std::io::Result<()> {
-    let follow = opts.follow;
-    let mut em = Emitter {
-        opts,
-        remaining: opts.limit_bytes,
-    };
-    let f = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !follow => return Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            // The shim creates it with the container; wait briefly.
-            std::thread::sleep(Duration::from_millis(300));
-            std::fs::File::open(path)?
-        }
-        Err(e) => return Err(e),
-    };
-    let mut r = BufReader::new(f);
-    let mut lines: Vec<Vec<u8>> = Vec::new();
-    let mut partial = Vec::new();
-    loop {
-        let mut line = Vec::new();
-        let n = r.read_until(b'\n', &mut line)?;
-        if n == 0 {
-            break;
-        }
-        if line.ends_with(b"\n") {
-            lines.push(line);
-        } else {
-            partial = line;
-        }
-    }
-    let skip = opts.tail.map_or(0, |t| lines.len().saturating_sub(t));
-    for l in &lines[skip..] {
-        if !em.emit(l, out)? {
-            return out.flush();
-        }
-    }
-    out.flush()?;
-    if !follow {
-        return Ok(());
-    }
-    let mut drained_after_exit = 0;
-    // After a rotation: the new current file, read once the old one is finished. The shim
-    // moves to the new file at its first write there, so once the new file has data nothing
-    // more comes to the old one: drain the old one again, then switch.
-    let mut next: Option<BufReader<std::fs::File>> = None;
-    let mut switch_when_drained = false;
-    loop {
-        let mut line = Vec::new();
-        let n = r.read_until(b'\n', &mut line)?;
-        if n > 0 {
-            partial.extend_from_slice(&line);
-            if partial.ends_with(b"\n") {
-                let more = em.emit(&partial, out)?;
-                out.flush()?;
-                if !more {
-                    return Ok(());
-                }
-                partial.clear();
+fn switching(headers: UpgradeHeaders) -> Response<Body> {
+    let mut r = Response::new(Empty::new().boxed_unsync());
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    for (k, v) in headers {
+        match http::HeaderValue::from_str(&v) {
+            Ok(v) => {
+                r.headers_mut().append(k, v);
             }
-            continue;
+            // The values are ours (protocol names, a base64 accept key): not expected.
+            Err(_) => return text(400, format!("bad {k} header\n")),
         }
-        if switch_when_drained && let Some(nx) = next.take() {
-            r = nx;
-            switch_when_drained = false;
-            continue;
-        }
-        match &next {
-            Some(nx) => {
-                if nx.get_ref().metadata().is_ok_and(|m| m.len() > 0) {
-                    switch_when_drained = true;
-                    continue;
-                }
-            }
-            None => {
-                use std::os::unix::fs::MetadataExt;
-                if let (Ok(now), Ok(open)) = (std::fs::metadata(path), r.get_ref().metadata())
-                    && (now.dev(), now.ino()) != (open.dev(), open.ino())
-                {
-                    // Missing for a moment mid-rotation: look again on the next round.
-                    if let Ok(f) = std::fs::File::open(path) {
-                        next = Some(BufReader::new(f));
-                        continue;
-                    }
-                }
-            }
-        }
-        if exit_file.is_some_and(Path::exists) {
-            drained_after_exit += 1;
-            if drained_after_exit > 3 {
-                return Ok(());
-            }
-        }
-        std::thread::sleep(Duration::from_millis(200));
     }
+    r
+}
+
+/// A `200 text/plain` whose body `write` produces on a thread of its own (a followed log
+/// lasts as long as its container), chunk by chunk as it flushes; a write fails once the
+/// client is gone, which ends the writer.
+fn streamed(write: BodyWriter) -> Response<Body> {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let writer = std::thread::Builder::new()
+        .name("agent-body".into())
+        .spawn(move || {
+            let mut out = ChunkWriter {
+                tx,
+                buf: Vec::new(),
+            };
+            let r = write(&mut out).and_then(|()| out.flush());
+            if let Err(e) = r {
+                // Mid-body there is no status left to send: the body just ends, as the log's
+                // end would.
+                tracing::debug!(error = %e, "agent endpoint body");
+            }
+        });
+    if let Err(e) = writer {
+        return text(500, format!("starting the body's writer: {e}\n"));
+    }
+    let mut r = Response::new(ChunkBody(rx).boxed_unsync());
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain"),
+    );
+    r
+}
+
+/// Collects writes into chunks for [`ChunkBody`], sent on flush or when large.
+struct ChunkWriter {
+    tx: tokio::sync::mpsc::Sender<Bytes>,
+    buf: Vec<u8>,
+}
+
+const CHUNK: usize = 16 * 1024;
+
+impl Write for ChunkWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(b);
+        if self.buf.len() >= CHUNK {
+            self.flush()?;
+        }
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = Bytes::from(std::mem::take(&mut self.buf));
+        self.tx
+            .blocking_send(chunk)
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))
+    }
+}
+
+/// A body made of the chunks a [`ChunkWriter`] sends; it ends when the writer is dropped.
+struct ChunkBody(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for ChunkBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0.poll_recv(cx).map(|c| c.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+/// Runs `session` on a thread of its own (sessions last as long as their client wants)
+/// over a socket pair spliced to the upgraded connection.
+async fn run_session(up: hyper::upgrade::Upgraded, session: Session) {
+    let pair = std::os::unix::net::UnixStream::pair().and_then(|(mine, theirs)| {
+        theirs.set_nonblocking(true)?;
+        Ok((mine, tokio::net::UnixStream::from_std(theirs)?))
+    });
+    let (mine, theirs) = match pair {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::debug!(error = %e, "agent endpoint session socket");
+            return;
+        }
+    };
+    let run = std::thread::Builder::new()
+        .name("agent-session".into())
+        .spawn(move || session(mine));
+    if let Err(e) = run {
+        tracing::debug!(error = %e, "agent endpoint session thread");
+        return;
+    }
+    splice(TokioIo::new(up), theirs).await;
+}
+
+/// Copies between the client's connection and the session's socket: the client's bytes
+/// until it stops sending (then the session reads EOF), the session's until it closes its
+/// end, which ends the connection whatever the client still sends.
+async fn splice<C>(client: C, session: tokio::net::UnixStream)
+where
+    C: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (mut from_client, mut to_client) = tokio::io::split(client);
+    let (mut from_session, mut to_session) = session.into_split();
+    let inbound = tokio::spawn(async move {
+        let _ = tokio::io::copy(&mut from_client, &mut to_session).await;
+        let _ = to_session.shutdown().await;
+    });
+    let _ = tokio::io::copy(&mut from_session, &mut to_client).await;
+    let _ = to_client.shutdown().await;
+    inbound.abort();
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn request_heads_parse_with_repeated_and_encoded_params() {
-        let r = parse_head(
-            "GET /exec/default/web/c?command=sh&command=-c&command=echo%20hi%26bye&stdout=true HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t\r\n\r\n",
-        )
-        .unwrap();
-        assert_eq!(r.method, "GET");
-        assert_eq!(r.path, "/exec/default/web/c");
-        assert_eq!(r.all("command"), ["sh", "-c", "echo hi&bye"]);
-        assert!(r.flag("stdout"));
-        assert!(!r.flag("stdin"));
-        assert_eq!(r.header("authorization"), Some("Bearer t"));
-        assert_eq!(percent_decode("a%2Fb%zz"), "a/b%zz");
-    }
-
-    #[test]
-    fn logs_tail_and_timestamps() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("0.log");
-        std::fs::write(
-            &p,
-            "T1 stdout F one\nT2 stderr F two\nT3 stdout P thr\nT4 stdout F ee\n",
-        )
-        .unwrap();
-        let read = |o: LogOptions| {
-            let mut out = Vec::new();
-            stream_log(&p, &o, None, &mut out).unwrap();
-            String::from_utf8(out).unwrap()
-        };
-        assert_eq!(read(LogOptions::default()), "one\ntwo\nthree\n");
-        let tail1 = LogOptions {
-            tail: Some(1),
-            timestamps: true,
-            ..Default::default()
-        };
-        assert_eq!(read(tail1), "T4 ee\n");
-    }
-
-    #[test]
-    fn since_and_limit_bytes_filter_like_the_kubelet() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("0.log");
-        std::fs::write(
-            &p,
-            "2026-01-01T00:00:01.5Z stdout F early\n2026-01-01T00:00:03Z stderr F later\n2026-01-01T00:00:04Z stdout F last\n",
-        )
-        .unwrap();
-        let read = |o: LogOptions| {
-            let mut out = Vec::new();
-            stream_log(&p, &o, None, &mut out).unwrap();
-            String::from_utf8(out).unwrap()
-        };
-        let at = |t: &str| Some(chrono::DateTime::parse_from_rfc3339(t).unwrap());
-        let since = |t: &str| LogOptions {
-            since: at(t),
-            ..Default::default()
-        };
-        assert_eq!(read(since("2026-01-01T00:00:02Z")), "later\nlast\n");
-        assert_eq!(
-            read(since("2026-01-01T00:00:03Z")),
-            "later\nlast\n",
-            "inclusive"
-        );
-        assert_eq!(read(since("2026-01-02T00:00:00Z")), "");
-        let limit = |n| LogOptions {
-            limit_bytes: Some(n),
-            ..Default::default()
-        };
-        assert_eq!(read(limit(8)), "early\nla");
-        assert_eq!(read(limit(0)), "");
-        // tail first, then since, as the kubelet applies them
-        let both = LogOptions {
-            tail: Some(2),
-            since: at("2026-01-01T00:00:03.5Z"),
-            ..Default::default()
-        };
-        assert_eq!(read(both), "last\n");
-        // The query as kubectl sends it.
-        let req = parse_head(
-            "GET /containerLogs/d/p/c?sinceSeconds=60&limitBytes=10&tailLines=3 HTTP/1.1\r\n\r\n",
-        )
-        .unwrap();
-        let now = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:01:00Z")
-            .unwrap()
-            .to_utc();
-        let o = LogOptions::from_query(&req, now);
-        assert_eq!(o.since, at("2026-01-01T00:00:00Z"));
-        assert_eq!(
-            (o.limit_bytes, o.tail, o.follow),
-            (Some(10), Some(3), false)
-        );
-    }
-
-    #[test]
-    fn follow_ends_after_the_container_exits() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("0.log");
-        let exit = d.path().join("exit");
-        std::fs::write(&p, "T1 stdout F one\n").unwrap();
-        let (p2, e2) = (p.clone(), exit.clone());
-        let h = std::thread::spawn(move || {
-            let mut out = Vec::new();
-            let follow = LogOptions {
-                follow: true,
-                ..Default::default()
-            };
-            stream_log(&p2, &follow, Some(&e2), &mut out).unwrap();
-            out
-        });
-        std::thread::sleep(Duration::from_millis(300));
-        let mut f = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
-        f.write_all(b"T2 stdout F two\n").unwrap();
-        std::fs::write(&exit, "0\n").unwrap();
-        assert_eq!(String::from_utf8(h.join().unwrap()).unwrap(), "one\ntwo\n");
-    }
-
-    /// A writer whose bytes the test receives as they are written.
-    struct Chan(std::sync::mpsc::Sender<Vec<u8>>);
-
-    impl Write for Chan {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            let _ = self.0.send(b.to_vec());
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    #[test]
-    fn follow_goes_on_in_the_new_file_after_a_rotation() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("0.log");
-        let exit = d.path().join("exit");
-        std::fs::write(&p, "T1 stdout F one\n").unwrap();
-        let (p2, e2) = (p.clone(), exit.clone());
-        let (tx, rx) = std::sync::mpsc::channel();
-        let h = std::thread::spawn(move || {
-            let follow = LogOptions {
-                follow: true,
-                ..Default::default()
-            };
-            stream_log(&p2, &follow, Some(&e2), &mut Chan(tx)).unwrap();
-        });
-        // The follower has the first file open once it has sent its content.
-        assert_eq!(rx.recv().unwrap(), b"one\n");
-        let mut f = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
-        f.write_all(b"T2 stdout F two\n").unwrap();
-        std::fs::rename(&p, d.path().join("0.log.20260101-000000")).unwrap();
-        std::fs::write(&p, "").unwrap();
-        // A write the shim makes to the old file before it notices the rotation.
-        f.write_all(b"T3 stdout F late\n").unwrap();
-        std::fs::write(&p, "T4 stdout F three\n").unwrap();
-        std::fs::write(&exit, "0\n").unwrap();
-        h.join().unwrap();
-        let rest: Vec<u8> = rx.iter().flatten().collect();
-        assert_eq!(String::from_utf8(rest).unwrap(), "two\nlate\nthree\n");
-    }
-}
+mod tests;

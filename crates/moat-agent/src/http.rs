@@ -1,10 +1,10 @@
 //! The request side shared by the endpoint's routes (logs, exec, attach, port-forward): the
-//! TLS stream type, the parsed request head, the plain-text response, the context every
-//! route gets and how a route finds its pod. Routes depend on this module; the endpoint
-//! dispatches to them.
+//! request as a route sees it (decoded path segments and query), the [`Reply`] a route
+//! gives back, the context every route gets and how a route finds its pod. HTTP itself
+//! (heads, bodies, upgrades) is hyper's, in the `endpoint` module; routes depend on this
+//! module, the endpoint dispatches to them.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Write;
 use std::path::PathBuf;
 
 use crate::podstate::{PodRecord, find_pod};
@@ -18,10 +18,15 @@ pub struct Ctx {
     pub shim: Vec<String>,
 }
 
-pub type Stream = rustls::StreamOwned<rustls::ServerConnection, TcpStream>;
+/// A route's end of an upgraded connection: one end of a socket pair whose other end the
+/// endpoint splices to the client's (TLS, hyper-upgraded) connection. Blocking, with the
+/// read timeouts the stream loops use to interleave reads and writes on one thread; the
+/// session ends when the route drops it.
+pub type Stream = std::os::unix::net::UnixStream;
 
-/// A parsed request head.
-#[derive(Debug, Default, PartialEq, Eq)]
+/// A request as the routes see it: the path as sent (percent-encoded), the query decoded
+/// into pairs in order (a name may repeat), the headers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Request {
     pub method: String,
     pub path: String,
@@ -30,6 +35,41 @@ pub struct Request {
 }
 
 impl Request {
+    /// From hyper's request head. Query components are form-decoded (`+` is a space, as
+    /// Go's and kubectl's clients encode it); header values that are not UTF-8 are
+    /// converted lossily (the routes only read ASCII ones).
+    pub fn new(method: &http::Method, uri: &http::Uri, headers: &http::HeaderMap) -> Request {
+        Request {
+            method: method.as_str().to_string(),
+            path: uri.path().to_string(),
+            query: form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
+                .into_owned()
+                .collect(),
+            headers: headers
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.as_str().to_string(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// The path's non-empty segments, each percent-decoded (in a path `+` is itself).
+    pub fn segments(&self) -> Vec<String> {
+        self.path
+            .split('/')
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                percent_encoding::percent_decode_str(p)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            })
+            .collect()
+    }
+
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
@@ -66,91 +106,135 @@ impl Request {
             .map(|(_, v)| v.clone())
             .collect()
     }
-}
 
-/// Decodes a query or path component (`+` is a space in queries, as Go's and kubectl's
-/// clients encode it).
-pub fn percent_decode(s: &str) -> String {
-    let spaced = s.replace('+', " ");
-    percent_encoding::percent_decode_str(&spaced)
-        .decode_utf8_lossy()
-        .into_owned()
-}
-
-/// Parses a request head (`GET /p?q HTTP/1.1` + headers).
-pub fn parse_head(head: &str) -> Option<Request> {
-    let mut lines = head.split("\r\n");
-    let mut first = lines.next()?.split(' ');
-    let method = first.next()?.to_string();
-    let target = first.next()?;
-    let (path, qs) = target.split_once('?').unwrap_or((target, ""));
-    let query = qs
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (percent_decode(k), percent_decode(v))
-        })
-        .collect();
-    let headers = lines
-        .filter(|l| !l.is_empty())
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect();
-    Some(Request {
-        method,
-        path: path.to_string(),
-        query,
-        headers,
-    })
-}
-
-pub(crate) fn read_head(s: &mut Stream) -> std::io::Result<String> {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        if head.len() > 64 * 1024 {
-            return Err(std::io::Error::other("request head too large"));
-        }
-        if s.read(&mut byte)? == 0 {
-            return Err(std::io::Error::other(
-                "connection closed in the request head",
-            ));
-        }
-        head.push(byte[0]);
+    /// A `GET` of `target` (path and query) without headers, for tests.
+    #[cfg(test)]
+    pub fn get(target: &str) -> Request {
+        let uri: http::Uri = target.parse().expect("a request target");
+        Request::new(&http::Method::GET, &uri, &http::HeaderMap::new())
     }
-    Ok(String::from_utf8_lossy(&head).into_owned())
 }
 
-pub fn respond(s: &mut impl Write, code: u16, reason: &str, body: &str) -> std::io::Result<()> {
-    write!(
-        s,
-        "HTTP/1.1 {code} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    s.flush()
+/// The headers of a `101 Switching Protocols` answer.
+pub type UpgradeHeaders = Vec<(&'static str, String)>;
+/// What runs a session on the upgraded connection.
+pub type Session = Box<dyn FnOnce(Stream) + Send>;
+/// What writes a streamed response body (blocking; a write fails once the client is gone).
+pub type BodyWriter = Box<dyn FnOnce(&mut dyn Write) -> std::io::Result<()> + Send>;
+
+/// A route's answer; the endpoint turns it into hyper's response.
+pub enum Reply {
+    /// A complete `text/plain` answer (the errors the API server turns into a Status).
+    Text(u16, String),
+    /// `101 Switching Protocols` with these headers; then `session` owns the connection.
+    Upgrade {
+        headers: UpgradeHeaders,
+        session: Session,
+    },
+    /// `200` with a `text/plain` body, streamed as `write` produces it.
+    Body(BodyWriter),
+}
+
+impl Reply {
+    pub fn text(code: u16, body: impl Into<String>) -> Reply {
+        Reply::Text(code, body.into())
+    }
+
+    /// `400 Bad Request` with `body`.
+    pub fn bad(body: impl Into<String>) -> Reply {
+        Reply::text(400, body)
+    }
+}
+
+impl std::fmt::Debug for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reply::Text(code, body) => write!(f, "Text({code}, {body:?})"),
+            Reply::Upgrade { headers, .. } => write!(f, "Upgrade({headers:?})"),
+            Reply::Body(_) => f.write_str("Body"),
+        }
+    }
 }
 
 /// A pod's record with one container's (restart count, current id, has a previous run).
 pub type Located = (PodRecord, u32, Option<String>, bool);
-/// An HTTP error to send: (code, reason, body).
-pub type HttpError = (u16, &'static str, String);
 
-/// The pod's record and the named container's slot, or an HTTP error to send.
-pub fn locate(ctx: &Ctx, ns: &str, pod: &str, container: &str) -> Result<Located, HttpError> {
-    let rec = find_pod(&ctx.run_dir, ns, pod).ok_or_else(|| {
-        (
-            404,
-            "Not Found",
-            format!("pod {ns}/{pod} is not on this node\n"),
-        )
-    })?;
+/// The pod's record and the named container's slot, or the answer to send.
+pub fn locate(ctx: &Ctx, ns: &str, pod: &str, container: &str) -> Result<Located, Reply> {
+    let rec = find_pod(&ctx.run_dir, ns, pod)
+        .ok_or_else(|| Reply::text(404, format!("pod {ns}/{pod} is not on this node\n")))?;
     let slot = rec.container(container).ok_or_else(|| {
-        (
-            400,
-            "Bad Request",
-            format!("container {container} is not valid for pod {pod}\n"),
-        )
+        Reply::bad(format!(
+            "container {container} is not valid for pod {pod}\n"
+        ))
     })?;
     Ok((rec.clone(), slot.0, slot.1, slot.2))
+}
+
+/// The `Sec-WebSocket-Accept` answer to a client's `Sec-WebSocket-Key`, with the other
+/// headers of a WebSocket 101 choosing `protocol` (none: the client offered none).
+pub fn websocket_headers(key: &str, protocol: Option<&str>) -> UpgradeHeaders {
+    let mut h = vec![
+        ("upgrade", "websocket".to_string()),
+        ("connection", "Upgrade".to_string()),
+        (
+            "sec-websocket-accept",
+            tungstenite::handshake::derive_accept_key(key.as_bytes()),
+        ),
+    ];
+    if let Some(p) = protocol {
+        h.push(("sec-websocket-protocol", p.to_string()));
+    }
+    h
+}
+
+/// The headers of a SPDY/3.1 101 choosing stream protocol `protocol`.
+pub fn spdy_headers(protocol: &str) -> UpgradeHeaders {
+    vec![
+        ("connection", "Upgrade".to_string()),
+        ("upgrade", "SPDY/3.1".to_string()),
+        ("x-stream-protocol-version", protocol.to_string()),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_and_path_decode_with_repeated_and_encoded_params() {
+        let r = Request::get(
+            "/exec/d%2Dx/we%20b/c+1?command=sh&command=-c&command=echo%20a%2Bb+hi%26bye&stdout=true&empty",
+        );
+        assert_eq!(r.method, "GET");
+        assert_eq!(r.segments(), ["exec", "d-x", "we b", "c+1"]);
+        assert_eq!(r.all("command"), ["sh", "-c", "echo a+b hi&bye"]);
+        assert!(r.flag("stdout"));
+        assert!(!r.flag("stdin"));
+        assert_eq!(r.q("empty"), Some(""));
+        let bad = Request::get("/a%2Fb%zz");
+        assert_eq!(bad.segments(), ["a/b%zz"]);
+    }
+
+    #[test]
+    fn repeated_and_listed_headers_are_all_seen() {
+        let mut h = http::HeaderMap::new();
+        h.append(
+            "X-Stream-Protocol-Version",
+            "v4.channel.k8s.io".parse().unwrap(),
+        );
+        h.append(
+            "x-stream-protocol-version",
+            "v3.channel.k8s.io, channel.k8s.io".parse().unwrap(),
+        );
+        let r = Request::new(&http::Method::POST, &"/x".parse().unwrap(), &h);
+        assert_eq!(
+            r.header_values("X-Stream-Protocol-Version"),
+            ["v4.channel.k8s.io", "v3.channel.k8s.io", "channel.k8s.io"]
+        );
+        assert_eq!(
+            r.header("x-stream-protocol-version"),
+            Some("v4.channel.k8s.io")
+        );
+    }
 }

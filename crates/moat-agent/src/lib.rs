@@ -13,6 +13,7 @@ pub mod attach;
 pub mod bundle;
 pub mod check;
 pub mod config;
+pub mod containerlogs;
 pub mod endpoint;
 pub mod envvars;
 pub mod exec;

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use tungstenite::protocol::Role;
 use tungstenite::{Message, WebSocket};
 
-use crate::http::{Ctx, Request, Stream, respond};
+use crate::http::{Ctx, Reply, Request, Stream, UpgradeHeaders, spdy_headers, websocket_headers};
 use crate::spdy::{Codec, Frame};
 
 /// The SPDY stream protocol (kubelet's `portforward.k8s.io`, v1).
@@ -259,8 +259,15 @@ struct Live {
     socket: Option<TcpStream>,
 }
 
-/// Answers the upgrade; the wire to run the session on, or None when refused (answered).
-fn upgrade(mut s: Stream, req: &Request) -> std::io::Result<Option<Wire>> {
+/// How the session's SPDY travels, chosen by [`negotiate`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Raw,
+    Ws,
+}
+
+/// The upgrade answer (the 101's headers) for a SPDY port-forward request, or the refusal.
+fn negotiate(req: &Request) -> Result<(UpgradeHeaders, Kind), Reply> {
     let upgrade = req.header("upgrade").unwrap_or("");
     if upgrade.eq_ignore_ascii_case("websocket") {
         let offered = req.header_values("sec-websocket-protocol");
@@ -268,67 +275,32 @@ fn upgrade(mut s: Stream, req: &Request) -> std::io::Result<Option<Wire>> {
             req.header("sec-websocket-key"),
             offered.contains(&WS_TUNNEL_PROTOCOL),
         ) else {
-            respond(
-                &mut s,
-                400,
-                "Bad Request",
-                &format!(
-                    "port forwarding over WebSocket needs the {WS_TUNNEL_PROTOCOL} subprotocol\n"
-                ),
-            )?;
-            return Ok(None);
+            return Err(Reply::bad(format!(
+                "port forwarding over WebSocket needs the {WS_TUNNEL_PROTOCOL} subprotocol\n"
+            )));
         };
-        let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
-        write!(
-            s,
-            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\nSec-WebSocket-Protocol: {WS_TUNNEL_PROTOCOL}\r\n\r\n"
-        )?;
-        s.flush()?;
-        s.sock.set_read_timeout(Some(Duration::from_millis(20)))?;
-        return Ok(Some(Wire::Ws(Box::new(WebSocket::from_raw_socket(
-            s,
-            Role::Server,
-            None,
-        )))));
+        return Ok((websocket_headers(key, Some(WS_TUNNEL_PROTOCOL)), Kind::Ws));
     }
     if upgrade.eq_ignore_ascii_case("SPDY/3.1") {
         if !req
             .header_values("x-stream-protocol-version")
             .contains(&PROTOCOL)
         {
-            respond(
-                &mut s,
-                400,
-                "Bad Request",
-                &format!("port forwarding over SPDY needs X-Stream-Protocol-Version {PROTOCOL}\n"),
-            )?;
-            return Ok(None);
+            return Err(Reply::bad(format!(
+                "port forwarding over SPDY needs X-Stream-Protocol-Version {PROTOCOL}\n"
+            )));
         }
-        write!(
-            s,
-            "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: {PROTOCOL}\r\n\r\n"
-        )?;
-        s.flush()?;
-        s.sock.set_read_timeout(Some(Duration::from_millis(20)))?;
-        return Ok(Some(Wire::Raw(Box::new(s))));
+        return Ok((spdy_headers(PROTOCOL), Kind::Raw));
     }
-    respond(
-        &mut s,
-        400,
-        "Bad Request",
+    Err(Reply::bad(
         "port forwarding needs a SPDY/3.1 or WebSocket upgrade\n",
-    )?;
-    Ok(None)
+    ))
 }
 
-pub fn serve(mut s: Stream, ctx: &Ctx, req: &Request, ns: &str, pod: &str) -> std::io::Result<()> {
+/// The answer to a port-forward request: a refusal, or the upgrade whose session forwards.
+pub fn serve(ctx: &Ctx, req: &Request, ns: &str, pod: &str) -> Reply {
     let Some(rec) = crate::podstate::find_pod(&ctx.run_dir, ns, pod) else {
-        return respond(
-            &mut s,
-            404,
-            "Not Found",
-            &format!("pod {ns}/{pod} is not on this node\n"),
-        );
+        return Reply::text(404, format!("pod {ns}/{pod} is not on this node\n"));
     };
     let target = Target {
         netns: (!rec.host_network).then(|| rec.netns.clone()),
@@ -338,12 +310,7 @@ pub fn serve(mut s: Stream, ctx: &Ctx, req: &Request, ns: &str, pod: &str) -> st
     if let Some(n) = &target.netns
         && !n.exists()
     {
-        return respond(
-            &mut s,
-            400,
-            "Bad Request",
-            &format!("pod {ns}/{pod} has no network namespace yet\n"),
-        );
+        return Reply::bad(format!("pod {ns}/{pod} has no network namespace yet\n"));
     }
     // Plain WebSocket channels (one data and one error channel per `port` of the query)
     // for the clients that do not tunnel SPDY.
@@ -354,13 +321,28 @@ pub fn serve(mut s: Stream, ctx: &Ctx, req: &Request, ns: &str, pod: &str) -> st
             .header_values("sec-websocket-protocol")
             .contains(&WS_TUNNEL_PROTOCOL)
     {
-        return ws::serve(s, req, &target);
+        return ws::serve(req, target);
     }
-    let Some(wire) = upgrade(s, req)? else {
-        return Ok(());
+    let (headers, kind) = match negotiate(req) {
+        Ok(x) => x,
+        Err(r) => return r,
     };
-    Session::new(wire, target).run();
-    Ok(())
+    Reply::Upgrade {
+        headers,
+        session: Box::new(move |s| {
+            // One thread owns the socket; short read timeouts let it interleave reads and
+            // writes.
+            if let Err(e) = s.set_read_timeout(Some(Duration::from_millis(20))) {
+                tracing::debug!(error = %e, "port-forward: the session socket");
+                return;
+            }
+            let wire = match kind {
+                Kind::Raw => Wire::Raw(Box::new(s)),
+                Kind::Ws => Wire::Ws(Box::new(WebSocket::from_raw_socket(s, Role::Server, None))),
+            };
+            Session::new(wire, target).run();
+        }),
+    }
 }
 
 struct Session {

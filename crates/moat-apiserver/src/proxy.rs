@@ -1,32 +1,75 @@
 //! `pods/log`, `pods/exec`, `pods/attach` and `pods/portforward`, proxied to the node
-//! agent's own HTTPS endpoint (the kubelet's :10250 role). The agent publishes its URL and self-signed certificate on its Node as the
-//! annotations `moat.io/agent-endpoint` and `moat.io/agent-cert`; the proxy pins that
-//! certificate and authenticates with the cluster token.
+//! agent's own HTTPS endpoint (the kubelet's :10250 role). The agent publishes its URL and
+//! self-signed certificate on its Node as the annotations `moat.io/agent-endpoint` and
+//! `moat.io/agent-cert`; the proxy pins that certificate and authenticates with the cluster
+//! token. HTTP to the agent is hyper's client over that TLS connection.
 //!
 //! - `GET .../pods/P/log?container=C&follow=&previous=&timestamps=&tailLines=` →
 //!   `GET {endpoint}/containerLogs/{ns}/{P}/{C}?...`, body streamed back.
 //! - `GET|POST .../pods/P/exec?container=C&command=..` with a WebSocket or SPDY/3.1 upgrade
-//!   → `GET {endpoint}/exec/{ns}/{P}/{C}?...`; after the agent's 101 the two connections are
-//!   spliced byte for byte (the stream protocol is end to end between kubectl and agent).
+//!   → `GET {endpoint}/exec/{ns}/{P}/{C}?...`; after the agent's 101 both connections are
+//!   upgraded (`hyper::upgrade::on`) and spliced byte for byte (the stream protocol is end
+//!   to end between kubectl and agent).
 //! - `pods/P/attach?container=C&stdin=..` the same way → `{endpoint}/attach/{ns}/{P}/{C}`.
 //! - `pods/P/portforward` with SPDY/3.1 (`portforward.k8s.io`) or WebSocket
 //!   (`SPDY/3.1+portforward.k8s.io`, SPDY tunnelled in binary messages) →
 //!   `{endpoint}/portForward/{ns}/{P}`; the ports travel in the stream headers.
+//!
+//! The agent's errors are plain text with a status code; they come back as a Status.
 
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::App;
 use crate::status::ApiError;
 
 type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+/// Why the agent could not be reached.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("endpoint {0} is not https")]
+    NotHttps(String),
+    #[error("agent certificate: {0}")]
+    CertPem(rustls::pki_types::pem::Error),
+    #[error("agent certificate: {0}")]
+    Cert(rustls::Error),
+    #[error("{0}")]
+    Config(rustls::Error),
+    #[error("{0}")]
+    Name(rustls::pki_types::InvalidDnsNameError),
+    #[error("{0}")]
+    Io(std::io::Error),
+}
+
+/// Request headers passed on for an upgrade: WebSocket (kubectl 1.30+) or SPDY/3.1
+/// (1.27-1.29, which repeats X-Stream-Protocol-Version once per protocol it offers).
+const UPGRADE_REQUEST: &[&str] = &[
+    "upgrade",
+    "connection",
+    "sec-websocket-key",
+    "sec-websocket-version",
+    "sec-websocket-protocol",
+    "x-stream-protocol-version",
+];
+
+/// The agent's 101 headers passed back: the protocol it chose.
+const UPGRADE_RESPONSE: &[&str] = &[
+    "upgrade",
+    "connection",
+    "sec-websocket-accept",
+    "sec-websocket-protocol",
+    "x-stream-protocol-version",
+];
 
 /// `(namespace, pod, subresource)` if `path` is one of the proxied subresources.
 pub fn match_path(path: &str) -> Option<(&str, &str, &str)> {
@@ -86,7 +129,9 @@ async fn proxy(
                 format!("pods \"{name}\" not found"),
             )
         })?;
-    let mut query: Vec<(String, String)> = form_pairs(raw_query);
+    let mut query: Vec<(String, String)> = form_urlencoded::parse(raw_query.as_bytes())
+        .into_owned()
+        .collect();
     let container = match query.iter().position(|(k, _)| k == "container") {
         // Port forwarding is to the pod's network, not to a container.
         _ if sub == "portforward" => String::new(),
@@ -132,69 +177,109 @@ async fn proxy(
             format!("node {node_name} publishes no agent endpoint"),
         ));
     };
+    let target = agent_target(sub, ns, name, &container, &query);
+    let agent = Agent {
+        node: node_name,
+        endpoint,
+        cert,
+        token: &app.token,
+    };
+    forward(&agent, sub, &target, parts).await
+}
+
+/// The agent's path and query for subresource `sub` of pod `ns/name`: path segments
+/// percent-encoded, the query form-encoded.
+pub fn agent_target(
+    sub: &str,
+    ns: &str,
+    name: &str,
+    container: &str,
+    query: &[(String, String)],
+) -> String {
     let route = match sub {
         "log" => format!(
             "/containerLogs/{}/{}/{}",
             enc(ns),
             enc(name),
-            enc(&container)
+            enc(container)
         ),
         "portforward" => format!("/portForward/{}/{}", enc(ns), enc(name)),
-        other => format!("/{other}/{}/{}/{}", enc(ns), enc(name), enc(&container)),
+        other => format!("/{other}/{}/{}/{}", enc(ns), enc(name), enc(container)),
     };
-    let target = format!(
-        "{route}?{}",
-        query
-            .iter()
-            .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
-            .collect::<Vec<_>>()
-            .join("&")
-    );
-    let mut tls = connect(endpoint, cert).await.map_err(|e| {
+    let query = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(query)
+        .finish();
+    format!("{route}?{query}")
+}
+
+/// An agent endpoint to forward to.
+pub struct Agent<'a> {
+    /// Its node's name (for messages).
+    pub node: &'a str,
+    /// `https://host:port`
+    pub endpoint: &'a str,
+    /// Its serving certificate (PEM), the only one trusted.
+    pub cert: &'a str,
+    /// The bearer token it accepts.
+    pub token: &'a str,
+}
+
+/// Sends `GET target` to the agent, with the client's upgrade headers for the streaming
+/// subresources (`sub` other than `log`); a 101 splices the client's connection (`parts`' pending upgrade) to the agent's, a 200's
+/// body is streamed back, anything else comes back as a Status.
+pub async fn forward(
+    agent: &Agent<'_>,
+    sub: &str,
+    target: &str,
+    parts: &mut http::request::Parts,
+) -> Result<Response, Response> {
+    let (node, endpoint) = (agent.node, agent.endpoint);
+    let upgrade = sub != "log";
+    let tls = connect(endpoint, agent.cert).await.map_err(|e| {
         err(
             StatusCode::BAD_GATEWAY,
             "ServiceUnavailable",
-            format!("connecting to the agent of node {node_name} at {endpoint}: {e}"),
+            format!("connecting to the agent of node {node} at {endpoint}: {e}"),
         )
     })?;
-    let host = endpoint.trim_start_matches("https://");
-    let mut head = format!(
-        "GET {target} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {}\r\n",
-        app.token
-    );
-    let upgrade = sub != "log";
-    if upgrade {
-        // WebSocket (kubectl 1.30+) or SPDY/3.1 (1.27-1.29, which repeats
-        // X-Stream-Protocol-Version once per protocol it offers).
-        for h in [
-            "upgrade",
-            "connection",
-            "sec-websocket-key",
-            "sec-websocket-version",
-            "sec-websocket-protocol",
-            "x-stream-protocol-version",
-        ] {
-            for v in parts.headers.get_all(h) {
-                if let Ok(v) = v.to_str() {
-                    head.push_str(&format!("{h}: {v}\r\n"));
-                }
-            }
-        }
-    } else {
-        head.push_str("Connection: close\r\n");
-    }
-    head.push_str("\r\n");
-    let io = |e: std::io::Error| {
+    let talk = |e: hyper::Error| {
         err(
             StatusCode::BAD_GATEWAY,
             "ServiceUnavailable",
-            format!("talking to the agent of node {node_name}: {e}"),
+            format!("talking to the agent of node {node}: {e}"),
         )
     };
-    tls.write_all(head.as_bytes()).await.map_err(io)?;
-    let (code, headers) = read_head(&mut tls).await.map_err(io)?;
-    if upgrade && code == 101 {
-        let on_upgrade = parts
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .map_err(talk)?;
+    // Ends once the one request's answer is done (or its connection upgraded): the sender
+    // is dropped at the end of this function.
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "agent connection");
+        }
+    });
+    let mut req = http::Request::get(target)
+        .header(header::HOST, endpoint.trim_start_matches("https://"))
+        .header(header::AUTHORIZATION, format!("Bearer {}", agent.token));
+    if upgrade {
+        for h in UPGRADE_REQUEST {
+            for v in parts.headers.get_all(*h) {
+                req = req.header(*h, v);
+            }
+        }
+    }
+    let req = req.body(Empty::<Bytes>::new()).map_err(|e| {
+        err(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            format!("the request to the agent: {e}"),
+        )
+    })?;
+    let mut resp = sender.send_request(req).await.map_err(talk)?;
+    let code = resp.status();
+    if upgrade && code == StatusCode::SWITCHING_PROTOCOLS {
+        let client = parts
             .extensions
             .remove::<hyper::upgrade::OnUpgrade>()
             .ok_or_else(|| {
@@ -204,29 +289,33 @@ async fn proxy(
                     format!("{sub} needs an HTTP/1.1 connection that can be upgraded"),
                 )
             })?;
+        let to_agent = hyper::upgrade::on(&mut resp);
         tokio::spawn(async move {
-            if let Ok(up) = on_upgrade.await {
-                let mut client = hyper_util::rt::TokioIo::new(up);
-                let _ = tokio::io::copy_bidirectional(&mut client, &mut tls).await;
+            match tokio::try_join!(client, to_agent) {
+                Ok((client, to_agent)) => {
+                    let (mut client, mut to_agent) = (TokioIo::new(client), TokioIo::new(to_agent));
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut to_agent).await;
+                }
+                Err(e) => tracing::debug!(error = %e, "upgrading a proxied stream"),
             }
         });
         let mut r = Response::new(Body::empty());
         *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-        for (k, v) in headers {
-            if let (Ok(k), Ok(v)) = (
-                header::HeaderName::from_bytes(k.as_bytes()),
-                HeaderValue::from_str(&v),
-            ) {
-                r.headers_mut().insert(k, v);
+        for (k, v) in resp.headers() {
+            if UPGRADE_RESPONSE.contains(&k.as_str()) {
+                r.headers_mut().append(k.clone(), v.clone());
             }
         }
         return Ok(r);
     }
-    if code != 200 {
-        let mut body = Vec::new();
-        let _ = tls.read_to_end(&mut body).await;
+    if code != StatusCode::OK {
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
         let msg = String::from_utf8_lossy(&body).trim().to_string();
-        let code = StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY);
         let reason = match code.as_u16() {
             400 => "BadRequest",
             404 => "NotFound",
@@ -235,27 +324,17 @@ async fn proxy(
         };
         return Err(err(code, reason, msg));
     }
-    // The agent delimits the body by closing the connection: stream it as it comes.
-    let stream = futures::stream::unfold(tls, |mut t| async move {
-        let mut buf = vec![0u8; 16 * 1024];
-        match t.read(&mut buf).await {
-            Ok(0) | Err(_) => None,
-            Ok(n) => {
-                buf.truncate(n);
-                Some((Ok::<_, std::io::Error>(bytes::Bytes::from(buf)), t))
-            }
-        }
-    });
-    let mut r = Response::new(Body::from_stream(stream));
+    // Streamed as it comes (a followed log ends when its container does).
+    let mut r = Response::new(Body::new(resp.into_body()));
     r.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     Ok(r)
 }
 
-async fn connect(endpoint: &str, cert_pem: &str) -> Result<Tls, String> {
+async fn connect(endpoint: &str, cert_pem: &str) -> Result<Tls, ConnectError> {
     let hostport = endpoint
         .strip_prefix("https://")
-        .ok_or_else(|| format!("endpoint {endpoint} is not https"))?;
+        .ok_or_else(|| ConnectError::NotHttps(endpoint.to_string()))?;
     let host = match hostport.rsplit_once(':') {
         Some((h, _)) => h.trim_matches(['[', ']']),
         None => hostport,
@@ -263,75 +342,25 @@ async fn connect(endpoint: &str, cert_pem: &str) -> Result<Tls, String> {
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_slice_iter(cert_pem.as_bytes()) {
         roots
-            .add(c.map_err(|e| format!("agent certificate: {e}"))?)
-            .map_err(|e| format!("agent certificate: {e}"))?;
+            .add(c.map_err(ConnectError::CertPem)?)
+            .map_err(ConnectError::Cert)?;
     }
     let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
+    .map_err(ConnectError::Config)?
     .with_root_certificates(roots)
     .with_no_client_auth();
-    let name = ServerName::try_from(host.to_string()).map_err(|e| e.to_string())?;
+    let name = ServerName::try_from(host.to_string()).map_err(ConnectError::Name)?;
     let tcp = tokio::net::TcpStream::connect(hostport)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(ConnectError::Io)?;
+    let _ = tcp.set_nodelay(true);
     tokio_rustls::TlsConnector::from(Arc::new(cfg))
         .connect(name, tcp)
         .await
-        .map_err(|e| e.to_string())
-}
-
-/// Reads a response head byte by byte (nothing after it is consumed): status and headers.
-async fn read_head(t: &mut Tls) -> std::io::Result<(u16, Vec<(String, String)>)> {
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        if head.len() > 64 * 1024 || t.read(&mut b).await? == 0 {
-            return Err(std::io::Error::other("bad response head from the agent"));
-        }
-        head.push(b[0]);
-    }
-    let text = String::from_utf8_lossy(&head);
-    let mut lines = text.split("\r\n");
-    let code = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| std::io::Error::other("bad status line from the agent"))?;
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .filter(|(k, _)| {
-            matches!(
-                k.as_str(),
-                "upgrade"
-                    | "connection"
-                    | "sec-websocket-accept"
-                    | "sec-websocket-protocol"
-                    | "x-stream-protocol-version"
-            )
-        })
-        .collect();
-    Ok((code, headers))
-}
-
-fn form_pairs(q: &str) -> Vec<(String, String)> {
-    q.split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (dec(k), dec(v))
-        })
-        .collect()
-}
-
-/// A form-encoded query component (`+` is a space).
-fn dec(s: &str) -> String {
-    percent_encoding::percent_decode_str(&s.replace('+', " "))
-        .decode_utf8_lossy()
-        .into_owned()
+        .map_err(ConnectError::Io)
 }
 
 /// Everything but RFC 3986's unreserved characters is escaped.
@@ -346,36 +375,4 @@ fn enc(s: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_streaming_subresources_of_pods_are_proxied() {
-        assert_eq!(
-            match_path("/api/v1/namespaces/default/pods/web/log"),
-            Some(("default", "web", "log"))
-        );
-        assert_eq!(
-            match_path("/api/v1/namespaces/d/pods/w/exec"),
-            Some(("d", "w", "exec"))
-        );
-        assert_eq!(
-            match_path("/api/v1/namespaces/d/pods/w/portforward"),
-            Some(("d", "w", "portforward"))
-        );
-        assert_eq!(
-            match_path("/api/v1/namespaces/d/pods/w/attach"),
-            Some(("d", "w", "attach"))
-        );
-        assert_eq!(match_path("/api/v1/namespaces/d/pods/w/status"), None);
-        assert_eq!(match_path("/api/v1/namespaces/d/pods/w"), None);
-    }
-
-    #[test]
-    fn query_round_trips_through_decode_and_encode() {
-        let q = form_pairs("command=sh&command=-c&command=echo+a%26b&container=c");
-        assert_eq!(q[2], ("command".into(), "echo a&b".into()));
-        assert_eq!(enc("echo a&b"), "echo%20a%26b");
-        assert_eq!(dec(&enc("x/y z%")), "x/y z%");
-    }
-}
+mod tests;

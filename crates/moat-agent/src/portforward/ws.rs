@@ -16,7 +16,7 @@ use tungstenite::protocol::Role;
 use tungstenite::{Message, WebSocket};
 
 use super::{Target, dial};
-use crate::http::{Request, Stream, respond};
+use crate::http::{Reply, Request, Stream, websocket_headers};
 
 /// The channel subprotocols served (binary only; base64 is for browsers).
 pub const PROTOCOLS: &[&str] = &["v4.channel.k8s.io", "channel.k8s.io"];
@@ -56,37 +56,40 @@ fn timed_out(e: &std::io::Error) -> bool {
     )
 }
 
-pub(crate) fn serve(mut s: Stream, req: &Request, target: &Target) -> std::io::Result<()> {
+/// The answer to a plain-WebSocket port-forward request: a refusal, or the upgrade whose
+/// session forwards the query's ports.
+pub(crate) fn serve(req: &Request, target: Target) -> Reply {
     let ports = match ports(req) {
         Ok(p) => p,
-        Err(e) => return respond(&mut s, 400, "Bad Request", &format!("{e}\n")),
+        Err(e) => return Reply::bad(format!("{e}\n")),
     };
     if ports.len() > 127 {
-        return respond(&mut s, 400, "Bad Request", "too many ports\n");
+        return Reply::bad("too many ports\n");
     }
     let offered = req.header_values("sec-websocket-protocol");
-    let proto = PROTOCOLS.iter().find(|p| offered.contains(p));
+    let proto = PROTOCOLS.iter().copied().find(|p| offered.contains(p));
     let Some(key) = req.header("sec-websocket-key") else {
-        return respond(&mut s, 400, "Bad Request", "no Sec-WebSocket-Key\n");
+        return Reply::bad("no Sec-WebSocket-Key\n");
     };
     if !offered.is_empty() && proto.is_none() {
-        return respond(
-            &mut s,
-            400,
-            "Bad Request",
+        return Reply::bad(
             "port forwarding over WebSocket needs v4.channel.k8s.io or SPDY/3.1+portforward.k8s.io\n",
         );
     }
-    let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
-    let proto_line = proto
-        .map(|p| format!("Sec-WebSocket-Protocol: {p}\r\n"))
-        .unwrap_or_default();
-    write!(
-        s,
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n{proto_line}\r\n"
-    )?;
-    s.flush()?;
-    s.sock.set_read_timeout(Some(Duration::from_millis(20)))?;
+    Reply::Upgrade {
+        headers: websocket_headers(key, proto),
+        session: Box::new(move |s| {
+            if let Err(e) = session(s, &ports, &target) {
+                tracing::debug!(error = %e, "port-forward over WebSocket channels");
+            }
+        }),
+    }
+}
+
+/// Forwards `ports` of `target` for the client on `s`, until all have ended or it goes.
+fn session(s: Stream, ports: &[u16], target: &Target) -> std::io::Result<()> {
+    // One thread owns the socket; short read timeouts let it interleave reads and writes.
+    s.set_read_timeout(Some(Duration::from_millis(20)))?;
     let mut ws = WebSocket::from_raw_socket(s, Role::Server, None);
     let send = |ws: &mut WebSocket<Stream>, m: Vec<u8>| ws.send(Message::Binary(m.into())).is_ok();
     for (i, &p) in ports.iter().enumerate() {
@@ -172,8 +175,7 @@ mod tests {
     use super::*;
 
     fn req(q: &str) -> Request {
-        crate::http::parse_head(&format!("GET /portForward/d/p?{q} HTTP/1.1\r\n\r\n"))
-            .expect("head")
+        Request::get(&format!("/portForward/d/p?{q}"))
     }
 
     #[test]
