@@ -160,6 +160,17 @@ impl Selector {
         Ok(Selector { requirements })
     }
 
+    /// A `LabelSelector` the API server already accepted, without the value-count checks;
+    /// None when an expression has an unknown operator (such a selector matches nothing,
+    /// never everything).
+    pub fn lenient(sel: &LabelSelector) -> Option<Selector> {
+        let mut requirements = match_labels(sel);
+        for e in sel.match_expressions.iter().flatten() {
+            requirements.push(Requirement::lenient(e)?);
+        }
+        Some(Selector { requirements })
+    }
+
     pub fn is_empty(&self) -> bool {
         self.requirements.is_empty()
     }
@@ -305,6 +316,7 @@ mod tests {
                 .expect("valid")
                 .matches(&l);
             assert_eq!(strict, label_selector_matches(&sel, Some(&l)));
+            assert_eq!(Selector::lenient(&sel).map(|s| s.matches(&l)), Some(strict));
             strict
         };
         assert!(both(json!({"matchLabels": {"app": "web"}})));
@@ -351,6 +363,7 @@ mod tests {
         let near =
             ls(json!({"matchExpressions": [{"key": "a", "operator": "Near", "values": ["x"]}]}));
         assert!(!label_selector_matches(&near, Some(&labels(&[("a", "x")]))));
+        assert_eq!(Selector::lenient(&near), None);
     }
 
     #[test]
