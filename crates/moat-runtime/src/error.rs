@@ -35,3 +35,42 @@ pub enum DaemonError {
     #[error("sizing the VM from the pod's limits")]
     Size(#[from] crate::sizing::SizeError),
 }
+
+/// Why a control request to a sandbox's daemon failed. The CLI gets [`chain`] of it as
+/// `CtlResponse::error` and prints it as the runtime's error.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("the VM is not running")]
+    NoVm,
+    #[error("container {0} already exists in this sandbox")]
+    Exists(String),
+    #[error("container {0} does not exist")]
+    NoContainer(String),
+    #[error("exec id {0} is in use")]
+    ExecIdInUse(String),
+    #[error("no such process in {0}")]
+    NoProcess(String),
+    #[error("reading {}/config.json", .0.display())]
+    Spec(PathBuf, #[source] oci_spec::OciSpecError),
+    #[error("decoding the exec process")]
+    ExecProcess(#[source] serde_json::Error),
+    #[error(transparent)]
+    Oci(#[from] oci::OciError),
+    /// Bind-mounting a volume or the rootfs into the share.
+    #[error(transparent)]
+    Share(DaemonError),
+    /// The guest agent refused the request or did not answer.
+    #[error(transparent)]
+    Agent(#[from] crate::channel::ChannelError),
+}
+
+/// `e` and its sources joined by ": ".
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        msg.push_str(&format!(": {s}"));
+        src = s.source();
+    }
+    msg
+}
