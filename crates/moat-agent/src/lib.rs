@@ -15,6 +15,7 @@ pub mod check;
 pub mod config;
 pub mod endpoint;
 pub mod envvars;
+pub mod errors;
 pub mod exec;
 pub mod handlers;
 pub mod hooks;
