@@ -36,17 +36,7 @@ impl OpError {
     }
 }
 
-/// `e` and its sources joined by ": ", as the host shows it.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
+pub use moat_vm_proto::error_chain as chain;
 
 #[cfg(test)]
 mod tests {

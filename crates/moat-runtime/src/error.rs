@@ -64,13 +64,4 @@ pub enum RequestError {
     Agent(#[from] crate::channel::ChannelError),
 }
 
-/// `e` and its sources joined by ": ".
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        msg.push_str(&format!(": {s}"));
-        src = s.source();
-    }
-    msg
-}
+pub use moat_vm_proto::error_chain as chain;
