@@ -192,6 +192,33 @@ impl Selector {
     }
 }
 
+/// The `?labelSelector=` form (`app=web,tier in (be,fe),!canary`), which [`Selector::parse`]
+/// reads back: what `kubectl get -o wide` shows and a Scale's `status.selector` carries.
+impl std::fmt::Display for Requirement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Requirement::Eq(k, v) => write!(f, "{k}={v}"),
+            Requirement::NotEq(k, v) => write!(f, "{k}!={v}"),
+            Requirement::In(k, vs) => write!(f, "{k} in ({})", vs.join(",")),
+            Requirement::NotIn(k, vs) => write!(f, "{k} notin ({})", vs.join(",")),
+            Requirement::Exists(k) => f.write_str(k),
+            Requirement::DoesNotExist(k) => write!(f, "!{k}"),
+        }
+    }
+}
+
+impl std::fmt::Display for Selector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, r) in self.requirements.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{r}")?;
+        }
+        Ok(())
+    }
+}
+
 fn match_labels(sel: &LabelSelector) -> Vec<Requirement> {
     sel.match_labels
         .iter()
@@ -367,6 +394,18 @@ mod tests {
     }
 
     #[test]
+    fn display_is_the_string_form() {
+        let sel = ls(json!({"matchLabels": {"app": "web"}, "matchExpressions": [
+            {"key": "tier", "operator": "In", "values": ["be", "fe"]},
+            {"key": "canary", "operator": "DoesNotExist"},
+            {"key": "zone", "operator": "Exists"}]}));
+        let s = Selector::from_label_selector(&sel).expect("valid");
+        assert_eq!(s.to_string(), "app=web,tier in (be,fe),!canary,zone");
+        assert_eq!(Selector::parse(&s.to_string()), Ok(s));
+        assert_eq!(Selector::default().to_string(), "");
+    }
+
+    #[test]
     fn json_labels() {
         let s = Selector::parse("app=web,!gone").expect("parse");
         assert!(s.matches_json(&json!({"app": "web"})));
@@ -396,6 +435,7 @@ mod tests {
             let obj = ls(json!({"matchLabels": eq,
                 "matchExpressions": [{"key": key, "operator": "In", "values": vals}]}));
             proptest::prop_assert_eq!(parsed.matches(&l), label_selector_matches(&obj, Some(&l)));
+            proptest::prop_assert_eq!(Selector::parse(&parsed.to_string()), Ok(parsed.clone()));
             let not_in = Selector::parse(&format!("{key} notin ({})", vals.join(","))).expect("parse");
             let is_in = Selector::parse(&format!("{key} in ({})", vals.join(","))).expect("parse");
             proptest::prop_assert_eq!(not_in.matches(&l), !is_in.matches(&l));
