@@ -26,6 +26,21 @@ pub enum BundleError {
     },
     #[error("parsing the image config")]
     ImageConfig(#[source] serde_json::Error),
+    #[error("container {container}")]
+    User {
+        container: String,
+        #[source]
+        source: UserError,
+    },
+}
+
+/// A `user[:group]` name the image's files do not define (containerd's wording).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UserError {
+    #[error("unable to find user {0}: no matching entries in passwd file")]
+    User(String),
+    #[error("unable to find group {0}: no matching entries in group file")]
+    Group(String),
 }
 
 /// The parts of an image's config (`config` object of the config blob) a container inherits.
@@ -81,7 +96,7 @@ pub fn resolve_user(
     userstr: &str,
     passwd: Option<&str>,
     group: Option<&str>,
-) -> Result<(u32, u32), String> {
+) -> Result<(u32, u32), UserError> {
     let (u, g) = match userstr.split_once(':') {
         Some((u, g)) => (u, Some(g)),
         None => (userstr, None),
@@ -92,9 +107,7 @@ pub fn resolve_user(
         Err(_) => users()
             .find(|e| e.0 == u)
             .map(|e| (e.1, e.2))
-            .ok_or_else(|| {
-                format!("unable to find user {u}: no matching entries in passwd file")
-            })?,
+            .ok_or_else(|| UserError::User(u.to_string()))?,
     };
     let gid = match g {
         None | Some("") => primary,
@@ -103,9 +116,7 @@ pub fn resolve_user(
             Err(_) => group_entries(group.unwrap_or(""))
                 .find(|e| e.0 == g)
                 .map(|e| e.1)
-                .ok_or_else(|| {
-                    format!("unable to find group {g}: no matching entries in group file")
-                })?,
+                .ok_or_else(|| UserError::Group(g.to_string()))?,
         },
     };
     Ok((uid, gid))
@@ -299,7 +310,10 @@ pub fn spec(
     };
     let (passwd, group) = (img.etc_passwd.as_deref(), img.etc_group.as_deref());
     let (uid, gid) = match &userstr {
-        Some(u) => resolve_user(u, passwd, group).map_err(&invalid)?,
+        Some(u) => resolve_user(u, passwd, group).map_err(|source| BundleError::User {
+            container: name.clone(),
+            source,
+        })?,
         None => (0, 0),
     };
     let member_of = match (run_as_user, &image_user) {
@@ -740,13 +754,12 @@ mod tests {
         assert_eq!(resolve_user("4242", passwd, group), Ok((4242, 0)));
         assert_eq!(resolve_user("4242:www", passwd, group), Ok((4242, 33)));
         assert_eq!(
-            resolve_user("nginx", None, None).unwrap_err(),
+            resolve_user("nginx", None, None).unwrap_err().to_string(),
             "unable to find user nginx: no matching entries in passwd file"
         );
-        assert!(
-            resolve_user("nginx:nogroup", passwd, group)
-                .unwrap_err()
-                .contains("group nogroup")
+        assert_eq!(
+            resolve_user("nginx:nogroup", passwd, group),
+            Err(UserError::Group("nogroup".into()))
         );
         assert_eq!(member_gids("nginx", passwd, group), [33]);
         assert_eq!(member_gids("101", passwd, group), [33]);
@@ -794,9 +807,12 @@ mod tests {
             &sandbox(),
             "/m",
         )
-        .unwrap_err()
-        .to_string();
-        assert!(e.contains("unable to find user ghost"), "{e}");
+        .unwrap_err();
+        // As the worker reports it (CreateContainerConfigError's message).
+        assert_eq!(
+            crate::errors::chain(&e),
+            "container a: unable to find user ghost: no matching entries in passwd file"
+        );
     }
 
     #[test]

@@ -58,9 +58,20 @@ pub struct Finding {
     pub detail: String,
 }
 
+/// crun on a hybrid cgroup layout whose unified hierarchy holds controllers.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "crun refuses this machine's cgroups: hybrid mode (v1 controllers plus a unified hierarchy at {path} holding {}); pods sent to this handler fail with CreateContainerError",
+    controllers.join(", ")
+)]
+pub struct CrunHybrid {
+    pub path: String,
+    pub controllers: Vec<String>,
+}
+
 /// Whether a handler's runtime works with `mode`; crun refuses a hybrid layout whose unified
 /// hierarchy holds controllers ("cgroups in hybrid mode not supported").
-pub fn runtime_verdict(binary: &Path, version: &str, mode: &CgroupMode) -> Result<(), String> {
+pub fn runtime_verdict(binary: &Path, version: &str, mode: &CgroupMode) -> Result<(), CrunHybrid> {
     let is_crun = version.to_ascii_lowercase().starts_with("crun")
         || binary.file_name().is_some_and(|n| n == "crun");
     if let (
@@ -71,10 +82,10 @@ pub fn runtime_verdict(binary: &Path, version: &str, mode: &CgroupMode) -> Resul
     ) = (is_crun, mode)
         && !controllers.is_empty()
     {
-        return Err(format!(
-            "crun refuses this machine's cgroups: hybrid mode (v1 controllers plus a unified hierarchy at {path} holding {}); pods sent to this handler fail with CreateContainerError",
-            controllers.join(", ")
-        ));
+        return Err(CrunHybrid {
+            path: path.clone(),
+            controllers: controllers.clone(),
+        });
     }
     Ok(())
 }
@@ -227,7 +238,7 @@ pub fn check(handlers: &Handlers, cni_bin_dirs: &[PathBuf]) -> Vec<Finding> {
                     Err(why) => Finding {
                         ok: false,
                         what,
-                        detail: why,
+                        detail: why.to_string(),
                     },
                 };
                 if is_vm {
@@ -302,8 +313,9 @@ mod tests {
                 controllers: vec!["hugetlb".into()]
             }
         );
-        let e =
-            runtime_verdict(Path::new("/usr/bin/crun"), "crun version 1.8.1", &mode).unwrap_err();
+        let e = runtime_verdict(Path::new("/usr/bin/crun"), "crun version 1.8.1", &mode)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("hybrid") && e.contains("hugetlb"), "{e}");
         assert!(runtime_verdict(Path::new("/usr/sbin/runc"), "runc version 1.1.5", &mode).is_ok());
         // A wrapper that is crun underneath is recognised by its version line.

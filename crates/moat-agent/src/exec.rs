@@ -285,8 +285,33 @@ fn serve_tty(
             relay(t, &rx, stdin, Some(&resize), argv);
             // Dropping the master hangs up the terminal: a process still running gets SIGHUP.
         }
-        Err(msg) => t.finish(&failure(&msg)),
+        Err(e) => t.finish(&failure(&crate::errors::chain(&e))),
     }
+}
+
+/// Why a terminal exec did not start; its chain is the Status message the client reads.
+#[derive(Debug, thiserror::Error)]
+enum TtyError {
+    #[error("{step}")]
+    Io {
+        step: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no shim configured on the node")]
+    NoShim,
+    #[error("the exec reaper has no stdout")]
+    NoReaperStdout,
+    /// The reaper's `error ...` answer (the runtime's own words), or its silence.
+    #[error("{0}")]
+    Reaper(String),
+    #[error("the runtime sent no terminal")]
+    NoTerminal,
+}
+
+fn io_step(step: impl Into<String>) -> impl FnOnce(std::io::Error) -> TtyError {
+    let step = step.into();
+    move |source| TtyError::Io { step, source }
 }
 
 /// Starts `argv` in container `id` on a new terminal; its master and the output/exit events.
@@ -296,17 +321,17 @@ fn start_tty(
     id: &str,
     argv: &[String],
     size: Option<(u16, u16)>,
-) -> Result<(std::fs::File, mpsc::Receiver<Out>), String> {
+) -> Result<(std::fs::File, mpsc::Receiver<Out>), TtyError> {
     static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let dir = ctx.run_dir.join("exec");
-    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    std::fs::create_dir_all(&dir).map_err(io_step(format!("creating {}", dir.display())))?;
     let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let tag = format!("{}-{n}", std::process::id());
     let sock = dir.join(format!("{tag}.sock"));
     let pid_file = dir.join(format!("{tag}.pid"));
     let _ = std::fs::remove_file(&sock);
     let listener = std::os::unix::net::UnixListener::bind(&sock)
-        .map_err(|e| format!("binding {}: {e}", sock.display()))?;
+        .map_err(io_step(format!("binding {}", sock.display())))?;
     let cleanup = || {
         // Unblocks the accept if the runtime never connected.
         let _ = std::os::unix::net::UnixStream::connect(&sock);
@@ -315,7 +340,7 @@ fn start_tty(
     };
     let Some((shim, shim_args)) = ctx.shim.split_first() else {
         cleanup();
-        return Err("no shim configured on the node".into());
+        return Err(TtyError::NoShim);
     };
     let mut cmd = Command::new(shim);
     cmd.args(shim_args)
@@ -348,14 +373,14 @@ fn start_tty(
         Ok(c) => c,
         Err(e) => {
             cleanup();
-            return Err(format!("starting the exec reaper: {e}"));
+            return Err(io_step("starting the exec reaper")(e));
         }
     };
     let Some(stdout) = reaper.stdout.take() else {
         let _ = reaper.kill();
         let _ = reaper.wait();
         cleanup();
-        return Err("the exec reaper has no stdout".into());
+        return Err(TtyError::NoReaperStdout);
     };
     let mut lines = std::io::BufReader::new(stdout);
     let mut first = String::new();
@@ -376,20 +401,20 @@ fn start_tty(
             let _ = reaper.kill();
             let _ = reaper.wait();
             return Err(match (started, other) {
-                (None, _) => first
-                    .trim()
-                    .strip_prefix("error ")
-                    .unwrap_or("the exec reaper exited without an answer")
-                    .to_string(),
-                (Some(_), Ok(Err(e))) => format!("receiving the terminal: {e}"),
-                (Some(_), _) => "the runtime sent no terminal".to_string(),
+                (None, _) => TtyError::Reaper(
+                    first
+                        .trim()
+                        .strip_prefix("error ")
+                        .unwrap_or("the exec reaper exited without an answer")
+                        .to_string(),
+                ),
+                (Some(_), Ok(Err(e))) => io_step("receiving the terminal")(e),
+                (Some(_), _) => TtyError::NoTerminal,
             });
         }
     };
     let (tx, rx) = mpsc::channel::<Out>();
-    let mut out = master
-        .try_clone()
-        .map_err(|e| format!("the terminal: {e}"))?;
+    let mut out = master.try_clone().map_err(io_step("the terminal"))?;
     let reader = std::thread::spawn({
         let tx = tx.clone();
         move || {

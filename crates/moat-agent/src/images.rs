@@ -21,8 +21,12 @@ pub enum ImageError {
         #[source]
         source: moat_image::RefError,
     },
-    #[error("imagePullPolicy of {image}: {message}")]
-    Policy { image: String, message: String },
+    #[error("imagePullPolicy of {image}")]
+    Policy {
+        image: String,
+        #[source]
+        source: moat_image::UnsupportedPullPolicy,
+    },
     #[error("image store")]
     Store(#[from] moat_image::StoreError),
     #[error("image config")]
@@ -59,10 +63,10 @@ impl Images for StoreImages {
             image: image.into(),
             source,
         })?;
-        let pol = moat_image::PullPolicy::from_field(policy, &r).map_err(|message| {
+        let pol = moat_image::PullPolicy::from_field(policy, &r).map_err(|source| {
             ImageError::Policy {
                 image: image.into(),
-                message,
+                source,
             }
         })?;
         let present = self.store.get(image)?;

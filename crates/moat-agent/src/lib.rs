@@ -16,6 +16,7 @@ pub mod config;
 pub mod containerlogs;
 pub mod endpoint;
 pub mod envvars;
+pub mod errors;
 pub mod exec;
 pub mod handlers;
 pub mod hooks;

@@ -123,10 +123,18 @@ pub enum Effect {
     },
 }
 
+/// A failed effect as the state machine sees it: the error chain the IO side rendered
+/// (`node::chain`). The lifecycle only reports it (events, the sandbox error) and retries;
+/// it never branches on the cause, and text keeps `Done` `Clone + PartialEq` so the sans-IO
+/// tests can script failures.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Failure(pub String);
+
 /// What an effect gave.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Done {
-    Sandbox(Result<Box<PodRecord>, String>),
+    Sandbox(Result<Box<PodRecord>, Failure>),
     Started {
         name: String,
         result: Result<Started, (StartFailure, String)>,
@@ -136,8 +144,8 @@ pub enum Done {
         kind: ProbeKind,
         ok: bool,
     },
-    TornDown(Result<(), String>),
-    ObjectDeleted(Result<(), String>),
+    TornDown(Result<(), Failure>),
+    ObjectDeleted(Result<(), Failure>),
 }
 
 /// A container run that was created and started.
@@ -486,7 +494,7 @@ pub fn fold(mut st: PodState, pod: &Pod, done: Done, now: i64) -> (PodState, Vec
             st.sandbox_errors = 0;
             st.sandbox_error = None;
         }
-        Done::Sandbox(Err(msg)) => {
+        Done::Sandbox(Err(Failure(msg))) => {
             events.push(Effect::Event {
                 warning: true,
                 reason: "FailedCreatePodSandBox".into(),
@@ -551,7 +559,7 @@ pub fn fold(mut st: PodState, pod: &Pod, done: Done, now: i64) -> (PodState, Vec
                 rec.phase = Phase::Removed;
             }
         }
-        Done::TornDown(Err(msg)) => {
+        Done::TornDown(Err(Failure(msg))) => {
             if let Some(rec) = st.record.as_mut() {
                 let attempts = match rec.phase {
                     Phase::TearingDown { attempts, .. } => attempts + 1,

@@ -16,7 +16,7 @@ use crate::handlers::Handler;
 use crate::hooks::{HookError, PodNetHooks};
 use crate::hostinfo::HostFacts;
 use crate::images::{ImageError, Images};
-use crate::lifecycle::{Done, Effect, ProbeKind, RtState, StartFailure, Started};
+use crate::lifecycle::{Done, Effect, Failure, ProbeKind, RtState, StartFailure, Started};
 use crate::podstate::{self, PodRecord, RecordError, safe_component};
 use crate::runtime::{Runtime, Status};
 use crate::sandbox::{self, NetnsOps};
@@ -75,17 +75,7 @@ fn io_err<'a>(
 #[error("{}", .0.join("; "))]
 pub struct TeardownError(pub Vec<String>);
 
-/// An error with its causes, on one line, for events and waiting messages.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
+pub use crate::errors::chain;
 
 pub struct Node {
     pub cfg: AgentConfig,
@@ -154,7 +144,7 @@ impl Node {
             (Effect::CreateSandbox(h), _) => Some(Done::Sandbox(
                 self.create_sandbox(pod, h)
                     .map(Box::new)
-                    .map_err(|e| chain(&e)),
+                    .map_err(|e| Failure(chain(&e))),
             )),
             (Effect::StartContainer(name), Some(rec)) => {
                 let c = pod
@@ -220,7 +210,7 @@ impl Node {
                 })
             }
             (Effect::Teardown, Some(rec)) => Some(Done::TornDown(
-                self.teardown(rec).map_err(|e| e.to_string()),
+                self.teardown(rec).map_err(|e| Failure(chain(&e))),
             )),
             // Without a record there is nothing of the pod on the node to act on.
             (Effect::Teardown, None) => Some(Done::TornDown(Ok(()))),

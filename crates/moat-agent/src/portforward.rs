@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 use tungstenite::protocol::Role;
 use tungstenite::{Message, WebSocket};
 
+use crate::errors::chain;
 use crate::http::{Ctx, Reply, Request, Stream, UpgradeHeaders, spdy_headers, websocket_headers};
 use crate::spdy::{Codec, Frame};
 
@@ -145,45 +146,87 @@ pub(crate) struct Target {
     pod: String,
 }
 
+/// One way of reaching a pod's port that failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Attempt {
+    #[error("opening the pod's network namespace")]
+    OpenNetns(#[source] std::io::Error),
+    #[error("entering the pod's network namespace")]
+    EnterNetns(#[source] nix::errno::Errno),
+    #[error("127.0.0.1:{port} in the pod's network namespace")]
+    Loopback {
+        port: u16,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the dialling thread panicked")]
+    Panicked,
+    #[error("{addr}")]
+    PodIp {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Every way of reaching the port failed; the message (kubelet's opening, then each
+/// attempt with its cause) is what the client reads on the error stream.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "error forwarding port {port} to pod {pod}: {}{}",
+    chain(inside),
+    via_ip.as_ref().map(|e| format!("; {}", chain(e))).unwrap_or_default()
+)]
+pub(crate) struct DialError {
+    port: u16,
+    pod: String,
+    inside: Attempt,
+    via_ip: Option<Attempt>,
+}
+
 /// Dials `port` for the target: 127.0.0.1 inside the pod's network namespace first (as the
 /// kubelet does, so servers bound to loopback are reached), then the pod IP from the node's
 /// own namespace, through the pod network. The second is how a VM pod is reached: its
 /// guest answers on the pod IP behind the tap splice, and nothing listens in the netns
 /// itself. Only a short-lived thread enters the namespace; a socket stays in the namespace
 /// it was made in.
-pub(crate) fn dial(t: &Target, port: u16) -> Result<TcpStream, String> {
+pub(crate) fn dial(t: &Target, port: u16) -> Result<TcpStream, DialError> {
     let timeout = Duration::from_secs(5);
     let inside = {
         let netns = t.netns.clone();
-        std::thread::spawn(move || -> Result<TcpStream, String> {
+        std::thread::spawn(move || -> Result<TcpStream, Attempt> {
             if let Some(ns) = &netns {
-                let f = std::fs::File::open(ns)
-                    .map_err(|e| format!("opening the pod's network namespace: {e}"))?;
+                let f = std::fs::File::open(ns).map_err(Attempt::OpenNetns)?;
                 nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
-                    .map_err(|e| format!("entering the pod's network namespace: {e}"))?;
+                    .map_err(Attempt::EnterNetns)?;
             }
             let sa = std::net::SocketAddr::from(([127, 0, 0, 1], port));
             TcpStream::connect_timeout(&sa, timeout)
-                .map_err(|e| format!("127.0.0.1:{port} in the pod's network namespace: {e}"))
+                .map_err(|source| Attempt::Loopback { port, source })
         })
         .join()
-        .unwrap_or_else(|_| Err("the dialling thread panicked".into()))
+        .unwrap_or(Err(Attempt::Panicked))
     };
     let first = match inside {
         Ok(s) => return Ok(s),
         Err(e) => e,
     };
-    let second = match t.ip.as_deref().map(str::parse::<std::net::IpAddr>) {
-        Some(Ok(ip)) => match TcpStream::connect_timeout(&(ip, port).into(), timeout) {
-            Ok(s) => return Ok(s),
-            Err(e) => format!("; {ip}:{port}: {e}"),
-        },
-        _ => String::new(),
+    let via_ip = match t.ip.as_deref().map(str::parse::<std::net::IpAddr>) {
+        Some(Ok(ip)) => {
+            let addr = (ip, port).into();
+            match TcpStream::connect_timeout(&addr, timeout) {
+                Ok(s) => return Ok(s),
+                Err(source) => Some(Attempt::PodIp { addr, source }),
+            }
+        }
+        _ => None,
     };
-    Err(format!(
-        "error forwarding port {port} to pod {}: {first}{second}",
-        t.pod
-    ))
+    Err(DialError {
+        port,
+        pod: t.pod.clone(),
+        inside: first,
+        via_ip,
+    })
 }
 
 /// The client connection after the upgrade: raw SPDY, or SPDY tunnelled in WebSocket.
@@ -244,7 +287,7 @@ impl Wire {
 
 /// From the per-connection threads to the loop.
 enum Ev {
-    Dialed(u32, Result<TcpStream, String>),
+    Dialed(u32, Result<TcpStream, DialError>),
     Out(u32, Vec<u8>),
     Closed(u32),
 }
@@ -502,9 +545,9 @@ impl Session {
 
     fn event(&mut self, ev: Ev) {
         match ev {
-            Ev::Dialed(data, Err(message)) => {
+            Ev::Dialed(data, Err(e)) => {
                 if let Some(l) = self.live.remove(&data) {
-                    self.data(l.error, true, message.into_bytes());
+                    self.data(l.error, true, e.to_string().into_bytes());
                     self.data(data, true, Vec::new());
                 }
             }

@@ -11,6 +11,49 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
+/// Why the shim (or the exec reaper) failed. The agent reads its chain from the `error ...`
+/// line, so the runtime's own stderr passes through as [`ShimError::Failed`].
+#[derive(Debug, thiserror::Error)]
+pub enum ShimError {
+    #[error("{0} needs a value")]
+    MissingValue(String),
+    #[error("unknown shim argument {0}")]
+    UnknownArgument(String),
+    #[error("shim needs --runtime, --id and --bundle")]
+    MissingArguments,
+    #[error("no command")]
+    NoCommand,
+    #[error("{step}")]
+    Io {
+        step: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{step}")]
+    Sys {
+        step: String,
+        #[source]
+        source: nix::errno::Errno,
+    },
+    /// The runtime (or the reaped command) failed: its stderr, or its status when silent.
+    #[error("{0}")]
+    Failed(String),
+    #[error("no pid in {}", .0.display())]
+    NoPid(PathBuf),
+    #[error("the runtime sent no terminal")]
+    NoTerminal,
+}
+
+fn io(step: impl Into<String>) -> impl FnOnce(std::io::Error) -> ShimError {
+    let step = step.into();
+    move |source| ShimError::Io { step, source }
+}
+
+fn sys(step: impl Into<String>) -> impl FnOnce(nix::errno::Errno) -> ShimError {
+    let step = step.into();
+    move |source| ShimError::Sys { step, source }
+}
+
 /// Name of the file in the bundle where the shim records the exit code.
 pub const EXIT_FILE: &str = "exit";
 
@@ -46,7 +89,7 @@ impl ShimArgs {
         v
     }
 
-    pub fn parse(args: &[String]) -> Result<ShimArgs, String> {
+    pub fn parse(args: &[String]) -> Result<ShimArgs, ShimError> {
         let mut a = ShimArgs {
             runtime: PathBuf::new(),
             root: PathBuf::new(),
@@ -61,18 +104,20 @@ impl ShimArgs {
                 a.options.push(o.into());
                 continue;
             }
-            let v = it.next().ok_or_else(|| format!("{k} needs a value"))?;
+            let v = it
+                .next()
+                .ok_or_else(|| ShimError::MissingValue(k.clone()))?;
             match k.as_str() {
                 "--runtime" => a.runtime = v.into(),
                 "--root" => a.root = v.into(),
                 "--id" => a.id = v.clone(),
                 "--bundle" => a.bundle = v.into(),
                 "--log" => a.log = v.into(),
-                _ => return Err(format!("unknown shim argument {k}")),
+                _ => return Err(ShimError::UnknownArgument(k.clone())),
             }
         }
         if a.runtime.as_os_str().is_empty() || a.id.is_empty() || a.bundle.as_os_str().is_empty() {
-            return Err("shim needs --runtime, --id and --bundle".into());
+            return Err(ShimError::MissingArguments);
         }
         Ok(a)
     }
@@ -160,7 +205,7 @@ pub fn main(args: &[String]) -> i32 {
                 match reap(std::path::Path::new(pid_file), cmd) {
                     Ok(()) => 0,
                     Err(e) => {
-                        answer(&format!("error {e}"));
+                        answer(&format!("error {}", crate::errors::chain(&e)));
                         1
                     }
                 }
@@ -177,14 +222,14 @@ pub fn main(args: &[String]) -> i32 {
     let a = match ShimArgs::parse(args) {
         Ok(a) => a,
         Err(e) => {
-            answer(&format!("error {e}"));
+            answer(&format!("error {}", crate::errors::chain(&e)));
             return 2;
         }
     };
     match run(&a) {
         Ok(()) => 0,
         Err(e) => {
-            answer(&format!("error {e}"));
+            answer(&format!("error {}", crate::errors::chain(&e)));
             1
         }
     }
@@ -218,36 +263,28 @@ fn close_inherited_fds() {
 /// For a detached process (`runc exec -d -t`, whose parent exits at once): becomes a
 /// subreaper, runs `cmd` (which writes the process's pid to `pid_file`), answers `ok <pid>`,
 /// then waits for the process and answers `exit <code>` (128+signal when killed).
-pub fn reap(pid_file: &std::path::Path, cmd: &[String]) -> Result<(), String> {
-    // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) takes integer arguments only and changes only
-    // this process's reaping behaviour.
-    let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-    if rc != 0 {
-        return Err(format!(
-            "becoming a subreaper: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-    let (prog, args) = cmd.split_first().ok_or("no command")?;
+pub fn reap(pid_file: &std::path::Path, cmd: &[String]) -> Result<(), ShimError> {
+    become_subreaper()?;
+    let (prog, args) = cmd.split_first().ok_or(ShimError::NoCommand)?;
     let out = Command::new(prog)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .output()
-        .map_err(|e| format!("running {prog}: {e}"))?;
+        .map_err(io(format!("running {prog}")))?;
     if !out.status.success() {
         let msg = String::from_utf8_lossy(&out.stderr).trim().to_string();
-        return Err(if msg.is_empty() {
+        return Err(ShimError::Failed(if msg.is_empty() {
             format!("{prog} failed ({})", out.status)
         } else {
             msg
-        });
+        }));
     }
     let pid: i32 = std::fs::read_to_string(pid_file)
         .ok()
         .and_then(|s| s.trim().parse().ok())
-        .ok_or_else(|| format!("no pid in {}", pid_file.display()))?;
+        .ok_or_else(|| ShimError::NoPid(pid_file.to_path_buf()))?;
     answer(&format!("ok {pid}"));
     let code = loop {
         match nix::sys::wait::waitpid(None, None) {
@@ -257,35 +294,36 @@ pub fn reap(pid_file: &std::path::Path, cmd: &[String]) -> Result<(), String> {
             }
             Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
             // No children left: it was not ours to wait for (e.g. reaped elsewhere).
-            Err(e) => return Err(format!("waiting for {pid}: {e}")),
+            Err(e) => return Err(sys(format!("waiting for {pid}"))(e)),
         }
     };
     answer(&format!("exit {code}"));
     Ok(())
 }
 
-fn pipe() -> Result<(File, OwnedFd), String> {
-    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-        .map_err(|e| format!("creating a pipe: {e}"))?;
+fn pipe() -> Result<(File, OwnedFd), ShimError> {
+    let (r, w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys("creating a pipe"))?;
     Ok((File::from(r), w))
 }
 
-fn run(a: &ShimArgs) -> Result<(), String> {
-    let _ = std::env::set_current_dir("/");
+fn become_subreaper() -> Result<(), ShimError> {
     // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) takes integer arguments only and changes only
     // this process's reaping behaviour.
     let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
     if rc != 0 {
-        return Err(format!(
-            "becoming a subreaper: {}",
-            std::io::Error::last_os_error()
-        ));
+        return Err(io("becoming a subreaper")(std::io::Error::last_os_error()));
     }
+    Ok(())
+}
+
+fn run(a: &ShimArgs) -> Result<(), ShimError> {
+    let _ = std::env::set_current_dir("/");
+    become_subreaper()?;
     if let Some(d) = a.log.parent() {
-        std::fs::create_dir_all(d).map_err(|e| format!("creating {}: {e}", d.display()))?;
+        std::fs::create_dir_all(d).map_err(io(format!("creating {}", d.display())))?;
     }
-    let log =
-        LogFile::open(&a.log).map_err(|e| format!("opening the log {}: {e}", a.log.display()))?;
+    let log = LogFile::open(&a.log).map_err(io(format!("opening the log {}", a.log.display())))?;
     let log = Arc::new(Mutex::new(log));
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
@@ -327,7 +365,7 @@ fn run(a: &ShimArgs) -> Result<(), String> {
             .stderr(Stdio::from(err_w));
         // `c` (holding our copies of the write ends) is dropped at the end of this block.
         c.status()
-            .map_err(|e| format!("running {} create: {e}", a.runtime.display()))?
+            .map_err(io(format!("running {} create", a.runtime.display())))?
     };
     if !status.success() {
         // Nothing runs in the container: the pipes hit EOF once the runtime is gone.
@@ -336,21 +374,21 @@ fn run(a: &ShimArgs) -> Result<(), String> {
         let _ = e.read_to_string(&mut msg);
         let _ = o.read_to_string(&mut msg);
         let msg = msg.trim();
-        return Err(if msg.is_empty() {
+        return Err(ShimError::Failed(if msg.is_empty() {
             format!("{} create failed ({status})", a.runtime.display())
         } else {
             msg.to_string()
-        });
+        }));
     }
     let pid: i32 = std::fs::read_to_string(&pid_file)
         .ok()
         .and_then(|s| s.trim().parse().ok())
-        .ok_or_else(|| format!("no pid in {}", pid_file.display()))?;
+        .ok_or_else(|| ShimError::NoPid(pid_file.clone()))?;
     let master = match console {
         Some(rx) => Some(
             rx.recv_timeout(std::time::Duration::from_secs(10))
-                .map_err(|_| "the runtime sent no terminal".to_string())?
-                .map_err(|e| format!("receiving the terminal: {e}"))?,
+                .map_err(|_| ShimError::NoTerminal)?
+                .map_err(io("receiving the terminal"))?,
         ),
         None => None,
     };
@@ -367,9 +405,7 @@ fn run(a: &ShimArgs) -> Result<(), String> {
     }
     let tty_copy = match master {
         Some(m) => {
-            let out = m
-                .try_clone()
-                .map_err(|e| format!("the container's terminal: {e}"))?;
+            let out = m.try_clone().map_err(io("the container's terminal"))?;
             let bundle = a.bundle.clone();
             std::thread::spawn(move || serve_terminal(&bundle, &m));
             let l = log.clone();
@@ -388,7 +424,7 @@ fn run(a: &ShimArgs) -> Result<(), String> {
             }
             Ok(_) => continue,
             Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(format!("waiting for the container: {e}")),
+            Err(e) => return Err(sys("waiting for the container")(e)),
         }
     };
     let tmp = a.bundle.join(format!("{}.tmp", EXIT_FILE));
@@ -418,12 +454,12 @@ pub fn terminal(bundle: &std::path::Path) -> bool {
 /// Listens on the bundle's console socket; the master arrives on the channel.
 fn console_listener(
     bundle: &std::path::Path,
-) -> Result<std::sync::mpsc::Receiver<std::io::Result<File>>, String> {
-    let dir = File::open(bundle).map_err(|e| format!("opening {}: {e}", bundle.display()))?;
+) -> Result<std::sync::mpsc::Receiver<std::io::Result<File>>, ShimError> {
+    let dir = File::open(bundle).map_err(io(format!("opening {}", bundle.display())))?;
     let path = short_socket_path(&dir, CONSOLE_SOCKET);
     let _ = std::fs::remove_file(&path);
-    let l = std::os::unix::net::UnixListener::bind(&path)
-        .map_err(|e| format!("binding the console socket: {e}"))?;
+    let l =
+        std::os::unix::net::UnixListener::bind(&path).map_err(io("binding the console socket"))?;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let r = l

@@ -13,7 +13,7 @@ use moat_client::{Api, ClientError, EventRecorder, ObjectRef};
 use serde_json::{Value, json};
 
 use crate::handlers::{Handler, Unresolved};
-use crate::lifecycle::{self, Deletion, Done, Effect, Input, PodState};
+use crate::lifecycle::{self, Deletion, Done, Effect, Failure, Input, PodState};
 use crate::node::Node;
 use crate::podstate::{Phase, PodRecord};
 
@@ -204,7 +204,10 @@ impl PodWorker {
                 format!("finishing the pod's deletion: {e}"),
             ));
         }
-        self.fold(Done::ObjectDeleted(res.map_err(|e| e.to_string())), now_ms);
+        self.fold(
+            Done::ObjectDeleted(res.map_err(|e| Failure(crate::node::chain(&e)))),
+            now_ms,
+        );
     }
 
     fn fold(&mut self, done: Done, now_ms: i64) {

@@ -1,8 +1,11 @@
 //! Sans-IO core shared by the API server, schema/validation and patch crates: which
 //! resources exist (the registry), how they are named, and the field-cause type used in
-//! `Status` errors. No IO, no async, no HTTP here.
+//! `Status` errors; and the primitives every component shares: quantities, label selectors,
+//! IPv4 CIDRs, durations. No IO, no async, no HTTP here.
 
+pub mod cidr;
 pub mod quantity;
+pub mod selector;
 pub mod time;
 
 use std::fmt;

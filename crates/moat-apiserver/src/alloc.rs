@@ -7,6 +7,7 @@
 use std::net::Ipv4Addr;
 
 use http::StatusCode;
+use moat_api::cidr::{CidrError, Ipv4Net};
 use moat_store::{Store, StoreError};
 use serde_json::{Value, json};
 
@@ -14,31 +15,34 @@ use crate::status::ApiError;
 
 pub const NODE_PORTS: std::ops::RangeInclusive<u16> = 30000..=32767;
 
-/// The service IPv4 range.
+/// The service IPv4 range: a /8 to /30 (host bits cleared), as kube-apiserver accepts.
 #[derive(Debug, Clone, Copy)]
-pub struct ServiceCidr {
-    pub base: u32,
-    pub prefix: u8,
+pub struct ServiceCidr(Ipv4Net);
+
+/// Why a service CIDR is unusable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ServiceCidrError {
+    #[error(transparent)]
+    Cidr(#[from] CidrError),
+    #[error("{0} is not between /8 and /30")]
+    Prefix(Ipv4Net),
 }
 
 impl ServiceCidr {
-    pub fn parse(s: &str) -> Option<ServiceCidr> {
-        let (a, p) = s.split_once('/')?;
-        let a: Ipv4Addr = a.parse().ok()?;
-        let prefix: u8 = p.parse().ok().filter(|p| (8..=30).contains(p))?;
-        let mask = u32::MAX << (32 - prefix);
-        Some(ServiceCidr {
-            base: u32::from(a) & mask,
-            prefix,
-        })
+    pub fn parse(s: &str) -> Result<ServiceCidr, ServiceCidrError> {
+        let n = moat_api::cidr::parse_network(s)?;
+        if !(8..=30).contains(&n.prefix_len()) {
+            return Err(ServiceCidrError::Prefix(n));
+        }
+        Ok(ServiceCidr(n))
     }
 
     fn size(&self) -> u32 {
-        1u32 << (32 - self.prefix)
+        1u32 << (32 - u32::from(self.0.prefix_len()))
     }
 
-    fn contains(&self, ip: Ipv4Addr) -> bool {
-        (u32::from(ip) & (u32::MAX << (32 - self.prefix))) == self.base
+    fn base(&self) -> u32 {
+        u32::from(self.0.network())
     }
 }
 
@@ -105,7 +109,7 @@ pub async fn allocate(
             let ip = match svc["spec"]["clusterIP"].as_str().filter(|s| !s.is_empty()) {
                 Some(want) => {
                     let ip: Ipv4Addr = want.parse().map_err(|_| invalid(&name, "spec.clusterIP", format!("Invalid value: {want:?}: must be a valid IP address")))?;
-                    if !cidr.contains(ip) {
+                    if !cidr.0.contains(&ip) {
                         return Err(invalid(&name, "spec.clusterIP", format!("Invalid value: {want:?}: provided IP is not in the valid range")));
                     }
                     if !claim(store, &ip_key(ip), &owner).await? {
@@ -121,7 +125,7 @@ pub async fn allocate(
                     let mut got = None;
                     for i in 0..(size - 2) {
                         let off = 2 + (start + i) % (size - 2);
-                        let ip = Ipv4Addr::from(cidr.base + off);
+                        let ip = Ipv4Addr::from(cidr.base() + off);
                         if claim(store, &ip_key(ip), &owner).await? {
                             got = Some(ip);
                             break;
@@ -177,4 +181,24 @@ pub async fn allocate(
         }
     }
     res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_cidrs_are_ipv4_networks_from_8_to_30() {
+        let c = ServiceCidr::parse("10.43.7.9/16").expect("cidr");
+        assert_eq!((c.base(), c.size()), (0x0a2b_0000, 1 << 16));
+        assert!(c.0.contains(&Ipv4Addr::new(10, 43, 255, 254)));
+        assert!(matches!(
+            ServiceCidr::parse("10.43.0.0/31"),
+            Err(ServiceCidrError::Prefix(_))
+        ));
+        assert!(matches!(
+            ServiceCidr::parse("10.43.0.0"),
+            Err(ServiceCidrError::Cidr(CidrError::NoPrefix(_)))
+        ));
+    }
 }

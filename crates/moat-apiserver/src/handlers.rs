@@ -611,12 +611,11 @@ async fn admit_pod(app: &App, obj: &mut Value) -> Result<(), ApiError> {
 }
 
 fn scale_of(o: &Value) -> Value {
-    let sel = o["spec"]["selector"]["matchLabels"].as_object().map(|m| {
-        m.iter()
-            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
-            .collect::<Vec<_>>()
-            .join(",")
-    });
+    // The selector's string form, expressions included (upstream's Scale does the same).
+    let sel = serde_json::from_value(o["spec"]["selector"].clone())
+        .ok()
+        .and_then(|ls| moat_api::selector::Selector::lenient(&ls))
+        .map(|s| s.to_string());
     json!({"kind": "Scale", "apiVersion": "autoscaling/v1",
         "metadata": {"name": o["metadata"]["name"], "namespace": o["metadata"]["namespace"], "uid": o["metadata"]["uid"],
                      "resourceVersion": o["metadata"]["resourceVersion"], "creationTimestamp": o["metadata"]["creationTimestamp"]},

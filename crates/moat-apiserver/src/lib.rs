@@ -68,8 +68,12 @@ pub enum ServeError {
     Tls(#[source] rustls::Error),
     #[error("parsing {0}")]
     Pem(&'static str),
-    #[error("--service-cidr {0:?} is not an IPv4 CIDR with a prefix between /8 and /30")]
-    ServiceCidr(String),
+    #[error("--service-cidr {value:?} is not an IPv4 CIDR with a prefix between /8 and /30")]
+    ServiceCidr {
+        value: String,
+        #[source]
+        source: alloc::ServiceCidrError,
+    },
     #[error("listening on {addr}")]
     Listen {
         addr: SocketAddr,
@@ -213,8 +217,11 @@ pub async fn serve(
     }
     sans.sort();
     sans.dedup();
-    let service_cidr = alloc::ServiceCidr::parse(&cfg.service_cidr)
-        .ok_or_else(|| ServeError::ServiceCidr(cfg.service_cidr.clone()))?;
+    let service_cidr =
+        alloc::ServiceCidr::parse(&cfg.service_cidr).map_err(|source| ServeError::ServiceCidr {
+            value: cfg.service_cidr.clone(),
+            source,
+        })?;
     let creds = pki::ensure(&cfg.data_dir, &sans)?;
     let store: Arc<dyn Store> = match &cfg.datastore_endpoint {
         Some(ep) => Arc::new(

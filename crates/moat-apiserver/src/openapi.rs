@@ -8,16 +8,16 @@ use http::{HeaderMap, StatusCode, header};
 
 use crate::status::ApiError;
 
-static DOCS: OnceLock<Result<Arc<moat_openapi::Docs>, String>> = OnceLock::new();
+/// Built once; a failure is kept too (shared, as the error is not `Clone`), so every
+/// request reports it rather than rebuilding.
+type Built = Result<Arc<moat_openapi::Docs>, Arc<moat_openapi::OpenApiError>>;
+
+static DOCS: OnceLock<Built> = OnceLock::new();
 
 fn docs() -> Result<Arc<moat_openapi::Docs>, ApiError> {
-    DOCS.get_or_init(|| {
-        moat_openapi::Docs::build()
-            .map(Arc::new)
-            .map_err(|e| e.to_string())
-    })
-    .clone()
-    .map_err(|e| ApiError::internal(format!("building the OpenAPI documents: {e}")))
+    DOCS.get_or_init(|| moat_openapi::Docs::build().map(Arc::new).map_err(Arc::new))
+        .clone()
+        .map_err(|e| ApiError::internal(format!("building the OpenAPI documents: {e}")))
 }
 
 /// Builds the documents ahead of the first request (they take a moment).

@@ -31,13 +31,13 @@ impl FieldValidation {
     }
 }
 
-fn roundtrip<T: DeserializeOwned + Serialize>(v: &Value) -> Result<Value, String> {
-    let t: T = serde_json::from_value(v.clone()).map_err(|e| e.to_string())?;
-    serde_json::to_value(t).map_err(|e| e.to_string())
+fn roundtrip<T: DeserializeOwned + Serialize>(v: &Value) -> Result<Value, serde_json::Error> {
+    let t: T = serde_json::from_value(v.clone())?;
+    serde_json::to_value(t)
 }
 
 /// The object as its typed form sees it; None for kinds without a typed form here.
-fn typed(kind: &str, v: &Value) -> Option<Result<Value, String>> {
+fn typed(kind: &str, v: &Value) -> Option<Result<Value, serde_json::Error>> {
     use k8s_openapi::api::{apps, batch, coordination, core, discovery, networking, node};
     Some(match kind {
         "Namespace" => roundtrip::<core::v1::Namespace>(v),
@@ -141,7 +141,7 @@ pub fn check(
     // A missing required field is validation's to report (a 422 naming the field, as
     // upstream); the typed form cannot be built, so unknown fields are not judged then.
     if let Err(e) = &res
-        && e.starts_with("missing field")
+        && e.to_string().starts_with("missing field")
     {
         return Ok(vec![]);
     }

@@ -37,20 +37,16 @@ fn count(v: &Value) -> i64 {
     v.as_object().map(|m| m.len() as i64).unwrap_or(0)
 }
 
+/// A LabelSelector as kubectl's SELECTOR column shows it (`app=web,tier in (be,fe)`).
 fn selector_str(v: &Value) -> String {
-    let ml = v["matchLabels"].as_object();
-    let mut parts: Vec<String> = ml
-        .map(|m| m.iter().map(|(k, v)| format!("{k}={}", s(v))).collect())
-        .unwrap_or_default();
-    if let Some(exprs) = v["matchExpressions"].as_array() {
-        for e in exprs {
-            parts.push(format!("{} {}", s(&e["key"]), s(&e["operator"])));
-        }
-    }
-    if parts.is_empty() {
-        "<none>".into()
-    } else {
-        parts.join(",")
+    let Ok(ls) = serde_json::from_value(v.clone()) else {
+        return "<none>".into();
+    };
+    match moat_api::selector::Selector::lenient(&ls) {
+        Some(sel) if !sel.is_empty() => sel.to_string(),
+        Some(_) => "<none>".into(),
+        // An expression with an unknown operator, as upstream's FormatLabelSelector says.
+        None => "<error>".into(),
     }
 }
 

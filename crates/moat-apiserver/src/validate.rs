@@ -423,27 +423,15 @@ pub fn validate_pod_spec(causes: &mut Vec<Cause>, spec: &Value, path: &str, temp
     }
 }
 
+/// Whether a workload's selector (as JSON) selects its template's labels. A selector that
+/// does not decode, or has an unknown operator, selects nothing.
 fn selector_matches(sel: &Value, labels: &Value) -> bool {
-    let ml = sel["matchLabels"].as_object();
-    let ok_labels = ml.is_none_or(|m| m.iter().all(|(k, v)| labels[k] == *v));
-    let ok_exprs = sel["matchExpressions"].as_array().is_none_or(|es| {
-        es.iter().all(|e| {
-            let k = e["key"].as_str().unwrap_or("");
-            let vals: Vec<&str> = e["values"]
-                .as_array()
-                .map(|a| a.iter().filter_map(Value::as_str).collect())
-                .unwrap_or_default();
-            let have = labels[k].as_str();
-            match e["operator"].as_str() {
-                Some("In") => have.is_some_and(|h| vals.contains(&h)),
-                Some("NotIn") => have.is_none_or(|h| !vals.contains(&h)),
-                Some("Exists") => have.is_some(),
-                Some("DoesNotExist") => have.is_none(),
-                _ => false,
-            }
-        })
-    });
-    ok_labels && ok_exprs
+    serde_json::from_value::<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>(
+        sel.clone(),
+    )
+    .ok()
+    .and_then(|ls| moat_api::selector::Selector::lenient(&ls))
+    .is_some_and(|s| s.matches_json(labels))
 }
 
 fn validate_workload(causes: &mut Vec<Cause>, kind: &str, obj: &Value) {

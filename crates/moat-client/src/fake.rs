@@ -62,10 +62,15 @@ fn in_collection(collection: &str, obj_path: &str) -> bool {
     parts.len() == 3 && parts[1] == plural
 }
 
-/// The field selectors the loops send: `spec.nodeName=X`, `metadata.name=X` (percent-encoded
-/// `=`).
+/// The selectors the loops send: the field selectors `spec.nodeName=X` and `metadata.name=X`, and label selectors
+/// (moat-api's, as the API server reads them; one that does not parse matches nothing, where
+/// the server would answer 400). Only the `=` the callers percent-encode is decoded.
 fn matches_selector(query: &str, obj: &Value) -> bool {
     query.split('&').all(|kv| {
+        if let Some(sel) = kv.strip_prefix("labelSelector=") {
+            return moat_api::selector::Selector::parse(&sel.replace("%3D", "="))
+                .is_ok_and(|s| s.matches_json(&obj["metadata"]["labels"]));
+        }
         let Some(sel) = kv.strip_prefix("fieldSelector=") else {
             return true;
         };
@@ -275,6 +280,21 @@ mod tests {
             .list("/api/v1/pods?fieldSelector=spec.nodeName%3Dn2")
             .unwrap();
         assert!(pods.is_empty());
+        api.create(
+            "/api/v1/namespaces/a/pods",
+            &json!({"metadata": {"name": "q", "labels": {"app": "web"}}}),
+        )
+        .unwrap();
+        let names = |q: &str| -> Vec<Value> {
+            let (items, _) = api.list(&format!("/api/v1/pods?{q}")).unwrap();
+            items
+                .iter()
+                .map(|o| o["metadata"]["name"].clone())
+                .collect()
+        };
+        assert_eq!(names("labelSelector=app%3Dweb"), [json!("q")]);
+        assert_eq!(names("labelSelector=!app"), [json!("p")]);
+        assert!(names("labelSelector=app%3Ddb").is_empty());
         api.fail("GET", "/api/v1/nodes", 500, 1);
         assert_eq!(api.get("/api/v1/nodes/n1").unwrap_err().code(), Some(500));
         assert!(api.get("/api/v1/nodes/n1").is_ok());

@@ -14,4 +14,3 @@ pub mod nodes;
 pub mod pods;
 pub mod replicaset;
 pub mod rootca;
-pub mod selector;

@@ -4,12 +4,17 @@
 //! toleration runs out.
 
 use std::collections::{HashMap, HashSet};
-use std::net::Ipv4Addr;
+
+use moat_api::cidr::Ipv4Net;
 
 use serde_json::{Value, json};
 
 pub const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
 pub const NOT_READY: &str = "node.kubernetes.io/not-ready";
+
+/// k3s's default pod network.
+const DEFAULT_CLUSTER_CIDR: Ipv4Net =
+    Ipv4Net::new_assert(std::net::Ipv4Addr::new(10, 42, 0, 0), 16);
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -19,7 +24,7 @@ pub struct Config {
     /// DefaultTolerationSeconds admission adds 300 to every pod).
     pub default_toleration_secs: i64,
     /// The cluster's pod network and the per-node prefix length.
-    pub cluster_cidr: (Ipv4Addr, u8),
+    pub cluster_cidr: Ipv4Net,
     pub node_prefix: u8,
 }
 
@@ -28,17 +33,10 @@ impl Default for Config {
         Config {
             grace_secs: 40,
             default_toleration_secs: 300,
-            cluster_cidr: (Ipv4Addr::new(10, 42, 0, 0), 16),
+            cluster_cidr: DEFAULT_CLUSTER_CIDR,
             node_prefix: 24,
         }
     }
-}
-
-/// Parses `a.b.c.d/n`.
-pub fn parse_cidr(s: &str) -> Option<(Ipv4Addr, u8)> {
-    let (a, p) = s.split_once('/')?;
-    let p: u8 = p.parse().ok().filter(|p| *p <= 32)?;
-    Some((a.parse().ok()?, p))
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -100,10 +98,6 @@ fn tolerates_for(pod: &Value, key: &str) -> Option<Option<i64>> {
     })
 }
 
-fn cidr_string(base: u32, prefix: u8) -> String {
-    format!("{}/{prefix}", Ipv4Addr::from(base))
-}
-
 pub fn plan(
     nodes: &[Value],
     leases: &[Value],
@@ -113,7 +107,6 @@ pub fn plan(
 ) -> Vec<NodeAction> {
     let mut out = Vec::new();
     // Pod CIDRs: the first free /node_prefix blocks of the cluster CIDR, in name order.
-    let (net, plen) = cfg.cluster_cidr;
     // By name and by value: a pass looks at every node, and 1,000 nodes each scanning the
     // lists made the pass quadratic.
     let used: HashSet<String> = nodes
@@ -124,26 +117,27 @@ pub fn plan(
         .iter()
         .filter_map(|l| l["metadata"]["name"].as_str().map(|n| (n, l)))
         .collect();
-    let block = 1u64 << (32 - u32::from(cfg.node_prefix));
-    let count = 1u64 << u32::from(cfg.node_prefix.saturating_sub(plen));
-    let mut next = 0u64;
+    // None when the node prefix is shorter than the cluster's: no blocks to hand out.
+    let mut blocks = cfg
+        .cluster_cidr
+        .subnets(cfg.node_prefix)
+        .into_iter()
+        .flatten();
     let mut unassigned: Vec<&Value> = nodes
         .iter()
         .filter(|n| n["spec"]["podCIDR"].as_str().is_none_or(str::is_empty))
         .collect();
     unassigned.sort_by_key(|n| n["metadata"]["name"].as_str().unwrap_or("").to_string());
     for n in unassigned {
-        while next < count {
-            let base = u32::from(net).wrapping_add((next * block) as u32);
-            next += 1;
-            let c = cidr_string(base, cfg.node_prefix);
-            if !used.contains(&c) {
-                out.push(NodeAction::SetPodCidr {
-                    node: n["metadata"]["name"].as_str().unwrap_or("").to_string(),
-                    cidr: c,
-                });
-                break;
-            }
+        if let Some(cidr) = blocks
+            .by_ref()
+            .map(|b| b.to_string())
+            .find(|c| !used.contains(c))
+        {
+            out.push(NodeAction::SetPodCidr {
+                node: n["metadata"]["name"].as_str().unwrap_or("").to_string(),
+                cidr,
+            });
         }
     }
 

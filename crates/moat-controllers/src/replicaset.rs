@@ -6,7 +6,6 @@ use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
 use crate::pods;
-use crate::selector;
 
 /// Upstream caps pod creations per sync ("slow start" batches) at 500.
 pub const BURST_REPLICAS: usize = 500;
@@ -76,7 +75,8 @@ pub fn reconcile(rs: &ReplicaSet, ns_pods: &[Pod], now: i64) -> RsPlan {
 
     let mut owned: Vec<&Pod> = Vec::new();
     for p in ns_pods {
-        let matches = selector::matches(&spec.selector, p.metadata.labels.as_ref());
+        let matches =
+            moat_api::selector::label_selector_matches(&spec.selector, p.metadata.labels.as_ref());
         match pods::controller_uid(p) {
             Some(o) if o == uid => {
                 if matches {

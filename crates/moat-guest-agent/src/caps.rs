@@ -51,12 +51,16 @@ pub fn number(name: &str) -> Option<u32> {
     NAMES.iter().position(|n| *n == name).map(|i| i as u32)
 }
 
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown capability {0:?}")]
+pub struct UnknownCapability(pub String);
+
 /// Bit mask of the named capabilities; unknown names are an error so a typo never grants or
 /// silently drops something.
-pub fn mask(names: &[String]) -> Result<u64, String> {
+pub fn mask(names: &[String]) -> Result<u64, UnknownCapability> {
     let mut m = 0u64;
     for n in names {
-        let c = number(n).ok_or_else(|| format!("unknown capability {n:?}"))?;
+        let c = number(n).ok_or_else(|| UnknownCapability(n.clone()))?;
         m |= 1 << c;
     }
     Ok(m)

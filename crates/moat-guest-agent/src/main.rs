@@ -8,6 +8,7 @@
 mod caps;
 mod cgroup;
 mod container;
+mod error;
 mod init;
 mod net;
 mod sys;
@@ -21,6 +22,8 @@ use std::io::{Read, Write};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
+
+use error::OpError;
 
 struct Proc {
     container: String,
@@ -316,25 +319,29 @@ fn container_pids(init: i32) -> Vec<(i32, String)> {
     out
 }
 
-fn handle(a: &Shared, op: Op) -> Result<Response, String> {
+fn handle(a: &Shared, op: Op) -> Result<Response, OpError> {
     match op {
         Op::Ping => Ok(Response::default()),
         Op::CreateContainer(spec) => {
             proto_id_ok(&spec.id)?;
             if a.lock().containers.contains_key(&spec.id) {
-                return Err(format!("container {} already exists", spec.id));
+                return Err(OpError::Exists(spec.id));
             }
             let dir = format!("/run/c/{}", spec.id);
-            let lower = container::under(init::SHARED, &spec.rootfs).map_err(|e| e.to_string())?;
+            let lower = container::under(init::SHARED, &spec.rootfs)
+                .map_err(OpError::io("finding the rootfs"))?;
             let root = container::prepare_rootfs(&dir, &lower).map_err(|e| {
                 container::remove_rootfs(&dir);
-                format!("preparing rootfs: {e}")
+                OpError::io("preparing rootfs")(e)
             })?;
             let cg = match cgroup::create(&spec.id, &spec.resources) {
                 Ok(cg) => cg,
                 Err(e) => {
                     container::remove_rootfs(&dir);
-                    return Err(format!("creating the cgroup of container {}: {e}", spec.id));
+                    return Err(OpError::io(format!(
+                        "creating the cgroup of container {}",
+                        spec.id
+                    ))(e));
                 }
             };
             let sp = match container::spawn(container::What::Init {
@@ -346,7 +353,7 @@ fn handle(a: &Shared, op: Op) -> Result<Response, String> {
                 Err(e) => {
                     cgroup::remove(&spec.id);
                     container::remove_rootfs(&dir);
-                    return Err(format!("creating container {}: {e}", spec.id));
+                    return Err(OpError::io(format!("creating container {}", spec.id))(e));
                 }
             };
             register(a, &sp, &spec.id, None);
@@ -365,15 +372,18 @@ fn handle(a: &Shared, op: Op) -> Result<Response, String> {
         }
         Op::StartContainer { id } => {
             let mut st = a.lock();
-            let m = find_proc(&st, &id, None).ok_or(format!("container {id} does not exist"))?;
-            let p = st.procs.get_mut(&m).ok_or("vanished")?;
+            let m = find_proc(&st, &id, None).ok_or_else(|| OpError::NoContainer(id.clone()))?;
+            let p = st
+                .procs
+                .get_mut(&m)
+                .ok_or_else(|| OpError::NoContainer(id.clone()))?;
             let fd = p
                 .start
                 .take()
-                .ok_or(format!("container {id} was already started"))?;
+                .ok_or_else(|| OpError::AlreadyStarted(id.clone()))?;
             let r = sys::write_all(fd, b"s");
             sys::close(fd);
-            r.map_err(|e| format!("starting {id}: {e}"))?;
+            r.map_err(OpError::io(format!("starting {id}")))?;
             Ok(Response::default())
         }
         Op::Exec {
@@ -385,13 +395,13 @@ fn handle(a: &Shared, op: Op) -> Result<Response, String> {
             let init_pid = {
                 let st = a.lock();
                 let m = find_proc(&st, &container, None)
-                    .ok_or(format!("container {container} does not exist"))?;
+                    .ok_or_else(|| OpError::NoContainer(container.clone()))?;
                 let p = &st.procs[&m];
                 if p.status.is_some() {
-                    return Err(format!("container {container} is not running"));
+                    return Err(OpError::NotRunning(container));
                 }
                 if find_proc(&st, &container, Some(&exec_id)).is_some() {
-                    return Err(format!("exec id {exec_id} is in use"));
+                    return Err(OpError::ExecIdInUse(exec_id));
                 }
                 // The debug console joins PID 1's own namespaces: the guest itself.
                 if guest { 1 } else { p.pid }
@@ -400,7 +410,7 @@ fn handle(a: &Shared, op: Op) -> Result<Response, String> {
                 init_pid,
                 process: &process,
             })
-            .map_err(|e| format!("exec in {container}: {e}"))?;
+            .map_err(OpError::io(format!("exec in {container}")))?;
             register(a, &sp, &container, Some(exec_id));
             attach(a, &sp, &process, sp.monitor);
             Ok(Response {
@@ -416,10 +426,10 @@ fn handle(a: &Shared, op: Op) -> Result<Response, String> {
         } => {
             let st = a.lock();
             let m = find_proc(&st, &container, exec_id.as_deref())
-                .ok_or(format!("no such process in {container}"))?;
+                .ok_or_else(|| OpError::NoProcess(container.clone()))?;
             let p = &st.procs[&m];
             if p.status.is_some() {
-                return Err(format!("container {container} is not running"));
+                return Err(OpError::NotRunning(container));
             }
             let targets: Vec<i32> = if all && signal != libc::SIGKILL {
                 container_pids(p.pid).into_iter().map(|(p, _)| p).collect()
@@ -439,7 +449,8 @@ fn handle(a: &Shared, op: Op) -> Result<Response, String> {
             cols,
         } => {
             let st = a.lock();
-            let m = find_proc(&st, &container, exec_id.as_deref()).ok_or("no such process")?;
+            let m = find_proc(&st, &container, exec_id.as_deref())
+                .ok_or_else(|| OpError::NoProcess(container.clone()))?;
             if let Some(fd) = st.procs[&m].pty {
                 let ws = libc::winsize {
                     ws_row: rows,
@@ -454,7 +465,8 @@ fn handle(a: &Shared, op: Op) -> Result<Response, String> {
         }
         Op::Ps { container } => {
             let st = a.lock();
-            let m = find_proc(&st, &container, None).ok_or("no such container")?;
+            let m = find_proc(&st, &container, None)
+                .ok_or_else(|| OpError::NoContainer(container.clone()))?;
             let p = &st.procs[&m];
             let processes = if p.status.is_some() {
                 Vec::new()
@@ -471,7 +483,7 @@ fn handle(a: &Shared, op: Op) -> Result<Response, String> {
             let c = st
                 .containers
                 .get(&id)
-                .ok_or(format!("container {id} does not exist"))?;
+                .ok_or_else(|| OpError::NoContainer(id.clone()))?;
             let dir = c.dir.clone();
             let init = c.init_monitor;
             let monitors: Vec<i32> = st
@@ -512,7 +524,7 @@ fn handle(a: &Shared, op: Op) -> Result<Response, String> {
             Ok(Response::default())
         }
         Op::ConfigureNetwork(cfg) => {
-            net::configure(&cfg).map_err(|e| format!("configuring network: {e}"))?;
+            net::configure(&cfg).map_err(OpError::io("configuring network"))?;
             Ok(Response::default())
         }
         Op::Shutdown => Ok(Response::default()),
@@ -520,18 +532,18 @@ fn handle(a: &Shared, op: Op) -> Result<Response, String> {
             unix_time_ns,
             entropy,
         } => {
-            init::resume(unix_time_ns, &entropy).map_err(|e| format!("resuming: {e}"))?;
-            init::mount_share(proto::SHARE_TAG).map_err(|e| format!("mounting the share: {e}"))?;
+            init::resume(unix_time_ns, &entropy).map_err(OpError::io("resuming"))?;
+            init::mount_share(proto::SHARE_TAG).map_err(OpError::io("mounting the share"))?;
             Ok(Response::default())
         }
     }
 }
 
-fn proto_id_ok(id: &str) -> Result<(), String> {
+fn proto_id_ok(id: &str) -> Result<(), OpError> {
     if proto::valid_id(id) {
         Ok(())
     } else {
-        Err(format!("invalid container id {id:?}"))
+        Err(OpError::InvalidId(id.to_string()))
     }
 }
 
@@ -578,7 +590,7 @@ fn serve(a: Shared, mut input: File, init_ms: u64) -> std::io::Result<()> {
                         let mut resp = match handle(&a2, req.op) {
                             Ok(r) => r,
                             Err(e) => Response {
-                                error: Some(e),
+                                error: Some(error::chain(&e)),
                                 ..Default::default()
                             },
                         };

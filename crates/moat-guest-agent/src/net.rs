@@ -8,6 +8,8 @@ use moat_vm_proto::{Interface, NetworkConfig, Route};
 use std::io;
 use std::net::Ipv4Addr;
 
+use ipnet::Ipv4Net;
+
 fn sock() -> io::Result<i32> {
     // SAFETY: plain socket call.
     let s = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
@@ -56,23 +58,12 @@ fn ioctl(s: i32, req: libc::c_ulong, arg: *mut libc::c_void, what: &str) -> io::
     }
 }
 
-pub fn parse_cidr(c: &str) -> io::Result<(Ipv4Addr, u8)> {
-    let bad = || io::Error::new(io::ErrorKind::InvalidInput, format!("bad IPv4 CIDR {c:?}"));
-    let (a, l) = c.split_once('/').ok_or_else(bad)?;
-    let ip: Ipv4Addr = a.parse().map_err(|_| bad())?;
-    let len: u8 = l.parse().map_err(|_| bad())?;
-    if len > 32 {
-        return Err(bad());
-    }
-    Ok((ip, len))
-}
-
-pub fn mask(len: u8) -> Ipv4Addr {
-    Ipv4Addr::from(if len == 0 {
-        0
-    } else {
-        u32::MAX << (32 - len as u32)
-    })
+/// An interface address or route destination, "10.42.0.5/24" (host bits kept). `ipnet`
+/// parses, as on the host side (moat-api's CIDR module is not linked into the guest to keep
+/// its dependencies small); the error names the text.
+pub fn parse_cidr(c: &str) -> io::Result<Ipv4Net> {
+    c.parse()
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("bad IPv4 CIDR {c:?}")))
 }
 
 fn set_up(s: i32, name: &str, up: bool) -> io::Result<()> {
@@ -132,17 +123,17 @@ fn configure_interface(s: i32, i: &Interface) -> io::Result<()> {
     }
     // The ioctl interface holds one primary address per name; extra ones go on aliases.
     for (n, cidr) in i.addresses.iter().enumerate() {
-        let (ip, len) = parse_cidr(cidr)?;
+        let net = parse_cidr(cidr)?;
         let name = if n == 0 {
             i.name.clone()
         } else {
             format!("{}:{n}", i.name)
         };
         let mut r = ifreq(&name)?;
-        r.ifr_ifru.ifru_addr = sockaddr(ip);
+        r.ifr_ifru.ifru_addr = sockaddr(net.addr());
         ioctl(s, libc::SIOCSIFADDR, &mut r as *mut _ as *mut _, cidr)?;
         let mut r = ifreq(&name)?;
-        r.ifr_ifru.ifru_netmask = sockaddr(mask(len));
+        r.ifr_ifru.ifru_netmask = sockaddr(net.netmask());
         ioctl(s, libc::SIOCSIFNETMASK, &mut r as *mut _ as *mut _, cidr)?;
     }
     set_up(s, &i.name, true)
@@ -168,15 +159,15 @@ fn parse_mac(m: &str) -> io::Result<[u8; 6]> {
 }
 
 fn add_route(s: i32, r: &Route) -> io::Result<()> {
-    let (dst, len) = if r.dest == "default" {
-        (Ipv4Addr::UNSPECIFIED, 0)
+    let dst = if r.dest == "default" {
+        Ipv4Net::default()
     } else {
         parse_cidr(&r.dest)?
     };
     // SAFETY: rtentry is plain old data; all-zero is valid.
     let mut rt: libc::rtentry = unsafe { std::mem::zeroed() };
-    rt.rt_dst = sockaddr(dst);
-    rt.rt_genmask = sockaddr(mask(len));
+    rt.rt_dst = sockaddr(dst.addr());
+    rt.rt_genmask = sockaddr(dst.netmask());
     rt.rt_flags = libc::RTF_UP;
     if let Some(gw) = &r.gateway {
         let g: Ipv4Addr = gw.parse().map_err(|_| {
@@ -236,14 +227,18 @@ mod tests {
 
     #[test]
     fn cidrs_and_masks() {
+        let n = parse_cidr("10.42.0.5/24").unwrap();
         assert_eq!(
-            parse_cidr("10.42.0.5/24").unwrap(),
+            (n.addr(), n.prefix_len()),
             ("10.42.0.5".parse().unwrap(), 24)
         );
         assert!(parse_cidr("10.42.0.5").is_err());
         assert!(parse_cidr("10.42.0.5/33").is_err());
-        assert_eq!(mask(24), Ipv4Addr::new(255, 255, 255, 0));
-        assert_eq!(mask(0), Ipv4Addr::UNSPECIFIED);
-        assert_eq!(mask(32), Ipv4Addr::BROADCAST);
+        assert_eq!(n.netmask(), Ipv4Addr::new(255, 255, 255, 0));
+        assert_eq!(Ipv4Net::default().netmask(), Ipv4Addr::UNSPECIFIED);
+        assert_eq!(
+            parse_cidr("10.0.0.1/32").unwrap().netmask(),
+            Ipv4Addr::BROADCAST
+        );
     }
 }

@@ -8,7 +8,7 @@ pub mod rootfs;
 pub mod store;
 pub mod unpack;
 
-pub use policy::{PullDecision, PullPolicy, decide, default_policy};
+pub use policy::{PullDecision, PullPolicy, UnsupportedPullPolicy, decide, default_policy};
 pub use reference::{Digest, RefError, Reference};
 pub use rootfs::{Mounter, RealMounter, RecordingMounter};
 pub use store::{ImageRecord, Store, StoreError};

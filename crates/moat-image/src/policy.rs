@@ -2,6 +2,11 @@
 
 use crate::reference::Reference;
 
+/// The pod's `imagePullPolicy` is none of the three.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unsupported imagePullPolicy {0:?}: want Always, IfNotPresent or Never")]
+pub struct UnsupportedPullPolicy(pub String);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PullPolicy {
     Always,
@@ -11,15 +16,16 @@ pub enum PullPolicy {
 
 impl PullPolicy {
     /// The pod field's value; `None`/empty means "apply the default for this image".
-    pub fn from_field(field: Option<&str>, image: &Reference) -> Result<PullPolicy, String> {
+    pub fn from_field(
+        field: Option<&str>,
+        image: &Reference,
+    ) -> Result<PullPolicy, UnsupportedPullPolicy> {
         match field {
             None | Some("") => Ok(default_policy(image)),
             Some("Always") => Ok(PullPolicy::Always),
             Some("IfNotPresent") => Ok(PullPolicy::IfNotPresent),
             Some("Never") => Ok(PullPolicy::Never),
-            Some(other) => Err(format!(
-                "unsupported imagePullPolicy {other:?}: want Always, IfNotPresent or Never"
-            )),
+            Some(other) => Err(UnsupportedPullPolicy(other.to_string())),
         }
     }
 }

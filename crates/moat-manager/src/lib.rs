@@ -27,7 +27,7 @@ use serde_json::{Value, json};
 pub use moat_client::{Client, ClientError, ServerTrust};
 use moat_client::{EventRecorder, ObjectRef};
 
-pub use moat_controllers::nodes::{Config as NodeLifecycleConfig, parse_cidr};
+pub use moat_controllers::nodes::Config as NodeLifecycleConfig;
 
 /// Starts the scheduler and controller loops on background threads, with upstream's
 /// default timings.

@@ -82,9 +82,9 @@ fn peer_pods<'a>(s: &'a Snapshot, peer: &Peer, ns: &str) -> Vec<&'a PodInfo> {
 }
 
 fn block_ranges(cidr: &crate::model::Cidr, except: &[crate::model::Cidr]) -> Vec<IpRange> {
-    let mut out = vec![(cidr.first(), cidr.last())];
+    let mut out = vec![moat_api::cidr::range(cidr)];
     for e in except {
-        let (lo, hi) = (e.first(), e.last());
+        let (lo, hi) = moat_api::cidr::range(e);
         out = out
             .into_iter()
             .flat_map(|(a, b)| {
@@ -431,10 +431,13 @@ mod tests {
 
     #[test]
     fn except_splits_blocks() {
-        let c = crate::model::Cidr::parse("10.0.0.0/24").expect("cidr");
-        let e = crate::model::Cidr::parse("10.0.0.128/25").expect("cidr");
+        let c = moat_api::cidr::parse_network("10.0.0.0/24").expect("cidr");
+        let e = moat_api::cidr::parse_network("10.0.0.128/25").expect("cidr");
         let r = block_ranges(&c, &[e]);
-        assert_eq!(r, vec![(c.first(), c.first() + 127)]);
+        assert_eq!(
+            r,
+            vec![(u32::from(c.network()), u32::from(c.network()) + 127)]
+        );
     }
 
     #[test]

@@ -28,7 +28,7 @@ fn peer_matches(s: &Snapshot, peer: &Peer, policy_ns: &str, other: &PodInfo) -> 
     match peer {
         Peer::Block { cidr, except } => other
             .ip
-            .is_some_and(|ip| cidr.contains(ip) && !except.iter().any(|e| e.contains(ip))),
+            .is_some_and(|ip| cidr.contains(&ip) && !except.iter().any(|e| e.contains(&ip))),
         Peer::Pods { pods, namespaces } => {
             !other.host_network
                 && pods.matches(&other.labels)

@@ -5,6 +5,10 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::Ipv4Addr;
 
+pub use moat_api::cidr::Ipv4Net as Cidr;
+use moat_api::selector::Requirement;
+pub use moat_api::selector::Selector;
+
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
@@ -63,95 +67,6 @@ impl Proto {
 impl fmt::Display for Proto {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
-    }
-}
-
-/// A label selector with validated operators.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Selector {
-    pub labels: BTreeMap<String, String>,
-    pub exprs: Vec<Expr>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Expr {
-    In(String, Vec<String>),
-    NotIn(String, Vec<String>),
-    Exists(String),
-    DoesNotExist(String),
-}
-
-impl Selector {
-    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.labels.iter().all(|(k, v)| labels.get(k) == Some(v))
-            && self.exprs.iter().all(|e| match e {
-                Expr::In(k, vs) => labels.get(k).is_some_and(|v| vs.contains(v)),
-                Expr::NotIn(k, vs) => labels.get(k).is_none_or(|v| !vs.contains(v)),
-                Expr::Exists(k) => labels.contains_key(k),
-                Expr::DoesNotExist(k) => !labels.contains_key(k),
-            })
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.labels.is_empty() && self.exprs.is_empty()
-    }
-}
-
-/// An IPv4 CIDR with host bits cleared.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Cidr {
-    pub addr: Ipv4Addr,
-    pub prefix: u8,
-}
-
-impl Cidr {
-    pub fn parse(s: &str) -> Result<Cidr, String> {
-        let (a, p) = s
-            .split_once('/')
-            .ok_or_else(|| format!("{s:?} is not a CIDR (want a.b.c.d/n)"))?;
-        let addr: Ipv4Addr = a.parse().map_err(|_| {
-            format!("{s:?} is not a valid IPv4 CIDR (IPv6 policies are not supported yet)")
-        })?;
-        let prefix: u8 = p
-            .parse()
-            .ok()
-            .filter(|p| *p <= 32)
-            .ok_or_else(|| format!("{s:?} has an invalid prefix length"))?;
-        let mask = Self::mask(prefix);
-        Ok(Cidr {
-            addr: Ipv4Addr::from(u32::from(addr) & mask),
-            prefix,
-        })
-    }
-
-    fn mask(prefix: u8) -> u32 {
-        if prefix == 0 {
-            0
-        } else {
-            u32::MAX << (32 - prefix)
-        }
-    }
-
-    pub fn first(&self) -> u32 {
-        u32::from(self.addr)
-    }
-
-    pub fn last(&self) -> u32 {
-        self.first() | !Self::mask(self.prefix)
-    }
-
-    pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        (self.first()..=self.last()).contains(&u32::from(ip))
-    }
-
-    pub fn contains_cidr(&self, o: &Cidr) -> bool {
-        self.first() <= o.first() && o.last() <= self.last()
-    }
-}
-
-impl fmt::Display for Cidr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
     }
 }
 
@@ -295,10 +210,7 @@ impl Snapshot {
                 snap.policies.push(Policy {
                     namespace: ns.name.clone(),
                     name: format!("<{LEGACY_ISOLATION_ANNOTATION}>"),
-                    selector: Selector {
-                        labels: BTreeMap::new(),
-                        exprs: vec![],
-                    },
+                    selector: Selector::default(),
                     ingress: Some(vec![]),
                     egress: None,
                 });
@@ -387,41 +299,31 @@ fn pod_info(p: &Pod, opts: &Options) -> Result<PodInfo, InvalidInput> {
     })
 }
 
+/// A validated selector; each bad expression is reported at its own field path.
 fn selector(
     sel: &LabelSelector,
     object: &str,
     field: &str,
     errs: &mut Vec<InvalidInput>,
 ) -> Selector {
-    let mut exprs = Vec::new();
+    // matchLabels first, as `Selector::from_label_selector` orders them.
+    let mut requirements: Vec<Requirement> = sel
+        .match_labels
+        .iter()
+        .flatten()
+        .map(|(k, v)| Requirement::Eq(k.clone(), v.clone()))
+        .collect();
     for (i, e) in sel.match_expressions.iter().flatten().enumerate() {
-        let f = format!("{field}.matchExpressions[{i}]");
-        let vals = e.values.clone().unwrap_or_default();
-        let bad = |m: &str| InvalidInput {
-            object: object.to_string(),
-            field: f.clone(),
-            message: m.to_string(),
-        };
-        match e.operator.as_str() {
-            "In" | "NotIn" if vals.is_empty() => errs.push(bad(
-                "values: must be specified when `operator` is 'In' or 'NotIn'",
-            )),
-            "In" => exprs.push(Expr::In(e.key.clone(), vals)),
-            "NotIn" => exprs.push(Expr::NotIn(e.key.clone(), vals)),
-            "Exists" | "DoesNotExist" if !vals.is_empty() => errs.push(bad(
-                "values: may not be specified when `operator` is 'Exists' or 'DoesNotExist'",
-            )),
-            "Exists" => exprs.push(Expr::Exists(e.key.clone())),
-            "DoesNotExist" => exprs.push(Expr::DoesNotExist(e.key.clone())),
-            other => errs.push(bad(&format!(
-                "operator: not a valid selector operator: {other:?}"
-            ))),
+        match Requirement::from_expression(e) {
+            Ok(r) => requirements.push(r),
+            Err(why) => errs.push(InvalidInput {
+                object: object.to_string(),
+                field: format!("{field}.matchExpressions[{i}]"),
+                message: why.to_string(),
+            }),
         }
     }
-    Selector {
-        labels: sel.match_labels.clone().unwrap_or_default(),
-        exprs,
-    }
+    Selector { requirements }
 }
 
 /// IANA service name syntax, as Kubernetes validates named ports.
@@ -527,13 +429,13 @@ fn peer(
             });
             return None;
         }
-        let cidr = match Cidr::parse(&b.cidr) {
+        let cidr = match moat_api::cidr::parse_network(&b.cidr) {
             Ok(c) => c,
             Err(m) => {
                 errs.push(InvalidInput {
                     object: object.into(),
                     field: format!("{field}.ipBlock.cidr"),
-                    message: m,
+                    message: m.to_string(),
                 });
                 return None;
             }
@@ -541,8 +443,8 @@ fn peer(
         let mut except = Vec::new();
         for (i, e) in b.except.iter().flatten().enumerate() {
             let f = format!("{field}.ipBlock.except[{i}]");
-            match Cidr::parse(e) {
-                Ok(c) if cidr.contains_cidr(&c) && c != cidr => except.push(c),
+            match moat_api::cidr::parse_network(e) {
+                Ok(c) if cidr.contains(&c) && c != cidr => except.push(c),
                 Ok(_) => errs.push(InvalidInput {
                     object: object.into(),
                     field: f,
@@ -551,7 +453,7 @@ fn peer(
                 Err(m) => errs.push(InvalidInput {
                     object: object.into(),
                     field: f,
-                    message: m,
+                    message: m.to_string(),
                 }),
             }
         }
@@ -565,10 +467,7 @@ fn peer(
         });
         return None;
     }
-    let empty = Selector {
-        labels: BTreeMap::new(),
-        exprs: vec![],
-    };
+    let empty = Selector::default();
     Some(Peer::Pods {
         pods: p
             .pod_selector

@@ -43,7 +43,18 @@ pub enum ConfError {
     #[error("unknown flannel backend {0:?}: use vxlan, host-gw or none")]
     UnknownBackend(String),
     #[error("{what} {value:?} is not an IPv4 CIDR like 10.42.0.0/16")]
-    BadCidr { what: &'static str, value: String },
+    BadCidr {
+        what: &'static str,
+        value: String,
+        #[source]
+        source: moat_api::cidr::CidrError,
+    },
+    #[error("{what} {value:?} has host bits set: the network is {network}")]
+    HostBits {
+        what: &'static str,
+        value: String,
+        network: Ipv4Net,
+    },
     #[error(
         "the cluster CIDR {cluster} overlaps the service CIDR {service}: pod and service addresses must not collide"
     )]
@@ -83,13 +94,17 @@ pub struct NetConf {
 
 /// Parses a CIDR, insisting on the network address (10.42.0.0/16, not 10.42.3.4/16).
 pub fn parse_cidr(what: &'static str, value: &str) -> Result<Ipv4Net, ConfError> {
-    let bad = || ConfError::BadCidr {
+    let n = moat_api::cidr::parse_interface(value).map_err(|source| ConfError::BadCidr {
         what,
         value: value.to_string(),
-    };
-    let n: Ipv4Net = value.parse().map_err(|_| bad())?;
+        source,
+    })?;
     if n.trunc() != n {
-        return Err(bad());
+        return Err(ConfError::HostBits {
+            what,
+            value: value.to_string(),
+            network: n.trunc(),
+        });
     }
     Ok(n)
 }
@@ -197,7 +212,7 @@ mod tests {
     fn host_bits_and_bad_masks_are_refused() {
         assert!(matches!(
             check_cidrs("10.42.1.0/16", "10.43.0.0/16", 24),
-            Err(ConfError::BadCidr { .. })
+            Err(ConfError::HostBits { .. })
         ));
         assert!(matches!(
             check_cidrs("10.42.0.0/16", "10.43.0.0/16", 8),

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use moat_nft::Nft;
-use moat_proxy::{Cidr, NodeFacts, Proxy, Snapshot, compile, plan, script};
+use moat_proxy::{NodeFacts, Proxy, Snapshot, compile, plan, script};
 use serde_json::json;
 
 const SERVICES: usize = 10_000;
@@ -177,7 +177,7 @@ fn main() {
     let facts = NodeFacts {
         name: "n1".into(),
         ips: vec!["10.42.1.1".parse().expect("ip")],
-        cluster_cidr: Cidr::parse("10.42.0.0/16").expect("cidr"),
+        cluster_cidr: moat_api::cidr::parse_network("10.42.0.0/16").expect("cidr"),
     };
     let nft = Nft {
         netns: Some(node.clone()),

@@ -30,8 +30,9 @@ pub mod ruleset;
 pub mod script;
 
 pub use conntrack::{Conntrack, ConntrackCli, ConntrackError, RecordingConntrack, StaleFlow};
+pub use moat_api::cidr::Ipv4Net;
 pub use moat_nft::{ApplyError, NftApply};
-pub use model::{Cidr, Model, NodeFacts, PortKey, Proto, Snapshot, plan};
+pub use model::{Model, NodeFacts, PortKey, Proto, Snapshot, plan};
 pub use ruleset::{Fragment, Ruleset, Touched, compile};
 
 #[derive(Debug, thiserror::Error)]

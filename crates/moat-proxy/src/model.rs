@@ -9,6 +9,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 
+use moat_api::cidr::Ipv4Net;
+
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
@@ -16,40 +18,6 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// kube-proxy's default ClientIP affinity timeout (3 hours).
 pub const DEFAULT_AFFINITY_SECONDS: u32 = 10_800;
-
-/// An IPv4 prefix (the cluster's pod CIDR).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Cidr {
-    pub addr: Ipv4Addr,
-    pub prefix: u8,
-}
-
-impl Cidr {
-    /// Parses `a.b.c.d/n`; host bits are cleared.
-    pub fn parse(s: &str) -> Option<Cidr> {
-        let (a, p) = s.split_once('/')?;
-        let addr: Ipv4Addr = a.parse().ok()?;
-        let prefix: u8 = p.parse().ok()?;
-        if prefix > 32 {
-            return None;
-        }
-        let mask = if prefix == 0 {
-            0
-        } else {
-            u32::MAX << (32 - prefix)
-        };
-        Some(Cidr {
-            addr: Ipv4Addr::from(u32::from(addr) & mask),
-            prefix,
-        })
-    }
-}
-
-impl std::fmt::Display for Cidr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
-    }
-}
 
 /// What the proxy needs to know about its own node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,7 +28,7 @@ pub struct NodeFacts {
     /// accept NodePorts on 127.0.0.1, and neither do we).
     pub ips: Vec<Ipv4Addr>,
     /// Pod CIDR of the whole cluster: traffic to a ClusterIP from outside it is masqueraded.
-    pub cluster_cidr: Cidr,
+    pub cluster_cidr: Ipv4Net,
 }
 
 /// One sync's input, borrowed from the caller's caches.

@@ -10,7 +10,7 @@ use proptest::prelude::*;
 use serde_json::{Value, json};
 
 use crate::conntrack::StaleFlow;
-use crate::model::{Cidr, NodeFacts, Snapshot, plan};
+use crate::model::{NodeFacts, Snapshot, plan};
 use crate::ruleset::{self, NO_EP_NODEPORTS, NO_EP_SERVICES, SERVICE_IPS, SERVICE_NODEPORTS};
 use crate::{Proxy, Ruleset, compile, replay, script};
 
@@ -18,7 +18,7 @@ fn node() -> NodeFacts {
     NodeFacts {
         name: "n1".into(),
         ips: vec![Ipv4Addr::new(192, 168, 77, 1)],
-        cluster_cidr: Cidr::parse("10.42.0.0/16").expect("cidr"),
+        cluster_cidr: moat_api::cidr::parse_network("10.42.0.0/16").expect("cidr"),
     }
 }
 

@@ -22,6 +22,7 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 pub const VM_DIED_STATUS: i32 = 255;
 
 pub use crate::error::DaemonError;
+use crate::error::{RequestError, chain};
 
 /// The sandbox VM's size: configured defaults plus the pod's limits, within what this host
 /// can give (its MemTotal; `max_vcpus`).
@@ -183,9 +184,8 @@ impl Daemon {
         self.agent.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    fn agent_or_err(&self) -> Result<Arc<AgentConn>, String> {
-        self.agent()
-            .ok_or_else(|| "the VM is not running".to_string())
+    fn agent_or_err(&self) -> Result<Arc<AgentConn>, RequestError> {
+        self.agent().ok_or(RequestError::NoVm)
     }
 
     fn create(
@@ -193,13 +193,13 @@ impl Daemon {
         id: &str,
         bundle: &Path,
         fds: Vec<OwnedFd>,
-    ) -> Result<CtlResponse, String> {
+    ) -> Result<CtlResponse, RequestError> {
         let agent = self.agent_or_err()?;
         if self.lock().containers.contains_key(id) {
-            return Err(format!("container {id} already exists in this sandbox"));
+            return Err(RequestError::Exists(id.to_string()));
         }
         let spec = oci_spec::runtime::Spec::load(bundle.join("config.json"))
-            .map_err(|e| format!("reading {}/config.json: {e}", bundle.display()))?;
+            .map_err(|e| RequestError::Spec(bundle.to_path_buf(), e))?;
         let terminal = spec
             .process()
             .as_ref()
@@ -211,7 +211,7 @@ impl Daemon {
             stdout: Some(streams[1]),
             stderr: (!terminal).then_some(streams[2]),
         };
-        let plan = oci::plan(id, bundle, &spec, stdio).map_err(|e| e.to_string())?;
+        let plan = oci::plan(id, bundle, &spec, stdio)?;
         let shared = sandbox::shared_dir(&self.dir);
         let shared_rw = sandbox::shared_rw_dir(&self.dir);
         let mut mounts = Vec::new();
@@ -219,12 +219,7 @@ impl Daemon {
             let dst = if s.writable { &shared_rw } else { &shared }.join(&s.rel);
             if let Err(e) = bind(&s.host, &dst) {
                 unmount_reverse(&mounts);
-                return Err(format!(
-                    "{e}: {}",
-                    std::error::Error::source(&e)
-                        .map(|s| s.to_string())
-                        .unwrap_or_default()
-                ));
+                return Err(RequestError::Share(e));
             }
             mounts.push(dst);
         }
@@ -254,7 +249,7 @@ impl Daemon {
                     sandbox::unmount_all_under(&share.join(id));
                     let _ = std::fs::remove_dir_all(share.join(id));
                 }
-                Err(e.to_string())
+                Err(e.into())
             }
         }
     }
@@ -328,18 +323,18 @@ impl Daemon {
         process: serde_json::Value,
         guest: bool,
         fds: Vec<OwnedFd>,
-    ) -> Result<CtlResponse, String> {
+    ) -> Result<CtlResponse, RequestError> {
         let agent = self.agent_or_err()?;
-        let p: oci_spec::runtime::Process = serde_json::from_value(process)
-            .map_err(|e| format!("decoding the exec process: {e}"))?;
+        let p: oci_spec::runtime::Process =
+            serde_json::from_value(process).map_err(RequestError::ExecProcess)?;
         {
             let st = self.lock();
             let c = st
                 .containers
                 .get(id)
-                .ok_or(format!("container {id} does not exist"))?;
+                .ok_or_else(|| RequestError::NoContainer(id.to_string()))?;
             if c.procs.contains_key(&Some(exec_id.to_string())) {
-                return Err(format!("exec id {exec_id} is in use"));
+                return Err(RequestError::ExecIdInUse(exec_id.to_string()));
             }
         }
         let terminal = p.terminal().unwrap_or(false);
@@ -349,7 +344,7 @@ impl Daemon {
             stdout: Some(streams[1]),
             stderr: (!terminal).then_some(streams[2]),
         };
-        let process = oci::process(&p, stdio).map_err(|e| e.to_string())?;
+        let process = oci::process(&p, stdio)?;
         let input = self.attach(&agent, id, Some(exec_id.to_string()), stdio, fds);
         match agent.request(
             Op::Exec {
@@ -374,21 +369,21 @@ impl Daemon {
                 for s in &streams[1..] {
                     agent.close_output(*s);
                 }
-                Err(e.to_string())
+                Err(e.into())
             }
         }
     }
 
-    fn wait(&self, id: &str, exec: Option<String>) -> Result<CtlResponse, String> {
+    fn wait(&self, id: &str, exec: Option<String>) -> Result<CtlResponse, RequestError> {
         let mut st = self.lock();
         loop {
             let p = st
                 .containers
                 .get(id)
-                .ok_or(format!("container {id} does not exist"))?
+                .ok_or_else(|| RequestError::NoContainer(id.to_string()))?
                 .procs
                 .get(&exec)
-                .ok_or(format!("no such process in {id}"))?;
+                .ok_or_else(|| RequestError::NoProcess(id.to_string()))?;
             // Sinks of a dead VM never finish writing; the status is all there is.
             if let Some(s) = p.status
                 && (p.sinks == 0 || st.vm_dead.is_some())
@@ -406,13 +401,13 @@ impl Daemon {
         }
     }
 
-    fn delete_serialized(&self, id: &str) -> Result<bool, String> {
+    fn delete_serialized(&self, id: &str) -> Result<bool, RequestError> {
         let _op = self.ops.lock().unwrap_or_else(|p| p.into_inner());
         self.delete(id)
     }
 
     /// Deletes a container; returns true when it was the last one and the sandbox is gone.
-    fn delete(&self, id: &str) -> Result<bool, String> {
+    fn delete(&self, id: &str) -> Result<bool, RequestError> {
         let (running, mounts) = {
             let st = self.lock();
             let Some(c) = st.containers.get(id) else {
@@ -421,7 +416,7 @@ impl Daemon {
                 if st.containers.is_empty() {
                     return Ok(true);
                 }
-                return Err(format!("container {id} does not exist"));
+                return Err(RequestError::NoContainer(id.to_string()));
             };
             (
                 c.procs.get(&None).is_some_and(|p| p.status.is_none()),
@@ -509,10 +504,7 @@ impl Daemon {
                 }
                 CtlRequest::Start { id } => self
                     .agent_or_err()
-                    .and_then(|a| {
-                        a.request(Op::StartContainer { id }, REQUEST_TIMEOUT)
-                            .map_err(|e| e.to_string())
-                    })
+                    .and_then(|a| Ok(a.request(Op::StartContainer { id }, REQUEST_TIMEOUT)?))
                     .map(|_| CtlResponse::default()),
                 CtlRequest::Kill {
                     id,
@@ -522,7 +514,7 @@ impl Daemon {
                 } => self
                     .agent_or_err()
                     .and_then(|a| {
-                        a.request(
+                        Ok(a.request(
                             Op::Signal {
                                 container: id,
                                 exec_id,
@@ -530,8 +522,7 @@ impl Daemon {
                                 all,
                             },
                             REQUEST_TIMEOUT,
-                        )
-                        .map_err(|e| e.to_string())
+                        )?)
                     })
                     .map(|_| CtlResponse::default()),
                 CtlRequest::Wait { id, exec_id } => self.wait(&id, exec_id),
@@ -543,10 +534,7 @@ impl Daemon {
                 } => self.exec(&id, &exec_id, process, guest, fds),
                 CtlRequest::Ps { id } => self
                     .agent_or_err()
-                    .and_then(|a| {
-                        a.request(Op::Ps { container: id }, REQUEST_TIMEOUT)
-                            .map_err(|e| e.to_string())
-                    })
+                    .and_then(|a| Ok(a.request(Op::Ps { container: id }, REQUEST_TIMEOUT)?))
                     .map(|r| CtlResponse {
                         processes: r.processes,
                         ..Default::default()
@@ -563,7 +551,7 @@ impl Daemon {
                 },
             };
             let resp = r.unwrap_or_else(|e| CtlResponse {
-                error: Some(e),
+                error: Some(chain(&e)),
                 ..Default::default()
             });
             let _ = c.send(&resp, &[]);
@@ -587,13 +575,7 @@ pub fn run(root: &Path, config: &Path, sandbox_id: &str, bundle: &Path, ready: O
             l
         }
         Err(e) => {
-            let mut msg = e.to_string();
-            let mut src = std::error::Error::source(&e);
-            while let Some(s) = src {
-                msg.push_str(&format!(": {s}"));
-                src = s.source();
-            }
-            let _ = std::io::Write::write_all(&mut ready, msg.as_bytes());
+            let _ = std::io::Write::write_all(&mut ready, chain(&e).as_bytes());
             d.teardown();
             std::process::exit(1);
         }

@@ -35,3 +35,33 @@ pub enum DaemonError {
     #[error("sizing the VM from the pod's limits")]
     Size(#[from] crate::sizing::SizeError),
 }
+
+/// Why a control request to a sandbox's daemon failed. The CLI gets [`chain`] of it as
+/// `CtlResponse::error` and prints it as the runtime's error.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("the VM is not running")]
+    NoVm,
+    #[error("container {0} already exists in this sandbox")]
+    Exists(String),
+    #[error("container {0} does not exist")]
+    NoContainer(String),
+    #[error("exec id {0} is in use")]
+    ExecIdInUse(String),
+    #[error("no such process in {0}")]
+    NoProcess(String),
+    #[error("reading {}/config.json", .0.display())]
+    Spec(PathBuf, #[source] oci_spec::OciSpecError),
+    #[error("decoding the exec process")]
+    ExecProcess(#[source] serde_json::Error),
+    #[error(transparent)]
+    Oci(#[from] oci::OciError),
+    /// Bind-mounting a volume or the rootfs into the share.
+    #[error(transparent)]
+    Share(DaemonError),
+    /// The guest agent refused the request or did not answer.
+    #[error(transparent)]
+    Agent(#[from] crate::channel::ChannelError),
+}
+
+pub use moat_vm_proto::error_chain as chain;

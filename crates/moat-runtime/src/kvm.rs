@@ -9,13 +9,42 @@ use crate::config::Accel;
 use serde::Serialize;
 use std::os::fd::AsRawFd;
 
+/// A probe step's OS error, kept as its errno so a `Probe` stays `Clone + Eq`; shown and
+/// serialized (in `env`'s JSON) as the OS message, as before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{}", std::io::Error::from_raw_os_error(self.errno))]
+pub struct OsError {
+    pub errno: i32,
+}
+
+impl OsError {
+    fn last() -> OsError {
+        OsError::from(std::io::Error::last_os_error())
+    }
+}
+
+impl From<std::io::Error> for OsError {
+    fn from(e: std::io::Error) -> OsError {
+        // Errors of open(2) and ioctl(2) always carry an errno; EIO stands in otherwise.
+        OsError {
+            errno: e.raw_os_error().unwrap_or(libc::EIO),
+        }
+    }
+}
+
+impl Serialize for OsError {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Probe {
     /// `vmx` or `svm` when /proc/cpuinfo advertises one.
     pub cpu_virt_flag: Option<String>,
-    pub dev_kvm: Result<(), String>,
-    pub kvm_api_version: Result<i32, String>,
-    pub kvm_create_vm: Result<(), String>,
+    pub dev_kvm: Result<(), OsError>,
+    pub kvm_api_version: Result<i32, OsError>,
+    pub kvm_create_vm: Result<(), OsError>,
     /// Whether a guest booted under KVM and answered; `None` when not probed.
     pub guest_boot: Option<bool>,
 }
@@ -107,14 +136,14 @@ pub fn probe_host() -> Probe {
         .open("/dev/kvm");
     let (dev_kvm, kvm_api_version, kvm_create_vm) = match file {
         Err(e) => {
-            let e = e.to_string();
-            (Err(e.clone()), Err(e.clone()), Err(e))
+            let e = OsError::from(e);
+            (Err(e), Err(e), Err(e))
         }
         Ok(f) => {
             // SAFETY: KVM_GET_API_VERSION takes no argument and only reads the fd.
             let ver = unsafe { libc::ioctl(f.as_raw_fd(), KVM_GET_API_VERSION, 0) };
             let ver = if ver < 0 {
-                Err(std::io::Error::last_os_error().to_string())
+                Err(OsError::last())
             } else {
                 Ok(ver)
             };
@@ -122,7 +151,7 @@ pub fn probe_host() -> Probe {
             // close the returned fd immediately.
             let vm = unsafe { libc::ioctl(f.as_raw_fd(), KVM_CREATE_VM, 0) };
             let vm = if vm < 0 {
-                Err(std::io::Error::last_os_error().to_string())
+                Err(OsError::last())
             } else {
                 // SAFETY: vm is a fresh fd returned by the kernel and not used elsewhere.
                 unsafe { libc::close(vm) };
@@ -183,10 +212,16 @@ mod tests {
     #[test]
     fn unusable_kvm_falls_back_with_reason() {
         let mut p = ok_probe(Some(true));
-        p.dev_kvm = Err("No such file or directory".into());
+        p.dev_kvm = Err(OsError {
+            errno: libc::ENOENT,
+        });
         let v = verdict(&p, Accel::Kvm);
         assert_eq!(v.accel, "tcg");
-        assert!(v.reason.contains("/dev/kvm"), "{}", v.reason);
+        assert!(v.reason.contains("/dev/kvm: No such file"), "{}", v.reason);
+        assert_eq!(
+            serde_json::to_value(&p).expect("json")["dev_kvm"],
+            serde_json::json!({"Err": "No such file or directory (os error 2)"})
+        );
         assert_eq!(verdict(&ok_probe(None), Accel::Kvm).accel, "kvm");
         assert_eq!(verdict(&ok_probe(Some(true)), Accel::Tcg).accel, "tcg");
     }

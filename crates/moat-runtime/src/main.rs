@@ -332,12 +332,9 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
                 "cpu virtualization flag: {}",
                 p.cpu_virt_flag.as_deref().unwrap_or("none")
             );
-            println!("/dev/kvm: {}", show(&p.dev_kvm.clone().map(|_| "ok")));
+            println!("/dev/kvm: {}", show(&p.dev_kvm.map(|_| "ok")));
             println!("KVM_GET_API_VERSION: {}", show(&p.kvm_api_version));
-            println!(
-                "KVM_CREATE_VM: {}",
-                show(&p.kvm_create_vm.clone().map(|_| "ok"))
-            );
+            println!("KVM_CREATE_VM: {}", show(&p.kvm_create_vm.map(|_| "ok")));
             println!(
                 "guest boot under KVM: {}",
                 match p.guest_boot {
@@ -492,7 +489,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn show<T: std::fmt::Display>(r: &Result<T, String>) -> String {
+fn show<T: std::fmt::Display, E: std::fmt::Display>(r: &Result<T, E>) -> String {
     match r {
         Ok(v) => v.to_string(),
         Err(e) => format!("error: {e}"),

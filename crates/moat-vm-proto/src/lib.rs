@@ -27,6 +27,20 @@ pub use frame::{DecodeError, Decoder, Frame, Kind, MAX_FRAME, MAX_PAYLOAD};
 pub use msg::*;
 pub use window::Window;
 
+/// How a failure travels in [`Response::error`] (and the runtime's own control socket): the
+/// error and its `source()` chain on one line, "step: cause: root cause". Both ends render
+/// with this, so the host shows what the guest meant.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
 /// Protocol version exchanged in `Hello`. A peer with another major refuses to talk.
 pub const PROTOCOL_VERSION: u32 = 1;
 
@@ -53,4 +67,20 @@ pub fn valid_id(id: &str) -> bool {
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+#[cfg(test)]
+mod tests {
+    #[derive(Debug, thiserror::Error)]
+    #[error("preparing rootfs")]
+    struct Step(#[source] std::io::Error);
+
+    #[test]
+    fn the_error_chain_names_step_and_cause() {
+        let e = Step(std::io::Error::other("no space left on device"));
+        assert_eq!(
+            super::error_chain(&e),
+            "preparing rootfs: no space left on device"
+        );
+    }
 }

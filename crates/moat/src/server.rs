@@ -150,13 +150,10 @@ pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
                     }
                 }
             };
-            let cluster_cidr = moat_manager::parse_cidr(&args.cluster_cidr).with_context(|| {
-                format!("--cluster-cidr {:?} is not an IPv4 CIDR", args.cluster_cidr)
-            })?;
             let nodes_cfg = moat_manager::NodeLifecycleConfig {
                 grace_secs: args.node_monitor_grace_period.as_secs() as i64,
                 default_toleration_secs: args.default_toleration_seconds,
-                cluster_cidr,
+                cluster_cidr: network,
                 node_prefix: args.node_cidr_mask_size,
             };
             if !args.disable_controllers {

@@ -1,7 +1,8 @@
 //! Habits kept by a test, not by hand (ARCHITECTURE.md's invariants that a machine can check):
 //! every source file opens with its `//!` doc; only the API server depends on the store;
 //! no module import cycles inside the crates that had them; every crate takes the workspace
-//! lints (undocumented unsafe, unwrap/expect outside tests, error types named `Error`).
+//! lints (undocumented unsafe, unwrap/expect outside tests, error types named `Error`); no
+//! `Result<_, String>` outside tests.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -293,5 +294,120 @@ fn only_the_network_loops_import_the_network_crates() {
     assert!(
         offenders.is_empty(),
         "network crates imported outside their loops: {offenders:?}"
+    );
+}
+
+/// Whether `line` names a `Result<_, String>` (at any nesting: `Option<Result<T, String>>`).
+fn string_result(line: &str) -> bool {
+    let code = line.split("//").next().unwrap_or("");
+    let mut rest = code;
+    while let Some(i) = rest.find("Result<") {
+        let args = &rest[i + "Result<".len()..];
+        let (mut depth, mut last_comma, mut end) = (0i32, None, None);
+        for (j, c) in args.char_indices() {
+            match c {
+                '<' | '(' | '[' => depth += 1,
+                '>' | ')' | ']' if depth > 0 => depth -= 1,
+                '>' => {
+                    end = Some(j);
+                    break;
+                }
+                ',' if depth == 0 => last_comma = Some(j),
+                _ => {}
+            }
+        }
+        if let (Some(c), Some(e)) = (last_comma, end) {
+            let err = args[c + 1..e].trim();
+            if err == "String" || err == "std::string::String" {
+                return true;
+            }
+        }
+        rest = args;
+    }
+    false
+}
+
+/// Lines of `text` outside `#[cfg(test)] mod … { … }` blocks (a test module's closing brace
+/// is the first line that is exactly `}` after it opens, as rustfmt writes it).
+fn non_test_lines(text: &str) -> Vec<(usize, &str)> {
+    let mut out = Vec::new();
+    let mut lines = text.lines().enumerate().peekable();
+    while let Some((n, l)) = lines.next() {
+        if l.trim() == "#[cfg(test)]"
+            && lines
+                .peek()
+                .is_some_and(|(_, m)| m.starts_with("mod ") && m.trim_end().ends_with('{'))
+        {
+            for (_, m) in lines.by_ref() {
+                if m == "}" {
+                    break;
+                }
+            }
+            continue;
+        }
+        out.push((n + 1, l));
+    }
+    out
+}
+
+#[test]
+fn the_string_result_finder_finds_them() {
+    assert!(string_result(
+        "pub fn parse(s: &str) -> Result<Cidr, String> {"
+    ));
+    assert!(string_result("fn f() -> Result<Vec<Req>, String> {"));
+    assert!(string_result(
+        "    Sandbox(Result<Box<PodRecord>, String>),"
+    ));
+    assert!(string_result(
+        "static D: OnceLock<Result<Arc<Docs>, String>> = x;"
+    ));
+    assert!(!string_result("fn f() -> Result<(), Error> {"));
+    assert!(!string_result("fn f() -> Result<String, Error> {"));
+    assert!(!string_result(
+        "result: Result<Started, (StartFailure, String)>,"
+    ));
+    assert!(!string_result("// was Result<(), String>"));
+    let text = "fn a() -> Result<(), String> {}\n#[cfg(test)]\nmod tests {\n    fn b() -> Result<(), String> {}\n}\nfn c() {}\n";
+    let kept: Vec<usize> = non_test_lines(text).into_iter().map(|(n, _)| n).collect();
+    assert_eq!(kept, [1, 6]);
+}
+
+/// Errors are types, not strings: no `Result<_, String>` in non-test code, so a failure
+/// keeps its cause (`#[source]`) and callers match on variants instead of message text.
+#[test]
+fn no_string_errors_outside_tests() {
+    // Each entry goes when its file is rewritten; do not add to it.
+    const ALLOWED: &[&str] = &[
+        // The API server's proxy to the agents is being moved to hyper (issue 12).
+        "crates/moat-apiserver/src/proxy.rs",
+    ];
+    let ws = workspace();
+    let mut files = Vec::new();
+    for d in std::fs::read_dir(ws.join("crates"))
+        .expect("crates")
+        .flatten()
+    {
+        rust_files(&d.path().join("src"), &mut files);
+    }
+    assert!(files.len() > 100, "found the sources ({})", files.len());
+    let mut found = Vec::new();
+    for f in files {
+        let rel = f.strip_prefix(&ws).unwrap_or(&f).display().to_string();
+        let test_file = rel.ends_with("tests.rs") || rel.contains("/tests/");
+        if test_file || ALLOWED.iter().any(|a| rel.ends_with(a)) {
+            continue;
+        }
+        let text = std::fs::read_to_string(&f).unwrap();
+        for (n, l) in non_test_lines(&text) {
+            if string_result(l) {
+                found.push(format!("{rel}:{n}: {}", l.trim()));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "Result<_, String> outside tests (use a thiserror enum, the cause as #[source]):\n{}",
+        found.join("\n")
     );
 }

@@ -86,7 +86,12 @@ fn no_sandbox_yet_creates_one_and_a_failure_backs_off() {
     let p = plain();
     let s = run(PodState::default(), &p, T0, Deletion::None, &[]);
     assert_eq!(s.effects, [Effect::CreateSandbox(handler())]);
-    let (st, ev) = fold(s.state, &p, Done::Sandbox(Err("CNI ADD: boom".into())), T0);
+    let (st, ev) = fold(
+        s.state,
+        &p,
+        Done::Sandbox(Err(Failure("CNI ADD: boom".into()))),
+        T0,
+    );
     assert!(
         matches!(&ev[..], [Effect::Event { reason, .. }] if reason == "FailedCreatePodSandBox")
     );
@@ -301,7 +306,12 @@ fn teardown_failures_retry_with_growing_backoff_and_keep_the_object() {
     };
     let mut last_gap = 0;
     for attempt in 1..=4 {
-        let (s, ev) = fold(st, &p, Done::TornDown(Err("CNI DEL: busy".into())), T0);
+        let (s, ev) = fold(
+            st,
+            &p,
+            Done::TornDown(Err(Failure("CNI DEL: busy".into()))),
+            T0,
+        );
         assert!(matches!(&ev[..], [Effect::Event { reason, .. }] if reason == "FailedKillPod"));
         let Phase::TearingDown {
             attempts,

@@ -37,8 +37,12 @@ pub enum PodnetSetupError {
         "the cluster network configuration (ConfigMap {CONFIGMAP_NAMESPACE}/{CONFIGMAP_NAME}) is invalid"
     )]
     Conf(#[source] ConfError),
-    #[error("node {node}: podCIDR {cidr:?} is not an IPv4 CIDR")]
-    BadPodCidr { node: String, cidr: String },
+    #[error("node {node}: podCIDR")]
+    BadPodCidr {
+        node: String,
+        #[source]
+        source: moat_api::cidr::CidrError,
+    },
     #[error("node {node}: podCIDR {subnet} is outside the cluster CIDR {network}")]
     Outside {
         node: String,
@@ -112,10 +116,11 @@ pub fn prepare(api: &dyn Api, cfg: &AgentConfig, cidr: &str) -> Result<Prepared,
             net_conf: None,
         });
     };
-    let subnet: Ipv4Net = cidr.parse().map_err(|_| PodnetSetupError::BadPodCidr {
-        node: cfg.node_name.clone(),
-        cidr: cidr.to_string(),
-    })?;
+    let subnet: Ipv4Net =
+        moat_api::cidr::parse_network(cidr).map_err(|source| PodnetSetupError::BadPodCidr {
+            node: cfg.node_name.clone(),
+            source,
+        })?;
     if !conf.network.contains(&subnet) {
         return Err(PodnetSetupError::Outside {
             node: cfg.node_name.clone(),

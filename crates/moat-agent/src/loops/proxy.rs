@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use moat_client::{Api, Reflector};
 use moat_nft::Nft;
-use moat_proxy::{Cidr, Conntrack, ConntrackCli, NodeFacts, Proxy, Snapshot};
+use moat_proxy::{Conntrack, ConntrackCli, NodeFacts, Proxy, Snapshot};
 
 use crate::supervisor::{LoopError, Stop};
 
@@ -27,8 +27,8 @@ pub struct ProxyLoop {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("the cluster CIDR {0:?} is not an IPv4 CIDR")]
-pub struct BadClusterCidr(String);
+#[error("the cluster CIDR is not an IPv4 CIDR")]
+pub struct BadClusterCidr(#[source] moat_api::cidr::CidrError);
 
 /// Bridged pod-to-pod packets must pass the IP hooks, or the reply of a Service connection
 /// between two pods on one bridge skips conntrack and never gets un-NATed (kube-proxy needs
@@ -47,9 +47,8 @@ fn bridge_netfilter() {
 
 impl ProxyLoop {
     pub fn run(&self, stop: &Stop) -> Result<(), LoopError> {
-        let cidr = Cidr::parse(&self.cluster_cidr).ok_or_else(|| {
-            LoopError::Failed(Box::new(BadClusterCidr(self.cluster_cidr.clone())))
-        })?;
+        let cidr = moat_api::cidr::parse_network(&self.cluster_cidr)
+            .map_err(|e| LoopError::Failed(Box::new(BadClusterCidr(e))))?;
         bridge_netfilter();
         let node = NodeFacts {
             name: self.node_name.clone(),

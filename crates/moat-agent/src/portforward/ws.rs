@@ -21,19 +21,28 @@ use crate::http::{Reply, Request, Stream, websocket_headers};
 /// The channel subprotocols served (binary only; base64 is for browsers).
 pub const PROTOCOLS: &[&str] = &["v4.channel.k8s.io", "channel.k8s.io"];
 
-/// The ports of the request, in order; an error message for a bad one.
-pub fn ports(req: &Request) -> Result<Vec<u16>, String> {
+/// Why the request's ports are unusable (a 400 with this message).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PortsError {
+    #[error("invalid port {0:?}")]
+    Invalid(String),
+    #[error("query parameter \"ports\" is required")]
+    Missing,
+}
+
+/// The ports of the request, in order.
+pub fn ports(req: &Request) -> Result<Vec<u16>, PortsError> {
     let mut out = Vec::new();
     for v in req.all("ports").into_iter().chain(req.all("port")) {
         for p in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             match p.parse::<u16>() {
                 Ok(n) if n > 0 => out.push(n),
-                _ => return Err(format!("invalid port {p:?}")),
+                _ => return Err(PortsError::Invalid(p.to_string())),
             }
         }
     }
     if out.is_empty() {
-        return Err("query parameter \"ports\" is required".into());
+        return Err(PortsError::Missing);
     }
     Ok(out)
 }
@@ -121,7 +130,7 @@ fn session(s: Stream, ports: &[u16], target: &Target) -> std::io::Result<()> {
             }
             Err(e) => {
                 let mut m = vec![(2 * i + 1) as u8];
-                m.extend_from_slice(e.as_bytes());
+                m.extend_from_slice(e.to_string().as_bytes());
                 if !send(&mut ws, m) {
                     return Ok(());
                 }
@@ -182,8 +191,13 @@ mod tests {
     fn ports_come_from_either_query_name_repeated_or_listed() {
         assert_eq!(ports(&req("ports=8080,9090")), Ok(vec![8080, 9090]));
         assert_eq!(ports(&req("port=80&port=81")), Ok(vec![80, 81]));
-        assert!(ports(&req("")).unwrap_err().contains("required"));
-        assert!(ports(&req("ports=0")).unwrap_err().contains("invalid port"));
+        assert!(
+            ports(&req(""))
+                .unwrap_err()
+                .to_string()
+                .contains("required")
+        );
+        assert_eq!(ports(&req("ports=0")), Err(PortsError::Invalid("0".into())));
         assert!(ports(&req("ports=http")).is_err());
     }
 

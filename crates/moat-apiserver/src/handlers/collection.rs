@@ -4,11 +4,16 @@ use super::*;
 
 pub(super) fn selectors(
     q: &Q,
-) -> Result<(Vec<crate::select::Req>, Vec<crate::select::Req>), ApiError> {
-    let l = parse_labels(q.get("labelSelector").map(String::as_str).unwrap_or(""))
-        .map_err(ApiError::bad_request)?;
-    let f = parse_fields(q.get("fieldSelector").map(String::as_str).unwrap_or(""))
-        .map_err(ApiError::bad_request)?;
+) -> Result<
+    (
+        moat_api::selector::Selector,
+        Vec<moat_api::selector::Requirement>,
+    ),
+    ApiError,
+> {
+    let bad = |e: crate::select::SelectorError| ApiError::bad_request(e.to_string());
+    let l = parse_labels(q.get("labelSelector").map(String::as_str).unwrap_or("")).map_err(bad)?;
+    let f = parse_fields(q.get("fieldSelector").map(String::as_str).unwrap_or("")).map_err(bad)?;
     Ok((l, f))
 }
 

@@ -253,7 +253,7 @@ pub fn node_facts() -> moat_proxy::NodeFacts {
     moat_proxy::NodeFacts {
         name: "n1".into(),
         ips: vec!["192.168.77.1".parse().unwrap()],
-        cluster_cidr: moat_proxy::Cidr::parse("10.42.0.0/16").unwrap(),
+        cluster_cidr: "10.42.0.0/16".parse().unwrap(),
     }
 }
 
