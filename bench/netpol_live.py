@@ -1,0 +1,238 @@
+#!/usr/bin/env python3
+"""Helper of bench/netpol_live.sh: NetworkPolicy on the live path of a `moat cluster`.
+
+  load KUBECONFIG PODS POLICIES     create PODS Pod objects in namespace `load` bound to the
+                                    Node `ghost` (no agent; they tolerate everything), give
+                                    each a podIP through the status subresource, and
+                                    POLICIES NetworkPolicies over them; prints "pods/s"
+  measure KUBECONFIG NETNS,... REPS  REPS times each, straight to the API server (one
+                                    kept-alive HTTPS connection), the time from just before
+                                    the request until every node's `nft monitor` shows a
+                                    change of table inet moat_netpol: a policy selecting the
+                                    bench pods (one per node) added, a peer pod's label
+                                    changed, a peer pod added (its podIP set), the policy
+                                    deleted. Prints "what slowest_ms fastest_ms" per sample.
+"""
+
+import base64
+import http.client
+import json
+import os
+import queue
+import ssl
+import subprocess
+import sys
+import threading
+import time
+
+import yaml
+
+
+class Api:
+    def __init__(self, kubeconfig):
+        with open(kubeconfig) as f:
+            kc = yaml.safe_load(f)
+        cluster = kc["clusters"][0]["cluster"]
+        self.token = kc["users"][0]["user"]["token"]
+        url = cluster["server"].removeprefix("https://")
+        host, port = url.split("/")[0].rsplit(":", 1)
+        ca = base64.b64decode(cluster["certificate-authority-data"]).decode()
+        ctx = ssl.create_default_context(cadata=ca)
+        self.conn = http.client.HTTPSConnection(host, int(port), context=ctx, timeout=30)
+
+    def call(self, method, path, obj=None, ctype="application/json"):
+        hdr = {"Authorization": f"Bearer {self.token}", "Content-Type": ctype}
+        body = None if obj is None else json.dumps(obj)
+        self.conn.request(method, path, body=body, headers=hdr)
+        r = self.conn.getresponse()
+        out = r.read()
+        if r.status >= 300 and not (method == "POST" and r.status == 409):
+            raise SystemExit(f"netpol_live: {method} {path}: {r.status} {out[:300]!r}")
+        return out
+
+
+def ghost_pod(i):
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": f"g{i}",
+            "namespace": "load",
+            "labels": {"app": f"a{i % 100}", "role": f"r{i % 50}"},
+        },
+        "spec": {
+            "nodeName": "ghost",
+            "tolerations": [{"operator": "Exists"}],
+            "containers": [{"name": "c", "image": "localhost/busybox:latest"}],
+        },
+    }
+
+
+def ghost_ip(i):
+    # 10.42.128.0/17 holds no real node's podCIDR in a 3-node cluster.
+    return f"10.42.{128 + i // 250}.{2 + i % 250}"
+
+
+def set_ip(api, name, ip):
+    api.call(
+        "PATCH",
+        f"/api/v1/namespaces/load/pods/{name}/status",
+        {"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}},
+        "application/merge-patch+json",
+    )
+
+
+def load(args):
+    api, pods, policies = Api(args[0]), int(args[1]), int(args[2])
+    api.call("POST", "/api/v1/namespaces", {"metadata": {"name": "load"}})
+    api.call(
+        "POST",
+        "/api/v1/nodes",
+        {"metadata": {"name": "ghost"}},
+    )
+    t0 = time.perf_counter()
+    workers = 4
+
+    def create(k):
+        mine = Api(args[0])
+        for i in range(k, pods, workers):
+            mine.call("POST", "/api/v1/namespaces/load/pods", ghost_pod(i))
+            set_ip(mine, f"g{i}", ghost_ip(i))
+
+    threads = [threading.Thread(target=create, args=(k,)) for k in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    rate = pods / (time.perf_counter() - t0) if pods else 0
+    for j in range(policies):
+        api.call(
+            "POST",
+            "/apis/networking.k8s.io/v1/namespaces/load/networkpolicies",
+            {
+                "metadata": {"name": f"p{j}"},
+                "spec": {
+                    "podSelector": {"matchLabels": {"app": f"a{j % 100}"}},
+                    "ingress": [
+                        {
+                            "from": [{"podSelector": {"matchLabels": {"role": f"r{j % 50}"}}}],
+                            "ports": [{"port": 80 + j % 20}],
+                        }
+                    ],
+                },
+            },
+        )
+    print(f"{rate:.0f}")
+
+
+class Monitor:
+    """`nft monitor` in a node's namespace, each line stamped when read."""
+
+    def __init__(self, netns):
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", netns, "nft", "monitor"], stdout=subprocess.PIPE
+        )
+        self.lines = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+        time.sleep(0.3)
+
+    def _read(self):
+        fd = self.proc.stdout.fileno()
+        pending = b""
+        while True:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return
+            now = time.perf_counter()
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                self.lines.put((now, line.decode(errors="replace")))
+
+    def drain(self):
+        while not self.lines.empty():
+            self.lines.get_nowait()
+
+    def first_after(self, t0, timeout):
+        while True:
+            left = t0 + timeout - time.perf_counter()
+            if left <= 0:
+                return -1.0
+            try:
+                at, text = self.lines.get(timeout=left)
+            except queue.Empty:
+                return -1.0
+            if at >= t0 and "moat_netpol" in text:
+                return (at - t0) * 1000
+
+    def close(self):
+        self.proc.kill()
+        self.proc.wait()
+
+
+def measure(args):
+    api, netns, reps = Api(args[0]), args[1].split(","), int(args[2])
+    api.call("GET", "/api/v1/namespaces/load/pods?limit=1")
+    mons = [Monitor(n) for n in netns]
+    policy = {
+        "metadata": {"name": "bench"},
+        "spec": {
+            "podSelector": {"matchLabels": {"app": "bench"}},
+            "ingress": [{"from": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"role": "peer"}}}]}],
+        },
+    }
+
+    def timed(what, method, path, obj=None, ctype="application/json"):
+        time.sleep(0.3)  # the previous change has settled everywhere
+        for m in mons:
+            m.drain()
+        t0 = time.perf_counter()
+        api.call(method, path, obj, ctype)
+        got = [m.first_after(t0, 30) for m in mons]
+        if min(got) < 0:
+            raise SystemExit(f"netpol_live: {what}: a node never changed its ruleset")
+        print(f"{what} {max(got):.1f} {min(got):.1f}", flush=True)
+
+    try:
+        api.call("POST", "/api/v1/namespaces/load/pods", ghost_pod(10**6) | {
+            "metadata": {"name": "peer-0", "namespace": "load", "labels": {"role": "peer"}}})
+        set_ip(api, "peer-0", "10.42.255.2")
+        for r in range(reps):
+            timed("policy-add", "POST",
+                  "/apis/networking.k8s.io/v1/namespaces/default/networkpolicies", policy)
+            role = "other" if r % 2 == 0 else "peer"
+            timed("label-change", "PATCH", "/api/v1/namespaces/load/pods/peer-0",
+                  {"metadata": {"labels": {"role": role}}}, "application/merge-patch+json")
+            name = f"peer-{r + 1}"
+            api.call("POST", "/api/v1/namespaces/load/pods", ghost_pod(10**6) | {
+                "metadata": {"name": name, "namespace": "load", "labels": {"role": "peer"}}})
+            time.sleep(0.3)
+            for m in mons:
+                m.drain()
+            t0 = time.perf_counter()
+            set_ip(api, name, f"10.42.255.{3 + r}")
+            got = [m.first_after(t0, 30) for m in mons]
+            if min(got) < 0:
+                raise SystemExit("netpol_live: pod-add: a node never changed its ruleset")
+            print(f"pod-add {max(got):.1f} {min(got):.1f}", flush=True)
+            timed("policy-delete", "DELETE",
+                  "/apis/networking.k8s.io/v1/namespaces/default/networkpolicies/bench")
+    finally:
+        for m in mons:
+            m.close()
+
+
+def main():
+    if len(sys.argv) < 2:
+        raise SystemExit(__doc__)
+    op, args = sys.argv[1], sys.argv[2:]
+    if op == "load":
+        load(args)
+    elif op == "measure":
+        measure(args)
+    else:
+        raise SystemExit(__doc__)
+
+
+if __name__ == "__main__":
+    main()
