@@ -195,7 +195,7 @@ fn serial_cluster_kata_and_runc_across_nodes() {
     c.wait("a VM per test-kata pod", 60, || {
         c.qemus_under(&node_run(2)) == 3
     });
-    c.apply("apiVersion: v1\nkind: Service\nmetadata: {name: test-kata}\nspec:\n  type: NodePort\n  selector: {app: kata}\n  ports: [{port: 80, targetPort: 8080, nodePort: 30081}]\n");
+    c.apply("apiVersion: v1\nkind: Service\nmetadata: {name: test-kata}\nspec:\n  type: NodePort\n  selector: {app: kata}\n  ports: [{name: http, port: 80, targetPort: 8080, nodePort: 30081}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: test-kata-headless}\nspec:\n  clusterIP: None\n  selector: {app: kata}\n  ports: [{port: 80, targetPort: 8080}]\n");
     let want: std::collections::BTreeSet<String> = kata_pods.iter().cloned().collect();
     let mut seen = std::collections::BTreeSet::new();
     c.wait("both VMs behind the Service", 90, || {
@@ -222,10 +222,93 @@ fn serial_cluster_kata_and_runc_across_nodes() {
         from_np, want,
         "the NodePort on the VM node reaches both VMs"
     );
-    let (ok, out, err) = c.fetch_from("vm", "http://test-kata.default.svc.cluster.local/");
+    // 20 requests to the ClusterIP from a node (node 1's own namespace) reach both VMs.
+    let (ok, cluster_ip, err) = c.kubectl(
+        &[
+            "get",
+            "svc",
+            "test-kata",
+            "-o",
+            "jsonpath={.spec.clusterIP}",
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    let (ok, out, err) = c.exec(
+        1,
+        &[
+            "sh",
+            "-c",
+            &format!(
+                "for i in $(seq 20); do timeout 5 busybox wget -qO- http://{}/; done",
+                cluster_ip.trim()
+            ),
+        ],
+    );
+    assert!(ok, "ClusterIP from node 1: {err}");
+    let from_node: std::collections::BTreeSet<String> = out.lines().map(str::to_string).collect();
+    assert_eq!(
+        from_node, want,
+        "the ClusterIP from a node reaches both VMs"
+    );
+    // Journey 4's names from inside a VM pod (the guest's resolv.conf points at the cluster
+    // DNS): short, namespaced and full names, NXDOMAIN, a headless Service, SRV.
+    for name in [
+        "test-kata",
+        "test-kata.default",
+        "test-kata.default.svc.cluster.local",
+    ] {
+        let (ok, out, err) = c.fetch_from("vm", &format!("http://{name}/"));
+        assert!(
+            ok && kata_pods.contains(&out.trim().to_string()),
+            "{name} from a VM pod: {out}{err}"
+        );
+    }
+    let (ok, out, err) = c.kubectl(
+        &[
+            "exec",
+            "vm",
+            "--",
+            "nslookup",
+            "missing.default.svc.cluster.local",
+        ],
+        None,
+    );
     assert!(
-        ok && kata_pods.contains(&out.trim().to_string()),
-        "DNS + Service from a VM pod: {out}{err}"
+        !ok && format!("{out}{err}").contains("NXDOMAIN"),
+        "NXDOMAIN in a VM pod: {out}{err}"
+    );
+    let (ok, out, err) = c.kubectl(
+        &[
+            "exec",
+            "vm",
+            "--",
+            "nslookup",
+            "test-kata-headless.default.svc.cluster.local",
+        ],
+        None,
+    );
+    assert!(ok, "headless from a VM pod: {err}");
+    for ip in &kata_ips {
+        assert!(
+            out.contains(ip.as_str()),
+            "headless answer lacks {ip}: {out}"
+        );
+    }
+    let (ok, out, err) = c.kubectl(
+        &[
+            "exec",
+            "vm",
+            "--",
+            "nslookup",
+            "-type=SRV",
+            "_http._tcp.test-kata.default.svc.cluster.local",
+        ],
+        None,
+    );
+    assert!(
+        ok && out.contains("test-kata.default.svc.cluster.local") && out.contains(" 80 "),
+        "SRV from a VM pod: {out}{err}"
     );
 
     // The journey's policies, for VM pods as for runc pods: `default-deny` stops

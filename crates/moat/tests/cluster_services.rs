@@ -1,7 +1,8 @@
 //! Services that route and names that resolve, on a 3-node `moat cluster` with the real
 //! kubectl, nftables and DNS clients: a ClusterIP answers from both backends, from a node and
 //! from a pod on another node; a NodePort from another node; session affinity; hairpin;
-//! scaling to zero refuses at once and scaling back answers; journey 4's names resolve from a
+//! a readiness failure takes a pod out and its recovery back in; scaling 3 -> 1 leaves only
+//! the remaining pod answering; scaling to zero refuses at once and scaling back answers; journey 4's names resolve from a
 //! busybox pod on every node (headless, SRV, NXDOMAIN); the DNS server answers on every node.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -78,6 +79,15 @@ fn names_from_pod(c: &Cluster, pod: &str, url: &str, n: usize) -> BTreeSet<Strin
     let script = format!("for i in $(seq {n}); do timeout 5 wget -qO- {url}; done");
     let (ok, out, err) = pod_exec(c, pod, &["sh", "-c", &script]);
     assert!(ok, "{pod} -> {url}: {err}");
+    out.lines().map(str::to_string).collect()
+}
+
+/// What `n` requests to `url` from `pod` got: each answer's body, or `FAILED`.
+fn answers(c: &Cluster, pod: &str, url: &str, n: usize) -> BTreeSet<String> {
+    let script = format!(
+        "for i in $(seq {n}); do timeout 5 wget -qO- {url} 2>/dev/null || echo FAILED; done"
+    );
+    let (_, out, _) = pod_exec(c, pod, &["sh", "-c", &script]);
     out.lines().map(str::to_string).collect()
 }
 
@@ -246,6 +256,53 @@ fn serial_cluster_services_and_dns() {
         );
         assert!(ok && out.trim() == ip, "node {i}: {out}{err}");
     }
+
+    // A readiness failure takes a pod out of the Service, and its recovery puts it back.
+    let url = format!("http://{ip}/");
+    let mut it = names.iter();
+    let (sick, well) = (it.next().unwrap().clone(), it.next().unwrap().clone());
+    let (ok, _, err) = pod_exec(&c, &sick, &["rm", "/tmp/index.html"]);
+    assert!(ok, "{err}");
+    c.wait("the failing pod out of the endpoints", 30, || {
+        ready_backends(&c) == 1
+    });
+    c.wait("only the ready pod to answer", 10, || {
+        answers(&c, "client3", &url, 20) == BTreeSet::from([well.clone()])
+    });
+    let (ok, _, err) = pod_exec(&c, &sick, &["sh", "-c", "hostname > /tmp/index.html"]);
+    assert!(ok, "{err}");
+    c.wait("the recovered pod back", 30, || ready_backends(&c) == 2);
+    c.wait("both pods to answer again", 10, || {
+        answers(&c, "client3", &url, 20) == names
+    });
+
+    // Scaling 3 -> 1: the removed pods get no new connection once their endpoints go.
+    let (ok, _, err) = c.kubectl(&["-n", "test", "scale", "deploy/web", "--replicas=3"], None);
+    assert!(ok, "{err}");
+    c.wait("three ready backends", 90, || ready_backends(&c) == 3);
+    c.wait("three pods answering", 20, || {
+        answers(&c, "client3", &url, 30).len() == 3
+    });
+    let (ok, _, err) = c.kubectl(&["-n", "test", "scale", "deploy/web", "--replicas=1"], None);
+    assert!(ok, "{err}");
+    c.wait("one ready backend", 60, || ready_backends(&c) == 1);
+    let (_, left, _) = c.kubectl(
+        &[
+            "-n",
+            "test",
+            "get",
+            "endpointslices",
+            "-l",
+            "kubernetes.io/service-name=nginx",
+            "-o",
+            "jsonpath={.items[*].endpoints[?(@.conditions.ready==true)].targetRef.name}",
+        ],
+        None,
+    );
+    let left = left.trim().to_string();
+    c.wait("only the remaining pod to answer", 10, || {
+        answers(&c, "client3", &url, 20) == BTreeSet::from([left.clone()])
+    });
 
     // Scaling: to 0 refuses at once (a reset, not a timeout), back to 1 answers.
     let (ok, _, err) = c.kubectl(&["-n", "test", "scale", "deploy/web", "--replicas=0"], None);
