@@ -139,11 +139,13 @@ impl Agent {
             };
             endpoint_port = Some(ep.addr.port());
             cfg.node_annotations.insert(
-                "moat.io/agent-endpoint".into(),
+                moat_api::annotations::AGENT_ENDPOINT.into(),
                 format!("https://{host}:{}", ep.addr.port()),
             );
-            cfg.node_annotations
-                .insert("moat.io/agent-cert".into(), ep.cert_pem.clone());
+            cfg.node_annotations.insert(
+                moat_api::annotations::AGENT_CERT.into(),
+                ep.cert_pem.clone(),
+            );
             api.merge_patch(
                 &format!("/api/v1/nodes/{}", cfg.node_name),
                 &json!({"metadata": {"annotations": cfg.node_annotations}}),

@@ -3,6 +3,7 @@
 //! `Status` errors; and the primitives every component shares: quantities, label selectors,
 //! IPv4 CIDRs, durations. No IO, no async, no HTTP here.
 
+pub mod annotations;
 pub mod cidr;
 pub mod quantity;
 pub mod selector;

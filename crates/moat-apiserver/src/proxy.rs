@@ -168,8 +168,8 @@ async fn proxy(
         .unwrap_or_default();
     let ann = &node["metadata"]["annotations"];
     let (Some(endpoint), Some(cert)) = (
-        ann["moat.io/agent-endpoint"].as_str(),
-        ann["moat.io/agent-cert"].as_str(),
+        ann[moat_api::annotations::AGENT_ENDPOINT].as_str(),
+        ann[moat_api::annotations::AGENT_CERT].as_str(),
     ) else {
         return Err(err(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -1,6 +1,7 @@
 //! Label selectors (`=`, `==`, `!=`, `in`, `notin`, `key`, `!key`; parsed and matched by
 //! `moat_api::selector`) and field selectors (`metadata.name`, `metadata.namespace`,
-//! `spec.nodeName`, `status.phase`, `involvedObject.*`, `type`) as the list and watch query
+//! `spec.nodeName`, `status.phase`, `involvedObject.*`, `type`, events' `reason`,
+//! `reportingComponent`, `source`) as the list and watch query
 //! parameters carry them.
 
 use moat_api::selector::{ParseError, Requirement, Selector};
@@ -33,6 +34,10 @@ const FIELDS: &[&str] = &[
     "status.phase",
     "type",
     "spec.schedulerName",
+    // Events, as upstream's registry selects them (`source` is `source.component`).
+    "reason",
+    "reportingComponent",
+    "source",
 ];
 
 /// Field selectors: only `=`, `==`, `!=` over the supported fields (the label syntax,
@@ -58,8 +63,13 @@ pub fn fields_match(reqs: &[Requirement], obj: &Value) -> bool {
             Requirement::NotEq(k, v) => (k, v, false),
             _ => return false,
         };
+        let path = if k == "source" {
+            "source.component"
+        } else {
+            k.as_str()
+        };
         let mut cur = obj;
-        for part in k.split('.') {
+        for part in path.split('.') {
             cur = &cur[part];
         }
         let have = cur.as_str().unwrap_or("");
@@ -102,6 +112,11 @@ mod tests {
         assert!(m("metadata.name=p,spec.nodeName=n1"));
         assert!(m("status.phase!=Pending"));
         assert!(m("involvedObject.name=x"));
+        let ev = json!({"reason": "Programmed", "source": {"component": "moat-netpol-status"}});
+        let f = |s: &str| fields_match(&parse_fields(s).expect("parse"), &ev);
+        assert!(f("reason=Programmed"));
+        assert!(f("source=moat-netpol-status"));
+        assert!(!f("reason=Other"));
         assert!(!m("spec.nodeName="));
         assert_eq!(
             parse_fields("spec.foo=1"),

@@ -10,6 +10,7 @@ pub mod deployment;
 pub mod endpoints;
 pub mod gc;
 pub mod job;
+pub mod netpolstatus;
 pub mod nodes;
 pub mod pods;
 pub mod replicaset;

@@ -11,6 +11,7 @@ mod daemonsets;
 mod endpoints;
 mod gc;
 mod jobs;
+mod netpolstatus;
 mod nodes;
 mod rootca;
 
@@ -116,6 +117,21 @@ pub fn spawn_with(kubeconfig: &Path, nodes_cfg: NodeLifecycleConfig) -> Result<(
             let _keep = ds_tx;
             daemonsets::daemonsets_loop(dc, ds_rx)
         })
+        .map_err(io_err)?;
+    // NetworkPolicy status: the policies and the nodes' published marks.
+    let (np_tx, np_rx) = mpsc::channel();
+    let np_cache = cache::spawn(
+        c.clone(),
+        "/apis/networking.k8s.io/v1/networkpolicies",
+        vec![np_tx.clone()],
+    );
+    let (npc, np_nodes) = (
+        c.clone(),
+        cache::spawn(c.clone(), "/api/v1/nodes", vec![np_tx]),
+    );
+    std::thread::Builder::new()
+        .name("netpol-status".into())
+        .spawn(move || netpolstatus::netpol_status_loop(npc, np_rx, np_cache, np_nodes))
         .map_err(io_err)?;
     let (cac, kc) = (c.clone(), kubeconfig.to_path_buf());
     std::thread::Builder::new()
@@ -291,9 +307,6 @@ impl std::ops::Deref for Api {
     }
 }
 
-/// Records an event about `obj` in the background (client-go's broadcaster: a loop's write,
-/// a binding or a replica, never waits for its event; a burst beyond the queue drops events,
-/// never the work).
 /// Creates and deletes an owner's pods as a plan says, with the events the upstream
 /// controllers record: the first failed create stops the creates (the next pass retries),
 /// a failed delete is an error.
@@ -345,6 +358,9 @@ fn create_and_delete_pods(
     Ok(())
 }
 
+/// Records an event about `obj` in the background (client-go's broadcaster: a loop's write,
+/// a binding or a replica, never waits for its event; a burst beyond the queue drops events,
+/// never the work).
 fn event(
     c: &Api,
     ns: &str,

@@ -63,6 +63,32 @@ fn serial_cluster_network_policy_live() {
         !reaches(&c, "other", &by_svc),
         "the Service path bypassed the policy"
     );
+    // Every node reports it programmed: the controllers annotate the policy (which `kubectl
+    // describe networkpolicy` shows) and record a `Programmed` event.
+    c.wait("default-deny reported programmed on all nodes", 30, || {
+        let (_, out, _) = c.kubectl(
+            &["-n", "np", "describe", "networkpolicy", "default-deny"],
+            None,
+        );
+        out.contains("netpol.moat.io/status: generation 1 programmed on all 3 Ready nodes")
+    });
+    let (ok, out, err) = c.kubectl(
+        &[
+            "-n",
+            "np",
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.kind=NetworkPolicy,involvedObject.name=default-deny,reason=Programmed",
+            "-o",
+            "jsonpath={.items[*].message}",
+        ],
+        None,
+    );
+    assert!(
+        ok && out.contains("Generation 1 is enforced on all 3 Ready nodes"),
+        "{out}{err}"
+    );
     // The server's node still probes it: it stays Ready under default deny.
     std::thread::sleep(std::time::Duration::from_secs(3));
     let p = c.pod_in("np", "srv").unwrap();

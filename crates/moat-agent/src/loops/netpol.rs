@@ -44,6 +44,10 @@ pub struct Netpol {
     pending: Mutex<BTreeMap<String, Pod>>,
     last_invalid: Mutex<String>,
     events: EventRecorder,
+    /// The highest NetworkPolicy resourceVersion the ruleset in force was compiled from.
+    applied: std::sync::atomic::AtomicU64,
+    api: Arc<dyn Api>,
+    node_name: String,
 }
 
 fn uid(p: &Pod) -> &str {
@@ -81,7 +85,7 @@ impl Netpol {
                 vec![tx.clone()],
             ),
             settings: Reflector::spawn(
-                api,
+                api.clone(),
                 format!(
                     "/api/v1/namespaces/kube-system/configmaps?fieldSelector=metadata.name%3D{SETTINGS}"
                 ),
@@ -92,6 +96,9 @@ impl Netpol {
             pending: Mutex::new(BTreeMap::new()),
             last_invalid: Mutex::new(String::new()),
             events,
+            applied: std::sync::atomic::AtomicU64::new(0),
+            node_name: node_name.to_string(),
+            api,
         })
     }
 
@@ -135,6 +142,15 @@ impl Netpol {
         let pols: Vec<NetworkPolicy> = self.policies.items();
         match engine.sync_objects(&nss, &pods, &pols, &self.options()) {
             Ok(s) => {
+                // The watch delivers changes in revision order, so every policy at or below
+                // the highest revision compiled in is in force now.
+                let mark = pols
+                    .iter()
+                    .filter_map(|p| p.metadata.resource_version.as_deref()?.parse::<u64>().ok())
+                    .max()
+                    .unwrap_or(0);
+                self.applied
+                    .fetch_max(mark, std::sync::atomic::Ordering::AcqRel);
                 if s.script_bytes > 0 {
                     tracing::debug!(
                         full = s.full,
@@ -194,6 +210,31 @@ impl Netpol {
                     p.field, p.message
                 ),
             );
+        }
+    }
+}
+
+impl Netpol {
+    /// Puts the applied mark on the Node when it moved (and again every 30 s, so a
+    /// re-registered Node gets it back); the status loop in the controllers reads it.
+    fn publish(&self, last: Option<(u64, Instant)>) -> Option<(u64, Instant)> {
+        let mark = self.applied.load(std::sync::atomic::Ordering::Acquire);
+        if mark == 0
+            || last.is_some_and(|(m, at)| m == mark && at.elapsed() < Duration::from_secs(30))
+        {
+            return last;
+        }
+        let patch = serde_json::json!({"metadata": {"annotations": {
+            moat_api::annotations::NETPOL_APPLIED_REVISION: mark.to_string()}}});
+        match self
+            .api
+            .merge_patch(&format!("/api/v1/nodes/{}", self.node_name), &patch)
+        {
+            Ok(_) => Some((mark, Instant::now())),
+            Err(e) => {
+                tracing::debug!(error = %e, "publishing the applied NetworkPolicy revision");
+                last
+            }
         }
     }
 }
@@ -270,6 +311,7 @@ impl NetpolLoop {
                 .clone(),
         );
         let wake = self.netpol.wake.lock().unwrap_or_else(|p| p.into_inner());
+        let mut published: Option<(u64, Instant)> = None;
         while !stop.is_stopped() {
             if self.netpol.synced()
                 && let Err(e) = self.netpol.sync()
@@ -277,6 +319,7 @@ impl NetpolLoop {
             {
                 tracing::warn!(error = %e, "network policy: the kernel refused the ruleset; retrying with a full one");
             }
+            published = self.netpol.publish(published);
             let _ = wake.recv_timeout(if self.netpol.synced() {
                 Duration::from_secs(30)
             } else {
