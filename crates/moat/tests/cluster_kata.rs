@@ -363,3 +363,166 @@ fn serial_cluster_kata_and_runc_across_nodes() {
         "the host's root network namespace changed"
     );
 }
+
+/// A Deployment whose pods hold a `curl` (sleeping busybox) and an `nginx` (busybox httpd on
+/// 80, serving the pod's name) container.
+fn two_container_deployment(name: &str, domain: &str, extra_spec: &str) -> String {
+    format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: {name}}}\nspec:\n  replicas: 1\n  selector: {{matchLabels: {{app: {name}}}}}\n  template:\n    metadata: {{labels: {{app: {name}, domain: {domain}}}}}\n    spec:\n{extra_spec}      terminationGracePeriodSeconds: 1\n      containers:\n      - {{name: curl, image: localhost/busybox:latest, imagePullPolicy: IfNotPresent, command: [sleep, '100000']}}\n      - {{name: nginx, image: localhost/busybox:latest, imagePullPolicy: IfNotPresent, command: [sh, -c, 'hostname > /tmp/index.html; exec httpd -f -p 80 -h /tmp']}}\n"
+    )
+}
+
+/// Journey 3 on three nodes: node 3 is the untrusted worker (labelled and tainted
+/// `example.org/workload=untrusted`), RuntimeClass `kata` carries the matching nodeSelector
+/// and toleration; `nginx-untrusted` (curl + nginx in one pod) lands only there, one VM per
+/// pod holding both containers, three VMs at 3 replicas; `nginx-trusted` runs as runc pods on
+/// node 2. Without policy trusted and untrusted pods reach each other both ways; the policy
+/// separating the two domains blocks exactly the cross-domain cells.
+#[test]
+fn serial_cluster_journey_3_untrusted_node_and_domain_policy() {
+    let _lock = serial_lock();
+    let c = Cluster::prepare("kj3");
+    let handlers = kata_handler(&c.root_path()).display().to_string();
+    let c = c.start(
+        "vxlan",
+        3,
+        &["--runtime-config", &handlers, "--untrusted-nodes", "1"],
+    );
+    let untrusted = c.node(3);
+    c.apply("apiVersion: node.k8s.io/v1\nkind: RuntimeClass\nmetadata: {name: kata}\nhandler: kata\nscheduling:\n  nodeSelector: {example.org/workload: untrusted}\n  tolerations: [{key: example.org/workload, operator: Equal, value: untrusted, effect: NoSchedule}]\n");
+    c.apply(&two_container_deployment(
+        "nginx-untrusted",
+        "untrusted",
+        "      runtimeClassName: kata\n",
+    ));
+    c.apply(&two_container_deployment(
+        "nginx-trusted",
+        "trusted",
+        &format!(
+            "      nodeSelector: {{kubernetes.io/hostname: {}}}\n",
+            c.node(2)
+        ),
+    ));
+    let running = |c: &Cluster, app: &str| -> Vec<(String, String, String)> {
+        let (_, out, _) = c.kubectl(
+            &[
+                "get",
+                "pods",
+                "-l",
+                &format!("app={app}"),
+                "-o",
+                "jsonpath={range .items[?(@.status.phase==\"Running\")]}{.metadata.name} {.spec.nodeName} {.status.podIP}{\"\\n\"}{end}",
+            ],
+            None,
+        );
+        out.lines()
+            .filter_map(|l| {
+                let mut w = l.split_whitespace();
+                Some((w.next()?.into(), w.next()?.into(), w.next()?.into()))
+            })
+            .collect()
+    };
+    c.wait("one untrusted and one trusted pod", 240, || {
+        running(&c, "nginx-untrusted").len() == 1 && running(&c, "nginx-trusted").len() == 1
+    });
+    let node_run = |i: usize| c.root_path().join(&c.name).join(c.node(i)).join("run");
+    let (ok, _, err) = c.kubectl(&["scale", "deploy/nginx-untrusted", "--replicas=3"], None);
+    assert!(ok, "{err}");
+    c.wait("three untrusted pods", 300, || {
+        running(&c, "nginx-untrusted").len() == 3
+    });
+    c.wait("three VMs on the untrusted node", 60, || {
+        c.qemus_under(&node_run(3)) == 3
+    });
+    assert_eq!(c.qemus_under(&node_run(1)), 0, "a VM on node 1");
+    assert_eq!(c.qemus_under(&node_run(2)), 0, "a VM on node 2");
+    let untrusted_pods = running(&c, "nginx-untrusted");
+    let trusted_pods = running(&c, "nginx-trusted");
+    for (name, node, _) in &untrusted_pods {
+        assert_eq!(node, &untrusted, "{name} is not on the untrusted node");
+        // Both containers in one VM: curl reaches nginx on the VM's own loopback.
+        let (ok, out, err) = c.kubectl(
+            &[
+                "exec",
+                name,
+                "-c",
+                "curl",
+                "--",
+                "wget",
+                "-qO-",
+                "http://127.0.0.1/",
+            ],
+            None,
+        );
+        assert!(
+            ok && out.trim() == name,
+            "{name}: curl -> nginx: {out}{err}"
+        );
+    }
+    assert_eq!(trusted_pods[0].1, c.node(2), "the trusted pod's node");
+
+    let all: Vec<&(String, String, String)> = untrusted_pods.iter().chain(&trusted_pods).collect();
+    let domain = |name: &str| {
+        if name.starts_with("nginx-untrusted") {
+            "untrusted"
+        } else {
+            "trusted"
+        }
+    };
+    let reaches = |c: &Cluster, from: &str, ip: &str| {
+        let (ok, _, _) = c.kubectl(
+            &[
+                "exec",
+                from,
+                "-c",
+                "curl",
+                "--",
+                "timeout",
+                "3",
+                "wget",
+                "-qO-",
+                &format!("http://{ip}/"),
+            ],
+            None,
+        );
+        ok
+    };
+    // Every ordered pair of distinct pods; want(a, b) says whether a reaches b.
+    let table = |c: &Cluster, want: &dyn Fn(&str, &str) -> bool| -> Vec<String> {
+        let mut wrong = Vec::new();
+        for (a, _, _) in &all {
+            for (b, _, ip) in &all {
+                if a == b {
+                    continue;
+                }
+                let got = reaches(c, a, ip);
+                if got != want(a, b) {
+                    wrong.push(format!("{a} -> {b}: got {got}"));
+                }
+            }
+        }
+        wrong
+    };
+    let mut wrong = Vec::new();
+    c.wait("every pod to reach every other without policy", 120, || {
+        wrong = table(&c, &|_, _| true);
+        wrong.is_empty()
+    });
+    for d in ["untrusted", "trusted"] {
+        c.apply(&format!(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {d}-only}}\nspec:\n  podSelector: {{matchLabels: {{domain: {d}}}}}\n  policyTypes: [Ingress]\n  ingress: [{{from: [{{podSelector: {{matchLabels: {{domain: {d}}}}}}}]}}]\n"
+        ));
+    }
+    c.wait("the domains separated, exactly", 60, || {
+        wrong = table(&c, &|a, b| domain(a) == domain(b));
+        wrong.is_empty()
+    });
+    assert!(wrong.is_empty(), "{wrong:?}");
+    let mut c = c;
+    c.delete();
+    assert_eq!(
+        c.leftovers(),
+        Vec::<String>::new(),
+        "left behind after delete"
+    );
+}
