@@ -12,6 +12,9 @@
                                     bench pods (one per node) added, a peer pod's label
                                     changed, a peer pod added (its podIP set), the policy
                                     deleted. Prints "what slowest_ms fastest_ms" per sample.
+  endpoints KUBECONFIG NETNS,... REPS Service endpoint changes (scale 3 -> 1, 1 -> 0): ms
+                                    until the EndpointSlice shows it and until every node's
+                                    moat-proxy table has it. Prints "what api_ms nodes_ms".
 """
 
 import base64
@@ -153,7 +156,7 @@ class Monitor:
         while not self.lines.empty():
             self.lines.get_nowait()
 
-    def first_after(self, t0, timeout):
+    def first_after(self, t0, timeout, table="moat_netpol"):
         while True:
             left = t0 + timeout - time.perf_counter()
             if left <= 0:
@@ -162,7 +165,7 @@ class Monitor:
                 at, text = self.lines.get(timeout=left)
             except queue.Empty:
                 return -1.0
-            if at >= t0 and "moat_netpol" in text:
+            if at >= t0 and table in text:
                 return (at - t0) * 1000
 
     def close(self):
@@ -222,6 +225,56 @@ def measure(args):
             m.close()
 
 
+def endpoints(args):
+    """endpoints KUBECONFIG NETNS,... REPS: Deployment `web` (3 ready replicas) behind Service
+    `web`: scale 3 -> 1 and 1 -> 0, each REPS times; per change the ms until the EndpointSlice
+    changed (the API's view) and until every node's `moat-proxy` table changed."""
+    api, netns, reps = Api(args[0]), args[1].split(","), int(args[2])
+    mons = [Monitor(n) for n in netns]
+    scale = "/apis/apps/v1/namespaces/default/deployments/web/scale"
+    slices = "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices?labelSelector=kubernetes.io%2Fservice-name%3Dweb"
+
+    def ready_endpoints():
+        out = json.loads(api.call("GET", slices))
+        return sum(
+            1
+            for s in out.get("items", [])
+            for e in s.get("endpoints") or []
+            if (e.get("conditions") or {}).get("ready")
+        )
+
+    def until(pred, t0, timeout=120):
+        while not pred():
+            if time.perf_counter() - t0 > timeout:
+                raise SystemExit("netpol_live: endpoints: timed out")
+            time.sleep(0.01)
+        return (time.perf_counter() - t0) * 1000
+
+    def change(what, replicas, want_ready):
+        time.sleep(0.5)
+        for m in mons:
+            m.drain()
+        t0 = time.perf_counter()
+        api.call("PATCH", scale, {"spec": {"replicas": replicas}}, "application/merge-patch+json")
+        api_ms = until(lambda: ready_endpoints() == want_ready, t0)
+        # The first change stops new connections to the pods that left (the EndpointSlice
+        # marks them not ready, or removes them, in one write).
+        got = [m.first_after(t0, 30, "moat-proxy") for m in mons]
+        if min(got) < 0:
+            raise SystemExit(f"netpol_live: {what}: a node never changed its proxy table")
+        print(f"{what} {api_ms:.1f} {max(got):.1f}", flush=True)
+
+    try:
+        for _ in range(reps):
+            api.call("PATCH", scale, {"spec": {"replicas": 3}}, "application/merge-patch+json")
+            until(lambda: ready_endpoints() == 3, time.perf_counter())
+            change("scale-3-to-1", 1, 1)
+            change("scale-1-to-0", 0, 0)
+    finally:
+        for m in mons:
+            m.close()
+
+
 def main():
     if len(sys.argv) < 2:
         raise SystemExit(__doc__)
@@ -230,6 +283,8 @@ def main():
         load(args)
     elif op == "measure":
         measure(args)
+    elif op == "endpoints":
+        endpoints(args)
     else:
         raise SystemExit(__doc__)
 
