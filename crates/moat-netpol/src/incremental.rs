@@ -24,10 +24,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use crate::model::{self, InvalidInput, Options, PodInfo, Policy, Snapshot};
 use crate::state::State;
 
+/// (resourceVersion, podIP) of an object with a uid and a resourceVersion.
+type Fingerprint = (String, Option<String>);
+
 /// What was last accepted for one object.
 struct Seen<K> {
-    /// (resourceVersion, podIP) when the object has a uid and a resourceVersion.
-    fingerprint: Option<(String, Option<String>)>,
+    fingerprint: Option<Fingerprint>,
     /// The call that last saw it (objects not seen by a call are deleted).
     generation: u64,
     key: K,
@@ -54,13 +56,13 @@ fn identity(meta: &ObjectMeta) -> String {
     }
 }
 
-fn fingerprint(meta: &ObjectMeta, pod_ip: Option<&str>) -> Option<(String, Option<String>)> {
+fn fingerprint(meta: &ObjectMeta, pod_ip: Option<&str>) -> Option<Fingerprint> {
     let rv = meta.resource_version.as_deref().filter(|v| !v.is_empty())?;
     meta.uid.as_deref().filter(|u| !u.is_empty())?;
     Some((rv.to_string(), pod_ip.map(str::to_string)))
 }
 
-fn same(seen: Option<&(String, Option<String>)>, meta: &ObjectMeta, pod_ip: Option<&str>) -> bool {
+fn same(seen: Option<&Fingerprint>, meta: &ObjectMeta, pod_ip: Option<&str>) -> bool {
     let (Some((rv, ip)), Some(cur)) = (seen, meta.resource_version.as_deref()) else {
         return false;
     };
@@ -128,7 +130,7 @@ impl Tracked {
     ) -> Result<(), Vec<InvalidInput>> {
         let generation = self.generation + 1;
         let mut errs = Vec::new();
-        let mut pod_changes: Vec<(String, Option<(String, Option<String>)>, PodInfo)> = vec![];
+        let mut pod_changes: Vec<(String, Option<Fingerprint>, PodInfo)> = vec![];
         let mut seen_pods: Vec<&str> = Vec::new();
         for p in pods {
             let ip = pod_ip(p);
@@ -146,7 +148,7 @@ impl Tracked {
                 Err(e) => errs.push(e),
             }
         }
-        let mut pol_changes: Vec<(String, Option<(String, Option<String>)>, Policy)> = vec![];
+        let mut pol_changes: Vec<(String, Option<Fingerprint>, Policy)> = vec![];
         let mut seen_pols: Vec<&str> = Vec::new();
         for np in policies {
             if let Some(u) = np.metadata.uid.as_deref()

@@ -638,3 +638,6 @@ fn bump<K: Ord>(set: &mut BTreeMap<K, u32>, k: K, add: bool) -> bool {
 }
 
 mod flush;
+
+#[cfg(test)]
+mod tests;
