@@ -40,13 +40,23 @@ fn port_range((p, a, b): PortRange) -> String {
     }
 }
 
+/// A peer allowed on every protocol and port. The set is a concatenation with the whole
+/// protocol range rather than a plain `ipv4_addr` interval set on purpose: nft 1.0.x, to
+/// apply *any* element change, first reads back the elements of every plain interval set in
+/// the network namespace (hundreds of milliseconds at 100k elements), and concatenated
+/// interval sets are not read back. `meta l4proto` is defined for every IPv4 packet, so the
+/// meaning is unchanged.
+fn peer_elem(r: IpRange) -> String {
+    format!("{} . 0-255", ip_range(r))
+}
+
 /// The three sets of a group, as (suffix, nft type, elements).
 fn group_sets(a: &Allow) -> [(&'static str, &'static str, Vec<String>); 3] {
     [
         (
             "peers",
-            "ipv4_addr",
-            a.peers.iter().map(|r| ip_range(*r)).collect(),
+            "ipv4_addr . inet_proto",
+            a.peers.iter().map(|r| peer_elem(*r)).collect(),
         ),
         (
             "ports",
@@ -70,7 +80,7 @@ fn group_chain(name: &str, dir: Dir) -> String {
         Dir::Egress => "ip daddr",
     };
     format!(
-        "  chain {name} {{\n    {addr} @{name}_peers return\n    meta l4proto . th dport @{name}_ports return\n    {addr} . meta l4proto . th dport @{name}_pp return\n    drop\n  }}\n"
+        "  chain {name} {{\n    {addr} . meta l4proto @{name}_peers return\n    meta l4proto . th dport @{name}_ports return\n    {addr} . meta l4proto . th dport @{name}_pp return\n    drop\n  }}\n"
     )
 }
 
@@ -245,7 +255,7 @@ pub fn diff(old: &Compiled, new: &Compiled) -> String {
         let sets = [
             (
                 "peers",
-                diff_typed(&a_old.peers, &a_new.peers, |r| ip_range(*r)),
+                diff_typed(&a_old.peers, &a_new.peers, |r| peer_elem(*r)),
             ),
             (
                 "ports",
