@@ -28,8 +28,19 @@
 //! Group names are hashes of the group key, so a fresh compile and any history of
 //! incremental updates produce the same ruleset.
 //!
-//! New pods: the agent calls [`Engine::sync`] with the pod's IP before starting it, so its
-//! first packet is already judged (NETPOL.md rule 12). hostNetwork pods are never selected.
+//! New pods: the agent syncs with the pod's IP before starting it, so its first packet is
+//! already judged (NETPOL.md rule 12). hostNetwork pods are never selected. When several
+//! local pods show one IP (a torn-down pod's address reused), the pod that is not finished
+//! owns its dispatch ([`model::PodInfo::ip_rank`]), whatever the input order.
+//!
+//! # Incremental updates
+//! [`Engine::sync`] / [`Engine::sync_objects`] compile the whole snapshot each time
+//! (about a second at 5,000 pods / 1,000 policies). [`Engine::sync_objects_incremental`]
+//! takes the same arguments but recompiles only what changed ([`incremental`] finds the
+//! changed objects by uid and resourceVersion, [`state::State`] updates the compiled
+//! ruleset and yields a [`state::Delta`] of the touched entries), in milliseconds; its result
+//! is always equal to a full compile of the same inputs (a randomized test checks every
+//! step), and [`Engine::self_check`] confirms that periodically, repairing any drift.
 //! IPv4 only today; the group/set structure carries over to IPv6 with `ip6` keyed maps and
 //! `ipv6_addr` sets beside the IPv4 ones.
 //!

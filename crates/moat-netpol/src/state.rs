@@ -19,7 +19,7 @@
 //! allow-sets of dirty groups, and returns the [`Delta`]: the touched entries before and
 //! after, whose [`render::diff`] is exactly the diff between the whole rulesets.
 //!
-//! The contract, checked by a randomized test against [`compile`]: after any sequence of
+//! The contract, checked by a randomized test against [`crate::compile()`]: after any sequence of
 //! mutations and a flush, [`State::compiled`] equals `compile` of [`State::snapshot`].
 //! The group key, group name and allow-set construction are the compiler's own functions;
 //! only the bookkeeping of who is affected lives here.
