@@ -1,7 +1,8 @@
 //! Runs every lab case on real packets: the upstream e2e NetworkPolicy cases and the seed
 //! scenarios. One lab per topology; its policy state moves from case to case through the
-//! engine's incremental diffs, and after the last case the kernel's ruleset must equal a
-//! fresh full compile of the same state applied in a new namespace.
+//! incremental engine (`Engine::sync_objects_incremental`, as the node agent calls it), and
+//! after the last case the kernel's ruleset must equal a fresh full compile of the same
+//! state applied in a new namespace.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 use std::collections::BTreeMap;
@@ -57,7 +58,16 @@ fn run_group(topology: &Path, cases: &[Case]) -> Vec<String> {
             ..Default::default()
         };
         let snap = o.snapshot(&nopts).expect("case valid");
-        engine.sync(&snap).expect("apply");
+        // The agent's path: whole object lists in, only the changes recompiled.
+        engine
+            .sync_objects_incremental(&o.namespaces, &o.pods, &o.policies, &nopts)
+            .expect("apply");
+        assert_eq!(
+            engine.current(),
+            Some(&compile(&snap)),
+            "case {}: incremental == full compile",
+            case.name
+        );
         lab.flush_conntrack().expect("flush conntrack");
         let table = truth_table(&lab, &case.probes, opts).expect("probe");
         let compiled = compile(&snap);

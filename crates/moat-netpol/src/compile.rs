@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 
-use crate::model::{Peer, PodInfo, Policy, PortSpec, Proto, Rule, Snapshot};
+use crate::model::{NamedPort, Peer, PodInfo, Policy, PortSpec, Proto, Rule, Snapshot};
 
 /// An inclusive IPv4 interval.
 pub type IpRange = (u32, u32);
@@ -59,29 +59,49 @@ pub struct Compiled {
     pub node_addrs: BTreeSet<Ipv4Addr>,
 }
 
-const ALL_IPS: IpRange = (0, u32::MAX);
+pub(crate) const ALL_IPS: IpRange = (0, u32::MAX);
 
-fn selects(p: &Policy, pod: &PodInfo) -> bool {
+pub(crate) fn selects(p: &Policy, pod: &PodInfo) -> bool {
     !pod.host_network && p.namespace == pod.namespace && p.selector.matches(&pod.labels)
 }
 
-/// Pods (with an IP, not hostNetwork) a selector-peer matches, from policy namespace `ns`.
-fn peer_pods<'a>(s: &'a Snapshot, peer: &Peer, ns: &str) -> Vec<&'a PodInfo> {
+/// Whether a pod is in a peer's pod set: a selector peer of a policy in `policy_ns`, the
+/// pod's namespace labels given (None = no such namespace). ipBlocks never match here.
+pub(crate) fn peer_matches(
+    peer: &Peer,
+    policy_ns: &str,
+    pod: &PodInfo,
+    ns_labels: Option<&BTreeMap<String, String>>,
+) -> bool {
     let Peer::Pods { pods, namespaces } = peer else {
-        return vec![];
+        return false;
     };
+    pod.ip.is_some()
+        && !pod.host_network
+        && match namespaces {
+            None => pod.namespace == policy_ns,
+            Some(nsel) => ns_labels.is_some_and(|l| nsel.matches(l)),
+        }
+        && pods.matches(&pod.labels)
+}
+
+/// Pods (with an IP, not hostNetwork) a selector-peer matches, from policy namespace `ns`.
+fn peer_pods<'a>(
+    s: &'a Snapshot,
+    ns_labels: &HashMap<&str, &BTreeMap<String, String>>,
+    peer: &Peer,
+    ns: &str,
+) -> Vec<&'a PodInfo> {
     s.pods
         .iter()
-        .filter(|p| p.ip.is_some() && !p.host_network)
-        .filter(|p| match namespaces {
-            None => p.namespace == ns,
-            Some(nsel) => s.ns_labels(&p.namespace).is_some_and(|l| nsel.matches(l)),
-        })
-        .filter(|p| pods.matches(&p.labels))
+        .filter(|p| peer_matches(peer, ns, p, ns_labels.get(p.namespace.as_str()).copied()))
         .collect()
 }
 
-fn block_ranges(cidr: &crate::model::Cidr, except: &[crate::model::Cidr]) -> Vec<IpRange> {
+pub(crate) fn block_ranges(
+    cidr: &crate::model::Cidr,
+    except: &[crate::model::Cidr],
+) -> Vec<IpRange> {
     let mut out = vec![moat_api::cidr::range(cidr)];
     for e in except {
         let (lo, hi) = moat_api::cidr::range(e);
@@ -106,12 +126,17 @@ fn block_ranges(cidr: &crate::model::Cidr, except: &[crate::model::Cidr]) -> Vec
     out
 }
 
-fn ip_u32(ip: Ipv4Addr) -> u32 {
+pub(crate) fn ip_u32(ip: Ipv4Addr) -> u32 {
     u32::from(ip)
 }
 
 /// Peer address ranges of a rule; None = all peers.
-fn rule_peers(s: &Snapshot, rule: &Rule, ns: &str) -> Option<Vec<IpRange>> {
+fn rule_peers(
+    s: &Snapshot,
+    ns_labels: &HashMap<&str, &BTreeMap<String, String>>,
+    rule: &Rule,
+    ns: &str,
+) -> Option<Vec<IpRange>> {
     if rule.peers.is_empty() {
         return None;
     }
@@ -120,7 +145,7 @@ fn rule_peers(s: &Snapshot, rule: &Rule, ns: &str) -> Option<Vec<IpRange>> {
         match peer {
             Peer::Block { cidr, except } => out.extend(block_ranges(cidr, except)),
             Peer::Pods { .. } => out.extend(
-                peer_pods(s, peer, ns)
+                peer_pods(s, ns_labels, peer, ns)
                     .into_iter()
                     .filter_map(|p| p.ip.map(|ip| (ip_u32(ip), ip_u32(ip)))),
             ),
@@ -129,65 +154,106 @@ fn rule_peers(s: &Snapshot, rule: &Rule, ns: &str) -> Option<Vec<IpRange>> {
     Some(out)
 }
 
-fn in_ranges(ip: u32, ranges: &Option<Vec<IpRange>>) -> bool {
+pub(crate) fn in_ranges(ip: u32, ranges: &Option<Vec<IpRange>>) -> bool {
     match ranges {
         None => true,
         Some(r) => r.iter().any(|(a, b)| (*a..=*b).contains(&ip)),
     }
 }
 
-/// Adds one rule's contribution for a pod's direction into `acc`.
+/// Where a named port of egress rules can go: every pod (with an IP, not hostNetwork) with
+/// a container port of that name and protocol, as (address, port number).
+pub(crate) type NamedDsts<'a> = dyn Fn(Proto, &str) -> Vec<(u32, u16)> + 'a;
+
+/// The first container port of a pod with this name and protocol.
+pub(crate) fn resolve_named(ports: &[NamedPort], name: &str, proto: Proto) -> Option<u16> {
+    ports
+        .iter()
+        .find(|np| np.name == name && np.proto == proto)
+        .map(|np| np.port)
+}
+
+/// Adds one rule's contribution for a pod's direction into `acc`; `own_ports` are the
+/// isolated pod's named ports.
 fn add_rule(
-    s: &Snapshot,
     dir: Dir,
-    pod: &PodInfo,
+    own_ports: &[NamedPort],
+    named_dsts: &NamedDsts<'_>,
     rule: &Rule,
     peers: &Option<Vec<IpRange>>,
     acc: &mut Allow,
 ) {
-    let peers = peers.clone();
     if rule.ports.is_empty() {
         match peers {
             None => acc.peers.push(ALL_IPS),
-            Some(r) => acc.peers.extend(r),
+            Some(r) => acc.peers.extend(r.iter().copied()),
         }
         return;
     }
     for spec in &rule.ports {
         match spec {
-            PortSpec::All(p) => push_ports(acc, &peers, (*p, 0, u16::MAX)),
-            PortSpec::Range(p, lo, hi) => push_ports(acc, &peers, (*p, *lo, *hi)),
+            PortSpec::All(p) => push_ports(acc, peers, (*p, 0, u16::MAX)),
+            PortSpec::Range(p, lo, hi) => push_ports(acc, peers, (*p, *lo, *hi)),
             // A named port resolves against the destination pod: for ingress that is the
             // isolated pod itself; for egress each destination pod in the peer set.
             PortSpec::Named(p, name) => match dir {
                 Dir::Ingress => {
-                    if let Some(np) = pod
-                        .ports
-                        .iter()
-                        .find(|np| np.name == *name && np.proto == *p)
-                    {
-                        push_ports(acc, &peers, (*p, np.port, np.port));
+                    if let Some(port) = resolve_named(own_ports, name, *p) {
+                        push_ports(acc, peers, (*p, port, port));
                     }
                 }
                 Dir::Egress => {
-                    for dst in s.pods.iter().filter(|d| !d.host_network) {
-                        let Some(ip) = dst.ip else { continue };
-                        let ip = ip_u32(ip);
-                        if !in_ranges(ip, &peers) {
-                            continue;
-                        }
-                        if let Some(np) = dst
-                            .ports
-                            .iter()
-                            .find(|np| np.name == *name && np.proto == *p)
-                        {
-                            acc.peer_ports.push(((ip, ip), (*p, np.port, np.port)));
+                    for (ip, port) in named_dsts(*p, name) {
+                        if in_ranges(ip, peers) {
+                            acc.peer_ports.push(((ip, ip), (*p, port, port)));
                         }
                     }
                 }
             },
         }
     }
+}
+
+/// What a group allows: the rules of its policies (each with its resolved peers, None = all
+/// peers), normalised.
+pub(crate) fn allow_of<'r>(
+    dir: Dir,
+    rules: impl IntoIterator<Item = (&'r Rule, &'r Option<Vec<IpRange>>)>,
+    own_ports: &[NamedPort],
+    named_dsts: &NamedDsts<'_>,
+) -> Allow {
+    let mut acc = Allow::default();
+    for (rule, peers) in rules {
+        add_rule(dir, own_ports, named_dsts, rule, peers, &mut acc);
+    }
+    acc.normalise()
+}
+
+/// The group key of a pod isolated in `dir` by `selecting` (sorted by namespace and name:
+/// the key never depends on input order). For ingress it also records how the named ports
+/// of those rules resolve on the pod.
+pub(crate) fn group_key(dir: Dir, selecting: &[&Policy], own_ports: &[NamedPort]) -> String {
+    let mut key = format!("{}:", dir.prefix());
+    for pol in selecting {
+        key.push_str(&format!("{}/{};", pol.namespace, pol.name));
+        if dir == Dir::Ingress {
+            // Named ports make the group depend on the pod's own port names.
+            for r in rules_of(pol, dir).unwrap_or(&[]) {
+                for spec in &r.ports {
+                    if let PortSpec::Named(p, n) = spec {
+                        let res = resolve_named(own_ports, n, *p);
+                        key.push_str(&format!("{n}/{p}={res:?};"));
+                    }
+                }
+            }
+        }
+    }
+    key
+}
+
+/// A group's name: stable across processes, so any history of updates names it the same.
+pub(crate) fn group_name(dir: Dir, key: &str) -> String {
+    format!("{}_{:016x}", dir.prefix(), fnv64(key))
 }
 
 fn push_ports(acc: &mut Allow, peers: &Option<Vec<IpRange>>, port: PortRange) {
@@ -300,7 +366,7 @@ fn normalise_pairs(pairs: &[(IpRange, PortRange)]) -> Vec<(IpRange, PortRange)> 
 }
 
 impl Allow {
-    fn normalise(mut self) -> Allow {
+    pub(crate) fn normalise(mut self) -> Allow {
         self.peers = merge(self.peers, |x: u32| x.checked_add(1));
         self.ports = merge_ports(&self.ports);
         self.peer_ports = normalise_pairs(&self.peer_ports);
@@ -327,14 +393,15 @@ fn fnv64(data: &str) -> u64 {
     h
 }
 
-fn rules_of(p: &Policy, dir: Dir) -> Option<&[Rule]> {
+pub(crate) fn rules_of(p: &Policy, dir: Dir) -> Option<&[Rule]> {
     match dir {
         Dir::Ingress => p.ingress.as_deref(),
         Dir::Egress => p.egress.as_deref(),
     }
 }
 
-/// Compiles the snapshot. Pure and deterministic.
+/// Compiles the snapshot. Pure and deterministic; the result does not depend on the order
+/// of the snapshot's lists (object names are unique, as in the API).
 ///
 /// Work is shared where the answer is shared: each rule's peer set is resolved once, and
 /// each group's allow-sets are built once for all the pods that share its key.
@@ -343,14 +410,35 @@ pub fn compile(s: &Snapshot) -> Compiled {
         node_addrs: s.node_addrs.iter().copied().collect(),
         ..Default::default()
     };
+    let ns_labels: HashMap<&str, &BTreeMap<String, String>> = s
+        .namespaces
+        .iter()
+        .rev()
+        .map(|n| (n.name.as_str(), &n.labels))
+        .collect();
+    // Each local address is dispatched by the pod that owns it (see `PodInfo::ip_rank`).
+    let mut owners: BTreeMap<Ipv4Addr, &PodInfo> = BTreeMap::new();
+    for pod in s.pods.iter().filter(|p| p.local && !p.host_network) {
+        let Some(ip) = pod.ip else { continue };
+        let owner = owners.entry(ip).or_insert(pod);
+        if pod.ip_rank() > owner.ip_rank() {
+            *owner = pod;
+        }
+    }
+    let named_dsts = |proto: Proto, name: &str| -> Vec<(u32, u16)> {
+        s.pods
+            .iter()
+            .filter(|d| !d.host_network)
+            .filter_map(|d| Some((ip_u32(d.ip?), resolve_named(&d.ports, name, proto)?)))
+            .collect()
+    };
     let mut peer_cache: HashMap<(usize, Dir, usize), Option<Vec<IpRange>>> = HashMap::new();
     // Group key → group name, or None when the group allows everything.
     let mut group_cache: HashMap<String, Option<String>> = HashMap::new();
-    for pod in s.pods.iter().filter(|p| p.local && !p.host_network) {
-        let Some(ip) = pod.ip else { continue };
+    for (ip, pod) in owners {
         out.local_ips.insert(ip);
         for dir in [Dir::Ingress, Dir::Egress] {
-            let selecting: Vec<usize> = s
+            let mut selecting: Vec<usize> = s
                 .policies
                 .iter()
                 .enumerate()
@@ -360,40 +448,34 @@ pub fn compile(s: &Snapshot) -> Compiled {
             if selecting.is_empty() {
                 continue;
             }
-            let mut key = format!("{}:", dir.prefix());
-            for &pi in &selecting {
-                let pol = &s.policies[pi];
-                key.push_str(&format!("{}/{};", pol.namespace, pol.name));
-                if dir == Dir::Ingress {
-                    // Named ports make the group depend on the pod's own port names.
-                    for r in rules_of(pol, dir).unwrap_or(&[]) {
-                        for spec in &r.ports {
-                            if let PortSpec::Named(p, n) = spec {
-                                let res =
-                                    pod.ports.iter().find(|np| np.name == *n && np.proto == *p);
-                                key.push_str(&format!("{n}/{p}={:?};", res.map(|r| r.port)));
-                            }
-                        }
-                    }
-                }
-            }
+            selecting.sort_by(|a, b| {
+                let (a, b) = (&s.policies[*a], &s.policies[*b]);
+                (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name))
+            });
+            let pols: Vec<&Policy> = selecting.iter().map(|i| &s.policies[*i]).collect();
+            let key = group_key(dir, &pols, &pod.ports);
             let name = match group_cache.get(&key) {
                 Some(n) => n.clone(),
                 None => {
-                    let mut acc = Allow::default();
                     for &pi in &selecting {
                         let pol = &s.policies[pi];
                         for (ri, r) in rules_of(pol, dir).unwrap_or(&[]).iter().enumerate() {
-                            let peers = peer_cache
+                            peer_cache
                                 .entry((pi, dir, ri))
-                                .or_insert_with(|| rule_peers(s, r, &pol.namespace));
-                            add_rule(s, dir, pod, r, peers, &mut acc);
+                                .or_insert_with(|| rule_peers(s, &ns_labels, r, &pol.namespace));
                         }
                     }
-                    let allow = acc.normalise();
+                    let rules = selecting.iter().flat_map(|&pi| {
+                        let peer_cache = &peer_cache;
+                        rules_of(&s.policies[pi], dir)
+                            .unwrap_or(&[])
+                            .iter()
+                            .enumerate()
+                            .filter_map(move |(ri, r)| Some((r, peer_cache.get(&(pi, dir, ri))?)))
+                    });
+                    let allow = allow_of(dir, rules, &pod.ports, &named_dsts);
                     // Isolated but everything allowed: same as not isolated; no dispatch.
-                    let name = (!allow.allows_all())
-                        .then(|| format!("{}_{:016x}", dir.prefix(), fnv64(&key)));
+                    let name = (!allow.allows_all()).then(|| group_name(dir, &key));
                     if let Some(n) = &name {
                         out.groups.insert(n.clone(), (dir, allow));
                     }

@@ -120,12 +120,27 @@ pub struct NamedPort {
 pub struct PodInfo {
     pub namespace: String,
     pub name: String,
+    /// `metadata.uid` ("" when absent): tells apart a pod and its same-named successor.
+    pub uid: String,
     pub labels: BTreeMap<String, String>,
     pub ip: Option<Ipv4Addr>,
     pub ports: Vec<NamedPort>,
     pub host_network: bool,
     /// Whether this node enforces policy for the pod (its datapath is here).
     pub local: bool,
+    /// Being deleted (`deletionTimestamp`) or in a terminal phase: its IP may already have
+    /// gone to a newer pod, which then owns the IP's dispatch (see [`PodInfo::ip_rank`]).
+    pub finished: bool,
+}
+
+impl PodInfo {
+    /// Which of several local pods showing the same IP owns it (the greatest rank): a pod
+    /// that is not finished first (the IP of a pod being torn down is free for reuse, and
+    /// its successor must never inherit its rules), then by namespace, name and uid, so the
+    /// choice never depends on input order.
+    pub fn ip_rank(&self) -> (bool, &str, &str, &str) {
+        (!self.finished, &self.namespace, &self.name, &self.uid)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,7 +150,7 @@ pub struct NsInfo {
     pub legacy_default_deny: bool,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Options {
     /// Honour the legacy `net.beta.kubernetes.io/network-policy` DefaultDeny annotation.
     pub legacy_namespace_isolation: bool,
@@ -176,21 +191,7 @@ impl Snapshot {
             ..Default::default()
         };
         for ns in namespaces {
-            let name = ns.metadata.name.clone().unwrap_or_default();
-            let mut labels = ns.metadata.labels.clone().unwrap_or_default();
-            labels.insert("kubernetes.io/metadata.name".into(), name.clone());
-            let legacy = opts.legacy_namespace_isolation
-                && ns
-                    .metadata
-                    .annotations
-                    .as_ref()
-                    .and_then(|a| a.get(LEGACY_ISOLATION_ANNOTATION))
-                    .is_some_and(|v| legacy_default_deny(v));
-            snap.namespaces.push(NsInfo {
-                name,
-                labels,
-                legacy_default_deny: legacy,
-            });
+            snap.namespaces.push(ns_info(ns, opts));
         }
         for p in pods {
             match pod_info(p, opts) {
@@ -207,16 +208,43 @@ impl Snapshot {
         // The legacy annotation means "every pod in the namespace is isolated for ingress".
         for ns in &snap.namespaces {
             if ns.legacy_default_deny {
-                snap.policies.push(Policy {
-                    namespace: ns.name.clone(),
-                    name: format!("<{LEGACY_ISOLATION_ANNOTATION}>"),
-                    selector: Selector::default(),
-                    ingress: Some(vec![]),
-                    egress: None,
-                });
+                snap.policies.push(legacy_policy(&ns.name));
             }
         }
         if errs.is_empty() { Ok(snap) } else { Err(errs) }
+    }
+}
+
+/// The namespace as policy semantics see it; `kubernetes.io/metadata.name` is added as the
+/// API server sets it.
+pub fn ns_info(ns: &Namespace, opts: &Options) -> NsInfo {
+    let name = ns.metadata.name.clone().unwrap_or_default();
+    let mut labels = ns.metadata.labels.clone().unwrap_or_default();
+    labels.insert("kubernetes.io/metadata.name".into(), name.clone());
+    let legacy = opts.legacy_namespace_isolation
+        && ns
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(LEGACY_ISOLATION_ANNOTATION))
+            .is_some_and(|v| legacy_default_deny(v));
+    NsInfo {
+        name,
+        labels,
+        legacy_default_deny: legacy,
+    }
+}
+
+/// The policy the legacy annotation stands for: every pod of the namespace isolated for
+/// ingress, nothing allowed. Its name cannot clash with a real policy's (`<` is not
+/// allowed in object names).
+pub fn legacy_policy(namespace: &str) -> Policy {
+    Policy {
+        namespace: namespace.to_string(),
+        name: format!("<{LEGACY_ISOLATION_ANNOTATION}>"),
+        selector: Selector::default(),
+        ingress: Some(vec![]),
+        egress: None,
     }
 }
 
@@ -232,7 +260,8 @@ fn legacy_default_deny(v: &str) -> bool {
         .unwrap_or(false)
 }
 
-fn pod_info(p: &Pod, opts: &Options) -> Result<PodInfo, InvalidInput> {
+/// Validates and reduces one pod.
+pub fn pod_info(p: &Pod, opts: &Options) -> Result<PodInfo, InvalidInput> {
     let namespace = p
         .metadata
         .namespace
@@ -288,9 +317,16 @@ fn pod_info(p: &Pod, opts: &Options) -> Result<PodInfo, InvalidInput> {
         (Some(me), Some(n)) => me == n,
         (Some(_), None) => false,
     };
+    let finished = p.metadata.deletion_timestamp.is_some()
+        || p.status
+            .as_ref()
+            .and_then(|s| s.phase.as_deref())
+            .is_some_and(|ph| ph == "Succeeded" || ph == "Failed");
     Ok(PodInfo {
         namespace,
         name,
+        uid: p.metadata.uid.clone().unwrap_or_default(),
+        finished,
         labels: p.metadata.labels.clone().unwrap_or_default(),
         ip,
         ports,

@@ -40,13 +40,23 @@ fn port_range((p, a, b): PortRange) -> String {
     }
 }
 
+/// A peer allowed on every protocol and port. The set is a concatenation with the whole
+/// protocol range rather than a plain `ipv4_addr` interval set on purpose: nft 1.0.x, to
+/// apply *any* element change, first reads back the elements of every plain interval set in
+/// the network namespace (hundreds of milliseconds at 100k elements), and concatenated
+/// interval sets are not read back. `meta l4proto` is defined for every IPv4 packet, so the
+/// meaning is unchanged.
+fn peer_elem(r: IpRange) -> String {
+    format!("{} . 0-255", ip_range(r))
+}
+
 /// The three sets of a group, as (suffix, nft type, elements).
 fn group_sets(a: &Allow) -> [(&'static str, &'static str, Vec<String>); 3] {
     [
         (
             "peers",
-            "ipv4_addr",
-            a.peers.iter().map(|r| ip_range(*r)).collect(),
+            "ipv4_addr . inet_proto",
+            a.peers.iter().map(|r| peer_elem(*r)).collect(),
         ),
         (
             "ports",
@@ -70,7 +80,7 @@ fn group_chain(name: &str, dir: Dir) -> String {
         Dir::Egress => "ip daddr",
     };
     format!(
-        "  chain {name} {{\n    {addr} @{name}_peers return\n    meta l4proto . th dport @{name}_ports return\n    {addr} . meta l4proto . th dport @{name}_pp return\n    drop\n  }}\n"
+        "  chain {name} {{\n    {addr} . meta l4proto @{name}_peers return\n    meta l4proto . th dport @{name}_ports return\n    {addr} . meta l4proto . th dport @{name}_pp return\n    drop\n  }}\n"
     )
 }
 
@@ -156,6 +166,55 @@ fn elem_cmd(out: &mut String, verb: &str, set: &str, elems: &[String]) {
     }
 }
 
+/// Elements only in `old` and only in `new`, formatted; a sorted-merge walk (normalised
+/// allow-sets are sorted and free of duplicates; anything else is sorted first).
+fn diff_typed<T: Ord + Clone>(
+    old: &[T],
+    new: &[T],
+    fmt: impl Fn(&T) -> String,
+) -> (Vec<String>, Vec<String>) {
+    let sorted = |v: &[T]| -> Vec<T> {
+        let mut v = v.to_vec();
+        v.sort();
+        v.dedup();
+        v
+    };
+    let (o, n);
+    let strict = |v: &[T]| v.is_sorted_by(|a, b| a < b);
+    let (old, new) = match (strict(old), strict(new)) {
+        (true, true) => (old, new),
+        _ => {
+            o = sorted(old);
+            n = sorted(new);
+            (o.as_slice(), n.as_slice())
+        }
+    };
+    let (mut del, mut add) = (Vec::new(), Vec::new());
+    let (mut i, mut j) = (0, 0);
+    while i < old.len() || j < new.len() {
+        match (old.get(i), new.get(j)) {
+            (Some(a), Some(b)) if a == b => {
+                i += 1;
+                j += 1;
+            }
+            (Some(a), Some(b)) if a < b => {
+                del.push(fmt(a));
+                i += 1;
+            }
+            (Some(a), None) => {
+                del.push(fmt(a));
+                i += 1;
+            }
+            (_, Some(b)) => {
+                add.push(fmt(b));
+                j += 1;
+            }
+            (None, None) => break,
+        }
+    }
+    (del, add)
+}
+
 fn diff_list(old: &[String], new: &[String]) -> (Vec<String>, Vec<String>) {
     let o: BTreeSet<&String> = old.iter().collect();
     let n: BTreeSet<&String> = new.iter().collect();
@@ -191,8 +250,25 @@ pub fn diff(old: &Compiled, new: &Compiled) -> String {
         if a_old == a_new {
             continue;
         }
-        for ((suffix, _, o), (_, _, n)) in group_sets(a_old).into_iter().zip(group_sets(a_new)) {
-            let (del, add) = diff_list(&o, &n);
+        // Typed values are compared and only the differences formatted: a change to a big
+        // group costs its size in comparisons, not in text.
+        let sets = [
+            (
+                "peers",
+                diff_typed(&a_old.peers, &a_new.peers, |r| peer_elem(*r)),
+            ),
+            (
+                "ports",
+                diff_typed(&a_old.ports, &a_new.ports, |p| port_range(*p)),
+            ),
+            (
+                "pp",
+                diff_typed(&a_old.peer_ports, &a_new.peer_ports, |(i, p)| {
+                    format!("{} . {}", ip_range(*i), port_range(*p))
+                }),
+            ),
+        ];
+        for (suffix, (del, add)) in sets {
             elem_cmd(&mut s, "delete", &format!("{name}_{suffix}"), &del);
             elem_cmd(&mut s, "add", &format!("{name}_{suffix}"), &add);
         }

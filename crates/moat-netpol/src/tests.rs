@@ -346,7 +346,7 @@ fn legacy_annotation_is_opt_in() {
 
 const LABEL_VALUES: [&str; 3] = ["a", "b", "c"];
 
-fn arb_labels() -> impl Strategy<Value = Value> {
+pub(crate) fn arb_labels() -> impl Strategy<Value = Value> {
     proptest::collection::btree_map(prop_oneof![Just("k1"), Just("k2")], 0..3usize, 0..3).prop_map(
         |m| {
             json!(
@@ -358,7 +358,7 @@ fn arb_labels() -> impl Strategy<Value = Value> {
     )
 }
 
-fn arb_selector() -> impl Strategy<Value = Value> {
+pub(crate) fn arb_selector() -> impl Strategy<Value = Value> {
     (
         arb_labels(),
         proptest::collection::vec((0..2usize, 0..4usize, 0..3usize), 0..2),
@@ -427,7 +427,7 @@ fn arb_rule() -> impl Strategy<Value = Value> {
         })
 }
 
-fn arb_policy(i: usize) -> impl Strategy<Value = Value> {
+pub(crate) fn arb_policy(i: usize) -> impl Strategy<Value = Value> {
     (
         0..2usize,
         arb_selector(),
@@ -527,4 +527,49 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn a_reused_address_belongs_to_the_live_pod() {
+    let nss = [ns("default", json!({}))];
+    // "zz-old" sorts after "new": only its deletion makes it lose the address.
+    let mut old = pod(
+        "default",
+        "zz-old",
+        "10.42.0.9",
+        json!({"app": "old"}),
+        json!([]),
+    );
+    old.metadata.deletion_timestamp = serde_json::from_value(json!("2026-01-01T00:00:00Z")).ok();
+    let new = pod(
+        "default",
+        "new",
+        "10.42.0.9",
+        json!({"app": "new"}),
+        json!([]),
+    );
+    let deny_new = policy(
+        json!({"metadata": {"namespace": "default", "name": "deny-new"},
+        "spec": {"podSelector": {"matchLabels": {"app": "new"}}}}),
+    );
+    for pods in [[old.clone(), new.clone()], [new.clone(), old.clone()]] {
+        let c = compile(&snap(&nss, &pods, std::slice::from_ref(&deny_new)));
+        assert!(
+            c.ingress
+                .contains_key(&"10.42.0.9".parse::<Ipv4Addr>().expect("ip")),
+            "the new pod's isolation holds whatever the order"
+        );
+    }
+    let live_old = pod(
+        "default",
+        "zz-old",
+        "10.42.0.9",
+        json!({"app": "old"}),
+        json!([]),
+    );
+    let c = compile(&snap(&nss, &[new, live_old], &[deny_new]));
+    assert!(
+        c.ingress.is_empty(),
+        "two live claimants: the greater name owns it"
+    );
 }

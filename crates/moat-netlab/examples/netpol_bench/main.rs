@@ -4,8 +4,14 @@
 //! namespaces; incremental sync time for one pod label change and one new pod; rule and
 //! set-element counts; TCP throughput (iperf3) and connect latency between two lab pods
 //! with 0 and with 1,000 policies in force, as ratios against the unfiltered run measured
-//! in the same process.
+//! in the same process; then the incremental engine (`incremental.rs`): time from a label
+//! change, a pod add/delete and a policy add/delete to the diff script and to the kernel,
+//! as ratios against the full recompile measured in the same run and against the goals.
+//!
+//! `NETPOL_BENCH=incremental` runs only the incremental part (no iperf/latency).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
+
+mod incremental;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -128,6 +134,10 @@ fn main() {
     let script = render::full(&compiled);
     let t_render = t.elapsed();
     let (rules, elems) = render::counts(&compiled);
+    // NETPOL_BENCH_SCRIPT=FILE keeps the full ruleset, to study nft on it by hand.
+    if let Ok(path) = std::env::var("NETPOL_BENCH_SCRIPT") {
+        std::fs::write(&path, &script).expect("write script");
+    }
     println!(
         "validate {:.1} ms, compile {:.1} ms, render {:.1} ms ({} KiB script)",
         ms(t_snap),
@@ -151,6 +161,10 @@ fn main() {
     let prefix = unique_prefix("b");
     let lab = Lab::create(&prefix, &lab_pods).expect("lab");
     let (ns0, ns1) = (format!("{prefix}p0"), format!("{prefix}p1"));
+    if std::env::var("NETPOL_BENCH").is_ok_and(|v| v == "incremental") {
+        incremental::run(&lab, world());
+        return;
+    }
 
     let base_tput = iperf(&lab, &ns1, &ns0);
     let base_lat = connect_latency(&lab, 300);
@@ -195,6 +209,7 @@ fn main() {
         "TCP connect latency: {base_lat:.0} us unfiltered, {pol_lat:.0} us with 1,000 policies: ratio {:.3} (lower is better; 1.0 = no cost)",
         pol_lat / base_lat
     );
+    incremental::run(&lab, world());
     let _ = moat_netpol::apply::Nft {
         netns: Some(lab.host_netns().to_string()),
     }
