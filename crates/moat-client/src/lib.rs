@@ -17,7 +17,7 @@ use serde_json::Value;
 
 pub use client::{Client, ClientError, ServerTrust};
 pub use events::{EventRecorder, ObjectRef};
-pub use reflector::Reflector;
+pub use reflector::{Reflector, key as object_key};
 
 /// The API verbs moat's loops use, on untyped JSON at API paths (`/api/v1/nodes/n1`).
 pub trait Api: Send + Sync {
