@@ -11,8 +11,8 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Container, Pod, Probe};
-use serde_json::{Value, json};
+use k8s_openapi::api::core::v1::{Container, Pod, PodStatus, Probe};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::handlers::Handler;
 use crate::podstate::{Phase, PodRecord, Slot};
@@ -602,13 +602,10 @@ fn waiting_views(cs: &[&Container], reason: &str, msg: Option<&str>) -> Vec<Cont
 }
 
 /// The pod status the node reports for this state (sans-IO: `now` is an argument).
-pub fn pod_status(st: &PodState, pod: &Pod, host_ip: Option<&str>, now_ms: i64) -> Value {
+pub fn pod_status(st: &PodState, pod: &Pod, host_ip: Option<&str>, now_ms: i64) -> PodStatus {
     let now = rfc3339(now_ms);
-    let prev = pod
-        .status
-        .as_ref()
-        .and_then(|s| serde_json::to_value(s).ok())
-        .unwrap_or_default();
+    let now_t = status::time_of_millis(now_ms);
+    let prev = pod.status.as_ref();
     let policy = restart_policy(pod);
     let all = all_containers(pod);
     let apps: Vec<&Container> = all.iter().filter(|(i, _)| !i).map(|(_, c)| *c).collect();
@@ -624,9 +621,9 @@ pub fn pod_status(st: &PodState, pod: &Pod, host_ip: Option<&str>, now_ms: i64) 
                 restart_policy: &policy,
                 pod_ip: None,
                 host_ip,
-                start_time: Some(&now),
-                previous: &prev,
-                now: &now,
+                start_time: Some(now_t.clone()),
+                previous: prev,
+                now: now_t,
                 failure,
             },
         );
@@ -692,23 +689,24 @@ pub fn pod_status(st: &PodState, pod: &Pod, host_ip: Option<&str>, now_ms: i64) 
             restart_policy: &policy,
             pod_ip: rec.ip.as_deref(),
             host_ip,
-            start_time: Some(&rec.start_time),
-            previous: &prev,
-            now: &now,
+            start_time: moat_api::time::parse_rfc3339(&rec.start_time)
+                .ok()
+                .map(Time),
+            previous: prev,
+            now: now_t,
             failure: init_failed.then_some(("InitContainerFailed", "an init container failed")),
         },
     );
     if has_inits {
-        s["initContainerStatuses"] =
-            Value::Array(init_views.iter().map(status::container_status).collect());
+        s.init_container_statuses = Some(init_views.iter().map(status::container_status).collect());
         if !initialized {
             if !init_failed {
-                s["phase"] = json!("Pending");
+                s.phase = Some("Pending".into());
             }
-            if let Some(cs) = s["conditions"].as_array_mut() {
-                for c in cs.iter_mut().filter(|c| c["type"] == "Initialized") {
-                    c["status"] = json!("False");
-                    c["reason"] = json!("ContainersNotInitialized");
+            for c in s.conditions.iter_mut().flatten() {
+                if c.type_ == "Initialized" {
+                    c.status = "False".into();
+                    c.reason = Some("ContainersNotInitialized".into());
                 }
             }
         }
