@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Container, Pod, PodStatus, Probe};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use moat_api::time::{parse_rfc3339, rfc3339_from_millis as rfc3339};
 
 use crate::handlers::Handler;
 use crate::podstate::{Phase, PodRecord, Slot};
@@ -177,15 +178,9 @@ pub struct Step {
     pub wake_ms: i64,
 }
 
-pub fn rfc3339(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-}
-
 fn ms_of(t: Option<&str>) -> i64 {
-    t.and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-        .map_or(0, |t| t.timestamp_millis())
+    t.and_then(|t| parse_rfc3339(t).ok())
+        .map_or(0, |t| t.as_millisecond())
 }
 
 /// Teardown retry delay: 1 s doubling up to a minute.
@@ -689,9 +684,7 @@ pub fn pod_status(st: &PodState, pod: &Pod, host_ip: Option<&str>, now_ms: i64) 
             restart_policy: &policy,
             pod_ip: rec.ip.as_deref(),
             host_ip,
-            start_time: moat_api::time::parse_rfc3339(&rec.start_time)
-                .ok()
-                .map(Time),
+            start_time: parse_rfc3339(&rec.start_time).ok().map(Time),
             previous: prev,
             now: now_t,
             failure: init_failed.then_some(("InitContainerFailed", "an init container failed")),

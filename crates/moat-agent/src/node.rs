@@ -312,7 +312,7 @@ impl Node {
             uts_ns: None,
             shm: None,
             ip: None,
-            start_time: crate::lifecycle::rfc3339(chrono::Utc::now().timestamp_millis()),
+            start_time: moat_api::time::rfc3339_from_millis(chrono::Utc::now().timestamp_millis()),
             containers: BTreeMap::new(),
             phase: Default::default(),
         };
