@@ -308,6 +308,7 @@ pub fn real_parts(cfg: &AgentConfig) -> Result<Parts, AgentError> {
         }),
         hooks: Arc::new(NoHooks),
         host: Arc::new(RealHost),
+        probes: Arc::new(crate::probe::NetDialer),
         objects: None,
     })
 }

@@ -11,8 +11,9 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Container, Pod, Probe};
-use serde_json::{Value, json};
+use k8s_openapi::api::core::v1::{Container, Pod, PodStatus, Probe};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use moat_api::time::{parse_rfc3339, rfc3339_from_millis as rfc3339};
 
 use crate::handlers::Handler;
 use crate::podstate::{Phase, PodRecord, Slot};
@@ -177,15 +178,9 @@ pub struct Step {
     pub wake_ms: i64,
 }
 
-pub fn rfc3339(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-}
-
 fn ms_of(t: Option<&str>) -> i64 {
-    t.and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-        .map_or(0, |t| t.timestamp_millis())
+    t.and_then(|t| parse_rfc3339(t).ok())
+        .map_or(0, |t| t.as_millisecond())
 }
 
 /// Teardown retry delay: 1 s doubling up to a minute.
@@ -602,13 +597,10 @@ fn waiting_views(cs: &[&Container], reason: &str, msg: Option<&str>) -> Vec<Cont
 }
 
 /// The pod status the node reports for this state (sans-IO: `now` is an argument).
-pub fn pod_status(st: &PodState, pod: &Pod, host_ip: Option<&str>, now_ms: i64) -> Value {
+pub fn pod_status(st: &PodState, pod: &Pod, host_ip: Option<&str>, now_ms: i64) -> PodStatus {
     let now = rfc3339(now_ms);
-    let prev = pod
-        .status
-        .as_ref()
-        .and_then(|s| serde_json::to_value(s).ok())
-        .unwrap_or_default();
+    let now_t = status::time_of_millis(now_ms);
+    let prev = pod.status.as_ref();
     let policy = restart_policy(pod);
     let all = all_containers(pod);
     let apps: Vec<&Container> = all.iter().filter(|(i, _)| !i).map(|(_, c)| *c).collect();
@@ -624,9 +616,9 @@ pub fn pod_status(st: &PodState, pod: &Pod, host_ip: Option<&str>, now_ms: i64) 
                 restart_policy: &policy,
                 pod_ip: None,
                 host_ip,
-                start_time: Some(&now),
-                previous: &prev,
-                now: &now,
+                start_time: Some(now_t.clone()),
+                previous: prev,
+                now: now_t,
                 failure,
             },
         );
@@ -692,23 +684,22 @@ pub fn pod_status(st: &PodState, pod: &Pod, host_ip: Option<&str>, now_ms: i64) 
             restart_policy: &policy,
             pod_ip: rec.ip.as_deref(),
             host_ip,
-            start_time: Some(&rec.start_time),
-            previous: &prev,
-            now: &now,
+            start_time: parse_rfc3339(&rec.start_time).ok().map(Time),
+            previous: prev,
+            now: now_t,
             failure: init_failed.then_some(("InitContainerFailed", "an init container failed")),
         },
     );
     if has_inits {
-        s["initContainerStatuses"] =
-            Value::Array(init_views.iter().map(status::container_status).collect());
+        s.init_container_statuses = Some(init_views.iter().map(status::container_status).collect());
         if !initialized {
             if !init_failed {
-                s["phase"] = json!("Pending");
+                s.phase = Some("Pending".into());
             }
-            if let Some(cs) = s["conditions"].as_array_mut() {
-                for c in cs.iter_mut().filter(|c| c["type"] == "Initialized") {
-                    c["status"] = json!("False");
-                    c["reason"] = json!("ContainersNotInitialized");
+            for c in s.conditions.iter_mut().flatten() {
+                if c.type_ == "Initialized" {
+                    c.status = "False".into();
+                    c.reason = Some("ContainersNotInitialized".into());
                 }
             }
         }

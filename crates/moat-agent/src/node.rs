@@ -18,6 +18,7 @@ use crate::hostinfo::HostFacts;
 use crate::images::{ImageError, Images};
 use crate::lifecycle::{Done, Effect, Failure, ProbeKind, RtState, StartFailure, Started};
 use crate::podstate::{self, PodRecord, RecordError, safe_component};
+use crate::probe::ProbeDialer;
 use crate::runtime::{Runtime, Status};
 use crate::sandbox::{self, NetnsOps};
 use crate::volumes::{PodObjects, VolumeError};
@@ -30,6 +31,8 @@ pub struct Parts {
     pub images: Arc<dyn Images>,
     pub hooks: Arc<dyn PodNetHooks>,
     pub host: Arc<dyn HostFacts>,
+    /// How probes reach the pods (TCP and HTTP; exec probes go through the runtime).
+    pub probes: Arc<dyn ProbeDialer>,
     /// ConfigMaps and Secrets pods consume (`None`: no API, e.g. in unit tests).
     pub objects: Option<Arc<dyn PodObjects>>,
 }
@@ -202,7 +205,7 @@ impl Node {
                 };
                 let h = rec.handler();
                 let exec = |cmd: &[String]| self.parts.runtime.exec_ok(&h, id, cmd);
-                let ok = crate::probe::run(p, c, rec.ip.as_deref(), &exec);
+                let ok = crate::probe::run(p, c, rec.ip.as_deref(), &exec, &*self.parts.probes);
                 Some(Done::Probed {
                     name: container.clone(),
                     kind: *kind,
@@ -309,7 +312,7 @@ impl Node {
             uts_ns: None,
             shm: None,
             ip: None,
-            start_time: crate::lifecycle::rfc3339(chrono::Utc::now().timestamp_millis()),
+            start_time: moat_api::time::rfc3339_from_millis(chrono::Utc::now().timestamp_millis()),
             containers: BTreeMap::new(),
             phase: Default::default(),
         };

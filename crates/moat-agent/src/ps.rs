@@ -126,11 +126,11 @@ pub fn container_rows(
 
 /// kubectl's `HumanDuration` of `now - then` (RFC 3339 both); `-` if `then` is unparsable.
 pub fn age(then: Option<&str>, now: &str) -> String {
-    let parse = |t: &str| chrono::DateTime::parse_from_rfc3339(t).ok();
+    let parse = |t: &str| moat_api::time::parse_rfc3339(t).ok();
     let (Some(then), Some(now)) = (then.and_then(parse), parse(now)) else {
         return "-".into();
     };
-    let secs = (now - then).num_seconds();
+    let secs = now.duration_since(then).as_secs();
     human_duration(secs)
 }
 

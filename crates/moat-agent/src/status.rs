@@ -3,6 +3,12 @@
 
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::{
+    ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting,
+    ContainerStatus, HostIP, PodCondition, PodIP, PodStatus,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use moat_api::time::{Timestamp, parse_rfc3339};
 use serde_json::{Value, json};
 
 /// First restart delay; doubled per restart up to [`BACKOFF_MAX`] (the kubelet's numbers).
@@ -26,6 +32,8 @@ pub fn should_restart(policy: &str, exit_code: i32) -> bool {
     }
 }
 
+/// A container's state as the pod records keep it (RFC 3339 text, so records stay readable
+/// by `moat ps` and across agent versions); [`State::to_k8s`] makes the API's form.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum State {
     Waiting {
@@ -44,30 +52,51 @@ pub enum State {
     },
 }
 
+/// A recorded RFC 3339 time as the API's `Time`; text that does not parse is left out rather
+/// than sent for the API server to refuse.
+fn time(s: &str) -> Option<Time> {
+    parse_rfc3339(s).ok().map(Time)
+}
+
+/// Unix milliseconds as the API's `Time`, cut to whole seconds as `metav1.Time` keeps it, so a
+/// status computed twice in the same second compares equal (and is not sent twice).
+pub fn time_of_millis(ms: i64) -> Time {
+    Time(Timestamp::from_second(ms.div_euclid(1000)).unwrap_or(Timestamp::UNIX_EPOCH))
+}
+
 impl State {
-    pub fn to_json(&self) -> Value {
+    pub fn to_k8s(&self) -> ContainerState {
         match self {
-            State::Waiting { reason, message } => {
-                let mut w = json!({"reason": reason});
-                if let Some(m) = message {
-                    w["message"] = json!(m);
-                }
-                json!({"waiting": w})
-            }
-            State::Running { started_at } => json!({"running": {"startedAt": started_at}}),
+            State::Waiting { reason, message } => ContainerState {
+                waiting: Some(ContainerStateWaiting {
+                    reason: Some(reason.clone()),
+                    message: message.clone(),
+                }),
+                ..ContainerState::default()
+            },
+            State::Running { started_at } => ContainerState {
+                running: Some(ContainerStateRunning {
+                    started_at: time(started_at),
+                }),
+                ..ContainerState::default()
+            },
             State::Terminated {
                 exit_code,
                 reason,
                 started_at,
                 finished_at,
                 container_id,
-            } => json!({"terminated": {
-                "exitCode": exit_code,
-                "reason": reason,
-                "startedAt": started_at,
-                "finishedAt": finished_at,
-                "containerID": container_id,
-            }}),
+            } => ContainerState {
+                terminated: Some(ContainerStateTerminated {
+                    exit_code: *exit_code,
+                    reason: Some(reason.clone()),
+                    started_at: started_at.as_deref().and_then(time),
+                    finished_at: time(finished_at),
+                    container_id: Some(container_id.clone()),
+                    ..ContainerStateTerminated::default()
+                }),
+                ..ContainerState::default()
+            },
         }
     }
 }
@@ -105,10 +134,10 @@ pub struct PodFacts<'a> {
     pub restart_policy: &'a str,
     pub pod_ip: Option<&'a str>,
     pub host_ip: Option<&'a str>,
-    pub start_time: Option<&'a str>,
+    pub start_time: Option<Time>,
     /// The previous status, to keep condition transition times stable.
-    pub previous: &'a Value,
-    pub now: &'a str,
+    pub previous: Option<&'a PodStatus>,
+    pub now: Time,
     /// A pod-level failure that fails the pod (e.g. its runtime handler does not exist):
     /// (reason, message).
     pub failure: Option<(&'a str, &'a str)>,
@@ -143,66 +172,91 @@ pub fn phase(views: &[ContainerView], restart_policy: &str) -> &'static str {
 }
 
 /// One entry of `containerStatuses` / `initContainerStatuses`.
-pub fn container_status(v: &ContainerView) -> Value {
-    json!({
-        "name": v.name,
-        "image": v.image,
-        "imageID": v.image_id,
-        "containerID": v.container_id,
-        "ready": v.ready(),
-        "started": matches!(v.state, State::Running { .. }),
-        "restartCount": v.restart_count,
-        "state": v.state.to_json(),
-        "lastState": v.last.as_ref().map(State::to_json).unwrap_or_else(|| json!({})),
-    })
+pub fn container_status(v: &ContainerView) -> ContainerStatus {
+    ContainerStatus {
+        name: v.name.clone(),
+        image: v.image.clone(),
+        image_id: v.image_id.clone(),
+        container_id: v.container_id.clone(),
+        ready: v.ready(),
+        started: Some(matches!(v.state, State::Running { .. })),
+        restart_count: i32::try_from(v.restart_count).unwrap_or(i32::MAX),
+        state: Some(v.state.to_k8s()),
+        // `{}` rather than absent, as the kubelet reports a container that never ended.
+        last_state: Some(v.last.as_ref().map(State::to_k8s).unwrap_or_default()),
+        ..ContainerStatus::default()
+    }
 }
 
-/// The full `status` object for a pods/status merge patch (lists are replaced whole; absent
-/// scalars are nulled so stale values go away).
-pub fn pod_status(views: &[ContainerView], f: &PodFacts<'_>) -> Value {
+/// The pod's `status` as the node computes it; [`patch_body`] makes the merge patch.
+pub fn pod_status(views: &[ContainerView], f: &PodFacts<'_>) -> PodStatus {
     let all_ready = !views.is_empty() && views.iter().all(ContainerView::ready);
     let prev_cond = |t: &str| {
-        f.previous["conditions"]
-            .as_array()
-            .and_then(|cs| cs.iter().find(|c| c["type"] == t))
-            .cloned()
+        f.previous
+            .and_then(|p| p.conditions.as_ref())
+            .and_then(|cs| cs.iter().find(|c| c.type_ == t))
     };
     let cond = |t: &str, ok: bool, reason: Option<&str>| {
         let status = if ok { "True" } else { "False" };
         let since = prev_cond(t)
-            .filter(|c| c["status"] == status)
-            .and_then(|c| c["lastTransitionTime"].as_str().map(String::from))
-            .unwrap_or_else(|| f.now.to_string());
-        let mut c = json!({"type": t, "status": status, "lastProbeTime": null, "lastTransitionTime": since});
-        if let (false, Some(r)) = (ok, reason) {
-            c["reason"] = json!(r);
+            .filter(|c| c.status == status)
+            .and_then(|c| c.last_transition_time.clone())
+            .unwrap_or_else(|| f.now.clone());
+        PodCondition {
+            type_: t.into(),
+            status: status.into(),
+            last_transition_time: Some(since),
+            reason: reason.filter(|_| !ok).map(String::from),
+            ..PodCondition::default()
         }
-        c
     };
     let phase = if f.failure.is_some() {
         "Failed"
     } else {
         phase(views, f.restart_policy)
     };
-    let statuses: Vec<Value> = views.iter().map(container_status).collect();
-    json!({
-        "phase": phase,
-        "reason": f.failure.map(|x| x.0),
-        "message": f.failure.map(|x| x.1),
-        "conditions": [
+    PodStatus {
+        phase: Some(phase.into()),
+        reason: f.failure.map(|x| x.0.into()),
+        message: f.failure.map(|x| x.1.into()),
+        conditions: Some(vec![
             cond("PodReadyToStartContainers", f.pod_ip.is_some(), None),
             cond("Initialized", true, None),
             cond("Ready", all_ready, Some("ContainersNotReady")),
             cond("ContainersReady", all_ready, Some("ContainersNotReady")),
             cond("PodScheduled", true, None),
-        ],
-        "hostIP": f.host_ip,
-        "hostIPs": f.host_ip.map(|ip| json!([{"ip": ip}])),
-        "podIP": f.pod_ip,
-        "podIPs": f.pod_ip.map(|ip| json!([{"ip": ip}])),
-        "startTime": f.start_time,
-        "containerStatuses": statuses,
-    })
+        ]),
+        host_ip: f.host_ip.map(String::from),
+        host_ips: f.host_ip.map(|ip| vec![HostIP { ip: ip.into() }]),
+        pod_ip: f.pod_ip.map(String::from),
+        pod_ips: f.pod_ip.map(|ip| vec![PodIP { ip: ip.into() }]),
+        start_time: f.start_time.clone(),
+        container_statuses: Some(views.iter().map(container_status).collect()),
+        ..PodStatus::default()
+    }
+}
+
+/// Fields the node owns that a merge patch must null when absent, or a stale value (an old
+/// pod IP, a failure reason) would stay; lists are replaced whole by the patch anyway.
+const NULLED_WHEN_ABSENT: [&str; 7] = [
+    "reason",
+    "message",
+    "hostIP",
+    "hostIPs",
+    "podIP",
+    "podIPs",
+    "startTime",
+];
+
+/// The body of the pods/status merge patch carrying `s`.
+pub fn patch_body(s: &PodStatus) -> Value {
+    let mut v = serde_json::to_value(s).unwrap_or_else(|_| json!({}));
+    if let Some(o) = v.as_object_mut() {
+        for k in NULLED_WHEN_ABSENT {
+            o.entry(k).or_insert(Value::Null);
+        }
+    }
+    json!({ "status": v })
 }
 
 #[cfg(test)]
@@ -227,7 +281,7 @@ mod tests {
             exit_code: code,
             reason: exit_reason(code).into(),
             started_at: None,
-            finished_at: "T".into(),
+            finished_at: T.into(),
             container_id: "runc://id".into(),
         }
     }
@@ -257,7 +311,7 @@ mod tests {
     #[test]
     fn phases() {
         let run = State::Running {
-            started_at: "T".into(),
+            started_at: T.into(),
         };
         assert_eq!(
             phase(&[view(waiting("ContainerCreating"), None, 0)], "Always"),
@@ -280,70 +334,123 @@ mod tests {
         );
     }
 
-    #[test]
-    fn status_object_has_ready_conditions_and_stable_transition_times() {
-        let prev = json!({"conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": "OLD"}]});
-        let f = PodFacts {
+    const T: &str = "2026-01-01T00:00:05Z";
+
+    fn facts(prev: &PodStatus) -> PodFacts<'_> {
+        PodFacts {
             restart_policy: "Always",
             pod_ip: Some("10.42.0.5"),
             host_ip: Some("192.0.2.1"),
-            start_time: Some("S"),
-            previous: &prev,
-            now: "NOW",
+            start_time: time("2026-01-01T00:00:01Z"),
+            previous: Some(prev),
+            now: time_of_millis(1_767_225_610_900),
             failure: None,
-        };
-        let run = State::Running {
-            started_at: "T".into(),
-        };
-        let s = pod_status(&[view(run, None, 0)], &f);
-        assert_eq!(s["phase"], "Running");
-        assert_eq!(s["podIP"], "10.42.0.5");
-        assert_eq!(s["podIPs"], json!([{"ip": "10.42.0.5"}]));
-        let ready = s["conditions"]
+        }
+    }
+
+    fn ready_condition(s: &Value) -> Value {
+        s["conditions"]
             .as_array()
             .unwrap()
             .iter()
             .find(|c| c["type"] == "Ready")
-            .unwrap();
+            .unwrap()
+            .clone()
+    }
+
+    #[test]
+    fn status_object_has_ready_conditions_and_stable_transition_times() {
+        let prev: PodStatus = serde_json::from_value(json!({"conditions": [
+            {"type": "Ready", "status": "True", "lastTransitionTime": "2025-12-31T23:00:00Z"}]}))
+        .unwrap();
+        let f = facts(&prev);
+        let run = State::Running {
+            started_at: T.into(),
+        };
+        let s = &patch_body(&pod_status(&[view(run, None, 0)], &f))["status"];
+        assert_eq!(s["phase"], "Running");
+        assert_eq!(s["podIP"], "10.42.0.5");
+        assert_eq!(s["podIPs"], json!([{"ip": "10.42.0.5"}]));
+        assert_eq!(s["hostIPs"], json!([{"ip": "192.0.2.1"}]));
+        assert_eq!(s["startTime"], "2026-01-01T00:00:01Z");
+        let ready = ready_condition(s);
         assert_eq!(ready["status"], "True");
-        assert_eq!(ready["lastTransitionTime"], "OLD");
+        assert_eq!(ready["lastTransitionTime"], "2025-12-31T23:00:00Z");
+        assert_eq!(ready.get("reason"), None, "a true condition has no reason");
         assert_eq!(
             s["containerStatuses"][0]["state"]["running"]["startedAt"],
-            "T"
+            T
         );
         assert_eq!(s["containerStatuses"][0]["ready"], true);
+        assert_eq!(s["containerStatuses"][0]["started"], true);
+        assert_eq!(s["containerStatuses"][0]["lastState"], json!({}));
+        assert_eq!(s["containerStatuses"][0]["containerID"], "runc://id");
+        assert_eq!(s["containerStatuses"][0]["imageID"], "sha256:x");
         let mut unready = view(
             State::Running {
-                started_at: "T".into(),
+                started_at: T.into(),
             },
             None,
             0,
         );
         unready.probe_ready = Some(false);
-        let s2 = pod_status(&[unready], &f);
+        let s2 = &patch_body(&pod_status(&[unready], &f))["status"];
         assert_eq!(s2["containerStatuses"][0]["ready"], false);
         assert_eq!(s2["phase"], "Running");
-        let ready = s2["conditions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["type"] == "Ready")
-            .unwrap();
+        let ready = ready_condition(s2);
         assert_eq!(ready["status"], "False");
+        assert_eq!(ready["reason"], "ContainersNotReady");
 
         let s = pod_status(&[view(waiting("CrashLoopBackOff"), Some(term(1)), 3)], &f);
-        let ready = s["conditions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["type"] == "Ready")
-            .unwrap();
+        let s = &patch_body(&s)["status"];
+        let ready = ready_condition(s);
         assert_eq!(ready["status"], "False");
-        assert_eq!(ready["lastTransitionTime"], "NOW");
         assert_eq!(
-            s["containerStatuses"][0]["lastState"]["terminated"]["exitCode"],
-            1
+            ready["lastTransitionTime"], "2026-01-01T00:00:10Z",
+            "a changed condition moves at `now`, cut to the second"
         );
+        let last = &s["containerStatuses"][0]["lastState"]["terminated"];
+        assert_eq!(last["exitCode"], 1);
+        assert_eq!(last["reason"], "Error");
+        assert_eq!(last["finishedAt"], T);
+        assert_eq!(last.get("startedAt"), None);
         assert_eq!(s["containerStatuses"][0]["restartCount"], 3);
+        assert_eq!(
+            s["containerStatuses"][0]["state"]["waiting"],
+            json!({"reason": "CrashLoopBackOff"})
+        );
+    }
+
+    #[test]
+    fn the_patch_nulls_what_the_node_no_longer_has() {
+        let prev = PodStatus::default();
+        let mut f = facts(&prev);
+        f.pod_ip = None;
+        f.host_ip = None;
+        let body = patch_body(&pod_status(
+            &[view(waiting("ContainerCreating"), None, 0)],
+            &f,
+        ));
+        for k in ["podIP", "podIPs", "hostIP", "hostIPs", "reason", "message"] {
+            assert_eq!(body["status"][k], Value::Null, "{k}");
+            assert!(body["status"].get(k).is_some(), "{k} is sent as null");
+        }
+        assert_eq!(body["status"]["phase"], "Pending");
+        f.failure = Some(("RuntimeHandlerNotFound", "no handler kata"));
+        let body = patch_body(&pod_status(&[], &f));
+        assert_eq!(body["status"]["phase"], "Failed");
+        assert_eq!(body["status"]["reason"], "RuntimeHandlerNotFound");
+        assert_eq!(body["status"]["message"], "no handler kata");
+    }
+
+    #[test]
+    fn unparseable_record_times_are_left_out() {
+        let st = State::Running {
+            started_at: "not a time".into(),
+        };
+        assert_eq!(
+            serde_json::to_value(st.to_k8s()).unwrap(),
+            json!({"running": {}})
+        );
     }
 }

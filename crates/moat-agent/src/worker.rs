@@ -8,9 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, PodStatus};
 use moat_client::{Api, ClientError, EventRecorder, ObjectRef};
-use serde_json::{Value, json};
 
 use crate::handlers::{Handler, Unresolved};
 use crate::lifecycle::{self, Deletion, Done, Effect, Failure, Input, PodState};
@@ -40,7 +39,7 @@ pub struct PodWorker {
 #[derive(Debug, Default)]
 pub struct Report {
     /// The status to report (`None` once the pod is gone from the node).
-    pub status: Option<Value>,
+    pub status: Option<PodStatus>,
     /// Everything of the pod is gone from the node: finish the object's deletion.
     pub delete_object: bool,
 }
@@ -324,7 +323,7 @@ fn run(
     record: Option<PodRecord>,
 ) {
     let mut w = PodWorker::new(env.node.clone(), pod, record);
-    let mut sent: Option<Value> = None;
+    let mut sent: Option<PodStatus> = None;
     let apply = |w: &mut PodWorker, m: Msg| match m {
         Msg::Update(p, h) => w.update(p, h),
         Msg::Gone => w.gone(),
@@ -372,7 +371,7 @@ fn run(
             && sent.as_ref() != Some(&st)
         {
             let p = format!("/api/v1/namespaces/{ns}/pods/{name}/status");
-            match env.api.merge_patch(&p, &json!({"status": st})) {
+            match env.api.merge_patch(&p, &crate::status::patch_body(&st)) {
                 Ok(_) => sent = Some(st),
                 Err(e) => tracing::debug!(pod = %name, error = %e, "pod status"),
             }

@@ -249,7 +249,7 @@ pub fn plan(
     if !already {
         let at = now + chrono::Duration::seconds(grace);
         next["metadata"]["deletionTimestamp"] =
-            json!(at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+            json!(moat_api::time::rfc3339_from_secs(at.timestamp()));
         next["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
     } else {
         // A second delete may only shorten a running grace period (e.g. `--force`).
@@ -259,7 +259,7 @@ pub fn plan(
         if grace < old {
             let at = now + chrono::Duration::seconds(grace);
             next["metadata"]["deletionTimestamp"] =
-                json!(at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+                json!(moat_api::time::rfc3339_from_secs(at.timestamp()));
             next["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
         }
     }

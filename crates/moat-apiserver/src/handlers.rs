@@ -116,7 +116,7 @@ pub(crate) fn json_response(code: StatusCode, v: &Value) -> Response {
 }
 
 fn now() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    moat_api::time::rfc3339_from_millis(chrono::Utc::now().timestamp_millis())
 }
 
 fn gen_suffix() -> String {

@@ -127,7 +127,7 @@ async fn bootstrap(store: &dyn Store) -> Result<(), ServeError> {
         }
         let obj = json!({"kind": "Namespace", "apiVersion": "v1",
             "metadata": {"name": ns, "uid": uuid::Uuid::new_v4().to_string(),
-                         "creationTimestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                         "creationTimestamp": moat_api::time::rfc3339_from_millis(chrono::Utc::now().timestamp_millis()),
                          "labels": {"kubernetes.io/metadata.name": ns}},
             "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}});
         match store
@@ -235,7 +235,7 @@ pub async fn serve(
     let kata = bootstrap::default_runtime_class(
         &*store,
         &uuid::Uuid::new_v4().to_string(),
-        &chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        &moat_api::time::rfc3339_from_millis(chrono::Utc::now().timestamp_millis()),
     )
     .await?;
     tracing::debug!(?kata, "default RuntimeClass");
@@ -244,7 +244,7 @@ pub async fn serve(
             &*store,
             nc,
             &uuid::Uuid::new_v4().to_string(),
-            &chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            &moat_api::time::rfc3339_from_millis(chrono::Utc::now().timestamp_millis()),
         )
         .await?;
     }
@@ -252,7 +252,7 @@ pub async fn serve(
         &*store,
         cfg.legacy_namespace_isolation,
         &uuid::Uuid::new_v4().to_string(),
-        &chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        &moat_api::time::rfc3339_from_millis(chrono::Utc::now().timestamp_millis()),
     )
     .await?;
     if let Some(ip) = cfg.cluster_dns {
@@ -260,7 +260,7 @@ pub async fn serve(
             &*store,
             ip,
             &uuid::Uuid::new_v4().to_string(),
-            &chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            &moat_api::time::rfc3339_from_millis(chrono::Utc::now().timestamp_millis()),
         )
         .await?;
     }

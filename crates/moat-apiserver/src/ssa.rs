@@ -317,7 +317,7 @@ fn changed(kind: &str, old: &Value, new: &Value) -> FieldSet {
 }
 
 fn now() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    moat_api::time::rfc3339_from_millis(chrono::Utc::now().timestamp_millis())
 }
 
 /// Records a non-apply write by `manager`: it now owns what it changed, and nobody else

@@ -56,5 +56,5 @@ impl Api for Client {
 
 /// RFC 3339 "now" with second precision, as Kubernetes writes `metav1.Time`.
 pub fn now_rfc3339() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    moat_api::time::rfc3339_from_millis(chrono::Utc::now().timestamp_millis())
 }

@@ -63,9 +63,9 @@ pub enum NodeAction {
 }
 
 fn secs(t: &Value) -> Option<i64> {
-    chrono::DateTime::parse_from_rfc3339(t.as_str()?)
+    moat_api::time::parse_rfc3339(t.as_str()?)
         .ok()
-        .map(|d| d.timestamp())
+        .map(|d| d.as_second())
 }
 
 fn ready_condition(n: &Value) -> Option<&Value> {
@@ -169,11 +169,7 @@ pub fn plan(
                 next_taints.push(existing.unwrap_or_else(|| {
                     let mut t = json!({"key": key, "effect": effect});
                     if effect == "NoExecute" {
-                        t["timeAdded"] = json!(
-                            chrono::DateTime::from_timestamp(now, 0)
-                                .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-                                .unwrap_or_default()
-                        );
+                        t["timeAdded"] = json!(moat_api::time::rfc3339_from_secs(now));
                     }
                     t
                 }));
@@ -225,9 +221,7 @@ mod tests {
     const T0: i64 = 1_800_000_000;
 
     fn ts(s: i64) -> String {
-        chrono::DateTime::from_timestamp(s, 0)
-            .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-            .unwrap_or_default()
+        moat_api::time::rfc3339_from_secs(s)
     }
 
     fn node(name: &str, ready: &str, cidr: Option<&str>) -> Value {

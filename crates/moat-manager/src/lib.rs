@@ -290,7 +290,7 @@ fn typed<T: serde::de::DeserializeOwned>(v: &[Value]) -> Vec<T> {
 }
 
 fn now() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    moat_client::now_rfc3339()
 }
 
 /// A loop's API client with the manager's event recorder (one per manager, no global).

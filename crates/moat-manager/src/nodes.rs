@@ -108,7 +108,7 @@ fn mark_unknown(c: &Api, nodes: &[Value], node: &str) -> Result<(), ClientError>
     let Some(n) = nodes.iter().find(|n| n["metadata"]["name"] == node) else {
         return Ok(());
     };
-    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let now = moat_client::now_rfc3339();
     let mut conds: Vec<Value> = n["status"]["conditions"]
         .as_array()
         .cloned()

@@ -12,7 +12,7 @@ pub struct PsArgs {
 }
 
 fn now() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    moat_client::now_rfc3339()
 }
 
 /// Containers (all states, like `crictl ps -a`).

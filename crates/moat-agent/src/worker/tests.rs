@@ -16,6 +16,7 @@ use crate::hooks::RecordingHooks;
 use crate::hostinfo::FakeHost;
 use crate::images::{ImageError, Images};
 use crate::node::Parts;
+use crate::probe::fake::{Call, FakeDialer, Reply};
 use crate::runtime::RecordingRuntime;
 use crate::sandbox::FakeNetns;
 
@@ -60,6 +61,7 @@ struct Fx {
     netns: Arc<FakeNetns>,
     cni: Arc<moat_cni::FakeExec>,
     hooks: Arc<RecordingHooks>,
+    dialer: Arc<FakeDialer>,
 }
 
 const RESULT: &str = r#"{"cniVersion":"1.0.0","interfaces":[{"name":"eth0","sandbox":"/x"}],"ips":[{"address":"10.42.0.9/24","gateway":"10.42.0.1","interface":0}]}"#;
@@ -79,6 +81,7 @@ impl Fx {
             netns: Arc::new(FakeNetns::default()),
             cni: Arc::new(moat_cni::FakeExec::default()),
             hooks: Arc::new(RecordingHooks::default()),
+            dialer: Arc::new(FakeDialer::default()),
         }
     }
 
@@ -116,6 +119,7 @@ impl Fx {
             images: Arc::new(FakeImages::default()),
             hooks: self.hooks.clone(),
             host: Arc::new(FakeHost::default()),
+            probes: self.dialer.clone(),
             objects: None,
         };
         Arc::new(
@@ -181,7 +185,7 @@ fn runc(n: &Node) -> crate::Handler {
 }
 
 fn status(r: Report) -> Value {
-    r.status.expect("a status")
+    crate::status::patch_body(&r.status.expect("a status"))["status"].take()
 }
 
 #[test]
@@ -429,6 +433,41 @@ fn failing_liveness_probe_kills_and_the_policy_restarts() {
     let cs = &s["containerStatuses"][0];
     assert_eq!(cs["lastState"]["terminated"]["exitCode"], 137, "{s}");
     assert_eq!(cs["state"]["waiting"]["reason"], "CrashLoopBackOff");
+}
+
+#[test]
+fn http_readiness_probe_dials_the_pod_ip_through_the_parts_dialer() {
+    let fx = Fx::new();
+    fx.cni_reply();
+    let n = fx.node();
+    let mut v = serde_json::to_value(pod("Always")).unwrap();
+    v["spec"]["containers"][0]["readinessProbe"] =
+        json!({"httpGet": {"port": 8080, "path": "/ready"}, "periodSeconds": 2});
+    let p: Pod = serde_json::from_value(v).unwrap();
+    let mut w = fx.worker(&n, &p);
+    let s = status(w.sync(T0));
+    assert_eq!(s["containerStatuses"][0]["ready"], false, "refused: {s}");
+    let addr = "10.42.0.9:8080".parse().unwrap();
+    assert_eq!(
+        fx.dialer.calls(),
+        vec![Call::HttpGet {
+            addr,
+            path: "/ready".into(),
+            timeout: Duration::from_secs(1),
+        }]
+    );
+    fx.dialer.reply(addr, Reply::Http(200));
+    let s = status(w.sync(T0 + 2_500));
+    assert_eq!(s["containerStatuses"][0]["ready"], true, "{s}");
+    fx.dialer.reply(addr, Reply::Http(500));
+    for i in 2..5 {
+        let _ = w.sync(T0 + i * 2_500);
+    }
+    let s = status(w.sync(T0 + 12_500));
+    assert_eq!(
+        s["containerStatuses"][0]["ready"], false,
+        "three failures: {s}"
+    );
 }
 
 #[test]
