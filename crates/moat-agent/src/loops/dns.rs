@@ -238,7 +238,8 @@ mod tests {
 
     #[test]
     fn per_object_updates_follow_the_caches_as_a_rebuild_would() {
-        let steps: Vec<(Vec<Arc<Value>>, Vec<Arc<Value>>, Vec<Arc<Value>>)> = vec![
+        type Objects = Vec<Arc<Value>>;
+        let steps: Vec<(Objects, Objects, Objects)> = vec![
             (
                 vec![ns("a", "1"), ns("b", "2")],
                 vec![
