@@ -6,7 +6,7 @@
 use crate::channel::{AgentConn, Events};
 use crate::config::Config;
 use crate::ctl::{self, Conn, CtlRequest, CtlResponse};
-use crate::{net, oci, qemu, sandbox};
+use crate::{net, oci, qemu, sandbox, shares};
 use moat_vm_proto::{Op, Stdio};
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
@@ -76,6 +76,8 @@ pub struct Daemon {
     /// Creates and deletes run one at a time, so a delete racing a create (a manager giving
     /// up on a slow create) sees the container either absent or complete.
     ops: Mutex<()>,
+    /// The share mounts (host paths bound into the guest-visible directories).
+    mounts: Arc<dyn shares::Mounts>,
 }
 
 struct Ev(Arc<Daemon>);
@@ -133,35 +135,6 @@ fn console_tail(path: &Path) -> String {
     lines[lines.len().saturating_sub(20)..].join("\n")
 }
 
-fn bind(src: &Path, dst: &Path) -> Result<(), DaemonError> {
-    if let Some(p) = dst.parent() {
-        std::fs::create_dir_all(p).map_err(io("creating", p))?;
-    }
-    if src.is_dir() {
-        std::fs::create_dir_all(dst).map_err(io("creating", dst))?;
-    } else {
-        std::fs::File::create(dst).map_err(io("creating", dst))?;
-    }
-    nix::mount::mount(
-        Some(src),
-        dst,
-        None::<&str>,
-        nix::mount::MsFlags::MS_BIND | nix::mount::MsFlags::MS_REC,
-        None::<&str>,
-    )
-    .map_err(|e| DaemonError::Io {
-        step: "bind-mounting into the share",
-        path: src.to_path_buf(),
-        source: e.into(),
-    })
-}
-
-fn unmount_reverse(mounts: &[PathBuf]) {
-    for m in mounts.iter().rev() {
-        let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
-    }
-}
-
 impl Daemon {
     /// A daemon for the sandbox directory `dir`, with nothing started yet.
     fn new(dir: PathBuf) -> Arc<Daemon> {
@@ -173,6 +146,7 @@ impl Daemon {
             qemu: Mutex::new(None),
             net_veth: Mutex::new(None),
             ops: Mutex::new(()),
+            mounts: Arc::new(shares::HostMounts),
         })
     }
 
@@ -214,15 +188,14 @@ impl Daemon {
         let plan = oci::plan(id, bundle, &spec, stdio)?;
         let shared = sandbox::shared_dir(&self.dir);
         let shared_rw = sandbox::shared_rw_dir(&self.dir);
-        let mut mounts = Vec::new();
-        for s in &plan.shares {
-            let dst = if s.writable { &shared_rw } else { &shared }.join(&s.rel);
-            if let Err(e) = bind(&s.host, &dst) {
-                unmount_reverse(&mounts);
-                return Err(RequestError::Share(e));
-            }
-            mounts.push(dst);
-        }
+        let mounts = shares::bind_all(
+            &*self.mounts,
+            plan.shares.iter().map(|s| {
+                let dst = if s.writable { &shared_rw } else { &shared }.join(&s.rel);
+                (s.host.clone(), dst)
+            }),
+        )
+        .map_err(RequestError::Share)?;
         self.lock().containers.insert(
             id.to_string(),
             CSt {
@@ -244,7 +217,7 @@ impl Daemon {
                 for s in &streams[1..] {
                     agent.close_output(*s);
                 }
-                unmount_reverse(&mounts);
+                shares::detach_all(&*self.mounts, &mounts);
                 for share in [&shared, &shared_rw] {
                     sandbox::unmount_all_under(&share.join(id));
                     let _ = std::fs::remove_dir_all(share.join(id));
@@ -444,7 +417,7 @@ impl Daemon {
         {
             let _ = a.request(Op::RemoveContainer { id: id.to_string() }, REQUEST_TIMEOUT);
         }
-        unmount_reverse(&mounts);
+        shares::detach_all(&*self.mounts, &mounts);
         // Whatever is still mounted (a bind whose detach failed) is unmounted before any
         // removal, so the removal never reaches into a host volume.
         for share in [

@@ -23,6 +23,7 @@ pub mod probe;
 pub mod qemu;
 pub mod qmp;
 pub mod sandbox;
+pub mod shares;
 pub mod sizing;
 pub mod state;
 pub mod template;
