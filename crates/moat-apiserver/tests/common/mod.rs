@@ -80,6 +80,7 @@ impl Api {
             advertise: "127.0.0.1:6443".into(),
             service_cidr: ServiceCidr::parse("10.43.0.0/16").expect("cidr"),
             max_watch_seconds: None,
+            rbac: moat_apiserver::authz::cache::RbacCache::empty(),
         });
         Api { app }
     }
