@@ -546,7 +546,7 @@ async fn create_value(
             &name,
         ));
     }
-    no_escalation(&app, t, &obj)?;
+    no_escalation(&app, t, &obj).await?;
     if t.res.kind == "Pod" {
         admit_pod(&app, &mut obj).await?;
     }
@@ -585,13 +585,38 @@ async fn create_value(
     Ok(resp)
 }
 
-/// Escalation prevention for RBAC objects (see `authz::check_grant`).
-fn no_escalation(app: &App, t: &Target, obj: &Value) -> Result<(), ApiError> {
-    if t.res.group != "rbac.authorization.k8s.io" {
+/// Escalation prevention for RBAC objects (see `authz::check_grant`). A binding's role
+/// missing from the cache is read from the store, so a role and its binding can be written
+/// back to back.
+async fn no_escalation(app: &App, t: &Target, obj: &Value) -> Result<(), ApiError> {
+    if t.res.group != "rbac.authorization.k8s.io" || t.user.is_master() {
         return Ok(());
     }
     let snap = app.rbac.snapshot();
-    crate::authz::check_grant(&snap, &t.user, t.res.plural, t.ns.as_deref(), obj)
+    let role_ref: crate::authz::rbac::RoleRef =
+        serde_json::from_value(obj["roleRef"].clone()).unwrap_or_default();
+    let mut stored = None;
+    if t.res.plural.ends_with("bindings")
+        && snap.role_ref_rules(&role_ref, t.ns.as_deref()).is_none()
+    {
+        let key = match role_ref.kind.as_str() {
+            "Role" => format!(
+                "/registry/roles.rbac.authorization.k8s.io/{}/{}",
+                t.ns.as_deref().unwrap_or(""),
+                role_ref.name
+            ),
+            _ => format!(
+                "/registry/clusterroles.rbac.authorization.k8s.io/{}",
+                role_ref.name
+            ),
+        };
+        if let Some(kv) = app.store.get(&key).await? {
+            let role = decode(&kv)?;
+            // An aggregated ClusterRole's rules are what its object carries.
+            stored = serde_json::from_value(role["rules"].clone()).ok();
+        }
+    }
+    crate::authz::check_grant(&snap, &t.user, t.res.plural, t.ns.as_deref(), obj, stored)
 }
 
 async fn admit_pod(app: &App, obj: &mut Value) -> Result<(), ApiError> {
@@ -766,7 +791,7 @@ async fn update(
         if !causes.is_empty() {
             return Err(ApiError::invalid(t.res.kind, name, causes));
         }
-        no_escalation(&app, t, &next)?;
+        no_escalation(&app, t, &next).await?;
         if t.res.kind == "Service" {
             let (old_ip, new_ip) = (&cur["spec"]["clusterIP"], &next["spec"]["clusterIP"]);
             if new_ip.is_null() || new_ip == "" {

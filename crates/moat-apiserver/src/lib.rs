@@ -202,7 +202,8 @@ async fn route(
     }
 }
 
-/// SelfSubjectAccessReview and SelfSubjectRulesReview (POST only; nothing is stored).
+/// SelfSubjectAccessReview, SelfSubjectRulesReview and SelfSubjectReview (POST only;
+/// nothing is stored).
 async fn serve_review(
     snap: &authz::rbac::Snapshot,
     user: &authz::User,
@@ -211,6 +212,10 @@ async fn serve_review(
     body: Body,
 ) -> Response {
     use authz::review;
+    if which == review::WHOAMI {
+        // The body asks nothing; only the requester matters.
+        return handlers::json_response(StatusCode::CREATED, &review::whoami(user));
+    }
     let parsed = match body::read_object_body(headers, body).await {
         Ok(b) => serde_json::from_slice::<serde_json::Value>(&b)
             .map_err(|e| ApiError::bad_request(format!("decoding the review: {e}"))),

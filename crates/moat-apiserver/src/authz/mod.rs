@@ -186,12 +186,16 @@ pub fn request_checks(method: &Method, path: &str, watch: bool, upgrade: bool) -
 /// (in its namespace; cluster-wide for a ClusterRole) unless they may `escalate`, and only
 /// cluster admins (`escalate` on clusterroles) may set an aggregationRule; a binding may refer
 /// only to a role whose rules its writer holds unless they may `bind` that role.
+///
+/// `stored_ref` is the referenced role's rules as read from the store, for a role written so
+/// recently that the cache may not have it yet (None: look in the snapshot only).
 pub fn check_grant(
     snap: &rbac::Snapshot,
     user: &User,
     resource: &str,
     ns: Option<&str>,
     obj: &serde_json::Value,
+    stored_ref: Option<Vec<rbac::Rule>>,
 ) -> Result<(), ApiError> {
     const RBAC: &str = "rbac.authorization.k8s.io";
     if user.is_master() {
@@ -237,8 +241,12 @@ pub fn check_grant(
             if may("bind", ref_resource, &role_ref.name) {
                 return Ok(());
             }
-            match snap.role_ref_rules(&role_ref, ns) {
-                Some(rules) => rules.to_vec(),
+            match snap
+                .role_ref_rules(&role_ref, ns)
+                .map(<[_]>::to_vec)
+                .or(stored_ref)
+            {
+                Some(rules) => rules,
                 None => {
                     let gr = format!("{ref_resource}.{RBAC}");
                     return Err(ApiError::not_found(&gr, &role_ref.name));
@@ -419,6 +427,74 @@ mod tests {
                 &snap,
                 &admin,
                 &request_attributes(&Method::GET, "/metrics", false)
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn grants_are_limited_to_held_rules_unless_bind_or_escalate() {
+        use serde_json::json;
+        let admin_role = json!({"metadata": {"name": "cluster-admin"},
+            "rules": [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}]});
+        let mgr = json!({"metadata": {"name": "mgr", "namespace": "a"}, "rules": [
+            {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["rolebindings", "roles"], "verbs": ["create"]},
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]});
+        let rb = json!({"metadata": {"name": "m", "namespace": "a"}, "roleRef": {"kind": "Role", "name": "mgr"},
+            "subjects": [{"kind": "User", "name": "u"}]});
+        let snap = rbac::Snapshot::build(&[mgr], &[admin_role], &[rb], &[]);
+        let u = User {
+            name: "u".into(),
+            groups: vec![],
+        };
+        let bind = |role: &str| json!({"metadata": {"name": "x"}, "roleRef": {"kind": "ClusterRole", "name": role}});
+        let e = check_grant(
+            &snap,
+            &u,
+            "rolebindings",
+            Some("a"),
+            &bind("cluster-admin"),
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(e.code, StatusCode::FORBIDDEN);
+        assert!(e.message.starts_with("rolebindings.rbac.authorization.k8s.io \"x\" is forbidden: user \"u\" (groups=[]) is attempting"), "{}", e.message);
+        let e = check_grant(&snap, &u, "rolebindings", Some("a"), &bind("nope"), None).unwrap_err();
+        assert_eq!(e.code, StatusCode::NOT_FOUND);
+        let held = vec![rbac::Rule {
+            verbs: vec!["get".into()],
+            api_groups: vec!["".into()],
+            resources: vec!["pods".into()],
+            ..Default::default()
+        }];
+        assert!(
+            check_grant(
+                &snap,
+                &u,
+                "rolebindings",
+                Some("a"),
+                &bind("nope"),
+                Some(held.clone())
+            )
+            .is_ok()
+        );
+        let role = json!({"metadata": {"name": "r"}, "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]});
+        assert!(check_grant(&snap, &u, "roles", Some("a"), &role, None).is_ok());
+        // Held in a, not in b (nor cluster-wide).
+        assert!(check_grant(&snap, &u, "roles", Some("b"), &role, None).is_err());
+        assert!(check_grant(&snap, &u, "clusterroles", None, &role, None).is_err());
+        let admin = User {
+            name: "system:admin".into(),
+            groups: vec![MASTERS.into()],
+        };
+        assert!(
+            check_grant(
+                &snap,
+                &admin,
+                "rolebindings",
+                Some("a"),
+                &bind("cluster-admin"),
+                None
             )
             .is_ok()
         );

@@ -12,12 +12,24 @@ pub const GROUP: &str = "authorization.k8s.io";
 pub const ACCESS: &str = "selfsubjectaccessreviews";
 pub const RULES: &str = "selfsubjectrulesreviews";
 
+/// authentication.k8s.io/v1 SelfSubjectReview (`kubectl auth whoami`).
+pub const WHOAMI: &str = "selfsubjectreviews";
+
 /// Which review a path posts to, if any.
 pub fn which(path: &str) -> Option<&'static str> {
-    let rest = path
-        .trim_end_matches('/')
-        .strip_prefix("/apis/authorization.k8s.io/v1/")?;
+    let path = path.trim_end_matches('/');
+    if path == "/apis/authentication.k8s.io/v1/selfsubjectreviews" {
+        return Some(WHOAMI);
+    }
+    let rest = path.strip_prefix("/apis/authorization.k8s.io/v1/")?;
     [ACCESS, RULES].into_iter().find(|r| *r == rest)
+}
+
+/// Answers a SelfSubjectReview: the requester as the server sees them.
+pub fn whoami(user: &User) -> Value {
+    json!({"kind": "SelfSubjectReview", "apiVersion": "authentication.k8s.io/v1",
+        "metadata": {"creationTimestamp": null},
+        "status": {"userInfo": {"username": user.name, "groups": user.groups}}})
 }
 
 fn s(v: &Value) -> String {
@@ -122,6 +134,30 @@ mod tests {
         assert_eq!(ask("b", "list"), json!(false));
         assert_eq!(ask("a", "delete"), json!(false));
         assert!(access_review(&world(), &alice, json!({"spec": {}})).is_err());
+    }
+
+    #[test]
+    fn whoami_names_the_user() {
+        let alice = User {
+            name: "alice".into(),
+            groups: vec!["devs".into()],
+        };
+        assert_eq!(
+            which("/apis/authentication.k8s.io/v1/selfsubjectreviews"),
+            Some(WHOAMI)
+        );
+        assert_eq!(
+            which("/apis/authorization.k8s.io/v1/selfsubjectrulesreviews/"),
+            Some(RULES)
+        );
+        assert_eq!(
+            which("/apis/authorization.k8s.io/v1/subjectaccessreviews"),
+            None
+        );
+        assert_eq!(
+            whoami(&alice)["status"]["userInfo"]["groups"],
+            json!(["devs"])
+        );
     }
 
     #[test]
