@@ -1,6 +1,7 @@
 //! moat's Kubernetes-compatible API server.
 //!
-//! HTTPS (rustls; HTTP/1.1 and h2) with bearer-token authentication; every resource of the
+//! HTTPS (rustls; HTTP/1.1 and h2) with authentication by the admin bearer token or client
+//! certificates of the cluster CA (`authn`) and RBAC authorization (`authz`); every resource of the
 //! `moat-api` registry is served generically over the `moat-store` contract: objects are
 //! JSON, `resourceVersion` is the store revision, updates are compare-and-swap, watches
 //! stream store events. This crate is the only one that touches the store.

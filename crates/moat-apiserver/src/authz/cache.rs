@@ -10,7 +10,10 @@ use futures::StreamExt;
 use moat_store::{ListOptions, Revision, Store, StoreError, WatchEvent};
 use serde_json::Value;
 
-use super::rbac::Snapshot;
+use super::rbac::{RoleRef, Rule, Snapshot};
+
+/// Index of the ClusterRoles in [`PREFIXES`].
+const CLUSTER_ROLES: usize = 1;
 
 /// Store prefixes, in the order [`Snapshot::build`] takes them.
 const PREFIXES: [&str; 4] = [
@@ -59,6 +62,14 @@ impl RbacCache {
         self.rebuild(&guard);
     }
 
+    fn with_objects_ro(&self, f: impl FnOnce(&[BTreeMap<String, Value>; 4])) {
+        let guard = match self.objects.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        f(&guard);
+    }
+
     async fn relist(&self, store: &dyn Store, i: usize) -> Result<Revision, StoreError> {
         let res = store.list(PREFIXES[i], ListOptions::default()).await?;
         let fresh: BTreeMap<String, Value> = res
@@ -78,7 +89,52 @@ impl RbacCache {
             let rev = cache.relist(&*store, i).await?;
             tokio::spawn(follow(cache.clone(), store.clone(), i, rev));
         }
+        write_aggregated(&*store, &cache).await;
         Ok(cache)
+    }
+}
+
+/// The aggregation controller's job: an aggregated ClusterRole's stored rules are kept equal
+/// to the union the authorizer computes, so `kubectl describe clusterrole view` shows what
+/// `view` grants once another role is labelled into it. A conflicting write is skipped: the
+/// write that caused it comes back as an event and this runs again.
+async fn write_aggregated(store: &dyn Store, cache: &RbacCache) {
+    let snap = cache.snapshot();
+    let mut stale: Vec<(String, Vec<Rule>)> = Vec::new();
+    cache.with_objects_ro(|o| {
+        for (key, v) in &o[CLUSTER_ROLES] {
+            if !v["aggregationRule"].is_object() {
+                continue;
+            }
+            let r = RoleRef {
+                kind: "ClusterRole".into(),
+                name: v["metadata"]["name"].as_str().unwrap_or("").to_string(),
+            };
+            let want = snap.role_ref_rules(&r, None).unwrap_or(&[]);
+            let have: Vec<Rule> = serde_json::from_value(v["rules"].clone()).unwrap_or_default();
+            if have != want {
+                stale.push((key.clone(), want.to_vec()));
+            }
+        }
+    });
+    for (key, rules) in stale {
+        let Ok(Some(kv)) = store.get(&key).await else {
+            continue;
+        };
+        let Ok(mut v) = serde_json::from_slice::<Value>(&kv.value) else {
+            continue;
+        };
+        v["rules"] = serde_json::to_value(&rules).unwrap_or_default();
+        if let Err(e) = store
+            .update(
+                &key,
+                serde_json::to_vec(&v).unwrap_or_default(),
+                kv.mod_revision,
+            )
+            .await
+        {
+            tracing::debug!(error = %e, %key, "aggregated ClusterRole not written");
+        }
     }
 }
 
@@ -101,6 +157,9 @@ async fn follow(cache: Arc<RbacCache>, store: Arc<dyn Store>, i: usize, mut rev:
                             o[i].remove(&prev.key);
                         }),
                         WatchEvent::Progress { .. } => {}
+                    }
+                    if i == CLUSTER_ROLES {
+                        write_aggregated(&*store, &cache).await;
                     }
                 }
             }
@@ -176,5 +235,39 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert!(!allowed(&cache));
+    }
+
+    #[tokio::test]
+    async fn aggregated_rules_are_written_back() {
+        let store: Arc<dyn Store> = Arc::new(moat_store::MemStore::new());
+        let agg = json!({"metadata": {"name": "agg"}, "aggregationRule": {"clusterRoleSelectors": [{"matchLabels": {"to": "agg"}}]}});
+        let key = format!("{}agg", PREFIXES[1]);
+        store
+            .create(&key, serde_json::to_vec(&agg).unwrap())
+            .await
+            .unwrap();
+        let _cache = RbacCache::start(store.clone()).await.unwrap();
+        let part = json!({"metadata": {"name": "part", "labels": {"to": "agg"}},
+            "rules": [{"apiGroups": ["x"], "resources": ["ys"], "verbs": ["get"]}]});
+        store
+            .create(
+                &format!("{}part", PREFIXES[1]),
+                serde_json::to_vec(&part).unwrap(),
+            )
+            .await
+            .unwrap();
+        let mut rules = Value::Null;
+        for _ in 0..100 {
+            let kv = store.get(&key).await.unwrap().unwrap();
+            rules = serde_json::from_slice::<Value>(&kv.value).unwrap()["rules"].clone();
+            if rules.is_array() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            rules,
+            json!([{"verbs": ["get"], "apiGroups": ["x"], "resources": ["ys"]}])
+        );
     }
 }
