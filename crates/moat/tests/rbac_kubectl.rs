@@ -104,6 +104,11 @@ fn user_certificates_are_limited_to_what_rolebindings_grant() {
     }
     let alice = user(&s, "alice", &["devs"]);
 
+    let me = alice.ok(&["auth", "whoami"]);
+    assert!(
+        me.contains("alice") && me.contains("[devs system:authenticated]"),
+        "{me}"
+    );
     // Authenticated but granted nothing yet.
     assert!(
         alice
