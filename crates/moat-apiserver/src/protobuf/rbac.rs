@@ -187,3 +187,95 @@ pub fn rules_review(
     rest(&r, "")?;
     Ok(o)
 }
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+    use serde_json::json;
+
+    use super::super::tests::{envelope, meta};
+    use super::super::to_json;
+    use super::*;
+
+    #[test]
+    fn bindings_keep_the_core_group_of_service_accounts() {
+        let b = rbac::RoleBinding {
+            metadata: meta("rb"),
+            subjects: vec![
+                rbac::Subject {
+                    kind: Some("User".into()),
+                    api_group: Some("rbac.authorization.k8s.io".into()),
+                    name: Some("alice".into()),
+                    namespace: None,
+                },
+                rbac::Subject {
+                    kind: Some("ServiceAccount".into()),
+                    api_group: Some(String::new()),
+                    name: Some("default".into()),
+                    namespace: Some("a".into()),
+                },
+            ],
+            role_ref: Some(rbac::RoleRef {
+                api_group: Some("rbac.authorization.k8s.io".into()),
+                kind: Some("ClusterRole".into()),
+                name: Some("view".into()),
+            }),
+        };
+        let v = to_json(&envelope(
+            "rbac.authorization.k8s.io/v1",
+            "RoleBinding",
+            b.encode_to_vec(),
+        ))
+        .unwrap();
+        assert_eq!(v["roleRef"]["name"], "view");
+        assert_eq!(
+            v["subjects"][1],
+            json!({"kind": "ServiceAccount", "apiGroup": "", "name": "default", "namespace": "a"})
+        );
+    }
+
+    #[test]
+    fn roles_and_reviews() {
+        let r = rbac::Role {
+            metadata: meta("r"),
+            rules: vec![rbac::PolicyRule {
+                verbs: vec!["get".into()],
+                api_groups: vec![String::new()],
+                resources: vec!["pods".into()],
+                ..Default::default()
+            }],
+        };
+        let v = to_json(&envelope(
+            "rbac.authorization.k8s.io/v1",
+            "Role",
+            r.encode_to_vec(),
+        ))
+        .unwrap();
+        assert_eq!(
+            v["rules"],
+            json!([{"verbs": ["get"], "apiGroups": [""], "resources": ["pods"]}])
+        );
+        let ssar = authz::SelfSubjectAccessReview {
+            spec: Some(authz::SelfSubjectAccessReviewSpec {
+                resource_attributes: Some(authz::ResourceAttributes {
+                    namespace: Some("a".into()),
+                    verb: Some("list".into()),
+                    resource: Some("pods".into()),
+                    ..Default::default()
+                }),
+                non_resource_attributes: None,
+            }),
+            ..Default::default()
+        };
+        let v = to_json(&envelope(
+            "authorization.k8s.io/v1",
+            "SelfSubjectAccessReview",
+            ssar.encode_to_vec(),
+        ))
+        .unwrap();
+        assert_eq!(
+            v["spec"]["resourceAttributes"],
+            json!({"namespace": "a", "verb": "list", "resource": "pods"})
+        );
+    }
+}
