@@ -585,38 +585,12 @@ async fn create_value(
     Ok(resp)
 }
 
-/// Escalation prevention for RBAC objects (see `authz::check_grant`). A binding's role
-/// missing from the cache is read from the store, so a role and its binding can be written
-/// back to back.
+/// Escalation prevention for RBAC objects (`authz::guard`).
 async fn no_escalation(app: &App, t: &Target, obj: &Value) -> Result<(), ApiError> {
-    if t.res.group != "rbac.authorization.k8s.io" || t.user.is_master() {
+    if t.res.group != "rbac.authorization.k8s.io" {
         return Ok(());
     }
-    let snap = app.rbac.snapshot();
-    let role_ref: crate::authz::rbac::RoleRef =
-        serde_json::from_value(obj["roleRef"].clone()).unwrap_or_default();
-    let mut stored = None;
-    if t.res.plural.ends_with("bindings")
-        && snap.role_ref_rules(&role_ref, t.ns.as_deref()).is_none()
-    {
-        let key = match role_ref.kind.as_str() {
-            "Role" => format!(
-                "/registry/roles.rbac.authorization.k8s.io/{}/{}",
-                t.ns.as_deref().unwrap_or(""),
-                role_ref.name
-            ),
-            _ => format!(
-                "/registry/clusterroles.rbac.authorization.k8s.io/{}",
-                role_ref.name
-            ),
-        };
-        if let Some(kv) = app.store.get(&key).await? {
-            let role = decode(&kv)?;
-            // An aggregated ClusterRole's rules are what its object carries.
-            stored = serde_json::from_value(role["rules"].clone()).ok();
-        }
-    }
-    crate::authz::check_grant(&snap, &t.user, t.res.plural, t.ns.as_deref(), obj, stored)
+    crate::authz::guard::rbac_write(app, &t.user, t.res.plural, t.ns.as_deref(), obj).await
 }
 
 async fn admit_pod(app: &App, obj: &mut Value) -> Result<(), ApiError> {

@@ -6,11 +6,12 @@
 //! privileged-group authorizer, so the admin kubeconfig works even before the RBAC cache is
 //! filled); everyone else is decided by [`rbac::Snapshot`], kept current by [`cache`]. A denial
 //! is a 403 Status with upstream's message. [`escalation`] stops users from granting what they
-//! do not hold, [`review`] answers SelfSubjectAccessReview/SelfSubjectRulesReview, [`policy`]
+//! do not hold ([`guard`] is its IO edge), [`review`] answers the self reviews, [`policy`]
 //! bootstraps the default roles.
 
 pub mod cache;
 pub mod escalation;
+pub mod guard;
 pub mod policy;
 pub mod rbac;
 pub mod review;
