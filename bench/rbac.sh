@@ -3,12 +3,12 @@
 # authorized by RBAC (a RoleBinding to `edit` among 120 bindings) against the admin token
 # (system:masters, no RBAC lookup), alternating rounds on the same server; the printed ratio
 # is the authorizer's cost (goal >= 0.9).
-# Usage: bench/rbac.sh [N per round=2000] [CONCURRENCY=8] [ROUNDS=3]
+# Usage: bench/rbac.sh [N per round=500] [CONCURRENCY=8] [ROUNDS=11]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-N=${1:-2000}
+N=${1:-500}
 C=${2:-8}
-R=${3:-3}
+R=${3:-11}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 cargo build --release -q -p moat --bin moat --example rbacbench
 BIN=$CARGO_TARGET_DIR/release
