@@ -340,6 +340,50 @@ pub static RESOURCES: &[ResourceInfo] = &[
         categories: &[],
         subresources: &[],
     },
+    ResourceInfo {
+        group: "rbac.authorization.k8s.io",
+        version: "v1",
+        kind: "ClusterRoleBinding",
+        plural: "clusterrolebindings",
+        singular: "clusterrolebinding",
+        namespaced: false,
+        short_names: &[],
+        categories: &[],
+        subresources: &[],
+    },
+    ResourceInfo {
+        group: "rbac.authorization.k8s.io",
+        version: "v1",
+        kind: "ClusterRole",
+        plural: "clusterroles",
+        singular: "clusterrole",
+        namespaced: false,
+        short_names: &[],
+        categories: &[],
+        subresources: &[],
+    },
+    ResourceInfo {
+        group: "rbac.authorization.k8s.io",
+        version: "v1",
+        kind: "RoleBinding",
+        plural: "rolebindings",
+        singular: "rolebinding",
+        namespaced: true,
+        short_names: &[],
+        categories: &[],
+        subresources: &[],
+    },
+    ResourceInfo {
+        group: "rbac.authorization.k8s.io",
+        version: "v1",
+        kind: "Role",
+        plural: "roles",
+        singular: "role",
+        namespaced: true,
+        short_names: &[],
+        categories: &[],
+        subresources: &[],
+    },
 ];
 
 /// Looks a resource up by group, version and URL plural.
@@ -413,6 +457,6 @@ mod tests {
         let gvs = group_versions();
         assert_eq!(gvs[0], ("", "v1"));
         assert!(gvs.contains(&("networking.k8s.io", "v1")));
-        assert_eq!(gvs.len(), 7);
+        assert_eq!(gvs.len(), 8);
     }
 }

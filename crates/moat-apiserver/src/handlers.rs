@@ -32,6 +32,8 @@ struct Target {
     ns: Option<String>,
     name: Option<String>,
     sub: Option<String>,
+    /// Who asks: RBAC writes are checked against what this user holds (escalation).
+    user: crate::authz::User,
 }
 
 mod collection;
@@ -55,6 +57,7 @@ fn parse_path(path: &str) -> Option<Target> {
                 ns: Some(ns.to_string()),
                 name: tail.first().map(|s| s.to_string()),
                 sub: tail.get(1).map(|s| s.to_string()),
+                user: Default::default(),
             })
             .filter(|_| tail.len() <= 2)
         }
@@ -65,6 +68,7 @@ fn parse_path(path: &str) -> Option<Target> {
                 ns: None,
                 name: tail.first().map(|s| s.to_string()),
                 sub: tail.get(1).map(|s| s.to_string()),
+                user: Default::default(),
             })
         }
         _ => None,
@@ -144,6 +148,7 @@ const SUBRESOURCES: &[&str] = &[
 
 pub async fn handle(
     app: Arc<App>,
+    user: &crate::authz::User,
     method: Method,
     path: &str,
     q: Q,
@@ -164,7 +169,7 @@ pub async fn handle(
     if let Some(group) = crate::discovery::api_group(path) {
         return Ok(json_response(StatusCode::OK, &group));
     }
-    let t = parse_path(path).ok_or_else(|| {
+    let mut t = parse_path(path).ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
             "NotFound",
@@ -184,6 +189,7 @@ pub async fn handle(
             format!("the server could not find the requested resource ({path})"),
         ));
     }
+    t.user = user.clone();
     let watching = q.get("watch").is_some_and(|w| w == "true" || w == "1");
     match (&method, &t.name, t.sub.as_deref()) {
         (&Method::GET, None, None) if watching => watch(app, &t, &q, &headers).await,
@@ -540,6 +546,7 @@ async fn create_value(
             &name,
         ));
     }
+    no_escalation(&app, t, &obj).await?;
     if t.res.kind == "Pod" {
         admit_pod(&app, &mut obj).await?;
     }
@@ -576,6 +583,14 @@ async fn create_value(
     let mut resp = json_response(StatusCode::CREATED, &decode(&kv)?);
     crate::schema::add_warnings(&mut resp, &warnings);
     Ok(resp)
+}
+
+/// Escalation prevention for RBAC objects (`authz::guard`).
+async fn no_escalation(app: &App, t: &Target, obj: &Value) -> Result<(), ApiError> {
+    if t.res.group != "rbac.authorization.k8s.io" {
+        return Ok(());
+    }
+    crate::authz::guard::rbac_write(app, &t.user, t.res.plural, t.ns.as_deref(), obj).await
 }
 
 async fn admit_pod(app: &App, obj: &mut Value) -> Result<(), ApiError> {
@@ -749,6 +764,7 @@ async fn update(
         if !causes.is_empty() {
             return Err(ApiError::invalid(t.res.kind, name, causes));
         }
+        no_escalation(&app, t, &next).await?;
         if t.res.kind == "Service" {
             let (old_ip, new_ip) = (&cur["spec"]["clusterIP"], &next["spec"]["clusterIP"]);
             if new_ip.is_null() || new_ip == "" {

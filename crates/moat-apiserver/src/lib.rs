@@ -1,6 +1,7 @@
 //! moat's Kubernetes-compatible API server.
 //!
-//! HTTPS (rustls; HTTP/1.1 and h2) with bearer-token authentication; every resource of the
+//! HTTPS (rustls; HTTP/1.1 and h2) with authentication by the admin bearer token or client
+//! certificates of the cluster CA (`authn`) and RBAC authorization (`authz`); every resource of the
 //! `moat-api` registry is served generically over the `moat-store` contract: objects are
 //! JSON, `resourceVersion` is the store revision, updates are compare-and-swap, watches
 //! stream store events. This crate is the only one that touches the store.
@@ -16,6 +17,8 @@
 #![allow(clippy::result_large_err)]
 
 pub mod alloc;
+pub mod authn;
+pub mod authz;
 pub mod body;
 pub mod bootstrap;
 pub mod compaction;
@@ -64,6 +67,10 @@ pub enum ServeError {
     DefaultRuntimeClass(#[from] bootstrap::BootstrapError),
     #[error("bootstrapping the cluster")]
     NetConf(#[from] bootstrap::NetConfError),
+    #[error("bootstrapping or reading the RBAC policy")]
+    Rbac(#[source] moat_store::StoreError),
+    #[error("building the client certificate verifier")]
+    ClientVerifier(#[source] rustls::server::VerifierBuilderError),
     #[error("loading the TLS certificate")]
     Tls(#[source] rustls::Error),
     #[error("parsing {0}")]
@@ -112,6 +119,8 @@ pub struct App {
     pub advertise: String,
     pub service_cidr: alloc::ServiceCidr,
     pub max_watch_seconds: Option<u64>,
+    /// The RBAC objects, watch-fed ([`authz::cache::RbacCache::empty`] without a watch).
+    pub rbac: Arc<authz::cache::RbacCache>,
 }
 
 async fn bootstrap(store: &dyn Store) -> Result<(), ServeError> {
@@ -159,15 +168,28 @@ async fn route(
         }
         _ => {}
     }
-    let authed = parts
-        .headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|t| constant_time_eq(t.trim().as_bytes(), app.token.as_bytes()));
-    if !authed {
+    let Some(real) = authn::authenticate(&app.token, &parts.headers, &parts.extensions) else {
         return ApiError::new(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized")
             .into_response();
+    };
+    let snap = app.rbac.snapshot();
+    let user = match authn::impersonate(&snap, real, &parts.headers) {
+        Ok(u) => u,
+        Err(e) => return e.into_response(),
+    };
+    // Authorization comes before anything is read, written or proxied to a node.
+    let watching = q.get("watch").is_some_and(|w| w == "true" || w == "1");
+    let upgrade = parts.headers.contains_key(header::UPGRADE);
+    for a in authz::request_checks(&parts.method, &path, watching, upgrade) {
+        if let Err(e) = authz::check(&snap, &user, &a) {
+            tracing::debug!(user = %user.name, %path, "forbidden");
+            return e.into_response();
+        }
+    }
+    if parts.method == http::Method::POST
+        && let Some(which) = authz::review::which(&path)
+    {
+        return serve_review(&snap, &user, which, &parts.headers, body).await;
     }
     let raw_query = parts.uri.query().unwrap_or("").to_string();
     if let Some(r) = proxy::intercept(&app, &path, &raw_query, &mut parts).await {
@@ -179,7 +201,7 @@ async fn route(
         return r;
     }
     let method = parts.method.clone();
-    match handlers::handle(app, method.clone(), &path, q, parts.headers, body).await {
+    match handlers::handle(app, &user, method.clone(), &path, q, parts.headers, body).await {
         Ok(r) => r,
         Err(e) => {
             tracing::debug!(%method, %path, code = e.code.as_u16(), reason = e.reason, "request failed");
@@ -188,9 +210,55 @@ async fn route(
     }
 }
 
-/// Token comparison whose time does not depend on where the first difference is.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// SelfSubjectAccessReview, SelfSubjectRulesReview and SelfSubjectReview (POST only;
+/// nothing is stored).
+async fn serve_review(
+    snap: &authz::rbac::Snapshot,
+    user: &authz::User,
+    which: &str,
+    headers: &http::HeaderMap,
+    body: Body,
+) -> Response {
+    use authz::review;
+    if which == review::WHOAMI {
+        // The body asks nothing; only the requester matters.
+        return handlers::json_response(StatusCode::CREATED, &review::whoami(user));
+    }
+    let parsed = match body::read_object_body(headers, body).await {
+        Ok(b) => serde_json::from_slice::<serde_json::Value>(&b)
+            .map_err(|e| ApiError::bad_request(format!("decoding the review: {e}"))),
+        Err(e) => Err(e),
+    };
+    let answer = parsed.and_then(|v| {
+        if which == review::ACCESS {
+            review::access_review(snap, user, v)
+        } else {
+            Ok(review::rules_review(snap, user, v))
+        }
+    });
+    match answer {
+        Ok(v) => handlers::json_response(StatusCode::CREATED, &v),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Client certificates are optional (token clients send none) but, when sent, must chain
+/// to the cluster CA, or the handshake fails.
+fn client_verifier(
+    ca_pem: &str,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, ServeError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        let c = c.map_err(|_| ServeError::Pem("the CA certificate"))?;
+        roots.add(c).map_err(ServeError::Tls)?;
+    }
+    rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        Arc::new(rustls::crypto::ring::default_provider()),
+    )
+    .allow_unauthenticated()
+    .build()
+    .map_err(ServeError::ClientVerifier)
 }
 
 pub fn router(app: Arc<App>) -> axum::Router {
@@ -265,6 +333,16 @@ pub async fn serve(
         .await?;
     }
 
+    authz::policy::ensure(
+        &*store,
+        &chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    )
+    .await
+    .map_err(ServeError::Rbac)?;
+    let rbac = authz::cache::RbacCache::start(store.clone())
+        .await
+        .map_err(ServeError::Rbac)?;
+
     let certs: Vec<CertificateDer<'static>> =
         CertificateDer::pem_slice_iter(creds.cert_pem.as_bytes())
             .collect::<Result<_, _>>()
@@ -276,7 +354,7 @@ pub async fn serve(
     ))
     .with_safe_default_protocol_versions()
     .map_err(ServeError::Tls)?
-    .with_no_client_auth()
+    .with_client_cert_verifier(client_verifier(&creds.ca_pem)?)
     .with_single_cert(certs, key)
     .map_err(ServeError::Tls)?;
     tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
@@ -313,6 +391,7 @@ pub async fn serve(
         advertise: format!("{host}:{}", bound.port()),
         service_cidr,
         max_watch_seconds: cfg.max_watch_seconds,
+        rbac,
     });
     if let Some(every) = cfg.compaction_interval {
         tokio::spawn(compaction::run(app.store.clone(), every));
@@ -336,11 +415,23 @@ pub async fn serve(
             let Ok(tls) = acceptor.accept(tcp).await else {
                 return;
             };
+            // rustls has verified the chain to the cluster CA; the leaf names the user.
+            let peer = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|c| authn::user_from_cert(c))
+                .map(authn::PeerUser);
             let hyper_svc =
                 hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                     let svc = svc.clone();
+                    let peer = peer.clone();
                     async move {
-                        let req = req.map(Body::new);
+                        let mut req = req.map(Body::new);
+                        if let Some(p) = peer {
+                            req.extensions_mut().insert(p);
+                        }
                         tower::ServiceExt::oneshot(svc, req).await
                     }
                 });

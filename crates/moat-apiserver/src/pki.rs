@@ -136,3 +136,183 @@ pub fn kubeconfig(server_url: &str, creds: &Credentials) -> String {
         creds.token
     )
 }
+
+/// A user's client certificate and key (PEM), signed by the cluster CA.
+pub struct UserCredentials {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UserCertError {
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    #[error("the user name must not be empty")]
+    EmptyName,
+    #[error(
+        "at most two groups per certificate (the certificate library writes one value per \
+         attribute type, and O is written once as itself and once as its OID); bind roles \
+         to the user instead"
+    )]
+    TooManyGroups,
+    #[error("{step}")]
+    Cert {
+        step: &'static str,
+        #[source]
+        source: rcgen::Error,
+    },
+}
+
+/// Signs a client certificate for `name` in `groups` (CN = user, O = groups, as
+/// kube-apiserver reads them) with the CA in `data_dir`, valid for `days`.
+pub fn user_certificate(
+    data_dir: &Path,
+    name: &str,
+    groups: &[String],
+    days: u32,
+) -> Result<UserCredentials, UserCertError> {
+    if name.is_empty() {
+        return Err(UserCertError::EmptyName);
+    }
+    if groups.len() > 2 {
+        return Err(UserCertError::TooManyGroups);
+    }
+    let cert_err = |step| move |source| UserCertError::Cert { step, source };
+    let ca_pem = read(&data_dir.join("ca.crt"), "reading the CA certificate")?;
+    let ca_key_pem = read(&data_dir.join("ca.key"), "reading the CA key")?;
+    let ca_key = rcgen::KeyPair::from_pem(&ca_key_pem).map_err(cert_err("parsing the CA key"))?;
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&ca_pem, ca_key)
+        .map_err(cert_err("parsing the CA certificate"))?;
+    let kp = rcgen::KeyPair::generate().map_err(cert_err("generating the user key"))?;
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())
+        .map_err(cert_err("user certificate parameters"))?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    for (i, g) in groups.iter().enumerate() {
+        let ty = if i == 0 {
+            rcgen::DnType::OrganizationName
+        } else {
+            // The same OID (2.5.4.10) under another key of rcgen's attribute map.
+            rcgen::DnType::CustomDnType(vec![2, 5, 4, 10])
+        };
+        params.distinguished_name.push(ty, g.as_str());
+    }
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::DigitalSignature,
+        rcgen::KeyUsagePurpose::KeyEncipherment,
+    ];
+    let now = chrono::Utc::now();
+    let until = now + chrono::Duration::days(i64::from(days));
+    let ymd = |d: chrono::DateTime<chrono::Utc>| {
+        use chrono::Datelike;
+        rcgen::date_time_ymd(d.year(), d.month() as u8, d.day() as u8)
+    };
+    params.not_before = ymd(now - chrono::Duration::days(1));
+    params.not_after = ymd(until);
+    let cert = params
+        .signed_by(&kp, &issuer)
+        .map_err(cert_err("signing the user certificate"))?;
+    Ok(UserCredentials {
+        cert_pem: cert.pem(),
+        key_pem: kp.serialize_pem(),
+    })
+}
+
+/// A kubeconfig for `user` authenticating with its client certificate.
+pub fn user_kubeconfig(
+    server_url: &str,
+    ca_pem: &str,
+    user: &str,
+    creds: &UserCredentials,
+) -> String {
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s.as_bytes());
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: moat\n  cluster:\n    server: {server_url}\n    certificate-authority-data: {}\ncontexts:\n- name: {user}@moat\n  context:\n    cluster: moat\n    user: {user:?}\ncurrent-context: {user}@moat\nusers:\n- name: {user:?}\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\n",
+        b64(ca_pem),
+        b64(&creds.cert_pem),
+        b64(&creds.key_pem),
+    )
+}
+
+/// The server URL of the admin kubeconfig a server wrote into `data_dir`.
+pub fn server_url(data_dir: &Path) -> Result<String, PkiError> {
+    let path = data_dir.join("kubeconfig.yaml");
+    let text = read(&path, "reading the admin kubeconfig")?;
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("server: "))
+        .map(|s| s.trim().to_string())
+        .ok_or(PkiError::Pem {
+            step: "finding the server URL in the admin kubeconfig",
+            path,
+        })
+}
+
+/// Writes `<out>/<name>.crt`, `<name>.key` and `<name>.kubeconfig` for a user; returns the
+/// kubeconfig path.
+pub fn write_user_files(
+    data_dir: &Path,
+    out: &Path,
+    name: &str,
+    groups: &[String],
+    days: u32,
+    server: Option<&str>,
+) -> Result<PathBuf, UserCertError> {
+    let creds = user_certificate(data_dir, name, groups, days)?;
+    let url = match server {
+        Some(s) => s.to_string(),
+        None => server_url(data_dir)?,
+    };
+    let ca_pem = read(&data_dir.join("ca.crt"), "reading the CA certificate")?;
+    std::fs::create_dir_all(out).map_err(|source| PkiError::Io {
+        step: "creating the output directory",
+        path: out.to_path_buf(),
+        source,
+    })?;
+    let file = |ext: &str| out.join(format!("{}.{ext}", name.replace(['/', ':'], "_")));
+    write_private(
+        &file("crt"),
+        creds.cert_pem.as_bytes(),
+        "writing the user certificate",
+    )?;
+    write_private(
+        &file("key"),
+        creds.key_pem.as_bytes(),
+        "writing the user key",
+    )?;
+    let kc = file("kubeconfig");
+    write_private(
+        &kc,
+        user_kubeconfig(&url, &ca_pem, name, &creds).as_bytes(),
+        "writing the user kubeconfig",
+    )?;
+    Ok(kc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::pki_types::pem::PemObject;
+
+    #[test]
+    fn user_certificates_chain_to_the_ca_and_name_the_user() {
+        let dir = tempfile::tempdir().unwrap();
+        ensure(dir.path(), &["localhost".into()]).unwrap();
+        let groups = vec!["devs".to_string(), "ops".to_string()];
+        let c = user_certificate(dir.path(), "alice", &groups, 30).unwrap();
+        let der = rustls::pki_types::CertificateDer::from_pem_slice(c.cert_pem.as_bytes()).unwrap();
+        let u = crate::authn::user_from_cert(&der).unwrap();
+        assert_eq!(u.name, "alice");
+        assert_eq!(u.groups, ["devs", "ops", "system:authenticated"]);
+        let (_, x) = x509_parser::parse_x509_certificate(&der).unwrap();
+        let ca = read(&dir.path().join("ca.crt"), "ca").unwrap();
+        let ca_der = rustls::pki_types::CertificateDer::from_pem_slice(ca.as_bytes()).unwrap();
+        let (_, ca_x) = x509_parser::parse_x509_certificate(&ca_der).unwrap();
+        assert!(x.verify_signature(Some(ca_x.public_key())).is_ok());
+        assert!(matches!(
+            user_certificate(dir.path(), "bob", &["a".into(), "b".into(), "c".into()], 1),
+            Err(UserCertError::TooManyGroups)
+        ));
+    }
+}

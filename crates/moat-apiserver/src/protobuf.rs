@@ -22,6 +22,7 @@ use serde_json::{Map, Value, json};
 use crate::status::ApiError;
 
 mod batch;
+mod rbac;
 
 const MAGIC: &[u8] = b"k8s\0";
 
@@ -147,6 +148,9 @@ fn set_fields(dbg: &str) -> Vec<String> {
     }
 }
 
+const RBAC: &str = "rbac.authorization.k8s.io/v1";
+const AUTHZ: &str = "authorization.k8s.io/v1";
+
 /// Decodes a protobuf request body into the JSON object the handlers work with.
 pub fn to_json(body: &[u8]) -> Result<Value, ProtoError> {
     let inner = body.strip_prefix(MAGIC).ok_or(ProtoError::Magic)?;
@@ -164,6 +168,18 @@ pub fn to_json(body: &[u8]) -> Result<Value, ProtoError> {
         ("apps/v1", "Deployment") => deployment(decode(&raw, "Deployment")?)?,
         ("batch/v1", "Job") => batch::job(decode(&raw, "Job")?)?,
         ("batch/v1", "CronJob") => batch::cron_job(decode(&raw, "CronJob")?)?,
+        (RBAC, "Role") => rbac::role(decode(&raw, "Role")?)?,
+        (RBAC, "ClusterRole") => rbac::cluster_role(decode(&raw, "ClusterRole")?)?,
+        (RBAC, "RoleBinding") => rbac::role_binding(decode(&raw, "RoleBinding")?)?,
+        (RBAC, "ClusterRoleBinding") => {
+            rbac::cluster_role_binding(decode(&raw, "ClusterRoleBinding")?)?
+        }
+        (AUTHZ, "SelfSubjectAccessReview") => {
+            rbac::access_review(decode(&raw, "SelfSubjectAccessReview")?)?
+        }
+        (AUTHZ, "SelfSubjectRulesReview") => {
+            rbac::rules_review(decode(&raw, "SelfSubjectRulesReview")?)?
+        }
         _ => return Err(ProtoError::Kind(format!("{api_version} {kind}"))),
     };
     obj.insert("apiVersion".into(), json!(api_version));

@@ -38,7 +38,7 @@ fn roundtrip<T: DeserializeOwned + Serialize>(v: &Value) -> Result<Value, serde_
 
 /// The object as its typed form sees it; None for kinds without a typed form here.
 fn typed(kind: &str, v: &Value) -> Option<Result<Value, serde_json::Error>> {
-    use k8s_openapi::api::{apps, batch, coordination, core, discovery, networking, node};
+    use k8s_openapi::api::{apps, batch, coordination, core, discovery, networking, node, rbac};
     Some(match kind {
         "Namespace" => roundtrip::<core::v1::Namespace>(v),
         "Node" => roundtrip::<core::v1::Node>(v),
@@ -59,6 +59,10 @@ fn typed(kind: &str, v: &Value) -> Option<Result<Value, serde_json::Error>> {
         "EndpointSlice" => roundtrip::<discovery::v1::EndpointSlice>(v),
         "NetworkPolicy" => roundtrip::<networking::v1::NetworkPolicy>(v),
         "RuntimeClass" => roundtrip::<node::v1::RuntimeClass>(v),
+        "Role" => roundtrip::<rbac::v1::Role>(v),
+        "ClusterRole" => roundtrip::<rbac::v1::ClusterRole>(v),
+        "RoleBinding" => roundtrip::<rbac::v1::RoleBinding>(v),
+        "ClusterRoleBinding" => roundtrip::<rbac::v1::ClusterRoleBinding>(v),
         _ => return None,
     })
 }

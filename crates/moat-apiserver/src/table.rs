@@ -230,6 +230,15 @@ fn columns(kind: &str) -> Vec<Value> {
         "RuntimeClass" => vec![name, col("Handler", "string", 0, "Handler."), age],
         "Endpoints" => vec![name, col("Endpoints", "string", 0, "Endpoints."), age],
         "Lease" => vec![name, col("Holder", "string", 0, "Holder."), age],
+        "Role" | "ClusterRole" => vec![name, col("Created At", "date", 0, "Creation time.")],
+        "RoleBinding" | "ClusterRoleBinding" => vec![
+            name,
+            col("Role", "string", 0, "Role."),
+            age,
+            col("Users", "string", 1, "Users."),
+            col("Groups", "string", 1, "Groups."),
+            col("ServiceAccounts", "string", 1, "ServiceAccounts."),
+        ],
         "Event" => vec![
             col("Last Seen", "string", 0, "Last seen."),
             col("Type", "string", 0, "Type."),
@@ -559,6 +568,30 @@ fn cells(kind: &str, o: &Value, now: chrono::DateTime<chrono::Utc>) -> Vec<Value
             ]
         }
         "Lease" => vec![name, json!(s(&spec["holderIdentity"])), a],
+        "Role" | "ClusterRole" => vec![name, o["metadata"]["creationTimestamp"].clone()],
+        "RoleBinding" | "ClusterRoleBinding" => {
+            let subjects = o["subjects"].as_array().cloned().unwrap_or_default();
+            let of = |kind: &str| {
+                let names: Vec<String> = subjects
+                    .iter()
+                    .filter(|x| x["kind"] == kind)
+                    .map(|x| match x["namespace"].as_str() {
+                        Some(ns) if kind == "ServiceAccount" => format!("{ns}/{}", s(&x["name"])),
+                        _ => s(&x["name"]),
+                    })
+                    .collect();
+                json!(names.join(", "))
+            };
+            let role = format!("{}/{}", s(&o["roleRef"]["kind"]), s(&o["roleRef"]["name"]));
+            vec![
+                name,
+                json!(role),
+                a,
+                of("User"),
+                of("Group"),
+                of("ServiceAccount"),
+            ]
+        }
         "Event" => {
             let last = o["lastTimestamp"]
                 .as_str()

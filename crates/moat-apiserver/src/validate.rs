@@ -7,6 +7,7 @@ use serde_json::{Value, json};
 
 pub mod batch;
 mod daemonset;
+mod rbac;
 mod resources;
 
 fn dns_label(s: &str) -> bool {
@@ -43,12 +44,26 @@ pub fn validate_meta(res: &ResourceInfo, obj: &Value) -> Vec<moat_api::Cause> {
     let mut causes = Vec::new();
     let name = obj["metadata"]["name"].as_str().unwrap_or("");
     let label_style = matches!(res.kind, "Namespace" | "Service");
-    let ok = if label_style {
+    // RBAC names are path segments (`system:discovery`), as upstream's ValidateRBACName.
+    let path_segment = res.group == "rbac.authorization.k8s.io";
+    let ok = if path_segment {
+        !matches!(name, "" | "." | "..") && !name.contains(['/', '%'])
+    } else if label_style {
         dns_label(name)
     } else {
         dns_subdomain(name)
     };
     if !ok {
+        if path_segment {
+            causes.push(moat_api::Cause::new(
+                "FieldValueInvalid",
+                "metadata.name",
+                format!(
+                    "Invalid value: {name:?}: may not be '.' or '..' and may not contain '/' or '%'"
+                ),
+            ));
+            return causes;
+        }
         let what = if label_style {
             "RFC 1123 label"
         } else {
@@ -159,6 +174,7 @@ pub fn default_object(res: &ResourceInfo, obj: &mut Value) {
         }
         "Job" => batch::default_job(obj),
         "DaemonSet" => daemonset::default_daemon_set(obj),
+        "RoleBinding" | "ClusterRoleBinding" => rbac::default_rbac(obj),
         "CronJob" => batch::default_cron_job(obj),
         "Secret" => {
             if obj["type"].is_null() {
@@ -646,6 +662,9 @@ pub fn validate(res: &ResourceInfo, obj: &Value) -> Vec<Cause> {
                 ));
             }
         }
+        "Role" | "ClusterRole" | "RoleBinding" | "ClusterRoleBinding" => {
+            rbac::validate_rbac(&mut causes, res.kind, obj)
+        }
         "RuntimeClass" => match obj["handler"].as_str() {
             None | Some("") => required(&mut causes, "handler"),
             Some(h) if !dns_label(h) => invalid(
@@ -688,6 +707,7 @@ pub fn validate_update(res: &ResourceInfo, old: &Value, new: &Value) -> Vec<Caus
     let mut causes = Vec::new();
     match res.kind {
         "Job" => batch::validate_job_update(&mut causes, old, new),
+        "RoleBinding" | "ClusterRoleBinding" => rbac::validate_rbac_update(&mut causes, old, new),
         "DaemonSet" if old["spec"]["selector"] != new["spec"]["selector"] => {
             invalid(
                 &mut causes,

@@ -58,7 +58,7 @@ fn hash(b: &[u8]) -> String {
 /// Definitions of every served kind and what they reference, keyed by upstream name
 /// (`io.k8s.api.core.v1.Pod`), with `$ref`s pointing at `#/components/schemas/`.
 fn definitions() -> Result<Map<String, Value>, OpenApiError> {
-    use k8s_openapi::api::{apps, batch, coordination, core, discovery, networking, node};
+    use k8s_openapi::api::{apps, batch, coordination, core, discovery, networking, node, rbac};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1 as meta;
     let mut g = schemars::generate::SchemaSettings::openapi3().into_generator();
     g.subschema_for::<core::v1::Namespace>();
@@ -80,6 +80,10 @@ fn definitions() -> Result<Map<String, Value>, OpenApiError> {
     g.subschema_for::<discovery::v1::EndpointSlice>();
     g.subschema_for::<networking::v1::NetworkPolicy>();
     g.subschema_for::<node::v1::RuntimeClass>();
+    g.subschema_for::<rbac::v1::Role>();
+    g.subschema_for::<rbac::v1::ClusterRole>();
+    g.subschema_for::<rbac::v1::RoleBinding>();
+    g.subschema_for::<rbac::v1::ClusterRoleBinding>();
     g.subschema_for::<k8s_openapi::api::autoscaling::v1::Scale>();
     g.subschema_for::<meta::Status>();
     g.subschema_for::<meta::DeleteOptions>();

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod agent;
+mod certs;
 mod cluster;
 mod image;
 mod netpol;
@@ -46,6 +47,8 @@ enum Cmd {
     Ps(ps::PsArgs),
     /// List this node's pod sandboxes with their runtime handler, state and IP.
     Pods(ps::PsArgs),
+    /// Credentials signed by the cluster CA: `moat certs user NAME --group G --out DIR`.
+    Certs(certs::CertsArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -66,6 +69,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Check(a) => agent::check(a),
         Cmd::Ps(a) => ps::ps(a),
         Cmd::Pods(a) => ps::pods(a),
+        Cmd::Certs(a) => certs::run(a),
     };
     match res {
         Ok(code) => code,

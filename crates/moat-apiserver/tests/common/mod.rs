@@ -58,6 +58,25 @@ impl Api {
     }
 
     pub async fn over(store: Arc<dyn Store>) -> Api {
+        Self::over_with(store, moat_apiserver::authz::cache::RbacCache::empty()).await
+    }
+
+    /// With the default RBAC policy bootstrapped and a watch-fed RBAC cache, as `serve` runs.
+    pub async fn with_rbac() -> Api {
+        let store: Arc<dyn Store> = Arc::new(MemStore::new());
+        moat_apiserver::authz::policy::ensure(&*store, "2026-01-01T00:00:00Z")
+            .await
+            .expect("policy");
+        let rbac = moat_apiserver::authz::cache::RbacCache::start(store.clone())
+            .await
+            .expect("rbac cache");
+        Self::over_with(store, rbac).await
+    }
+
+    pub async fn over_with(
+        store: Arc<dyn Store>,
+        rbac: Arc<moat_apiserver::authz::cache::RbacCache>,
+    ) -> Api {
         for ns in ["default", "kube-system"] {
             let obj = json!({"kind": "Namespace", "apiVersion": "v1",
                 "metadata": {"name": ns, "uid": format!("uid-{ns}"),
@@ -80,6 +99,7 @@ impl Api {
             advertise: "127.0.0.1:6443".into(),
             service_cidr: ServiceCidr::parse("10.43.0.0/16").expect("cidr"),
             max_watch_seconds: None,
+            rbac,
         });
         Api { app }
     }
@@ -91,15 +111,41 @@ impl Api {
         content_type: Option<&str>,
         body: impl Into<Body>,
     ) -> Resp {
-        let mut b = Request::builder()
+        let b = Request::builder()
             .method(method)
             .uri(uri)
             .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"));
+        self.send(b, content_type, body.into()).await
+    }
+
+    /// A request from `who` as a verified client certificate would identify them (None:
+    /// no credentials at all).
+    pub async fn request_as(
+        &self,
+        who: Option<&moat_apiserver::authz::User>,
+        method: Method,
+        uri: &str,
+        body: Option<&Value>,
+    ) -> Resp {
+        let mut b = Request::builder().method(method).uri(uri);
+        if let Some(u) = who {
+            b = b.extension(moat_apiserver::authn::PeerUser(u.clone()));
+        }
+        let body = body.map(|v| Body::from(v.to_string())).unwrap_or_default();
+        self.send(b, Some("application/json"), body).await
+    }
+
+    async fn send(
+        &self,
+        mut b: http::request::Builder,
+        content_type: Option<&str>,
+        body: Body,
+    ) -> Resp {
         if let Some(ct) = content_type {
             b = b.header(header::CONTENT_TYPE, ct);
         }
         let resp = router(self.app.clone())
-            .oneshot(b.body(body.into()).expect("request"))
+            .oneshot(b.body(body).expect("request"))
             .await
             .expect("infallible");
         let code = resp.status();
