@@ -17,41 +17,19 @@
                                     moat-proxy table has it. Prints "what api_ms nodes_ms".
 """
 
-import base64
-import http.client
 import json
 import os
 import queue
-import ssl
-import subprocess
 import sys
 import threading
 import time
 
-import yaml
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import live  # noqa: E402
 
 
-class Api:
-    def __init__(self, kubeconfig):
-        with open(kubeconfig) as f:
-            kc = yaml.safe_load(f)
-        cluster = kc["clusters"][0]["cluster"]
-        self.token = kc["users"][0]["user"]["token"]
-        url = cluster["server"].removeprefix("https://")
-        host, port = url.split("/")[0].rsplit(":", 1)
-        ca = base64.b64decode(cluster["certificate-authority-data"]).decode()
-        ctx = ssl.create_default_context(cadata=ca)
-        self.conn = http.client.HTTPSConnection(host, int(port), context=ctx, timeout=30)
-
-    def call(self, method, path, obj=None, ctype="application/json"):
-        hdr = {"Authorization": f"Bearer {self.token}", "Content-Type": ctype}
-        body = None if obj is None else json.dumps(obj)
-        self.conn.request(method, path, body=body, headers=hdr)
-        r = self.conn.getresponse()
-        out = r.read()
-        if r.status >= 300 and not (method == "POST" and r.status == 409):
-            raise SystemExit(f"netpol_live: {method} {path}: {r.status} {out[:300]!r}")
-        return out
+def Api(kubeconfig):
+    return live.Api(kubeconfig, "netpol_live")
 
 
 def ghost_pod(i):
@@ -87,11 +65,12 @@ def set_ip(api, name, ip):
 
 def load(args):
     api, pods, policies = Api(args[0]), int(args[1]), int(args[2])
-    api.call("POST", "/api/v1/namespaces", {"metadata": {"name": "load"}})
+    api.call("POST", "/api/v1/namespaces", {"metadata": {"name": "load"}}, allow_conflict=True)
     api.call(
         "POST",
         "/api/v1/nodes",
         {"metadata": {"name": "ghost"}},
+        allow_conflict=True,
     )
     t0 = time.perf_counter()
     workers = 4
@@ -99,7 +78,7 @@ def load(args):
     def create(k):
         mine = Api(args[0])
         for i in range(k, pods, workers):
-            mine.call("POST", "/api/v1/namespaces/load/pods", ghost_pod(i))
+            mine.call("POST", "/api/v1/namespaces/load/pods", ghost_pod(i), allow_conflict=True)
             set_ip(mine, f"g{i}", ghost_ip(i))
 
     threads = [threading.Thread(target=create, args=(k,)) for k in range(workers)]
@@ -128,35 +107,14 @@ def load(args):
     print(f"{rate:.0f}")
 
 
-class Monitor:
-    """`nft monitor` in a node's namespace, each line stamped when read."""
+class Monitor(live.Monitor):
+    """`nft monitor` in a node's namespace."""
 
     def __init__(self, netns):
-        self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", netns, "nft", "monitor"], stdout=subprocess.PIPE
-        )
-        self.lines = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-        time.sleep(0.3)
-
-    def _read(self):
-        fd = self.proc.stdout.fileno()
-        pending = b""
-        while True:
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                return
-            now = time.perf_counter()
-            pending += chunk
-            *lines, pending = pending.split(b"\n")
-            for line in lines:
-                self.lines.put((now, line.decode(errors="replace")))
-
-    def drain(self):
-        while not self.lines.empty():
-            self.lines.get_nowait()
+        super().__init__(["ip", "netns", "exec", netns, "nft", "monitor"])
 
     def first_after(self, t0, timeout, table="moat_netpol"):
+        """ms from t0 to the first line after t0 naming `table`; -1 on timeout."""
         while True:
             left = t0 + timeout - time.perf_counter()
             if left <= 0:
@@ -167,10 +125,6 @@ class Monitor:
                 return -1.0
             if at >= t0 and table in text:
                 return (at - t0) * 1000
-
-    def close(self):
-        self.proc.kill()
-        self.proc.wait()
 
 
 def measure(args):
@@ -198,7 +152,8 @@ def measure(args):
 
     try:
         api.call("POST", "/api/v1/namespaces/load/pods", ghost_pod(10**6) | {
-            "metadata": {"name": "peer-0", "namespace": "load", "labels": {"role": "peer"}}})
+            "metadata": {"name": "peer-0", "namespace": "load", "labels": {"role": "peer"}}},
+            allow_conflict=True)
         set_ip(api, "peer-0", "10.42.255.2")
         for r in range(reps):
             timed("policy-add", "POST",
@@ -208,7 +163,8 @@ def measure(args):
                   {"metadata": {"labels": {"role": role}}}, "application/merge-patch+json")
             name = f"peer-{r + 1}"
             api.call("POST", "/api/v1/namespaces/load/pods", ghost_pod(10**6) | {
-                "metadata": {"name": name, "namespace": "load", "labels": {"role": "peer"}}})
+                "metadata": {"name": name, "namespace": "load", "labels": {"role": "peer"}}},
+                allow_conflict=True)
             time.sleep(0.3)
             for m in mons:
                 m.drain()

@@ -16,45 +16,21 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=${ROOT:-/tmp/nplb}
+NAME=netpol_live.sh
 REPS=${REPS:-10}
 LOAD_PODS=${LOAD_PODS:-5000}
 LOAD_POLICIES=${LOAD_POLICIES:-1000}
 KUBECTL=${KUBECTL:-kubectl}
-for tool in "$KUBECTL" python3 nft; do
-  command -v "$tool" >/dev/null || { echo "netpol_live.sh: $tool missing (scripts/deps.sh)" >&2; exit 1; }
-done
-[ "$(id -u)" = 0 ] || { echo "netpol_live.sh: needs root" >&2; exit 1; }
-[ -e "$ROOT" ] && { echo "netpol_live.sh: $ROOT exists (a previous run?); remove it first" >&2; exit 1; }
-if [ -z "${MOAT:-}" ]; then # MOAT=path skips the build (e.g. a trial run with a debug build)
-  nice -n 10 cargo build --release -q --bin moat
-  MOAT=$PWD/target/release/moat
-fi
+# shellcheck source=bench/cluster_lib.sh
+. bench/cluster_lib.sh
+need "$KUBECTL" python3 nft
+moat_binary
 HELPER=$PWD/bench/netpol_live.py
 C=nplb
-
-cleanup() {
-  set +e
-  "$MOAT" cluster --root "$ROOT" delete --name "$C" >/dev/null 2>&1 ||
-    echo "netpol_live.sh: deleting cluster $C failed; see $ROOT" >&2
-  if grep -q " $ROOT[/ ]" /proc/self/mountinfo; then
-    echo "netpol_live.sh: mounts left under $ROOT; not removing it" >&2
-  else
-    rm -rf "$ROOT"
-  fi
-}
-trap cleanup EXIT
+trap clusters_down EXIT
 trap 'exit 130' INT TERM
-log() { echo "# $*" >&2; }
 kc() { "$KUBECTL" --kubeconfig "$ROOT/$C/kubeconfig.yaml" "$@"; }
-
-mkdir -p "$ROOT"
-log "busybox image"
-bash scripts/busybox-image.sh "$ROOT/img" >/dev/null
-"$MOAT" image --root "$ROOT/images" import "$ROOT/img/busybox.oci.tar" \
-  --name localhost/busybox:latest >/dev/null
-log "cluster $C (vxlan, 3 nodes)"
-"$MOAT" cluster --root "$ROOT" create --name "$C" --nodes 3 --backend vxlan \
-  --image-root "$ROOT/images" >/dev/null
+cluster_up "$C" vxlan 3
 for i in 1 2 3; do
   cat <<YAML
 apiVersion: v1
@@ -92,10 +68,6 @@ done
 log "loaded cluster: $REPS reps"
 run_measure loaded
 
-pct() { # p values...
-  local p=$1; shift
-  printf '%s\n' "$@" | sort -n | awk -v p="$p" '{a[NR]=$1} END {i=int((NR-1)*p+0.5)+1; print a[i]}'
-}
 printf '\n%-14s %12s %12s %12s %12s %8s  %s\n' change "bare p50" "bare max" "load p50" "load max" ratio "goal < 50 ms (load p50)"
 for what in policy-add label-change pod-add policy-delete; do
   # shellcheck disable=SC2086

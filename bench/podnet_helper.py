@@ -20,20 +20,18 @@
                                request was sent
 """
 
-import base64
-import http.client
 import json
 import os
-import queue
 import re
 import socket
-import ssl
 import subprocess
 import sys
-import threading
 import time
 
 import yaml
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import live  # noqa: E402
 
 
 def echo_server(ip, port):
@@ -106,84 +104,24 @@ def converge(args):
     print(f"{cmd_ms:.0f} {-1 if min(got) < 0 else max(got):.0f}")
 
 
-class Monitor:
-    """`ip -n NETNS monitor route neigh`, each line stamped with perf_counter when read."""
-
-    def __init__(self, netns):
-        self.proc = subprocess.Popen(
-            ["ip", "-n", netns, "monitor", "route", "neigh"], stdout=subprocess.PIPE
-        )
-        self.lines = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-        # `ip monitor` subscribes before it prints anything; give it a moment to bind.
-        time.sleep(0.2)
-
-    def _read(self):
-        fd = self.proc.stdout.fileno()
-        pending = b""
-        while True:
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                return
-            now = time.perf_counter()
-            pending += chunk
-            *lines, pending = pending.split(b"\n")
-            for line in lines:
-                self.lines.put((now, line.decode(errors="replace")))
-
-    def drain(self):
-        while not self.lines.empty():
-            self.lines.get_nowait()
-
-    def wait(self, wants, t0, timeout):
-        """ms from t0 until every pattern has matched a line read after t0; -1 on timeout."""
-        seen = [False] * len(wants)
-        while not all(seen):
-            left = t0 + timeout - time.perf_counter()
-            if left <= 0:
-                return -1.0
-            try:
-                at, text = self.lines.get(timeout=left)
-            except queue.Empty:
-                return -1.0
-            if at < t0:
-                continue
-            for i, w in enumerate(wants):
-                if w.search(text):
-                    seen[i] = True
-        return (at - t0) * 1000
-
-    def close(self):
-        self.proc.kill()
-        self.proc.wait()
+def Monitor(netns):
+    """`ip -n NETNS monitor route neigh`, each line stamped when read."""
+    return live.Monitor(["ip", "-n", netns, "monitor", "route", "neigh"])
 
 
 def converge_api(args):
     kubeconfig, netns, manifest, reps = args[0], args[1], args[2], int(args[3])
     rest = args[4:]
     wants = [re.compile(rest[i + 1]) for i in range(0, len(rest), 2) if rest[i] == "--want"]
-    with open(kubeconfig) as f:
-        kc = yaml.safe_load(f)
-    cluster = kc["clusters"][0]["cluster"]
-    token = kc["users"][0]["user"]["token"]
-    url = cluster["server"].removeprefix("https://")
-    host, port = url.split("/")[0].rsplit(":", 1)
-    ca = base64.b64decode(cluster["certificate-authority-data"]).decode()
-    ctx = ssl.create_default_context(cadata=ca)
-    conn = http.client.HTTPSConnection(host, int(port), context=ctx, timeout=10)
+    api = live.Api(kubeconfig, "converge-api")
     with open(manifest) as f:
         node = yaml.safe_load(f)
     body = json.dumps(node)
     name = node["metadata"]["name"]
     gone = [re.compile("^Deleted.*" + re.escape(node["spec"]["podCIDR"]))]
-    hdr = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
 
     def call(method, path, data=None):
-        conn.request(method, path, body=data, headers=hdr)
-        r = conn.getresponse()
-        out = r.read()
-        if r.status >= 300:
-            raise SystemExit(f"converge-api: {method} {path}: {r.status} {out[:300]!r}")
+        api.call(method, path, data)
 
     # Warm the connection (TLS handshake) before anything is timed.
     call("GET", "/api/v1/nodes")

@@ -11,42 +11,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=${ROOT:-/tmp/svlb}
+NAME=services_live.sh
 REPS=${REPS:-10}
 KUBECTL=${KUBECTL:-kubectl}
-for tool in "$KUBECTL" python3 nft; do
-  command -v "$tool" >/dev/null || { echo "services_live.sh: $tool missing (scripts/deps.sh)" >&2; exit 1; }
-done
-[ "$(id -u)" = 0 ] || { echo "services_live.sh: needs root" >&2; exit 1; }
-[ -e "$ROOT" ] && { echo "services_live.sh: $ROOT exists (a previous run?); remove it first" >&2; exit 1; }
-if [ -z "${MOAT:-}" ]; then # MOAT=path skips the build
-  nice -n 10 cargo build --release -q --bin moat
-  MOAT=$PWD/target/release/moat
-fi
+# shellcheck source=bench/cluster_lib.sh
+. bench/cluster_lib.sh
+need "$KUBECTL" python3 nft
+moat_binary
 HELPER=$PWD/bench/netpol_live.py
 C=svlb
-cleanup() {
-  set +e
-  "$MOAT" cluster --root "$ROOT" delete --name "$C" >/dev/null 2>&1 ||
-    echo "services_live.sh: deleting cluster $C failed; see $ROOT" >&2
-  if grep -q " $ROOT[/ ]" /proc/self/mountinfo; then
-    echo "services_live.sh: mounts left under $ROOT; not removing it" >&2
-  else
-    rm -rf "$ROOT"
-  fi
-}
-trap cleanup EXIT
+trap clusters_down EXIT
 trap 'exit 130' INT TERM
-log() { echo "# $*" >&2; }
 kc() { "$KUBECTL" --kubeconfig "$ROOT/$C/kubeconfig.yaml" "$@"; }
-
-mkdir -p "$ROOT"
-log "busybox image"
-bash scripts/busybox-image.sh "$ROOT/img" >/dev/null
-"$MOAT" image --root "$ROOT/images" import "$ROOT/img/busybox.oci.tar" \
-  --name localhost/busybox:latest >/dev/null
-log "cluster $C (vxlan, 3 nodes)"
-"$MOAT" cluster --root "$ROOT" create --name "$C" --nodes 3 --backend vxlan \
-  --image-root "$ROOT/images" >/dev/null
+cluster_up "$C" vxlan 3
 kc apply -f - >/dev/null <<'YAML'
 apiVersion: apps/v1
 kind: Deployment
@@ -77,10 +54,6 @@ declare -A API NODES
 while read -r what api nodes; do
   API[$what]+="$api " NODES[$what]+="$nodes "
 done < <(python3 "$HELPER" endpoints "$ROOT/$C/kubeconfig.yaml" "moat-$C-1,moat-$C-2,moat-$C-3" "$REPS")
-pct() { # p values...
-  local p=$1; shift
-  printf '%s\n' "$@" | sort -n | awk -v p="$p" '{a[NR]=$1} END {i=int((NR-1)*p+0.5)+1; print a[i]}'
-}
 printf '\n%-14s %14s %14s %14s %14s %8s  %s\n' change "slice p50" "slice max" "nodes p50" "nodes max" ratio "goal: nodes max < 1000 ms"
 for what in scale-3-to-1 scale-1-to-0; do
   # shellcheck disable=SC2086
