@@ -498,7 +498,12 @@ fn self_check_finds_and_repairs_drift() {
 fn a_remote_peers_label_change_updates_the_peer_sets() {
     let nss: Vec<Namespace> = ["default", "load"]
         .iter()
-        .map(|n| serde_json::from_value(json!({"metadata": {"name": n, "uid": format!("ns-{n}"), "resourceVersion": "1"}})).unwrap())
+        .map(|n| {
+            serde_json::from_value(
+                json!({"metadata": {"name": n, "uid": format!("ns-{n}"), "resourceVersion": "1"}}),
+            )
+            .unwrap()
+        })
         .collect();
     let pod = |ns: &str, name: &str, node: &str, ip: &str, labels: Value, rv: &str| -> Pod {
         serde_json::from_value(json!({
@@ -518,9 +523,30 @@ fn a_remote_peers_label_change_updates_the_peer_sets() {
         node_name: Some("n1".into()),
         ..Default::default()
     };
-    let local = pod("default", "bench-1", "n1", "10.42.0.5", json!({"app": "bench"}), "2");
-    let before = pod("load", "peer-0", "ghost", "10.42.255.2", json!({"role": "peer"}), "3");
-    let after = pod("load", "peer-0", "ghost", "10.42.255.2", json!({"role": "other"}), "7");
+    let local = pod(
+        "default",
+        "bench-1",
+        "n1",
+        "10.42.0.5",
+        json!({"app": "bench"}),
+        "2",
+    );
+    let before = pod(
+        "load",
+        "peer-0",
+        "ghost",
+        "10.42.255.2",
+        json!({"role": "peer"}),
+        "3",
+    );
+    let after = pod(
+        "load",
+        "peer-0",
+        "ghost",
+        "10.42.255.2",
+        json!({"role": "other"}),
+        "7",
+    );
     let mut engine = Engine::new(Recorder::default());
     // The pods first, the policy later (the bench's order): the new policy's peers come from
     // the pods already known. The peer is created without an address, which its status gets
@@ -535,14 +561,39 @@ fn a_remote_peers_label_change_updates_the_peer_sets() {
         .sync_objects_incremental(&nss, &[local.clone(), before.clone()], &[], &opts)
         .unwrap();
     engine
-        .sync_objects_incremental(&nss, &[local.clone(), before.clone()], std::slice::from_ref(&policy), &opts)
+        .sync_objects_incremental(
+            &nss,
+            &[local.clone(), before.clone()],
+            std::slice::from_ref(&policy),
+            &opts,
+        )
         .unwrap();
-    let with_peer = compile(&Snapshot::build(&nss, &[local.clone(), before], std::slice::from_ref(&policy), &opts).unwrap());
-    assert_eq!(engine.current(), Some(&with_peer), "a new policy missed an existing peer");
+    let with_peer = compile(
+        &Snapshot::build(
+            &nss,
+            &[local.clone(), before],
+            std::slice::from_ref(&policy),
+            &opts,
+        )
+        .unwrap(),
+    );
+    assert_eq!(
+        engine.current(),
+        Some(&with_peer),
+        "a new policy missed an existing peer"
+    );
     let stats = engine
-        .sync_objects_incremental(&nss, &[local.clone(), after.clone()], std::slice::from_ref(&policy), &opts)
+        .sync_objects_incremental(
+            &nss,
+            &[local.clone(), after.clone()],
+            std::slice::from_ref(&policy),
+            &opts,
+        )
         .unwrap();
     let full = compile(&Snapshot::build(&nss, &[local, after], &[policy], &opts).unwrap());
     assert_eq!(engine.current(), Some(&full), "incremental != full compile");
-    assert!(stats.script_bytes > 0, "the label change changed nothing in the kernel");
+    assert!(
+        stats.script_bytes > 0,
+        "the label change changed nothing in the kernel"
+    );
 }
