@@ -191,13 +191,26 @@ fn serial_agent_runs_a_pod_with_runc_and_deletes_it_without_leftovers() {
             "stty rows 21 cols 77; {bin} --kubeconfig {} exec -it {name} -- sh -c 'tty; stty size; exit 6'",
             kc.display()
         );
-        let o = lab
-            .in_ns("script")
-            .args(["-q", "-e", "-c", &line, "/dev/null"])
-            .stdin(Stdio::null())
-            .output()
-            .expect("script");
-        let text = String::from_utf8_lossy(&o.stdout).replace('\r', "");
+        // Seen twice in 2026-12 under load, never reproduced on demand: busybox `stty size`
+        // in the container failing "standard input: No child processes" (ECHILD from the
+        // terminal ioctl). Until it is understood, that one message gets a second attempt;
+        // any other wrong answer fails at once.
+        let mut attempt = 0;
+        let (o, text) = loop {
+            attempt += 1;
+            let o = lab
+                .in_ns("script")
+                .args(["-q", "-e", "-c", &line, "/dev/null"])
+                .stdin(Stdio::null())
+                .output()
+                .expect("script");
+            let text = String::from_utf8_lossy(&o.stdout).replace('\r', "");
+            if attempt < 3 && text.contains("stty: standard input: No child processes") {
+                eprintln!("{old}: stty hit ECHILD (attempt {attempt}): {text}");
+                continue;
+            }
+            break (o, text);
+        };
         assert!(
             text.contains("/dev/pts/") && text.contains("21 77\n"),
             "{old}: {text}"
