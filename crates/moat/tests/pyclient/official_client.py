@@ -144,8 +144,17 @@ def main(kubeconfig):
     scale = apps.patch_namespaced_deployment_scale("web", NS, {"spec": {"replicas": 3}})
     check(scale.spec.replicas == 3, f"{scale}")
     check(apps.read_namespaced_deployment("web", NS).spec.replicas == 3, "replicas after scale")
-    scale.spec.replicas = 2
-    scale = apps.replace_namespaced_deployment_scale("web", NS, scale)
+    # A replace carries the resourceVersion it read; the deployment controller writes the
+    # status meanwhile, so read-modify-replace retries on 409 as client-go's RetryOnConflict.
+    for attempt in range(5):
+        scale = apps.read_namespaced_deployment_scale("web", NS)
+        scale.spec.replicas = 2
+        try:
+            scale = apps.replace_namespaced_deployment_scale("web", NS, scale)
+            break
+        except ApiException as e:
+            if e.status != 409 or attempt == 4:
+                raise
     check(scale.spec.replicas == 2, f"{scale}")
 
     step("deployments: stale resourceVersion is a 409 Conflict")
